@@ -1,0 +1,1 @@
+"""Strategies, the search loop, the job and the CLI."""

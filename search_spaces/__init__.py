@@ -1,0 +1,50 @@
+"""Search spaces: the vocabulary of architectures (pure Python + numpy).
+
+Each module in this package that defines a `SearchSpace` subclass decorated
+with `register` becomes available by name; adding a space is adding a file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from typing import Callable
+
+from .base import Categorical, Decision, SearchSpace, Subset
+from .errors import ConfigError, EvaluationError, InvalidArchitecture, NasError
+
+_REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
+
+
+def register(cls):
+    """Class decorator: make a space available to `get_space` under `cls.name`."""
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        if info.name not in {"base", "errors"}:
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def space_names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_space(name: str, **options) -> SearchSpace:
+    """The space called `name`, built with its options (e.g. `num_layers` for macro)."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ConfigError("space", f"unknown search space {name!r}", sorted(_REGISTRY))
+    try:
+        return _REGISTRY[name](**options)
+    except TypeError as exc:
+        raise ConfigError(f"space_options", f"bad options for space {name!r}: {exc}") from None
+
+
+__all__ = [
+    "Categorical", "ConfigError", "Decision", "EvaluationError", "InvalidArchitecture",
+    "NasError", "SearchSpace", "Subset", "get_space", "register", "space_names",
+]

@@ -1,0 +1,87 @@
+"""Architecture value types shared by the spaces (which parse and sample them)
+and the builders in workers/ (which turn them into networks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Genotype:
+    """A NASNet/DARTS-style cell pair, as plain data (quark0/darts' namedtuple).
+
+    `normal` and `reduce` list (op, input) pairs, two per intermediate node;
+    input 0 is c_{k-2}, input 1 is c_{k-1}, input j >= 2 is intermediate node j.
+    `*_concat` lists the nodes concatenated into the cell's output.
+    str() is quark0/darts' repr, so published genotypes parse as-is.
+    """
+
+    normal: tuple[tuple[str, int], ...]
+    normal_concat: tuple[int, ...]
+    reduce: tuple[tuple[str, int], ...]
+    reduce_concat: tuple[int, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.normal) // 2
+
+    def __str__(self) -> str:
+        def pairs(p):
+            return "[" + ", ".join(f"('{op}', {i})" for op, i in p) + "]"
+
+        def ints(c):
+            return "[" + ", ".join(str(i) for i in c) + "]"
+
+        return (
+            f"Genotype(normal={pairs(self.normal)}, normal_concat={ints(self.normal_concat)}, "
+            f"reduce={pairs(self.reduce)}, reduce_concat={ints(self.reduce_concat)})"
+        )
+
+
+@dataclass(frozen=True)
+class MacroLayer:
+    """One layer of Zoph & Le's CNN: a filter_height x filter_width conv with
+    num_filters outputs, whose input also concatenates the outputs of the
+    earlier layers listed in `skips` (anchor points)."""
+
+    filter_height: int
+    filter_width: int
+    num_filters: int
+    skips: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class MacroArch:
+    layers: tuple[MacroLayer, ...]
+
+    def __str__(self) -> str:
+        parts = []
+        for layer in self.layers:
+            s = f"{layer.filter_height}x{layer.filter_width}-{layer.num_filters}"
+            if layer.skips:
+                s += "<" + ",".join(str(j) for j in layer.skips)
+            parts.append(s)
+        return " | ".join(parts)
+
+
+@dataclass(frozen=True)
+class RNNGenotype:
+    """A DARTS/ENAS recurrent cell: step i (1-based) applies `activation` to a
+    transform of node `predecessor` (node 0 is the cell's first state, built
+    from x_t and h_{t-1}); the output averages the nodes in `concat`."""
+
+    recurrent: tuple[tuple[str, int], ...]
+    concat: tuple[int, ...]
+
+    @property
+    def steps(self) -> int:
+        return len(self.recurrent)
+
+    def __str__(self) -> str:
+        pairs = "[" + ", ".join(f"('{a}', {i})" for a, i in self.recurrent) + "]"
+        c = self.concat
+        if c == tuple(range(1, len(self.recurrent) + 1)):
+            concat = f"range(1, {len(self.recurrent) + 1})"
+        else:
+            concat = "[" + ", ".join(str(i) for i in c) + "]"
+        return f"Genotype(recurrent={pairs}, concat={concat})"
