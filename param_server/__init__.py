@@ -1,0 +1,9 @@
+"""Parameter server for the controller policy: shards, their slicing map, optimizer, versions and checkpoints.
+
+Plain PyTorch; the Ray actors that serve `ParameterShard`s are applied at wiring time.
+"""
+
+from .shard import STALENESS_POLICIES, ParameterShard, PushReceipt, ShardConfig
+from .shard_map import ShardMap, check_named_tensors
+
+__all__ = ["STALENESS_POLICIES", "ParameterShard", "PushReceipt", "ShardConfig", "ShardMap", "check_named_tensors"]

@@ -77,10 +77,20 @@ class SearchSpace(ABC):
         return str(self.validate(arch))
 
     def validate(self, arch: Hashable) -> Hashable:
-        """Return `arch` if it belongs to this space, else raise InvalidArchitecture."""
+        """Return `arch` if it is well formed for this space, else raise InvalidArchitecture.
+
+        Well formed means builders can turn it into a network. A space may accept
+        more here than its decisions express (the darts space loads NASNet's
+        5-node cells for inspection); `to_values` is the stricter test of
+        whether a strategy can search from `arch`.
+        """
         values = self.to_values(arch)
         self.check_values(values)
         return arch
+
+    def draw(self, arch: Hashable) -> str:
+        """A few lines picturing `arch` for people (`nas inspect`); by default its decision values."""
+        return "\n".join(f"{d.name} = {v}" for d, v in zip(self.decisions(), self.to_values(arch)))
 
     def check_values(self, values: Sequence[Any]) -> None:
         decisions = self.decisions()
@@ -95,7 +105,8 @@ class SearchSpace(ABC):
             else:
                 if not isinstance(v, tuple) or tuple(sorted(set(v))) != v or not set(v) <= set(d.candidates):
                     raise InvalidArchitecture(
-                        f"arch.{d.name}", f"invalid subset {v!r}; must be a sorted tuple", d.candidates
+                        f"arch.{d.name}", f"invalid subset {v!r}; must be a sorted tuple of distinct candidates",
+                        d.candidates,
                     )
 
     # -- derived from the decisions -------------------------------------------------

@@ -29,6 +29,10 @@ class ConfigError(NasError, ValueError):
             message += f" (allowed: {self.allowed})"
         super().__init__(message)
 
+    def __reduce__(self):
+        # Ray pickles exceptions raised in actors; rebuild from the parts, not the message.
+        return (type(self), (self.field, self.problem, self.allowed))
+
 
 class InvalidArchitecture(ConfigError):
     """An architecture string or value that does not belong to its search space."""

@@ -41,8 +41,9 @@ class Genotype:
 @dataclass(frozen=True)
 class MacroLayer:
     """One layer of Zoph & Le's CNN: a filter_height x filter_width conv with
-    num_filters outputs, whose input also concatenates the outputs of the
-    earlier layers listed in `skips` (anchor points)."""
+    num_filters outputs, whose input is the concatenation of the outputs of
+    the earlier layers listed in `skips` (its anchor point); a layer with no
+    skips reads the image, as in the paper."""
 
     filter_height: int
     filter_width: int

@@ -1,0 +1,279 @@
+"""One parameter-server shard: a slice of the controller policy, its optimizer and its version.
+
+NAS-RL (Zoph & Le 2017) trains the controller with DistBelief-style
+asynchronous SGD: each of K controller replicas pulls the weights from every
+shard, samples m child architectures, and pushes the REINFORCE gradient of each
+slice back with the version it pulled. A shard applies what it receives in
+arrival order, so a gradient may have been computed on weights that have since
+moved on; its staleness is the number of updates applied in between.
+
+The class is plain PyTorch: the Ray actor that serves it is applied at wiring
+time, and Ray runs one call at a time on an actor, so nothing here locks.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Literal, Mapping, get_args
+
+import torch
+
+from search_spaces.errors import ConfigError
+
+from .shard_map import check_named_tensors
+
+STALENESS_POLICIES = ("none", "drop", "scale")
+Outcome = Literal["applied", "accumulated", "dropped"]
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    """How a shard turns pushed gradients into updates.
+
+    lr, betas, eps: Adam's, as torch.optim.Adam takes them (6e-4 is NAS-RL's controller rate).
+    accumulate: apply one Adam step on the mean of every `accumulate` accepted
+        gradients (NAS-RL's PTB setting accumulated 10).
+    staleness_policy: 'none' applies every gradient as is; 'drop' discards
+        gradients staler than `max_staleness`; 'scale' divides each gradient by
+        (1 + staleness), the staleness-aware async SGD of Zhang et al. 2016
+        ("Staleness-aware Async-SGD for Distributed Deep Learning", IJCAI),
+        and also drops beyond `max_staleness` when one is set. Zhang et al.
+        scale the SGD learning rate; under Adam, scaling the gradient instead
+        weighs a stale gradient less than fresher ones in the moment estimates,
+        but a stream that is uniformly stale is largely normalised away.
+    max_staleness: the bound, in versions; required by 'drop', optional for
+        'scale', and rejected with 'none' so that a bound is never silently ignored.
+    """
+
+    lr: float = 6e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    accumulate: int = 1
+    staleness_policy: str = "none"
+    max_staleness: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+            raise ConfigError("lr", f"must be a finite number > 0, got {self.lr!r}")
+        betas = tuple(self.betas) if isinstance(self.betas, (tuple, list)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ConfigError("betas", f"must be two numbers in [0, 1), got {self.betas!r}")
+        # Frozen: store the canonical tuple so configs read back from JSON (lists) compare equal.
+        object.__setattr__(self, "betas", tuple(float(b) for b in betas))
+        if not isinstance(self.eps, (int, float)) or not math.isfinite(self.eps) or self.eps < 0:
+            raise ConfigError("eps", f"must be a finite number >= 0, got {self.eps!r}")
+        if not _is_int(self.accumulate) or self.accumulate < 1:
+            raise ConfigError("accumulate", f"must be an integer >= 1, got {self.accumulate!r}")
+        if self.staleness_policy not in STALENESS_POLICIES:
+            raise ConfigError("staleness_policy", f"unknown policy {self.staleness_policy!r}", STALENESS_POLICIES)
+        if self.max_staleness is not None and (not _is_int(self.max_staleness) or self.max_staleness < 0):
+            raise ConfigError("max_staleness", f"must be an integer >= 0 or None, got {self.max_staleness!r}")
+        if self.staleness_policy == "drop" and self.max_staleness is None:
+            raise ConfigError("max_staleness", "staleness_policy 'drop' needs a bound", "integers >= 0")
+        if self.staleness_policy == "none" and self.max_staleness is not None:
+            raise ConfigError("max_staleness", "has no effect with staleness_policy 'none'", ["None"])
+
+    def adam_options(self) -> dict:
+        return {"lr": self.lr, "betas": self.betas, "eps": self.eps}
+
+
+@dataclass(frozen=True)
+class PushReceipt:
+    """What a shard did with one push.
+
+    outcome: 'applied' (this push completed an update), 'accumulated' (held
+    until `accumulate` gradients are in) or 'dropped' (too stale).
+    version: the shard's version after the push; pending: gradients held.
+    """
+
+    shard_id: int
+    replica: str | int
+    outcome: Outcome
+    staleness: int
+    version: int
+    pending: int
+
+
+class ParameterShard:
+    """Holds one slice of the policy's parameters and updates it with Adam.
+
+    The version counts applied updates; a replica hands back the version it
+    pulled so the shard can measure staleness. Gradients must match the slice
+    exactly (same names, same shapes).
+    """
+
+    def __init__(self, shard_id: int, initial: Mapping[str, torch.Tensor], config: ShardConfig | None = None):
+        if not _is_int(shard_id) or shard_id < 0:
+            raise ConfigError("shard_id", f"must be an integer >= 0, got {shard_id!r}")
+        for name, value in initial.items():
+            if not isinstance(value, torch.Tensor) or not torch.is_floating_point(value):
+                raise ConfigError(f"initial[{name!r}]", "must be a floating-point tensor")
+        self.shard_id = shard_id
+        self.config = config or ShardConfig()
+        # Sorted, so the optimizer's positional state lines up across save and restore.
+        self._params = {name: initial[name].detach().clone() for name in sorted(initial)}
+        self._shapes = {name: tuple(p.shape) for name, p in self._params.items()}
+        # One group given as a dict: torch rejects an empty plain list, and an
+        # empty shard (more shards than tensors) is allowed.
+        self._optimizer = torch.optim.Adam([{"params": list(self._params.values())}], **self.config.adam_options())
+        self._pending = {name: torch.zeros_like(p) for name, p in self._params.items()}
+        self._pending_count = 0
+        self._version = 0
+        self._outcomes = {outcome: 0 for outcome in get_args(Outcome)}
+        self._staleness: dict[int, int] = {}
+        self._by_replica: dict[str | int, int] = {}
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """The slice's parameter names (sorted) and shapes: what a push must match."""
+        return dict(self._shapes)
+
+    def pull(self) -> tuple[int, dict[str, torch.Tensor]]:
+        """The current version and a copy of the slice (copies, so callers cannot alias the shard)."""
+        return self._version, {name: p.detach().clone() for name, p in self._params.items()}
+
+    def push(self, gradients: Mapping[str, torch.Tensor], base_version: int, replica: str | int) -> PushReceipt:
+        """Offer the gradient of this slice, computed on the weights of `base_version`."""
+        if not _is_int(base_version) or not 0 <= base_version <= self._version:
+            raise ConfigError("base_version", f"{base_version!r} was never served by shard {self.shard_id}",
+                              f"0..{self._version}")
+        check_named_tensors(gradients, self._shapes, "gradients")
+        # Checked before anything is recorded: one NaN would poison Adam's moments for good.
+        for name, g in gradients.items():
+            if not torch.isfinite(g).all():
+                raise ConfigError(f"gradients[{name!r}]", "contains NaN or inf")
+        staleness = self._version - base_version
+        self._staleness[staleness] = self._staleness.get(staleness, 0) + 1
+        self._by_replica[replica] = self._by_replica.get(replica, 0) + 1
+        outcome = self._accept(gradients, staleness)
+        self._outcomes[outcome] += 1
+        return PushReceipt(self.shard_id, replica, outcome, staleness, self._version, self._pending_count)
+
+    def _accept(self, gradients: Mapping[str, torch.Tensor], staleness: int) -> Outcome:
+        policy, bound = self.config.staleness_policy, self.config.max_staleness
+        if bound is not None and staleness > bound:
+            return "dropped"
+        divisor = 1 + staleness if policy == "scale" else 1
+        for name, g in gradients.items():
+            pending = self._pending[name]
+            pending.add_(g.detach().to(device=pending.device, dtype=pending.dtype) / divisor)
+        self._pending_count += 1
+        # "<" rather than "!=": a checkpoint restored under a smaller `accumulate` may already hold more.
+        if self._pending_count < self.config.accumulate:
+            return "accumulated"
+        for name, p in self._params.items():
+            p.grad = self._pending[name] / self._pending_count
+        self._optimizer.step()
+        for name, p in self._params.items():
+            p.grad = None
+            self._pending[name].zero_()
+        self._pending_count = 0
+        self._version += 1
+        return "applied"
+
+    def stats(self) -> dict:
+        """Counters for dashboards and logs (plain data).
+
+        pushes = applied + accumulated + dropped, and applied (pushes that
+        completed an update) equals the version. Staleness covers every push,
+        dropped ones included, since it describes the replicas rather than the updates.
+        """
+        count = sum(self._staleness.values())
+        return {
+            "shard_id": self.shard_id,
+            "pushes": count,
+            **self._outcomes,
+            "pending": self._pending_count,
+            "staleness": {
+                "count": count,
+                "mean": sum(s * n for s, n in self._staleness.items()) / count if count else 0.0,
+                "max": max(self._staleness, default=0),
+                "histogram": dict(sorted(self._staleness.items())),
+            },
+            "pushes_by_replica": dict(self._by_replica),
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly: weights, Adam moments and steps, version, pending sum, stats.
+
+        Tensors are copies, so the result is a snapshot that later pushes do not change.
+        """
+        return {
+            "shard_id": self.shard_id,
+            "config": dataclasses.asdict(self.config),
+            "version": self._version,
+            "params": self.pull()[1],
+            "optimizer": copy.deepcopy(self._optimizer.state_dict()),
+            "pending": {"count": self._pending_count,
+                        "sum": {name: t.clone() for name, t in self._pending.items()}},
+            "stats": {"outcomes": dict(self._outcomes),
+                      "staleness": dict(self._staleness),
+                      "by_replica": dict(self._by_replica)},
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Resume from `state_dict()` output of the same shard.
+
+        The hyper-parameters stay this shard's own config (torch's Adam would
+        otherwise take the saved ones), so a job can resume with a changed lr.
+        """
+        if state["shard_id"] != self.shard_id:
+            raise ConfigError("shard_id", f"checkpoint is of shard {state['shard_id']}, not {self.shard_id}")
+        check_named_tensors(state["params"], self._shapes, "state['params']")
+        check_named_tensors(state["pending"]["sum"], self._shapes, "state['pending']")
+        with torch.no_grad():
+            for name, p in self._params.items():
+                p.copy_(state["params"][name])
+                self._pending[name].copy_(state["pending"]["sum"][name])
+        # Deep copy: torch's load keeps references to same-dtype tensors, which would alias `state`.
+        self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+        self._optimizer.param_groups[0].update(self.config.adam_options())
+        self._pending_count = state["pending"]["count"]
+        self._version = state["version"]
+        self._outcomes = dict(state["stats"]["outcomes"])
+        self._staleness = dict(state["stats"]["staleness"])
+        self._by_replica = dict(state["stats"]["by_replica"])
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write a checkpoint atomically: a crash leaves either the old file or the new one, whole."""
+        path = os.path.abspath(path)
+        directory = os.path.dirname(path)
+        # Same directory as the target, so os.replace is a rename within one file system.
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(self.state_dict(), f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        # The rename itself is only durable once the directory entry is on disk.
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    @classmethod
+    def restore(cls, path: str | os.PathLike) -> "ParameterShard":
+        """The shard saved at `path`, with the config it was saved with."""
+        # weights_only: a checkpoint is plain data, so nothing in it gets to run code on load.
+        state = torch.load(path, weights_only=True)
+        shard = cls(state["shard_id"], state["params"], ShardConfig(**state["config"]))
+        shard.load_state_dict(state)
+        return shard

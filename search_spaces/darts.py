@@ -1,0 +1,15 @@
+"""DARTS' CNN cell space (Liu et al. 2019): 8 primitives, 4 nodes per cell,
+every intermediate node concatenated into the cell's output."""
+
+from __future__ import annotations
+
+from . import register
+from .cell import PRIMITIVES, CellSpace
+
+
+@register
+class DartsSpace(CellSpace):
+    name = "darts"
+
+    def __init__(self):
+        super().__init__(PRIMITIVES, steps=4)

@@ -1,0 +1,353 @@
+"""Parameter server: the shard map balances and round-trips, shards reproduce torch's Adam
+exactly (sharded or not), accumulation and staleness policies do what they say, and
+checkpoints restore the exact state and survive a crash mid-write."""
+
+import os
+import pickle
+import random
+
+import pytest
+import torch
+from torch import nn
+
+from param_server import ParameterShard, ShardConfig, ShardMap
+from search_spaces.errors import ConfigError
+
+
+def named_shapes():
+    return {
+        "lstm.weight_ih": (64, 16), "lstm.weight_hh": (64, 16), "lstm.bias": (64,),
+        "embed": (10, 16), "head.0.weight": (5, 16), "head.0.bias": (5,),
+        "head.1.weight": (7, 16), "head.1.bias": (7,), "anchor": (16, 16), "scale": (),
+    }
+
+
+def policy():
+    """A small stand-in for the controller: an LSTM with a few softmax heads."""
+    torch.manual_seed(0)
+    return nn.ModuleDict({"lstm": nn.LSTM(8, 16, num_layers=2), "embed": nn.Embedding(9, 8),
+                          "heads": nn.ModuleList([nn.Linear(16, k) for k in (5, 7, 3)])})
+
+
+def random_grads(shapes, generator):
+    return {name: torch.randn(shape, generator=generator) for name, shape in shapes.items()}
+
+
+def single_shard(config=None, seed=0):
+    weights = random_grads({"w": (3, 4), "b": (4,)}, torch.Generator().manual_seed(seed))
+    return ParameterShard(0, weights, config or ShardConfig())
+
+
+def adam_reference(weights, config):
+    params = {name: t.detach().clone() for name, t in weights.items()}
+    return params, torch.optim.Adam(list(params.values()), lr=config.lr, betas=config.betas, eps=config.eps)
+
+
+def reference_step(params, optimizer, grads):
+    for name, p in params.items():
+        p.grad = grads[name].clone()
+    optimizer.step()
+
+
+def assert_same(a, b):
+    """Recursive exact equality over dicts, lists, tensors and plain values."""
+    assert type(a) is type(b), (a, b)
+    if isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    elif isinstance(a, dict):
+        assert list(a) == list(b)
+        for key in a:
+            assert_same(a[key], b[key])
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert_same(x, y)
+    else:
+        assert a == b
+
+
+# -- shard map ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 4, 7])
+def test_map_covers_every_name_once_and_balances(num_shards):
+    shapes = named_shapes()
+    smap = ShardMap.build(shapes, num_shards)
+    placed = [name for s in range(num_shards) for name in smap.names(s)]
+    assert sorted(placed) == sorted(shapes)
+    assert all(smap.names(smap.shard_of(name)).count(name) == 1 for name in shapes)
+    loads = smap.loads()
+    assert sum(loads) == sum(torch.Size(s).numel() for s in shapes.values())
+    assert max(loads) - min(loads) <= max(torch.Size(s).numel() for s in shapes.values())
+
+
+def test_map_is_independent_of_dict_order_and_accepts_tensors():
+    shapes = named_shapes()
+    items = list(shapes.items())
+    random.Random(1).shuffle(items)
+    tensors = {name: torch.zeros(shape) for name, shape in reversed(items)}
+    assert ShardMap.build(dict(items), 3) == ShardMap.build(shapes, 3) == ShardMap.build(tensors, 3)
+
+
+def test_map_ties_are_broken_by_name_then_shard():
+    smap = ShardMap.build({"b": (2,), "a": (2,), "c": (2,)}, 2)
+    assert smap.to_dict()["assignment"] == {"a": 0, "b": 1, "c": 0}
+
+
+def test_split_merge_round_trip_and_dict_round_trip():
+    model = policy()
+    named = dict(model.named_parameters())
+    smap = ShardMap.build(named, 3)
+    parts = smap.split(named)
+    assert [sorted(p) for p in parts] == [smap.names(s) for s in range(3)]
+    merged = smap.merge(parts)
+    assert set(merged) == set(named) and all(merged[n] is named[n] for n in named)
+    assert ShardMap.from_dict(smap.to_dict()) == smap
+
+
+def test_more_shards_than_tensors_leaves_empty_shards_that_still_work():
+    smap = ShardMap.build({"a": (3,), "b": (2,)}, 4)
+    assert [len(smap.names(s)) for s in range(4)] == [1, 1, 0, 0]
+    parts = smap.split({"a": torch.ones(3), "b": torch.ones(2)})
+    assert parts[2] == {} and parts[3] == {}
+    empty = ParameterShard(3, parts[3])
+    version, weights = empty.pull()
+    assert weights == {}
+    assert empty.push({}, version, replica=0).outcome == "applied"
+    assert smap.merge([ParameterShard(s, p).pull()[1] for s, p in enumerate(parts)]).keys() == {"a", "b"}
+
+
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, None])
+def test_bad_shard_count_names_ps_shards(bad):
+    with pytest.raises(ConfigError, match=r"^ps_shards:"):
+        ShardMap.build(named_shapes(), bad)
+
+
+def test_split_and_merge_reject_mismatched_tensors():
+    smap = ShardMap.build({"a": (3,), "b": (2,)}, 2)
+    with pytest.raises(ConfigError, match="unexpected parameter 'c'"):
+        smap.split({"a": torch.ones(3), "b": torch.ones(2), "c": torch.ones(1)})
+    with pytest.raises(ConfigError, match="missing parameter 'b'"):
+        smap.split({"a": torch.ones(3)})
+    with pytest.raises(ConfigError, match="merge|parts"):
+        smap.merge([{"a": torch.ones(3)}])
+    with pytest.raises(ConfigError, match=r"parts\[0\]\['a'\].*shape \(2,\)"):
+        smap.merge([{"a": torch.ones(2)}, {"b": torch.ones(2)}])
+
+
+# -- Adam equivalence --------------------------------------------------------------------------
+
+def test_single_shard_matches_torch_adam_step_for_step():
+    config = ShardConfig(lr=1e-2, betas=(0.8, 0.99), eps=1e-6)
+    shard = single_shard(config)
+    params, optimizer = adam_reference(shard.pull()[1], config)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 8):
+        grads = random_grads({"w": (3, 4), "b": (4,)}, gen)
+        version, _ = shard.pull()
+        receipt = shard.push(grads, version, replica="r0")
+        reference_step(params, optimizer, grads)
+        assert (receipt.outcome, receipt.version, receipt.staleness) == ("applied", step, 0)
+        assert_same(shard.pull()[1], params)
+
+
+def test_policy_over_three_shards_equals_unsharded_adam():
+    config = ShardConfig()
+    model = policy()
+    named = {name: p.detach() for name, p in model.named_parameters()}
+    smap = ShardMap.build(named, 3)
+    shards = [ParameterShard(s, part, config) for s, part in enumerate(smap.split(named))]
+    params, optimizer = adam_reference(named, config)
+    gen = torch.Generator().manual_seed(2)
+    for _ in range(5):
+        pulled = [shard.pull() for shard in shards]
+        grads = random_grads(smap.shapes, gen)
+        for shard, (version, _), part in zip(shards, pulled, smap.split(grads)):
+            shard.push(part, version, replica=1)
+        reference_step(params, optimizer, grads)
+    assert_same(smap.merge([shard.pull()[1] for shard in shards]), dict(sorted(params.items())))
+    assert [shard.version for shard in shards] == [5, 5, 5]
+
+
+# -- accumulation and staleness ----------------------------------------------------------------
+
+def test_accumulate_applies_once_per_n_pushes_with_the_mean_gradient():
+    config = ShardConfig(accumulate=3)
+    shard = single_shard(config)
+    params, optimizer = adam_reference(shard.pull()[1], config)
+    gen = torch.Generator().manual_seed(3)
+    for round_ in range(2):
+        before = shard.pull()[1]
+        grads = [random_grads(shard.shapes, gen) for _ in range(3)]
+        outcomes = [shard.push(g, shard.version, replica=i).outcome for i, g in enumerate(grads[:2])]
+        assert outcomes == ["accumulated", "accumulated"]
+        assert_same(shard.pull(), (round_, before))
+        assert shard.push(grads[2], shard.version, replica=2).outcome == "applied"
+        reference_step(params, optimizer, {n: (grads[0][n] + grads[1][n] + grads[2][n]) / 3 for n in params})
+        assert shard.version == round_ + 1
+        assert_same(shard.pull()[1], params)
+    assert shard.stats()["pending"] == 0
+
+
+def test_drop_policy_discards_updates_staler_than_the_bound():
+    shard = single_shard(ShardConfig(staleness_policy="drop", max_staleness=1))
+    grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    assert shard.push(grads, 0, "a").outcome == "applied"
+    assert shard.push(grads, 0, "b").staleness == 1 and shard.version == 2
+    before = shard.pull()
+    receipt = shard.push(grads, 0, "c")
+    assert (receipt.outcome, receipt.staleness, receipt.version) == ("dropped", 2, 2)
+    assert_same(shard.pull(), before)
+    stats = shard.stats()
+    assert (stats["pushes"], stats["applied"], stats["dropped"]) == (3, 2, 1)
+    assert stats["staleness"] == {"count": 3, "mean": 1.0, "max": 2, "histogram": {0: 1, 1: 1, 2: 1}}
+    assert stats["pushes_by_replica"] == {"a": 1, "b": 1, "c": 1}
+
+
+def test_scale_policy_divides_stale_gradients_by_one_plus_staleness():
+    config = ShardConfig(staleness_policy="scale")
+    shard = single_shard(config)
+    params, optimizer = adam_reference(shard.pull()[1], config)
+    gen = torch.Generator().manual_seed(4)
+    for base, expected_staleness in [(0, 0), (0, 1), (0, 2), (3, 0), (1, 3)]:
+        grads = random_grads(shard.shapes, gen)
+        assert shard.push(grads, base, replica=0).staleness == expected_staleness
+        reference_step(params, optimizer, {n: g / (1 + expected_staleness) for n, g in grads.items()})
+        assert_same(shard.pull()[1], params)
+
+
+def test_scale_policy_with_a_bound_also_drops():
+    shard = single_shard(ShardConfig(staleness_policy="scale", max_staleness=0))
+    grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    shard.push(grads, 0, 0)
+    assert shard.push(grads, 0, 0).outcome == "dropped"
+
+
+# -- validation --------------------------------------------------------------------------------
+
+def test_bad_gradients_raise_naming_the_parameter():
+    shard = single_shard()
+    good = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    with pytest.raises(ConfigError, match=r"^gradients: unexpected parameter 'x'"):
+        shard.push({**good, "x": torch.ones(1)}, 0, 0)
+    with pytest.raises(ConfigError, match=r"^gradients: missing parameter 'b'"):
+        shard.push({"w": good["w"]}, 0, 0)
+    with pytest.raises(ConfigError, match=r"^gradients\['w'\]: shape \(4, 3\) does not match .*\(3, 4\)"):
+        shard.push({**good, "w": torch.ones(4, 3)}, 0, 0)
+    with pytest.raises(ConfigError, match=r"^gradients\['b'\]: contains NaN"):
+        shard.push({**good, "b": torch.full((4,), float("nan"))}, 0, 0)
+    with pytest.raises(ConfigError, match=r"^base_version:"):
+        shard.push(good, 1, 0)
+    assert shard.stats()["pushes"] == 0 and shard.version == 0
+
+
+@pytest.mark.parametrize("field, kwargs", [
+    ("lr", {"lr": 0}), ("lr", {"lr": float("nan")}), ("betas", {"betas": (0.9,)}),
+    ("betas", {"betas": (0.9, 1.0)}), ("eps", {"eps": -1e-8}), ("accumulate", {"accumulate": 0}),
+    ("accumulate", {"accumulate": 2.0}), ("staleness_policy", {"staleness_policy": "ssp"}),
+    ("max_staleness", {"staleness_policy": "drop"}), ("max_staleness", {"max_staleness": 3}),
+    ("max_staleness", {"staleness_policy": "scale", "max_staleness": -1}),
+])
+def test_bad_config_names_the_field(field, kwargs):
+    with pytest.raises(ConfigError, match=rf"^{field}:") as info:
+        ShardConfig(**kwargs)
+    if field == "staleness_policy":
+        assert "none, drop, scale" in str(info.value)
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+def busy_shard():
+    """A shard mid-flight: several updates, Adam moments, a pending gradient, stale pushes."""
+    shard = single_shard(ShardConfig(accumulate=2, staleness_policy="scale", max_staleness=5))
+    gen = torch.Generator().manual_seed(5)
+    for i in range(7):
+        shard.push(random_grads(shard.shapes, gen), max(0, shard.version - i % 3), replica=f"r{i % 2}")
+    assert shard.stats()["pending"] == 1 and shard.version == 3
+    return shard
+
+
+def test_checkpoint_round_trip_restores_identical_state_and_future(tmp_path):
+    shard = busy_shard()
+    path = tmp_path / "ps-0.pt"
+    shard.save(path)
+    restored = ParameterShard.restore(path)
+    assert restored.config == shard.config
+    assert_same(restored.state_dict(), shard.state_dict())
+    gen_a, gen_b = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    for i in range(5):
+        a = shard.push(random_grads(shard.shapes, gen_a), shard.version - i % 2, replica="r0")
+        b = restored.push(random_grads(restored.shapes, gen_b), restored.version - i % 2, replica="r0")
+        assert a == b
+    assert_same(restored.state_dict(), shard.state_dict())
+    assert restored.stats() == shard.stats()
+
+
+def test_state_dict_is_a_snapshot():
+    shard = busy_shard()
+    state = shard.state_dict()
+    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, shard.version, replica=0)
+    other = single_shard(shard.config, seed=9)
+    other.load_state_dict(state)
+    assert other.version == 3 and other.stats()["pending"] == 1
+
+
+def test_load_keeps_the_shards_own_hyperparameters():
+    shard = busy_shard()
+    before = shard.pull()[1]
+    faster = single_shard(ShardConfig(lr=6e-2, accumulate=2, staleness_policy="scale", max_staleness=5))
+    faster.load_state_dict(shard.state_dict())
+    grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    for s in (shard, faster):
+        assert s.push(grads, s.version, replica=0).outcome == "applied"
+    for name, w in before.items():
+        # Adam's step is proportional to lr; atol covers float32 rounding of the slow, small step.
+        fast_step, slow_step = faster.pull()[1][name] - w, shard.pull()[1][name] - w
+        torch.testing.assert_close(fast_step, slow_step * 100, rtol=1e-3, atol=1e-4)
+
+
+def test_load_rejects_another_shards_checkpoint():
+    state = busy_shard().state_dict()
+    with pytest.raises(ConfigError, match=r"^shard_id:"):
+        ParameterShard(1, state["params"]).load_state_dict(state)
+
+
+def test_shards_and_maps_pickle_for_ray():
+    shard = busy_shard()
+    copy = pickle.loads(pickle.dumps(shard))
+    grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    assert copy.push(grads, copy.version, "r") == shard.push(grads, shard.version, "r")
+    assert_same(copy.state_dict(), shard.state_dict())
+    smap = ShardMap.build(named_shapes(), 3)
+    assert pickle.loads(pickle.dumps(smap)) == smap
+
+
+def test_save_leaves_no_temporary_file(tmp_path):
+    busy_shard().save(tmp_path / "ps-0.pt")
+    busy_shard().save(tmp_path / "ps-0.pt")
+    assert os.listdir(tmp_path) == ["ps-0.pt"]
+
+
+@pytest.mark.parametrize("crash_in", ["write", "replace"])
+def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, crash_in):
+    shard = busy_shard()
+    path = tmp_path / "ps-0.pt"
+    shard.save(path)
+    saved = shard.state_dict()
+    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, shard.version, replica=0)
+
+    def partial_write(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    def failing_replace(src, dst):
+        raise OSError("power cut")
+
+    if crash_in == "write":
+        monkeypatch.setattr(torch, "save", partial_write)
+    else:
+        monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        shard.save(path)
+    monkeypatch.undo()
+    assert os.listdir(tmp_path) == ["ps-0.pt"]
+    assert_same(ParameterShard.restore(path).state_dict(), saved)

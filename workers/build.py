@@ -1,0 +1,101 @@
+"""Build a child network from an architecture: `build_model(space, arch, config)`.
+
+Image models map images [B, C, H, W] to logits [B, num_classes]; built with
+`auxiliary=True` and in training mode they return `(logits, aux_logits)`, and
+their auxiliary head is the submodule `auxiliary_head` (left out of
+`workers.profile.count_params`). Networks with drop-path expose
+`drop_path_prob`, which the trainer may ramp per epoch.
+
+Language models (space "rnn") map tokens [T, B] and a hidden state to logits
+[T, B, vocab_size] (unnormalised: apply log_softmax or cross_entropy) and the
+new hidden state; `model.init_hidden(batch_size)` gives the initial state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+from torch import nn
+
+from search_spaces.errors import ConfigError, InvalidArchitecture
+
+from .nets import BUILDERS
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    """What a network needs besides its architecture. Validated on construction.
+
+    `channels` and `layers` override the space's default width and depth
+    (None: the builder's default). Fields a network cannot honour are refused
+    by its builder with a ConfigError naming the field, rather than ignored.
+    """
+
+    in_channels: int = 3
+    num_classes: int = 10
+    image_size: int = 32
+    #: Width: NB201 and DARTS initial channels C; the language model's embedding/hidden size.
+    channels: int | None = None
+    #: Depth: NB201 cells per stage N; DARTS cells in total.
+    layers: int | None = None
+    auxiliary: bool = False
+    #: Initial drop-path probability (cell networks); the trainer may change `model.drop_path_prob`.
+    drop_path: float = 0.0
+    # Language models. The decoder shares the embedding's weights, so embed_size must equal
+    # hidden_size. DARTS' PTB model is 850 wide with dropouts 0.75 / 0.25 / 0.75 / 0.2 / 0.1;
+    # these defaults are for small children trained for a few epochs.
+    vocab_size: int = 10000
+    embed_size: int = 64
+    hidden_size: int = 64
+    #: On the cell's outputs, one mask per sequence (locked dropout).
+    dropout: float = 0.25
+    #: On h_{t-1} inside the cell, one mask per sequence (variational dropout).
+    dropout_h: float = 0.1
+    #: On x_t inside the cell, one mask per sequence.
+    dropout_x: float = 0.25
+    #: On the embeddings, one mask per sequence.
+    dropout_i: float = 0.1
+    #: Whole words: rows of the embedding matrix.
+    dropout_e: float = 0.0
+
+    def __post_init__(self):
+        for name in ("in_channels", "num_classes", "image_size", "channels", "layers",
+                     "vocab_size", "embed_size", "hidden_size"):
+            value = getattr(self, name)
+            if value is None and name in ("channels", "layers"):
+                continue
+            if type(value) is not int or value < 1:
+                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+        if type(self.auxiliary) is not bool:
+            raise ConfigError("auxiliary", f"must be a bool, got {self.auxiliary!r}")
+        for name in ("drop_path", "dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value) and 0 <= value < 1):
+                raise ConfigError(name, f"must be a probability in [0, 1), got {value!r}")
+
+    def refuse(self, network: str, *names: str) -> None:
+        """Raise a ConfigError for the first of `names` set away from its default:
+        for fields that `network` has no use for."""
+        defaults = {f.name: f.default for f in fields(self)}
+        for name in names:
+            if getattr(self, name) != defaults[name]:
+                raise ConfigError(name, f"does not apply to the {network} network")
+
+
+def space_names() -> list[str]:
+    """The spaces `build_model` can build networks for."""
+    return sorted(BUILDERS)
+
+
+def build_model(space_name: str, arch: object, config: NetConfig = NetConfig()) -> nn.Module:
+    """The network of `arch`, an architecture of the space `space_name`, freshly initialised."""
+    if space_name not in BUILDERS:
+        raise ConfigError("space", f"no network builder for space {space_name!r}", space_names())
+    arch_type, builder = BUILDERS[space_name]
+    if not isinstance(arch, arch_type):
+        raise InvalidArchitecture(
+            "arch", f"the {space_name} builder takes a {arch_type.__name__}, got {type(arch).__name__}"
+        )
+    return builder(arch, config)

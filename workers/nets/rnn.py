@@ -1,0 +1,132 @@
+"""DARTS' recurrent-cell language model (quark0/darts rnn/model.py) for an RNNGenotype.
+
+embedding -> the cell unrolled over time -> linear decoder sharing the
+embedding's weights. Every node of the cell is a highway step: from its input
+state s it projects a gate c and a candidate, and moves s towards the
+candidate by c: s + sigmoid(c) * (f(candidate) - s). Node 0 reads
+[x_t, h_{t-1}] with f = tanh; node i reads its genotype predecessor with its
+genotype activation; h_t is the mean of the `concat` nodes.
+
+`model(tokens [T, B], hidden [B, H]) -> (logits [T, B, vocab], hidden [B, H])`;
+the logits are unnormalised. With embed = hidden = 850 and a 10k vocabulary
+DARTS_V2 has 22.96M parameters, the paper's 23M PTB model.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import nn
+
+from search_spaces.errors import ConfigError
+from search_spaces.types import RNNGenotype
+
+from ..ops import RNN_ACTIVATIONS
+from . import register
+
+if TYPE_CHECKING:
+    from ..build import NetConfig
+
+#: DARTS initialises every weight uniformly in +-0.04 (rnn/model.py INITRANGE).
+INIT_RANGE = 0.04
+
+
+def _dropout_mask(x: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
+    """A 0 / (1/(1-p)) mask of `shape`, broadcast by the caller so that one draw
+    covers a whole sequence: dropping the same units at every step is what lets
+    dropout regularise a recurrence without drowning its memory in noise."""
+    return x.new_empty(shape).bernoulli_(1 - p) / (1 - p)
+
+
+def _highway(state: torch.Tensor, projected: torch.Tensor,
+             activation: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    gate, candidate = projected.chunk(2, dim=-1)
+    return state + gate.sigmoid() * (activation(candidate) - state)
+
+
+class RecurrentCell(nn.Module):
+    def __init__(self, genotype: RNNGenotype, input_size: int, hidden_size: int,
+                 dropout_x: float, dropout_h: float):
+        super().__init__()
+        self.recurrent = genotype.recurrent
+        self.concat = genotype.concat
+        self.dropout_x = dropout_x
+        self.dropout_h = dropout_h
+        # Linear modules rather than raw matrices so that FLOP hooks see the cell's work.
+        self.init_proj = nn.Linear(input_size + hidden_size, 2 * hidden_size, bias=False)
+        self.step_projs = nn.ModuleList(
+            nn.Linear(hidden_size, 2 * hidden_size, bias=False) for _ in genotype.recurrent
+        )
+
+    def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """inputs [T, B, input_size], hidden [B, H] -> (h_t for every t [T, B, H], h_T [B, H])."""
+        x_mask = h_mask = None
+        if self.training and self.dropout_x:
+            x_mask = _dropout_mask(inputs, inputs.shape[1:], self.dropout_x)
+        if self.training and self.dropout_h:
+            h_mask = _dropout_mask(hidden, hidden.shape, self.dropout_h)
+        outputs = []
+        for x in inputs:
+            hidden = self._step(x, hidden, x_mask, h_mask)
+            outputs.append(hidden)
+        return torch.stack(outputs), hidden
+
+    def _step(self, x: torch.Tensor, h: torch.Tensor,
+              x_mask: torch.Tensor | None, h_mask: torch.Tensor | None) -> torch.Tensor:
+        def drop(t: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+            return t if mask is None else t * mask
+
+        # Dropout only on what the projections read; the highway carries the state itself intact.
+        states = [_highway(h, self.init_proj(torch.cat([drop(x, x_mask), drop(h, h_mask)], dim=-1)), torch.tanh)]
+        for (activation, source), proj in zip(self.recurrent, self.step_projs):
+            s = states[source]
+            states.append(_highway(s, proj(drop(s, h_mask)), RNN_ACTIVATIONS[activation]))
+        return torch.stack([states[i] for i in self.concat]).mean(dim=0)
+
+
+class RNNLanguageModel(nn.Module):
+    def __init__(self, genotype: RNNGenotype, vocab_size: int, size: int, dropout: float,
+                 dropout_h: float, dropout_x: float, dropout_i: float, dropout_e: float):
+        super().__init__()
+        self.hidden_size = size
+        self.dropout, self.dropout_i, self.dropout_e = dropout, dropout_i, dropout_e
+        self.embedding = nn.Embedding(vocab_size, size)
+        self.cell = RecurrentCell(genotype, size, size, dropout_x, dropout_h)
+        self.decoder = nn.Linear(size, vocab_size)
+        self.decoder.weight = self.embedding.weight
+        for p in self.parameters():
+            nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE)
+        nn.init.zeros_(self.decoder.bias)
+
+    def init_hidden(self, batch_size: int) -> torch.Tensor:
+        return self.embedding.weight.new_zeros(batch_size, self.hidden_size)
+
+    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        weight = self.embedding.weight
+        if self.training and self.dropout_e:
+            # Drop whole words: a dropped word's embedding is zero wherever it occurs.
+            weight = weight * _dropout_mask(weight, (weight.shape[0], 1), self.dropout_e)
+        x = nn.functional.embedding(tokens, weight)
+        if self.training and self.dropout_i:
+            x = x * _dropout_mask(x, (1, *x.shape[1:]), self.dropout_i)
+        out, hidden = self.cell(x, hidden)
+        if self.training and self.dropout:
+            out = out * _dropout_mask(out, (1, *out.shape[1:]), self.dropout)
+        return self.decoder(out), hidden
+
+
+@register("rnn", RNNGenotype)
+def build(arch: RNNGenotype, config: NetConfig) -> nn.Module:
+    config.refuse("rnn", "layers", "auxiliary", "drop_path")
+    if config.embed_size != config.hidden_size:
+        raise ConfigError("embed_size", f"must equal hidden_size ({config.hidden_size}): "
+                          "the decoder shares the embedding's weights")
+    return RNNLanguageModel(
+        arch,
+        vocab_size=config.vocab_size,
+        # `channels`, the trainer's width override, sets both sizes at once.
+        size=config.channels or config.hidden_size,
+        dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
+        dropout_i=config.dropout_i, dropout_e=config.dropout_e,
+    )
