@@ -48,6 +48,12 @@ class EvalResult:
         return cls(arch=arch, reward=None, status=FAILED, reason=reason, metrics=metrics)
 
 
+def resolve_arch(space, arch: Hashable) -> Hashable:
+    """`arch` as a validated architecture of `space`; strings (what specs, logs and
+    the wire carry) are parsed first. Raises InvalidArchitecture."""
+    return space.validate(space.parse(arch) if isinstance(arch, str) else arch)
+
+
 class Evaluator(ABC):
     """Scores architectures of one search space."""
 

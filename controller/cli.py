@@ -1,0 +1,167 @@
+"""The `nas` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from search_spaces import NasError
+
+from .spec import SearchSpec, load_config
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nas", description="Distributed, asynchronous neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="run a search in this process and write a run directory")
+    s.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
+    s.add_argument("--space", help="search space: nb201, darts, nasnet, macro, rnn (default nb201)")
+    s.add_argument("--strategy", help="random, evolution or rl (default rl)")
+    s.add_argument("--evaluator", help="train (train each child) or table (NAS-Bench-201 lookup)")
+    s.add_argument("--dataset", help="digits (default, bundled), mnist, cifar10, ptb")
+    s.add_argument("--data", dest="data_path", help="path to the dataset's files (mnist, cifar10, ptb)")
+    s.add_argument("--evaluations", type=int, help="number of architectures to evaluate (default 24)")
+    s.add_argument("--epochs", type=int, help="training epochs per child")
+    s.add_argument("--batch-size", type=int, help="training batch size per child")
+    s.add_argument("--channels", type=int, help="child network width (initial channels)")
+    s.add_argument("--layers", type=int, help="child network depth (cells per stage for nb201, cells for darts)")
+    s.add_argument("--seed", type=int, help="seed of the whole search (default 0)")
+    s.add_argument("--parallelism", type=int, help="evaluations in flight at once (default 1)")
+    s.add_argument("--space-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="search-space option, e.g. num_layers=8 for macro (repeatable)")
+    s.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="strategy option, e.g. lr=0.001 or batch_size=8 for rl (repeatable)")
+    s.add_argument("--train-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="child-training option, e.g. lr=0.05 (repeatable)")
+    s.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.add_argument("--json", action="store_true", help="print result.json to stdout at the end")
+
+    i = sub.add_parser("inspect", help="describe an architecture: drawing, parameters, FLOPs")
+    i.add_argument("--space", required=True)
+    i.add_argument("--arch", required=True, help="architecture string, or a published name such as DARTS_V2")
+    i.add_argument("--channels", type=int, help="initial channels (space default if omitted)")
+    i.add_argument("--layers", type=int, help="depth (space default if omitted)")
+    i.add_argument("--auxiliary", action="store_true", help="add the auxiliary head (counted separately)")
+    i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--in-channels", type=int, default=3)
+    i.add_argument("--image-size", type=int, default=32)
+    i.add_argument("--vocab-size", type=int, default=10000, help="language models (rnn) only")
+    i.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="benchmarks against published results")
+    b.add_argument("benchmark", choices=["nb201"])
+    b.add_argument("--strategy", required=True)
+    b.add_argument("--evaluations", type=int, default=100)
+    b.add_argument("--seeds", type=int, default=100)
+    b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16")
+    b.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--json", action="store_true")
+    return parser
+
+
+def spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    for name in ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "parallelism"):
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = value
+    train = dict(data.get("train", {}))
+    for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("channels", "channels"), ("layers", "layers")):
+        if getattr(args, flag) is not None:
+            train[key] = getattr(args, flag)
+    train.update(dict(args.train_option))
+    if train:
+        data["train"] = train
+    for option, key in (("space_option", "space_options"), ("strategy_option", "strategy_options")):
+        if getattr(args, option):
+            data[key] = {**data.get(key, {}), **dict(getattr(args, option))}
+    return SearchSpec.from_dict(data, source="config" if args.config else "spec").validate()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .search import run_search
+
+    spec = spec_from_args(args)
+    out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not args.quiet:
+        print(f"searching {spec.space} with {spec.strategy} ({spec.evaluator} evaluator, "
+              f"{spec.evaluations} evaluations, seed {spec.seed}) -> {out}", file=sys.stderr)
+    result = run_search(spec, out, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        best = result["best"]
+        print(f"best reward {best['reward']:.4f}: {best['arch']}" if best else "no evaluation succeeded")
+        print(f"{result['evaluations']} evaluations ({result['failed']} failed) in {result['wall_time_s']:.1f} s; "
+              f"results in {out}/result.json")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .describe import inspect_arch
+
+    report = inspect_arch(
+        args.space, args.arch, channels=args.channels, layers=args.layers, auxiliary=args.auxiliary,
+        num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size,
+        vocab_size=args.vocab_size,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "drawing"}, indent=2))
+    else:
+        print(f"space: {report['space']}\narch:  {report['arch']}\n")
+        print(report["drawing"])
+        print(f"\nparams: {report['params']:,} ({report['params'] / 1e6:.3f} M)")
+        if report["params_auxiliary"]:
+            print(f"params of the auxiliary head (not counted above): {report['params_auxiliary']:,}")
+        print(f"FLOPs (multiply-adds, one input): {report['flops']:,} ({report['flops'] / 1e6:.2f} M)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import bench_nb201, format_bench
+
+    result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
+                         strategy_options=dict(args.strategy_option))
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "inspect": cmd_inspect, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NasError as exc:
+        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

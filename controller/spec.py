@@ -1,0 +1,93 @@
+"""The search spec: one typed, frozen description of a search, validated at the
+boundary (config file, CLI flags, later the gRPC request) with errors that name
+the field and the allowed values."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from search_spaces import ConfigError, get_space, space_names
+
+EVALUATORS = ("train", "table")
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    space: str = "nb201"
+    strategy: str = "rl"
+    evaluator: str = "train"
+    dataset: str = "digits"
+    data_path: str | None = None
+    evaluations: int = 24
+    seed: int = 0
+    #: How many evaluations may be in flight at once (1 = strictly sequential).
+    parallelism: int = 1
+    space_options: dict[str, Any] = field(default_factory=dict)
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    #: TrainConfig fields for the train evaluator (epochs, batch_size, lr, channels, layers, ...).
+    train: dict[str, Any] = field(default_factory=dict)
+    #: Options of the table evaluator (e.g. dataset: cifar10 | cifar100 | imagenet16).
+    table: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> "SearchSpec":
+        """Check every field; returns self so callers can chain."""
+        if self.space not in space_names():
+            raise ConfigError("space", f"unknown search space {self.space!r}", space_names())
+        get_space(self.space, **self.space_options)
+        from controller.strategy import strategy_names
+
+        if self.strategy not in strategy_names():
+            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}", strategy_names())
+        if self.evaluator not in EVALUATORS:
+            raise ConfigError("evaluator", f"unknown evaluator {self.evaluator!r}", EVALUATORS)
+        _positive_int("evaluations", self.evaluations)
+        _positive_int("parallelism", self.parallelism)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
+        for name in ("space_options", "strategy_options", "train", "table"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(name, f"must be a mapping of option names to values, got {getattr(self, name)!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "spec") -> "SearchSpec":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}.{unknown[0]}", "unknown field", sorted(known))
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "SearchSpec":
+        return dataclasses.replace(self, **changes)
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(name, f"must be a positive integer, got {value!r}")
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read a spec file (.json or .toml) into a plain dict."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError("config", f"file not found: {p}")
+    try:
+        if p.suffix == ".toml":
+            return tomllib.loads(p.read_text())
+        if p.suffix == ".json":
+            data = json.loads(p.read_text())
+        else:
+            raise ConfigError("config", f"unsupported file type {p.suffix!r}", (".json", ".toml"))
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("config", f"cannot parse {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{p} must hold one object of spec fields")
+    return data

@@ -1,0 +1,68 @@
+"""Regularized evolution (Real et al. 2019, "aging evolution").
+
+Defaults are NAS-Bench-201's REA settings for its 100-evaluation protocol:
+population 10, tournament sample 3 (D-X-Y/AutoDL-Projects@f46486e,
+scripts-search/NAS-Bench-201-algos/R-EA.sh and exps/NATS-algos/regularized_ea.py:
+--ea_population 10 --ea_sample_size 3). As there and in Real et al.'s
+reference code, tournament members are drawn with replacement.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Hashable
+
+from controller.policy import check_int
+from controller.strategy import Strategy, register
+from search_spaces import ConfigError, SearchSpace
+from workers.evaluator import EvalResult
+
+
+@register
+class EvolutionStrategy(Strategy):
+    """Random proposals until `population_size` results are in; then each
+    proposal mutates the best of `sample_size` random members. Every result
+    joins the population and the oldest member dies (aging, not the worst:
+    the regularisation that gives the method its name). Failed results never
+    join, so a crashing architecture cannot become a parent.
+
+    Proposals read the population as it stands, so several may go out before
+    any result comes back (asynchronous workers).
+    """
+
+    name = "evolution"
+
+    def __init__(self, space: SearchSpace, seed: int = 0, population_size: int = 10, sample_size: int = 3):
+        super().__init__(space, seed)
+        self.population_size = check_int("population_size", population_size, 1)
+        self.sample_size = check_int("sample_size", sample_size, 1)
+        if sample_size > population_size:
+            raise ConfigError("sample_size", f"{sample_size} exceeds population_size", f"1..{population_size}")
+        #: (architecture, reward), oldest first.
+        self.population: deque[tuple[Hashable, float]] = deque(maxlen=population_size)
+
+    def propose(self, n: int = 1) -> list[Hashable]:
+        return [self._child() for _ in range(n)]
+
+    def _child(self) -> Hashable:
+        if len(self.population) < self.population_size:
+            return self.space.sample(self.rng)
+        picks = self.rng.integers(len(self.population), size=self.sample_size)
+        parent, _ = max((self.population[i] for i in picks), key=lambda member: member[1])
+        return self.space.mutate(parent, self.rng)
+
+    def observe(self, arch: Hashable, result: EvalResult) -> None:
+        if result.ok and result.reward is not None:
+            # The deque's maxlen drops the oldest member.
+            self.population.append((arch, result.reward))
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["population"] = [[self.space.format(arch), reward] for arch, reward in self.population]
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.population = deque(
+            ((self.space.parse(text), reward) for text, reward in state["population"]), maxlen=self.population_size
+        )

@@ -1,0 +1,154 @@
+"""The `nas` CLI: bad inputs fail in one line with exit code 2; searches write
+a complete run directory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from controller.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv, field, allowed",
+    [
+        (["search", "--space", "nope"], "space", "nb201"),
+        (["search", "--strategy", "nope"], "strategy", "evolution"),
+        (["search", "--evaluator", "nope"], "evaluator", "table"),
+        (["search", "--dataset", "nope", "--evaluations", "1"], "dataset", "digits"),
+        (["search", "--evaluations", "-3"], "evaluations", "positive"),
+        (["search", "--dataset", "cifar10", "--data", "/no/such/dir", "--evaluations", "1"], "data_path", "not found"),
+        (["search", "--space", "darts", "--evaluator", "table"], "evaluator", "nb201"),
+        (["inspect", "--space", "nb201", "--arch", "|bogus~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "arch", "nor_conv_3x3"),
+        (["inspect", "--space", "darts", "--arch", "Genotype(normal=[('sep_conv_3x3', 9)"], "arch", ""),
+        (["inspect", "--space", "nb201", "--arch", "garbage"], "arch", ""),
+        (["bench", "nb201", "--strategy", "nope", "--seeds", "1"], "strategy", "random"),
+        (["bench", "nb201", "--strategy", "random", "--evaluations", "0"], "evaluations", "positive"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(capsys, tmp_path, argv, field, allowed):
+    if argv[0] == "search":
+        argv = argv + ["--out", str(tmp_path / "run"), "--quiet"]
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert field in lines[0] and allowed in lines[0]
+    assert "Traceback" not in err
+    assert not (tmp_path / "run" / "evaluations.jsonl").exists()
+
+
+def test_unknown_flag_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["search", "--evaluatons", "3"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--evaluatons" in err[0]
+
+
+def test_table_search_writes_run_directory(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(capsys, "search", "--evaluator", "table", "--strategy", "evolution",
+                              "--evaluations", "30", "--seed", "3", "--out", str(out), "--quiet", "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result == json.loads((out / "result.json").read_text())
+    records = [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    assert len(records) == 30 == result["evaluations"]
+    assert len({r["id"] for r in records}) == 30
+    best = max(records, key=lambda r: r["reward"])
+    assert result["best"]["arch"] == best["arch"] and result["best"]["reward"] == best["reward"]
+    for key in ("strategy", "space", "seed", "wall_time_s", "top_k"):
+        assert key in result
+    assert [t["reward"] for t in result["top_k"]] == sorted((r["reward"] for r in records), reverse=True)[:5]
+    assert json.loads((out / "spec.json").read_text())["strategy"] == "evolution"
+    assert (out / "progress.svg").read_text().startswith("<svg")
+    # The same seed gives the same search.
+    again = tmp_path / "again"
+    run_cli(capsys, "search", "--evaluator", "table", "--strategy", "evolution", "--evaluations", "30",
+            "--seed", "3", "--out", str(again), "--quiet")
+    assert [json.loads(l)["arch"] for l in (again / "evaluations.jsonl").read_text().splitlines()] == [
+        r["arch"] for r in records
+    ]
+
+
+def test_config_file_and_flags_merge(capsys, tmp_path):
+    config = tmp_path / "spec.toml"
+    config.write_text('evaluator = "table"\nstrategy = "random"\nevaluations = 5\n')
+    out = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "search", "--config", str(config), "--evaluations", "4", "--out", str(out), "--quiet")
+    assert code == 0
+    spec = json.loads((out / "spec.json").read_text())
+    assert spec["evaluations"] == 4 and spec["strategy"] == "random"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"evaluatons": 3}')
+    code, _, err = run_cli(capsys, "search", "--config", str(bad), "--out", str(tmp_path / "x"))
+    assert code == 2 and "evaluatons" in err and "evaluations" in err
+
+
+def test_out_directory_with_a_search_is_refused(capsys, tmp_path):
+    out = tmp_path / "run"
+    args = ["search", "--evaluator", "table", "--evaluations", "2", "--out", str(out), "--quiet"]
+    assert run_cli(capsys, *args)[0] == 0
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2 and "out" in err
+
+
+def test_train_search_on_digits(capsys, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        capsys, "search", "--strategy", "random", "--evaluations", "2", "--epochs", "1",
+        "--channels", "4", "--layers", "1", "--out", str(out), "--quiet", "--json",
+    )
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["evaluations"] == 2 and result["failed"] == 0
+    assert 0 < result["best"]["reward"] <= 1
+    record = json.loads((out / "evaluations.jsonl").read_text().splitlines()[0])
+    for key in ("val_curve", "params", "flops", "wall_time_s", "device"):
+        assert key in record["metrics"]
+
+
+def test_inspect_json(capsys):
+    code, out, _ = run_cli(capsys, "inspect", "--space", "darts", "--arch", "DARTS_V2", "--channels", "36",
+                           "--layers", "20", "--auxiliary", "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["space"] == "darts" and report["arch"].startswith("Genotype(normal=")
+    assert abs(report["params"] / 1e6 - 3.3) < 0.1
+    assert report["params_auxiliary"] > 0 and report["flops"] > 0
+
+
+def test_inspect_text_for_every_space(capsys):
+    from search_spaces import get_space, space_names
+    import numpy as np
+
+    for name in space_names():
+        arch = get_space(name).sample(np.random.default_rng(0))
+        # Macro networks have no width knob: their filters are part of the architecture.
+        width = [] if name == "macro" else ["--channels", "8"]
+        code, out, _ = run_cli(capsys, "inspect", "--space", name, "--arch", str(arch), *width)
+        assert code == 0, name
+        assert "params:" in out and "FLOPs" in out
+
+
+def test_bench_json(capsys):
+    code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "random", "--evaluations", "20",
+                           "--seeds", "3", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["strategy"] == "random" and result["seeds"] == 3 and result["evaluations"] == 20
+    assert 80 < result["test_acc_mean"] <= 94.37
+    assert result["test_acc_std"] >= 0
+
+
+def test_console_script_runs():
+    done = subprocess.run([sys.executable, "-m", "controller.cli", "--help"], capture_output=True, text=True)
+    assert done.returncode == 0 and "search" in done.stdout

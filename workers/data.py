@@ -1,0 +1,387 @@
+"""Datasets that need no network, held in memory as tensors.
+
+Children are small and evaluated many times per process, so a dataset is
+loaded once, normalised once, and served by index tensors: no DataLoader, no
+worker processes, no per-sample Python (see benchmarks/train_throughput.py).
+
+Names: `digits` (scikit-learn's bundled 8x8 digits, the default), `mnist`,
+`cifar10` (image classification) and `ptb` (word-level language modelling).
+"""
+
+from __future__ import annotations
+
+import pickle
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import ClassVar, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_spaces.errors import ConfigError
+
+DATASETS = ("digits", "mnist", "cifar10", "ptb")
+#: Validation share of the official training set (Zoph & Le held out 5k of CIFAR-10's 50k).
+DEFAULT_VAL_FRACTION = {"digits": 0.2, "mnist": 0.1, "cifar10": 0.1}
+CIFAR10_PADDING = 4
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+_NPZ_LAYOUT = "an .npz file (or a folder holding exactly one) with arrays x_train, y_train, x_test, y_test"
+EXPECTED_LAYOUT = {
+    "mnist": f"{_NPZ_LAYOUT}; x_* of shape (N, 28, 28) uint8",
+    "cifar10": (
+        "the CIFAR-10 python batches folder (data_batch_1 .. data_batch_5 and test_batch), or "
+        f"{_NPZ_LAYOUT}; x_* of shape (N, 32, 32, 3) uint8"
+    ),
+    "ptb": "a folder with ptb.train.txt, ptb.valid.txt and ptb.test.txt",
+}
+_PTB_FILES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
+_CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+
+
+class Dataset(ABC):
+    """What every dataset tells the evaluator: its name, kind and split sizes."""
+
+    name: str
+    kind: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def sizes(self) -> dict[str, int]:
+        """Samples (images) or tokens per split: train, val, test."""
+
+    @abstractmethod
+    def info(self) -> dict:
+        """Plain-data description for logs and run directories."""
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset(Dataset):
+    """Normalised float32 NCHW images and int64 labels; `x_test` is None when
+    the source has no test set (digits)."""
+
+    kind: ClassVar[str] = "image"
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor | None
+    y_test: torch.Tensor | None
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    #: Random crop (zero padding of CIFAR10_PADDING) and horizontal flip of training batches.
+    augment: bool = False
+
+    @property
+    def in_channels(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def image_size(self) -> int:
+        return self.x_train.shape[-1]
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.y_train), "val": len(self.y_val),
+                "test": 0 if self.y_test is None else len(self.y_test)}
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "in_channels": self.in_channels,
+                "image_size": self.image_size, "num_classes": self.num_classes,
+                "augment": self.augment, "sizes": self.sizes}
+
+    def to(self, device: torch.device | str) -> "ImageDataset":
+        """The same dataset with every tensor on `device` (self when already there)."""
+        device = torch.device(device)
+        if self.x_train.device == device:
+            return self
+        tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name[:2] in ("x_", "y_")}
+        return replace(self, **{k: None if v is None else v.to(device) for k, v in tensors.items()})
+
+    def train_batches(
+        self, batch_size: int, generator: torch.Generator, max_batches: int | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of shuffled (x, y) batches, the last one possibly short.
+
+        All randomness comes from `generator` (a CPU generator, so the same seed
+        gives the same batches on any device); one permutation per epoch and
+        batch gathers by index keep the per-step cost to a few tensor ops.
+        """
+        n = len(self.y_train)
+        device = self.x_train.device
+        order = torch.randperm(n, generator=generator).to(device)
+        steps = -(-n // batch_size)
+        if max_batches is not None:
+            steps = min(steps, max_batches)
+        for step in range(steps):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            x = self.x_train[idx]
+            if self.augment:
+                x = _crop_and_flip(x, CIFAR10_PADDING, generator)
+            yield x, self.y_train[idx]
+
+    def eval_batches(self, split: str = "val", batch_size: int = 512) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Sequential (x, y) views of the `val` or `test` split, no copies."""
+        if split not in ("val", "test"):
+            raise ConfigError("split", f"unknown split {split!r}", ("val", "test"))
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        if x is None:
+            raise ConfigError("split", f"the {self.name} dataset has no {split} split", ("val",))
+        for start in range(0, len(y), batch_size):
+            yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+@dataclass(frozen=True, eq=False)
+class TextDataset(Dataset):
+    """Word-level corpus as 1-D int64 token streams; ids index `vocab`."""
+
+    kind: ClassVar[str] = "text"
+
+    name: str
+    vocab: tuple[str, ...]
+    train: torch.Tensor
+    val: torch.Tensor
+    test: torch.Tensor
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+    def info(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "vocab_size": self.vocab_size, "sizes": self.sizes}
+
+    def batchify(self, split: str, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The split's stream cut into `batch_size` parallel columns: shape [T, batch_size].
+        The tail that does not fill a row is dropped, as in the usual PTB setup."""
+        streams = {"train": self.train, "val": self.val, "test": self.test}
+        if split not in streams:
+            raise ConfigError("split", f"unknown split {split!r}", tuple(streams))
+        tokens = streams[split]
+        rows = len(tokens) // batch_size
+        if rows < 2:
+            raise ConfigError("batch_size", f"{batch_size} leaves fewer than 2 time steps of the "
+                              f"{split} split ({len(tokens)} tokens)")
+        return tokens[:rows * batch_size].view(batch_size, rows).t().contiguous().to(device)
+
+
+def load_dataset(
+    name: str = "digits", path: str | Path | None = None, seed: int = 0, *,
+    val_fraction: float | None = None, max_train: int | None = None, augment: bool | None = None,
+) -> Dataset:
+    """Load `name` into memory.
+
+    Image datasets: the official training set is split into train/validation
+    by a permutation drawn from `seed` (`val_fraction` of it validates; 0.2 for
+    digits, 0.1 otherwise), `max_train` keeps only the first that many training
+    samples of the permuted order, and every split is normalised by the
+    training split's per-channel mean and std. `augment` (default: on for
+    cifar10 only) applies random crop and flip to training batches.
+    ptb keeps its own train/valid/test files; `max_train` caps its training tokens.
+    """
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
+    if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
+        raise ConfigError("max_train", f"must be a positive integer or None, got {max_train!r}")
+    if augment and name != "cifar10":
+        raise ConfigError("augment", f"random crop and flip apply to cifar10 only, not {name!r}", ("cifar10",))
+    if name == "digits":
+        if path is not None:
+            raise ConfigError("data_path", "digits ships with scikit-learn and takes no --data path")
+    elif path is None:
+        raise ConfigError("data_path", f"the {name} dataset needs --data PATH: {EXPECTED_LAYOUT[name]}")
+    elif not Path(path).exists():
+        raise ConfigError("data_path", f"not found: {path}; expected {EXPECTED_LAYOUT[name]}")
+
+    if name == "ptb":
+        if val_fraction is not None:
+            raise ConfigError("val_fraction", "ptb has its own validation file; leave val_fraction unset")
+        return _load_ptb(Path(path), max_train)
+
+    if val_fraction is None:
+        val_fraction = DEFAULT_VAL_FRACTION[name]
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
+        raise ConfigError("val_fraction", f"must be strictly between 0 and 1, got {val_fraction!r}")
+    if name == "digits":
+        train, test = _read_digits(), None
+    elif name == "mnist":
+        train, test = _read_npz(name, Path(path))
+    else:
+        train, test = _read_cifar10(Path(path))
+    return _split_and_normalise(
+        name, train, test, seed, val_fraction, max_train,
+        augment=(name == "cifar10") if augment is None else augment,
+    )
+
+
+# -- image sources: each returns (x uint8/float NCHW numpy, y int64) pairs -----------------------
+
+
+def _read_digits():
+    # Deferred: scikit-learn takes about 2 s to import and only digits needs it.
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images[:, None].astype(np.float32), bunch.target.astype(np.int64)
+
+
+def _read_npz(name: str, path: Path):
+    path = _single_npz(name, path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [k for k in _NPZ_KEYS if k not in archive.files]
+            if missing:
+                raise ValueError(f"missing arrays {', '.join(missing)}")
+            arrays = {k: archive[k] for k in _NPZ_KEYS}
+    except (OSError, ValueError) as exc:
+        raise ConfigError("data_path", f"cannot read {path}: {exc}; expected {EXPECTED_LAYOUT[name]}") from None
+    return tuple(
+        (_nchw(name, path, arrays[f"x_{split}"]), _labels(name, path, arrays[f"y_{split}"], len(arrays[f"x_{split}"])))
+        for split in ("train", "test")
+    )
+
+
+def _single_npz(name: str, path: Path) -> Path:
+    if path.is_file():
+        return path
+    found = sorted(path.glob("*.npz"))
+    if len(found) != 1:
+        what = "no .npz file" if not found else f"{len(found)} .npz files ({', '.join(p.name for p in found)})"
+        raise ConfigError("data_path", f"{path} holds {what}; expected {EXPECTED_LAYOUT[name]}")
+    return found[0]
+
+
+def _nchw(name: str, path: Path, x: np.ndarray) -> np.ndarray:
+    """NHW (grey) or NHWC images as NCHW."""
+    if x.ndim == 3:
+        return x[:, None]
+    if x.ndim == 4 and x.shape[-1] in (1, 3):
+        return x.transpose(0, 3, 1, 2)
+    raise ConfigError("data_path", f"{path}: images of shape {x.shape} are neither (N, H, W) nor (N, H, W, C); "
+                      f"expected {EXPECTED_LAYOUT[name]}")
+
+
+def _labels(name: str, path: Path, y, n: int) -> np.ndarray:
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != n or not np.isin(y, np.arange(10)).all():
+        raise ConfigError("data_path", f"{path}: expected {n} labels in 0..9, got {len(y)}; "
+                          f"expected {EXPECTED_LAYOUT[name]}")
+    return y
+
+
+def _read_cifar10(path: Path):
+    if path.is_dir() and (path / "cifar-10-batches-py").is_dir():
+        path = path / "cifar-10-batches-py"
+    batch_files = (*_CIFAR_BATCHES, "test_batch")
+    if path.is_file() or not any((path / b).exists() for b in batch_files):
+        return _read_npz("cifar10", path)
+    missing = [b for b in batch_files if not (path / b).is_file()]
+    if missing:
+        raise ConfigError("data_path", f"not found: {path / missing[0]}; expected {EXPECTED_LAYOUT['cifar10']}")
+    train = [_read_cifar_batch(path / b) for b in _CIFAR_BATCHES]
+    train_pair = (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]))
+    return train_pair, _read_cifar_batch(path / "test_batch")
+
+
+def _read_cifar_batch(path: Path):
+    # The official batches are pickled dicts; they are only ever read from a
+    # path the user named, like any other local data file.
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = batch[b"labels"]
+    except Exception as exc:  # noqa: BLE001 - whatever unpickling trips on, the file is unreadable
+        raise ConfigError("data_path", f"cannot read {path}: {type(exc).__name__}: {exc}; "
+                          f"expected {EXPECTED_LAYOUT['cifar10']}") from None
+    return data, _labels("cifar10", path, labels, len(data))
+
+
+def _split_and_normalise(name, train, test, seed, val_fraction, max_train, augment) -> ImageDataset:
+    x, y = train
+    n = len(y)
+    n_val = int(round(n * val_fraction))
+    if not 0 < n_val < n:
+        raise ConfigError("val_fraction", f"{val_fraction} of {n} training samples leaves an empty split")
+    order = np.random.default_rng(seed).permutation(n)
+    val_idx, train_idx = order[:n_val], order[n_val:]
+    if max_train is not None:
+        train_idx = train_idx[:max_train]
+    def floats(images: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(images.astype(np.float32))
+
+    # Per-channel statistics of the training split only, so validation stays unseen.
+    train_pixels = floats(x[train_idx])
+    mean = train_pixels.mean(dim=(0, 2, 3))
+    std = train_pixels.std(dim=(0, 2, 3)).clamp_min(1e-6)
+
+    def normalise(images: torch.Tensor) -> torch.Tensor:
+        return (images - mean[:, None, None]) / std[:, None, None]
+
+    return ImageDataset(
+        name=name,
+        x_train=normalise(train_pixels), y_train=torch.from_numpy(y[train_idx]),
+        x_val=normalise(floats(x[val_idx])), y_val=torch.from_numpy(y[val_idx]),
+        x_test=None if test is None else normalise(floats(test[0])),
+        y_test=None if test is None else torch.from_numpy(test[1]),
+        num_classes=10, mean=tuple(mean.tolist()), std=tuple(std.tolist()), augment=augment,
+    )
+
+
+def _crop_and_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop of the zero-padded batch plus horizontal flip, as one gather.
+
+    Zero padding happens after normalisation (the mean colour, not black), which
+    avoids un-normalising every batch. A flip is a reversed column index, so
+    crop and flip together cost a single gather over the flattened planes.
+    """
+    b, c, h, w = x.shape
+    width = w + 2 * padding
+    planes = F.pad(x, (padding, padding, padding, padding)).reshape(b * c, -1)
+    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(x.device)
+    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    cols = torch.arange(w, device=x.device)
+    cols = offsets[1, :, None] + torch.where(flip[:, None], cols.flip(0), cols)
+    rows = offsets[0, :, None] + torch.arange(h, device=x.device)
+    index = (rows[:, :, None] * width + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
+    return planes.gather(1, index.reshape(b * c, h * w)).reshape(b, c, h, w)
+
+
+# -- text ---------------------------------------------------------------------------------------
+
+
+def _load_ptb(folder: Path, max_train: int | None) -> TextDataset:
+    if not folder.is_dir():
+        raise ConfigError("data_path", f"not found: folder {folder}; expected {EXPECTED_LAYOUT['ptb']}")
+    words = {}
+    for split, filename in _PTB_FILES.items():
+        file = folder / filename
+        if not file.is_file():
+            raise ConfigError("data_path", f"not found: {file}; expected {EXPECTED_LAYOUT['ptb']}")
+        try:
+            text = file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("data_path", f"cannot read {file}: {exc}; expected {EXPECTED_LAYOUT['ptb']}") from None
+        words[split] = [w for line in text.splitlines() for w in (*line.split(), "<eos>")]
+    # Ids in order of first appearance in the training text, as the usual PTB corpus readers assign them.
+    ids = {w: i for i, w in enumerate(dict.fromkeys(words["train"]))}
+    streams = {}
+    for split, tokens in words.items():
+        unknown = ids.get("<unk>")
+        try:
+            streams[split] = torch.tensor([ids[w] if unknown is None else ids.get(w, unknown) for w in tokens],
+                                          dtype=torch.int64)
+        except KeyError as exc:
+            raise ConfigError("data_path", f"{folder / _PTB_FILES[split]}: word {exc.args[0]!r} is not in the "
+                              "training vocabulary and there is no <unk> token") from None
+    if max_train is not None:
+        streams["train"] = streams["train"][:max_train]
+    return TextDataset(name="ptb", vocab=tuple(ids), **streams)

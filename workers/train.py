@@ -1,0 +1,411 @@
+"""Train a child network from scratch and score it: Zoph & Le's evaluator.
+
+One `TrainEvaluator` lives in a worker process and evaluates many children in
+turn, so the dataset is loaded (and moved to the device) once, the training
+loop avoids per-step host synchronisation, and each child's model and
+optimizer are released before the next one is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import time
+import weakref
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable, Hashable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from search_spaces import SearchSpace
+from search_spaces.errors import ConfigError
+
+from .build import NetConfig, build_model
+from .data import DATASETS, Dataset, ImageDataset, TextDataset
+from .evaluator import EvalResult, Evaluator, resolve_arch
+from .profile import count_flops, count_params
+
+#: Spaces whose children are language models (tokens in, next-token scores out).
+LANGUAGE_SPACES = ("rnn",)
+IMAGE_REWARDS = ("zoph", "last", "max")
+LANGUAGE_REWARDS = ("ppl",)
+DEVICES = ("auto", "cpu", "cuda")
+#: Zoph & Le score a child by its best validation accuracy over this many final epochs.
+REWARD_WINDOW = 5
+#: Zoph & Le's PTB reward is PPL_REWARD_CONSTANT / ppl**2.
+PPL_REWARD_CONSTANT = 80.0
+
+# Fields left as None in TrainConfig take their task's default: NAS-RL's CIFAR
+# child training for images, DARTS' PTB recipe for language models (plain SGD
+# at lr 20; momentum SGD at 0.1 barely moves an LSTM-style model in a few epochs).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
+              "eval_batch_size": 256, "reward": "zoph"},
+    "text": {"lr": 20.0, "momentum": 0.0, "weight_decay": 5e-7, "grad_clip": 0.25,
+             "eval_batch_size": 10, "reward": "ppl"},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How each child is trained. Validated on construction; errors name the field."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    #: Peak learning rate of the cosine schedule (annealed to 0 per step). None: task default.
+    lr: float | None = None
+    #: SGD momentum, Nesterov whenever > 0 (NAS-RL). None: task default.
+    momentum: float | None = None
+    weight_decay: float | None = None
+    #: Max gradient norm; 0 disables clipping. None: task default.
+    grad_clip: float | None = None
+    #: Child width and depth overrides (None: the builder's default for the space).
+    channels: int | None = None
+    layers: int | None = None
+    #: Weight of the auxiliary head's loss; > 0 builds the child with its auxiliary head.
+    auxiliary_weight: float = 0.0
+    #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
+    drop_path: float = 0.0
+    #: zoph (max val accuracy of the last 5 epochs, cubed), last, max; ppl (80 / ppl^2) for
+    #: language models. "auto": zoph for images, ppl for language models.
+    reward: str = "auto"
+    #: Truncated-backprop window of language models.
+    bptt: int = 35
+    eval_batch_size: int | None = None
+    max_train_batches_per_epoch: int | None = None
+    device: str = "auto"
+    #: torch intra-op threads while training (None: leave torch's choice). Tiny children
+    #: often run fastest on 1 thread, and far faster when other processes share the cores.
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "bptt"):
+            _check_int(name, getattr(self, name), optional=False)
+        for name in ("channels", "layers", "eval_batch_size", "max_train_batches_per_epoch", "num_threads"):
+            _check_int(name, getattr(self, name), optional=True)
+        _check_number("lr", self.lr, low=0.0, low_inclusive=False)
+        _check_number("momentum", self.momentum, low=0.0, high=1.0)
+        _check_number("weight_decay", self.weight_decay, low=0.0)
+        _check_number("grad_clip", self.grad_clip, low=0.0)
+        _check_number("auxiliary_weight", self.auxiliary_weight, low=0.0)
+        _check_number("drop_path", self.drop_path, low=0.0, high=1.0)
+        rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
+        if self.reward not in rewards:
+            raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+
+    def resolved(self, kind: str) -> "TrainConfig":
+        """This config with every None / "auto" replaced by the default for `kind`
+        ("image" or "text"), and the reward checked against the task."""
+        defaults = TASK_DEFAULTS[kind]
+        config = replace(self, **{k: v for k, v in defaults.items()
+                                  if getattr(self, k) is None or getattr(self, k) == "auto"})
+        allowed = IMAGE_REWARDS if kind == "image" else LANGUAGE_REWARDS
+        if config.reward not in allowed:
+            raise ConfigError("reward", f"{config.reward!r} does not apply to {kind} models", allowed)
+        if kind == "text" and (config.auxiliary_weight or config.drop_path):
+            raise ConfigError("auxiliary_weight" if config.auxiliary_weight else "drop_path",
+                              "applies to image models only")
+        return config
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def _check_int(name: str, value: Any, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ConfigError(name, f"must be a positive integer{' or None' if optional else ''}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None, low_inclusive: bool = True) -> None:
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value < high)
+    if not ok:
+        interval = f"{'[' if low_inclusive else '('}{low}, {'inf)' if high is None else f'{high})'}"
+        raise ConfigError(name, f"must be a number in {interval}, got {value!r}")
+
+
+class TrainEvaluator(Evaluator):
+    """Builds the child with `build_model`, trains it from scratch on `dataset`,
+    validates after every epoch and turns the validation curve into the reward.
+
+    On CUDA the forward pass runs under bf16 autocast; on CPU in fp32. The same
+    (arch, seed) gives the same result on one machine: the seed drives weight
+    init, dropout and the batch order, and the caller's global RNG is left as it was.
+    """
+
+    name = "train"
+
+    def __init__(self, space: SearchSpace, dataset: Dataset, config: TrainConfig | None = None):
+        config = config or TrainConfig()
+        language = space.name in LANGUAGE_SPACES
+        if language != isinstance(dataset, TextDataset):
+            wanted = ("ptb",) if language else tuple(d for d in DATASETS if d != "ptb")
+            raise ConfigError("dataset", f"the {space.name} space builds "
+                              f"{'language models' if language else 'image classifiers'}, "
+                              f"which cannot train on {dataset.name!r}", wanted)
+        self.space = space
+        self._child: weakref.ref | None = None
+        self.config = config.resolved(dataset.kind)
+        self.device = _pick_device(self.config.device)
+        if isinstance(dataset, ImageDataset):
+            self.dataset = dataset.to(self.device)
+            self.net_config = NetConfig(
+                in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size,
+                auxiliary=self.config.auxiliary_weight > 0, drop_path=self.config.drop_path, **self._sizes(),
+            )
+        else:
+            self.dataset = dataset
+            self.net_config = NetConfig(vocab_size=dataset.vocab_size, **self._sizes())
+        # Builders refuse settings their network cannot honour (e.g. auxiliary on nb201)
+        # whatever the architecture: one trial build reports that here, as a ConfigError,
+        # instead of as a failure of every child.
+        with torch.random.fork_rng(devices=[]):
+            build_model(space.name, space.sample(np.random.default_rng(0)), self.net_config)
+
+    def _sizes(self) -> dict[str, int]:
+        sizes = {"channels": self.config.channels, "layers": self.config.layers}
+        return {k: v for k, v in sizes.items() if v is not None}
+
+    def _evaluate(self, arch: Hashable, seed: int) -> EvalResult:
+        arch = resolve_arch(self.space, arch)
+        try:
+            with _threads(self.config.num_threads):
+                return self._train(arch, seed)
+        except torch.OutOfMemoryError as exc:
+            reason = f"out of memory: {exc}"
+        finally:
+            self._release_child()
+        # The except clause has dropped the traceback, so the child's tensors are
+        # gone; hand the cached blocks back so the next child finds them in one piece.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return EvalResult.failure(str(arch), reason, device=str(self.device))
+
+    def _release_child(self) -> None:
+        """Make sure the last child's model and optimizer are freed before the next one.
+
+        Reference counting frees them as `_train` returns; only when something
+        (e.g. a library's first-call initialisation) left a reference cycle is a
+        full collection run, as it costs about 0.2 s in a process this size.
+        """
+        if self._child is not None and self._child() is not None:
+            gc.collect()
+        self._child = None
+
+    def _train(self, arch: Hashable, seed: int) -> EvalResult:
+        cuda = self.device.type == "cuda"
+        with torch.random.fork_rng(devices=[self.device.index] if cuda else []):
+            torch.manual_seed(seed)
+            model = build_model(self.space.name, arch, self.net_config).to(self.device)
+            self._child = weakref.ref(model)
+            profile = {"params": count_params(model), "flops": count_flops(model, self._sample_input())}
+            c = self.config
+            optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+                                        nesterov=c.momentum > 0, weight_decay=c.weight_decay)
+            image = isinstance(self.dataset, ImageDataset)
+            run = _Run(model, optimizer, c, self.device, torch.Generator().manual_seed(seed),
+                       unit="images" if image else "tokens")
+            failure = (run.fit_images if image else run.fit_text)(self.dataset)
+        metrics = {**profile, **run.metrics(), "device": str(self.device), "epochs": len(run.val_curve)}
+        if failure:
+            return EvalResult.failure(str(arch), failure, **metrics)
+        return EvalResult(str(arch), self._reward(run.val_curve), metrics=metrics)
+
+    def _sample_input(self) -> torch.Tensor:
+        if isinstance(self.dataset, ImageDataset):
+            return self.dataset.x_val[:1]
+        return self.dataset.val[:self.config.bptt, None].to(self.device)
+
+    def _reward(self, curve: list[float]) -> float:
+        window = curve[-REWARD_WINDOW:]
+        if self.config.reward == "zoph":
+            return max(window) ** 3
+        if self.config.reward == "last":
+            return curve[-1]
+        if self.config.reward == "max":
+            return max(curve)
+        # Perplexity: lower is better, so the best of the same final window as images.
+        return PPL_REWARD_CONSTANT / min(window) ** 2
+
+
+def _pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA is not available on this machine", ("auto", "cpu"))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    # An explicit index, so that seeding and RNG forking address the device in use.
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None):
+    """torch's intra-op thread count set to `n` for the block, then restored, so one
+    evaluator's setting does not leak into the rest of the process."""
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n:
+            torch.set_num_threads(before)
+
+
+class _Run:
+    """The state of one child's training: its loop, curves and timings."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device, generator: torch.Generator, unit: str):
+        self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
+        self.generator = generator
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+            else contextlib.nullcontext
+        )
+        #: Image curves hold accuracies (higher is better), text curves perplexities (lower is better).
+        self.val_curve: list[float] = []
+        self.train_loss_curve: list[float] = []
+        self.train_time_s = 0.0
+        self.samples = 0
+        self.unit = unit
+
+    def metrics(self) -> dict[str, Any]:
+        best_name, best = ("val_acc_best", max) if self.unit == "images" else ("val_ppl_best", min)
+        return {
+            "val_curve": self.val_curve,
+            "train_loss_curve": self.train_loss_curve,
+            best_name: best(self.val_curve) if self.val_curve else None,
+            "train_time_s": self.train_time_s,
+            f"{self.unit}_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
+        }
+
+    def _schedule(self, steps_per_epoch: int) -> list[float]:
+        """Per-step cosine annealing from lr to 0, so even a 1-epoch run anneals."""
+        total = self.config.epochs * steps_per_epoch
+        return [0.5 * self.config.lr * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+
+    def _step(self, loss: torch.Tensor, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+
+    def _end_epoch(self, epoch: int, losses: torch.Tensor, start: float) -> str | None:
+        """Book the epoch's time and mean loss; the loss check is the epoch's only
+        host sync, so a NaN is reported (by its first step) at the end of its epoch."""
+        finite = torch.isfinite(losses)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_time_s += time.perf_counter() - start
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0, 0]) + 1
+            return f"nan loss at epoch {epoch + 1} step {step}"
+        self.train_loss_curve.append(losses.mean().item())
+        return None
+
+    def fit_images(self, data: ImageDataset) -> str | None:
+        c, model = self.config, self.model
+        steps = -(-len(data.y_train) // c.batch_size)
+        if c.max_train_batches_per_epoch:
+            steps = min(steps, c.max_train_batches_per_epoch)
+        lrs = self._schedule(steps)
+        auxiliary = c.auxiliary_weight > 0
+        ramp_drop_path = hasattr(model, "drop_path_prob")
+        losses = torch.zeros(steps, device=self.device)
+        for epoch in range(c.epochs):
+            if ramp_drop_path:
+                model.drop_path_prob = c.drop_path * epoch / c.epochs
+            model.train()
+            start = time.perf_counter()
+            for step, (x, y) in enumerate(data.train_batches(c.batch_size, self.generator, steps)):
+                with self.autocast():
+                    out = model(x)
+                    if auxiliary:
+                        logits, aux_logits = out
+                        loss = F.cross_entropy(logits, y) + c.auxiliary_weight * F.cross_entropy(aux_logits, y)
+                    else:
+                        loss = F.cross_entropy(out, y)
+                self._step(loss, lrs[epoch * steps + step])
+                losses[step] = loss.detach()
+                self.samples += len(y)
+            failure = self._end_epoch(epoch, losses, start)
+            if failure:
+                return failure
+            self.val_curve.append(self._accuracy(data))
+        return None
+
+    @torch.inference_mode()
+    def _accuracy(self, data: ImageDataset) -> float:
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        for x, y in data.eval_batches("val", self.config.eval_batch_size):
+            with self.autocast():
+                correct += (self.model(x).argmax(1) == y).sum()
+        return correct.item() / len(data.y_val)
+
+    def fit_text(self, data: TextDataset) -> str | None:
+        c, model = self.config, self.model
+        train = data.batchify("train", c.batch_size, self.device)
+        valid = data.batchify("val", c.eval_batch_size, self.device)
+        starts = range(0, len(train) - 1, c.bptt)[:c.max_train_batches_per_epoch]
+        lrs = self._schedule(len(starts))
+        losses = torch.zeros(len(starts), device=self.device)
+        for epoch in range(c.epochs):
+            model.train()
+            hidden = model.init_hidden(c.batch_size)
+            start = time.perf_counter()
+            for step, at in enumerate(starts):
+                x, y = _window(train, at, c.bptt)
+                # Truncated backprop: carry the state across windows, not its history.
+                hidden = _detach(hidden)
+                with self.autocast():
+                    output, hidden = model(x, hidden)
+                    loss = F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
+                self._step(loss, lrs[epoch * len(starts) + step])
+                losses[step] = loss.detach()
+                self.samples += y.numel()
+            failure = self._end_epoch(epoch, losses, start)
+            if failure:
+                return failure
+            self.val_curve.append(self._perplexity(valid))
+        return None
+
+    @torch.inference_mode()
+    def _perplexity(self, valid: torch.Tensor) -> float:
+        self.model.eval()
+        hidden = self.model.init_hidden(valid.shape[1])
+        total = torch.zeros((), device=self.device)
+        for at in range(0, len(valid) - 1, self.config.bptt):
+            x, y = _window(valid, at, self.config.bptt)
+            with self.autocast():
+                output, hidden = self.model(x, hidden)
+            total += F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1), reduction="sum")
+        mean_loss = total.item() / ((len(valid) - 1) * valid.shape[1])
+        # exp overflows past ~709; a NaN loss also fails the comparison and scores as infinite.
+        return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def _window(stream: torch.Tensor, at: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs stream[at:at+n] and their next tokens, n = bptt or what is left."""
+    n = min(bptt, len(stream) - 1 - at)
+    return stream[at:at + n], stream[at + 1:at + 1 + n]
+
+
+def _detach(hidden):
+    if isinstance(hidden, torch.Tensor):
+        return hidden.detach()
+    return type(hidden)(_detach(h) for h in hidden)
