@@ -12,6 +12,7 @@ from search_spaces import ConfigError, get_space
 from workers.evaluators import get_evaluator
 from workers.executor import InProcessExecutor
 
+from .ledger import Ledger
 from .loop import run_loop
 from .strategy import get_strategy
 
@@ -37,15 +38,11 @@ def bench_nb201(
     chosen: list[float] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
-        best: list = [None]
-
-        def keep_best(index, task, result, best=best):
-            if result.ok and (best[0] is None or result.reward > best[0].reward):
-                best[0] = result
-
         search = get_strategy(strategy, space, seed=seed, **(strategy_options or {}))
-        run_loop(search, InProcessExecutor(evaluator), evaluations, seed, keep_best)
-        chosen.append(best[0].metrics["test_acc_200ep"])
+        ledger = Ledger(None, evaluations, seed)
+        run_loop(search, InProcessExecutor(evaluator), ledger)
+        best = max((r for r in ledger.records if r["reward"] is not None), key=lambda r: r["reward"])
+        chosen.append(best["metrics"]["test_acc_200ep"])
     return {
         "strategy": strategy,
         "evaluations": evaluations,

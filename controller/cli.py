@@ -47,7 +47,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--channels", type=int, help="child network width (initial channels)")
     s.add_argument("--layers", type=int, help="child network depth (cells per stage for nb201, cells for darts)")
     s.add_argument("--seed", type=int, help="seed of the whole search (default 0)")
-    s.add_argument("--parallelism", type=int, help="evaluations in flight at once (default 1)")
+    s.add_argument("--runtime", help="ray (default: the distributed scheme) or local (one process, one child at a time)")
+    s.add_argument("--address", help="Ray cluster to join: auto, or ray://HOST:PORT (default: an embedded single-node Ray)")
+    s.add_argument("--controllers", type=int, help="K controller replicas (rl; the paper used 100; default 2)")
+    s.add_argument("--children", type=int, help="m children sampled per replica step (the paper: 8; default 4)")
+    s.add_argument("--ps-shards", type=int, help="S parameter-server shards (the paper: 20; default 2)")
+    s.add_argument("--workers", type=int, help="W worker actors that evaluate children (default 2)")
+    s.add_argument("--cpus-per-child", type=float, help="CPUs reserved per worker (fractions allowed; default 1)")
+    s.add_argument("--gpus-per-child", type=float, help="GPUs reserved per worker (fractions allowed; default 0)")
+    s.add_argument("--max-retries", type=int, help="re-sends of an evaluation whose worker died (default 2)")
+    s.add_argument("--ps-accumulate", type=int, help="gradients a shard accumulates per update (default 1)")
+    s.add_argument("--staleness-policy", help="none, drop or scale: what shards do with stale gradients")
+    s.add_argument("--max-staleness", type=int, help="staleness bound in versions (drop/scale)")
+    s.add_argument("--max-wall-time", dest="max_wall_time_s", type=float, help="time budget in seconds")
+    s.add_argument("--resume", metavar="DIR", help="continue the stopped or crashed search in DIR")
     s.add_argument("--space-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
                    help="search-space option, e.g. num_layers=8 for macro (repeatable)")
     s.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -83,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     data: dict[str, Any] = load_config(args.config) if args.config else {}
-    for name in ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "parallelism"):
+    for name in ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime",
+                 "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child",
+                 "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "max_wall_time_s"):
         value = getattr(args, name)
         if value is not None:
             data[name] = value
@@ -101,14 +116,24 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from .search import run_search
+    from .job import SearchJob
 
-    spec = spec_from_args(args)
-    out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.resume:
+        out = args.resume
+        job = SearchJob.resume_from(out, address=args.address, progress=not args.quiet)
+        spec = job.spec
+    else:
+        spec = spec_from_args(args)
+        out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        job = SearchJob(spec, out, address=args.address, progress=not args.quiet)
     if not args.quiet:
-        print(f"searching {spec.space} with {spec.strategy} ({spec.evaluator} evaluator, "
-              f"{spec.evaluations} evaluations, seed {spec.seed}) -> {out}", file=sys.stderr)
-    result = run_search(spec, out, progress=not args.quiet)
+        scheme = (f"K={spec.controllers} controllers x m={spec.children} children, S={spec.ps_shards} shards, "
+                  if spec.runtime == "ray" and spec.strategy == "rl" else "")
+        where = f"{scheme}{spec.workers} workers on Ray" if spec.runtime == "ray" else "in this process"
+        print(f"{'resuming' if args.resume else 'searching'} {spec.space} with {spec.strategy} "
+              f"({spec.evaluator} evaluator, {spec.evaluations} evaluations, seed {spec.seed}; {where}) -> {out}",
+              file=sys.stderr)
+    result = job.run()
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True))
     else:
@@ -116,6 +141,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"best reward {best['reward']:.4f}: {best['arch']}" if best else "no evaluation succeeded")
         print(f"{result['evaluations']} evaluations ({result['failed']} failed) in {result['wall_time_s']:.1f} s; "
               f"results in {out}/result.json")
+    if result["state"] == "stopped":
+        print(f"stopped; continue with: nas search --resume {out}", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1,56 +1,62 @@
-"""The one search loop: keep the executor busy with proposals, record each
+"""The proposer loop for strategies that run in one place (random, evolution,
+the single-process rl): keep the executor busy with proposals, record each
 result durably, then let the strategy learn from it."""
 
 from __future__ import annotations
 
-from typing import Callable
-
-import numpy as np
+from typing import Callable, Iterable
 
 from workers.evaluator import EvalResult
 from workers.executor import Executor, Task
 
+from .ledger import Ledger
 from .strategy import Strategy
 
-
-def evaluation_seed(search_seed: int, index: int) -> int:
-    """A per-evaluation seed that depends only on the search seed and the
-    evaluation's position, so a resumed search reproduces the same children."""
-    return int(np.random.SeedSequence([search_seed, index]).generate_state(1)[0])
-
-
-def evaluation_id(index: int) -> str:
-    return f"e{index:06d}"
+PROPOSER = "proposer"
 
 
 def run_loop(
     strategy: Strategy,
     executor: Executor,
-    budget: int,
-    seed: int,
-    on_result: Callable[[int, Task, EvalResult], None],
-    start: int = 0,
-    should_stop: Callable[[], bool] = lambda: False,
-) -> int:
-    """Evaluate until `budget` evaluations are done (counting `start` already done).
+    ledger: Ledger,
+    on_record: Callable[[dict], None] = lambda record: None,
+    checkpoint: Callable[[list[Task]], None] | None = None,
+    resume_in_flight: Iterable[Task] = (),
+) -> None:
+    """Evaluate until the ledger's budget is spent or it is told to stop.
 
     A new proposal goes out as soon as a slot frees (asynchronous dispatch).
-    `on_result` runs before `strategy.observe`, so the record is durable before
-    anything learned from it. Returns the number of evaluations completed.
+    Each result is appended to the ledger before `strategy.observe`, so the log
+    never lacks what the strategy learned. `checkpoint(in_flight)` runs after
+    every step, when the strategy's state and the in-flight tasks agree, so a
+    resumed loop (passing those tasks as `resume_in_flight`) repeats nothing:
+    a task that finished meanwhile is observed from the log, the rest re-run.
     """
-    in_flight: dict[str, int] = {}
-    next_index = done = start
-    while done < budget and not (should_stop() and not in_flight):
-        while not should_stop() and len(in_flight) < executor.capacity and next_index < budget:
-            (arch,) = strategy.propose(1)
-            task = Task(evaluation_id(next_index), arch, evaluation_seed(seed, next_index))
+    in_flight: dict[str, Task] = {}
+    logged = {r["id"]: r for r in ledger.records}
+    resumed = list(resume_in_flight)
+    ledger.reclaim(PROPOSER, [t.id for t in resumed])
+    for task in resumed:
+        if task.id in logged:
+            strategy.observe(task.arch, EvalResult.from_dict(logged[task.id]))
+        else:
             executor.submit(task)
-            in_flight[task.id] = next_index
-            next_index += 1
+            in_flight[task.id] = task
+    while True:
+        while len(in_flight) < executor.capacity:
+            claims = ledger.claim(PROPOSER, 1)
+            if not claims:
+                break
+            (arch,) = strategy.propose(1)
+            task = claims[0].task(arch)
+            executor.submit(task)
+            in_flight[task.id] = task
+        if checkpoint:
+            checkpoint(list(in_flight.values()))
         if not in_flight:
-            break
+            return
         for task, result in executor.wait():
-            on_result(in_flight.pop(task.id), task, result)
+            del in_flight[task.id]
+            if ledger.record(task, result):
+                on_record(ledger.records[-1])
             strategy.observe(task.arch, result)
-            done += 1
-    return done

@@ -14,6 +14,7 @@ from typing import Any
 from search_spaces import ConfigError, get_space, space_names
 
 EVALUATORS = ("train", "table")
+RUNTIMES = ("ray", "local")
 
 
 @dataclass(frozen=True)
@@ -23,10 +24,28 @@ class SearchSpec:
     evaluator: str = "train"
     dataset: str = "digits"
     data_path: str | None = None
-    evaluations: int = 24
+    evaluations: int = 40
     seed: int = 0
-    #: How many evaluations may be in flight at once (1 = strictly sequential).
-    parallelism: int = 1
+    #: "ray": the distributed scheme on a Ray cluster; "local": one process, one child at a time.
+    runtime: str = "ray"
+    #: Zoph & Le's scheme: K controller replicas, m children each, S parameter shards, W workers.
+    controllers: int = 2
+    children: int = 4
+    ps_shards: int = 2
+    workers: int = 2
+    cpus_per_child: float = 1.0
+    gpus_per_child: float = 0.0
+    #: Times an evaluation is re-sent after its worker died, before it is recorded as failed.
+    max_retries: int = 2
+    #: Gradients a shard accumulates before one update (the paper's PTB setting: 10).
+    ps_accumulate: int = 1
+    #: What shards do with stale gradients: none, drop (beyond max_staleness) or scale (by 1/(1+staleness)).
+    staleness_policy: str = "none"
+    max_staleness: int | None = None
+    #: Shard checkpoint interval, in applied updates.
+    checkpoint_every: int = 10
+    #: Stop handing out evaluations after this many seconds (None: only the evaluation budget).
+    max_wall_time_s: float | None = None
     space_options: dict[str, Any] = field(default_factory=dict)
     strategy_options: dict[str, Any] = field(default_factory=dict)
     #: TrainConfig fields for the train evaluator (epochs, batch_size, lr, channels, layers, ...).
@@ -46,7 +65,22 @@ class SearchSpec:
         if self.evaluator not in EVALUATORS:
             raise ConfigError("evaluator", f"unknown evaluator {self.evaluator!r}", EVALUATORS)
         _positive_int("evaluations", self.evaluations)
-        _positive_int("parallelism", self.parallelism)
+        if self.runtime not in RUNTIMES:
+            raise ConfigError("runtime", f"unknown runtime {self.runtime!r}", RUNTIMES)
+        for name in ("controllers", "children", "ps_shards", "workers", "ps_accumulate", "checkpoint_every"):
+            _positive_int(name, getattr(self, name))
+        if not isinstance(self.max_retries, int) or self.max_retries < 0:
+            raise ConfigError("max_retries", f"must be a non-negative integer, got {self.max_retries!r}")
+        for name in ("cpus_per_child", "gpus_per_child"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ConfigError(name, f"must be a non-negative number (fractions allowed), got {value!r}")
+        if self.max_wall_time_s is not None and (not isinstance(self.max_wall_time_s, (int, float))
+                                                 or self.max_wall_time_s <= 0):
+            raise ConfigError("max_wall_time_s", f"must be a positive number of seconds, got {self.max_wall_time_s!r}")
+        from param_server import ShardConfig
+
+        ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy, max_staleness=self.max_staleness)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
         for name in ("space_options", "strategy_options", "train", "table"):

@@ -12,42 +12,12 @@ from typing import Any, Hashable
 
 import torch
 
-from controller.policy import LSTMPolicy, check_int, check_number
-from controller.reinforce import EmaBaseline, apply_gradients, gradients, reinforce_loss
+from controller.policy import check_int, check_number
+from controller.reinforce import apply_gradients
+from controller.replica import PolicyCore, reward_of
 from controller.strategy import Strategy, register
 from search_spaces import ConfigError, SearchSpace
 from workers.evaluator import EvalResult
-
-_DEPTH_OPTIONS = ("start_depth", "depth_step", "depth_every", "max_depth")
-
-
-class DepthSchedule:
-    """Zoph & Le's growing depth: `start` layers, `step` more every `every` samples, up to `maximum`.
-
-    For spaces with a depth (macro: `num_layers`, `max_layers`, `with_depth`).
-    """
-
-    def __init__(self, space: SearchSpace, start: int | None, step: int | None, every: int | None,
-                 maximum: int | None):
-        self.maximum = check_int("max_depth", space.max_layers if maximum is None else maximum, 1)
-        if self.maximum > space.max_layers:
-            raise ConfigError("max_depth", f"{self.maximum} exceeds the space's max_layers", f"1..{space.max_layers}")
-        self.start = check_int("start_depth", space.num_layers if start is None else start, 1)
-        if self.start > self.maximum:
-            raise ConfigError("start_depth", f"{self.start} exceeds max_depth", f"1..{self.maximum}")
-        self.step = check_int("depth_step", 2 if step is None else step, 0)
-        self.every = check_int("depth_every", 1600 if every is None else every, 1)
-
-    def depth(self, sample: int) -> int:
-        """The depth of the `sample`-th proposal (0-based)."""
-        return min(self.maximum, self.start + self.step * (sample // self.every))
-
-    def samples_left(self, sample: int) -> int | None:
-        """How many proposals from `sample` on keep its depth (None: all of them)."""
-        if self.depth(sample) == self.maximum or self.step == 0:
-            return None
-        return self.every - sample % self.every
-
 
 @register
 class RLStrategy(Strategy):
@@ -64,9 +34,7 @@ class RLStrategy(Strategy):
       paper's start), +2 layers every 1,600 samples, up to the space's max_layers.
       Other spaces reject these options.
 
-    A failed evaluation gets reward 0, the worst an accuracy-like reward can
-    be, so the controller learns to avoid architectures that crash (out of
-    memory, NaN) rather than ignoring them.
+    A failed evaluation gets reward 0 (see `reward_of`).
 
     The update uses the policy as it is when the batch completes; samples
     proposed before an earlier update are thus slightly off-policy, the same
@@ -81,53 +49,27 @@ class RLStrategy(Strategy):
                  depth_every: int | None = None, max_depth: int | None = None):
         super().__init__(space, seed)
         self.batch_size = check_int("batch_size", batch_size, 1)
-        self.entropy_weight = check_number("entropy_weight", entropy_weight, 0)
-        depth_options = (start_depth, depth_step, depth_every, max_depth)
-        if hasattr(space, "with_depth"):
-            self.depths: DepthSchedule | None = DepthSchedule(space, *depth_options)
-            # The deepest space has every decision group the schedule will ever use,
-            # so the policy's parameters (and Adam's state) never change shape.
-            widest = space.with_depth(self.depths.maximum)
-        else:
-            given = [name for name, value in zip(_DEPTH_OPTIONS, depth_options) if value is not None]
-            if given:
-                raise ConfigError(given[0], f"the {space.name} space has no depth to schedule")
-            self.depths = None
-            widest = space
-        self.generator = torch.Generator().manual_seed(seed)
-        self.policy = LSTMPolicy(widest.decisions(), temperature=temperature, tanh_constant=tanh_constant,
-                                 generator=self.generator)
+        self.core = PolicyCore(space, seed, baseline_decay=baseline_decay, entropy_weight=entropy_weight,
+                               temperature=temperature, tanh_constant=tanh_constant, start_depth=start_depth,
+                               depth_step=depth_step, depth_every=depth_every, max_depth=max_depth)
+        self.policy = self.core.policy
+        self.baseline = self.core.baseline
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=check_number("lr", lr, 0, low_open=True))
-        self.baseline = EmaBaseline(baseline_decay)
         self._proposed = 0
         # Decision values of proposals not yet observed, per architecture (an
         # architecture may be in flight more than once).
         self._pending: dict[Hashable, list[tuple]] = {}
         # (values, reward) observed since the last update.
         self._batch: list[tuple[tuple, float]] = []
-        self._depth: int | None = None
-        self._depth_space: SearchSpace | None = None
-        self._use_depth(self._proposed)
-
-    def _use_depth(self, sample: int) -> None:
-        """Make the space and policy speak the depth of the `sample`-th proposal."""
-        depth = None if self.depths is None else self.depths.depth(sample)
-        if self._depth_space is None or depth != self._depth:
-            self._depth = depth
-            self._depth_space = self.space if depth is None else self.space.with_depth(depth)
-            self.policy.set_decisions(self._depth_space.decisions())
 
     def propose(self, n: int = 1) -> list[Hashable]:
         archs: list[Hashable] = []
+        depths = self.core.depths
         while len(archs) < n:
-            self._use_depth(self._proposed)
-            left = None if self.depths is None else self.depths.samples_left(self._proposed)
+            left = None if depths is None else depths.samples_left(self._proposed)
             count = n - len(archs) if left is None else min(n - len(archs), left)
-            with torch.no_grad():
-                values, _, _ = self.policy.sample(count, self.generator)
-            for v in values:
-                arch = self._depth_space.from_values(v)
-                self._pending.setdefault(arch, []).append(v)
+            for arch, values in self.core.sample(count, self._proposed):
+                self._pending.setdefault(arch, []).append(values)
                 archs.append(arch)
             self._proposed += count
         return archs
@@ -139,17 +81,11 @@ class RLStrategy(Strategy):
         values = queue.pop(0)
         if not queue:
             del self._pending[arch]
-        reward = result.reward if result.ok and result.reward is not None else 0.0
-        self._batch.append((values, reward))
+        self._batch.append((values, reward_of(result)))
         if len(self._batch) == self.batch_size:
-            self._update()
-
-    def _update(self) -> None:
-        values, rewards = zip(*self._batch)
-        loss = reinforce_loss(self.policy, values, rewards, self.baseline.value, self.entropy_weight)
-        apply_gradients(self.policy, self.optimizer, gradients(self.policy, loss))
-        self.baseline.update(rewards)
-        self._batch = []
+            values_batch, rewards = zip(*self._batch)
+            apply_gradients(self.policy, self.optimizer, self.core.gradients(values_batch, rewards))
+            self._batch = []
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -157,8 +93,7 @@ class RLStrategy(Strategy):
         state.update(copy.deepcopy({
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "baseline": self.baseline.state_dict(),
-            "generator": self.generator.get_state(),
+            "core": self.core.state_dict(),
             "proposed": self._proposed,
             "pending": [[self.space.format(arch), queue] for arch, queue in self._pending.items()],
             "batch": [[values, reward] for values, reward in self._batch],
@@ -170,10 +105,9 @@ class RLStrategy(Strategy):
         # Copied so that two strategies loaded from one state never share tensors.
         state = copy.deepcopy(state)
         self._proposed = state["proposed"]
-        self._use_depth(self._proposed)
+        self.core.space_at(self._proposed)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.baseline.load_state_dict(state["baseline"])
-        self.generator.set_state(state["generator"])
+        self.core.load_state_dict(state["core"])
         self._pending = {self.space.parse(text): queue for text, queue in state["pending"]}
         self._batch = [(values, reward) for values, reward in state["batch"]]

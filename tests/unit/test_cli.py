@@ -35,7 +35,7 @@ def run_cli(capsys, *argv):
 )
 def test_bad_input_is_one_line_naming_the_field(capsys, tmp_path, argv, field, allowed):
     if argv[0] == "search":
-        argv = argv + ["--out", str(tmp_path / "run"), "--quiet"]
+        argv = argv + ["--out", str(tmp_path / "run"), "--quiet", "--runtime", "local"]
     code, out, err = run_cli(capsys, *argv)
     assert code == 2
     lines = err.strip().splitlines()
@@ -55,7 +55,7 @@ def test_unknown_flag_is_one_line(capsys):
 
 def test_table_search_writes_run_directory(capsys, tmp_path):
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(capsys, "search", "--evaluator", "table", "--strategy", "evolution",
+    code, stdout, _ = run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--strategy", "evolution",
                               "--evaluations", "30", "--seed", "3", "--out", str(out), "--quiet", "--json")
     assert code == 0
     result = json.loads(stdout)
@@ -72,7 +72,7 @@ def test_table_search_writes_run_directory(capsys, tmp_path):
     assert (out / "progress.svg").read_text().startswith("<svg")
     # The same seed gives the same search.
     again = tmp_path / "again"
-    run_cli(capsys, "search", "--evaluator", "table", "--strategy", "evolution", "--evaluations", "30",
+    run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--strategy", "evolution", "--evaluations", "30",
             "--seed", "3", "--out", str(again), "--quiet")
     assert [json.loads(l)["arch"] for l in (again / "evaluations.jsonl").read_text().splitlines()] == [
         r["arch"] for r in records
@@ -81,7 +81,7 @@ def test_table_search_writes_run_directory(capsys, tmp_path):
 
 def test_config_file_and_flags_merge(capsys, tmp_path):
     config = tmp_path / "spec.toml"
-    config.write_text('evaluator = "table"\nstrategy = "random"\nevaluations = 5\n')
+    config.write_text('evaluator = "table"\nstrategy = "random"\nevaluations = 5\nruntime = "local"\n')
     out = tmp_path / "run"
     code, _, _ = run_cli(capsys, "search", "--config", str(config), "--evaluations", "4", "--out", str(out), "--quiet")
     assert code == 0
@@ -95,7 +95,7 @@ def test_config_file_and_flags_merge(capsys, tmp_path):
 
 def test_out_directory_with_a_search_is_refused(capsys, tmp_path):
     out = tmp_path / "run"
-    args = ["search", "--evaluator", "table", "--evaluations", "2", "--out", str(out), "--quiet"]
+    args = ["search", "--runtime", "local", "--evaluator", "table", "--evaluations", "2", "--out", str(out), "--quiet"]
     assert run_cli(capsys, *args)[0] == 0
     code, _, err = run_cli(capsys, *args)
     assert code == 2 and "out" in err
@@ -104,8 +104,8 @@ def test_out_directory_with_a_search_is_refused(capsys, tmp_path):
 def test_train_search_on_digits(capsys, tmp_path):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(
-        capsys, "search", "--strategy", "random", "--evaluations", "2", "--epochs", "1",
-        "--channels", "4", "--layers", "1", "--out", str(out), "--quiet", "--json",
+        capsys, "search", "--runtime", "local", "--space", "nb201", "--strategy", "random", "--evaluations", "2",
+        "--epochs", "1", "--channels", "4", "--layers", "1", "--out", str(out), "--quiet", "--json",
     )
     assert code == 0
     result = json.loads(stdout)
