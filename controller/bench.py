@@ -14,6 +14,7 @@ from workers.executor import InProcessExecutor
 
 from .ledger import Ledger
 from .loop import run_loop
+from .simulate import simulate_rl
 from .strategy import get_strategy
 
 # NAS-Bench-201 paper, multi-trial baselines (mean ± std over 500 runs, ~100 evaluations).
@@ -27,8 +28,13 @@ PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFOR
 
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
-    strategy_options: dict[str, Any] | None = None,
+    strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
+    ps_shards: int = 1,
 ) -> dict[str, Any]:
+    """`controllers` set: the rl strategy runs as the asynchronous distributed
+    scheme (K replicas x m children, S shards) in simulated time (controller/simulate.py)."""
+    if controllers is not None and strategy != "rl":
+        raise ConfigError("controllers", f"the distributed scheme runs the rl strategy, not {strategy!r}", ["rl"])
     if evaluations < 1:
         raise ConfigError("evaluations", f"must be a positive integer, got {evaluations}")
     if seeds < 1:
@@ -36,14 +42,25 @@ def bench_nb201(
     space = get_space("nb201")
     evaluator = get_evaluator("table", space, dataset=dataset)
     chosen: list[float] = []
+    simulated: list[float] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
-        search = get_strategy(strategy, space, seed=seed, **(strategy_options or {}))
-        ledger = Ledger(None, evaluations, seed)
-        run_loop(search, InProcessExecutor(evaluator), ledger)
+        if controllers is None:
+            search = get_strategy(strategy, space, seed=seed, **(strategy_options or {}))
+            ledger = Ledger(None, evaluations, seed)
+            run_loop(search, InProcessExecutor(evaluator), ledger)
+        else:
+            ledger, figures = simulate_rl(space, evaluator, evaluations, seed, controllers, children, ps_shards,
+                                          strategy_options)
+            simulated.append(figures["simulated_wall_time_s"])
         best = max((r for r in ledger.records if r["reward"] is not None), key=lambda r: r["reward"])
         chosen.append(best["metrics"]["test_acc_200ep"])
+    scheme = {} if controllers is None else {
+        "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards},
+        "simulated_wall_time_s_mean": statistics.fmean(simulated),
+    }
     return {
+        **scheme,
         "strategy": strategy,
         "evaluations": evaluations,
         "seeds": seeds,
@@ -58,8 +75,11 @@ def bench_nb201(
 
 
 def format_bench(result: dict[str, Any]) -> str:
+    scheme = result.get("scheme")
+    where = (f" as K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} "
+             f"shards (simulated wall time {result['simulated_wall_time_s_mean']:.0f} s)" if scheme else "")
     lines = [
-        f"NAS-Bench-201 {result['dataset']}: {result['strategy']}, {result['evaluations']} evaluations, "
+        f"NAS-Bench-201 {result['dataset']}: {result['strategy']}{where}, {result['evaluations']} evaluations, "
         f"{result['seeds']} seeds ({result['wall_time_s']:.1f} s)",
         "test accuracy (200 epochs) of the architecture chosen by 12-epoch validation accuracy:",
         f"  {'ours: ' + result['strategy']:<24} {result['test_acc_mean']:6.2f} ± {result['test_acc_std']:.2f}",

@@ -90,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seeds", type=int, default=100)
     b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16")
     b.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--controllers", type=int,
+                   help="run rl as the asynchronous distributed scheme with K replicas, in simulated time")
+    b.add_argument("--children", type=int, default=8, help="m children per replica step (with --controllers)")
+    b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--json", action="store_true")
     return parser
 
@@ -102,6 +106,9 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
         value = getattr(args, name)
         if value is not None:
             data[name] = value
+    if data.get("evaluator") == "table":
+        # The only tabulated space; no reason to make the user say it.
+        data.setdefault("space", "nb201")
     train = dict(data.get("train", {}))
     for flag, key in (("epochs", "epochs"), ("batch_size", "batch_size"), ("channels", "channels"), ("layers", "layers")):
         if getattr(args, flag) is not None:
@@ -171,7 +178,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import bench_nb201, format_bench
 
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
-                         strategy_options=dict(args.strategy_option))
+                         strategy_options=dict(args.strategy_option), controllers=args.controllers,
+                         children=args.children, ps_shards=args.ps_shards)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import numpy as np
 import ray
 
 from param_server import ParameterShard, ShardConfig, ShardMap
@@ -16,7 +15,7 @@ from workers.ray_pool import RayWorkerPool
 
 from . import metrics
 from .ledger import Ledger
-from .replica import ControllerReplica, PolicyCore
+from .replica import ControllerReplica, PolicyCore, distributed_rl_options, replica_seed
 from .rundir import RunDirectory
 
 
@@ -123,9 +122,8 @@ class ReplicaService:
                  workers: int, checkpoint_path: str, max_retries: int):
         name = f"controller-{k}"
         space = get_space(spec["space"], **spec["space_options"])
-        options = {key: v for key, v in spec["strategy_options"].items() if key != "lr"}
-        seed = int(np.random.SeedSequence([spec["seed"], k]).generate_state(1)[0])
-        core = PolicyCore(space, seed=seed, **options)
+        _, options = distributed_rl_options(spec["strategy_options"])
+        core = PolicyCore(space, seed=replica_seed(spec["seed"], k), **options)
         self.replica = ControllerReplica(name, core, spec["children"], checkpoint_path)
         get = lambda n: ray.get_actor(n, namespace=namespace)  # noqa: E731
         self.shards = RayShards([get(f"ps-{i}") for i in range(shards)], ShardMap.from_dict(shard_map))

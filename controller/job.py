@@ -31,7 +31,7 @@ from workers.executor import InProcessExecutor, Task
 from .ledger import Ledger
 from .loop import run_loop
 from .progress import Progress
-from .replica import PolicyCore
+from .replica import PolicyCore, distributed_rl_options
 from .rundir import RunDirectory, summarize
 from .spec import SearchSpec
 from .strategy import get_strategy
@@ -44,8 +44,12 @@ def build_evaluator(spec: SearchSpec) -> Evaluator:
     space = get_space(spec.space, **spec.space_options)
     if spec.evaluator == "table":
         return get_evaluator("table", space, **spec.table)
-    return get_evaluator("train", space, dataset=spec.dataset, data_path=spec.data_path, seed=spec.seed,
-                         **spec.train)
+    train = dict(spec.train)
+    if spec.runtime == "ray":
+        # A worker's share of the machine: more intra-op threads than reserved CPUs
+        # only makes concurrent children fight over cores.
+        train.setdefault("num_threads", max(1, int(spec.cpus_per_child)))
+    return get_evaluator("train", space, dataset=spec.dataset, data_path=spec.data_path, seed=spec.seed, **train)
 
 
 class SearchJob:
@@ -180,9 +184,7 @@ class SearchJob:
         spec = self.spec
         ns = self.namespace
         space = get_space(spec.space, **spec.space_options)
-        options = {k: v for k, v in spec.strategy_options.items() if k != "lr"}
-        if "batch_size" in options:
-            raise ConfigError("strategy_options.batch_size", "the distributed rl's batch is --children (m)")
+        lr, options = distributed_rl_options(spec.strategy_options)
         initial = PolicyCore(space, seed=spec.seed, **options).weights()
         map_path = run.path / CHECKPOINTS / "shard_map.json"
         if self.resume and map_path.exists():
@@ -190,7 +192,7 @@ class SearchJob:
         else:
             shard_map = ShardMap.build(initial, spec.ps_shards)
             map_path.write_text(json.dumps(shard_map.to_dict()))
-        config = ShardConfig(lr=spec.strategy_options.get("lr", 6e-4), accumulate=spec.ps_accumulate,
+        config = ShardConfig(lr=lr, accumulate=spec.ps_accumulate,
                              staleness_policy=spec.staleness_policy, max_staleness=spec.max_staleness)
         restartable = dict(namespace=ns, max_restarts=-1, max_task_retries=-1, num_cpus=0)
         shard_actor = ray.remote(cluster.ShardService)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import copy
 import os
+from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 
+import numpy as np
 import torch
 
 from param_server import ShardMap
@@ -134,6 +136,21 @@ class PolicyCore:
         self.generator.set_state(state["generator"])
 
 
+DEFAULT_LR = 6e-4  # Zoph & Le's Adam learning rate
+
+
+def distributed_rl_options(options: Mapping[str, Any]) -> tuple[float, dict[str, Any]]:
+    """Split the rl strategy's options into the shards' learning rate and the replicas' PolicyCore options."""
+    if "batch_size" in options:
+        raise ConfigError("strategy_options.batch_size", "in the distributed scheme the batch is --children (m)")
+    return options.get("lr", DEFAULT_LR), {k: v for k, v in options.items() if k != "lr"}
+
+
+def replica_seed(seed: int, k: int) -> int:
+    """Replica k's own sampling seed, derived from the job's."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
 def reward_of(result: EvalResult) -> float:
     """A failed child gets the worst reward, so the controller learns to avoid crashes."""
     return result.reward if result.ok and result.reward is not None else 0.0
@@ -149,6 +166,15 @@ class LedgerClient(Protocol):
     def claim(self, claimant: str, n: int) -> list[Claim]: ...
 
     def record_many(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]]) -> list[bool]: ...
+
+
+@dataclass
+class Batch:
+    """m sampled architectures in flight: their tasks, decision values and the shard versions they came from."""
+
+    tasks: list[Task]
+    values: list[tuple]
+    versions: list[int]
 
 
 class ControllerReplica:
@@ -177,16 +203,25 @@ class ControllerReplica:
 
     def step(self, claims: list[Claim], shards: Shards, ledger: LedgerClient,
              evaluate: Callable[[list[Task]], list[EvalResult]]) -> None:
+        batch = self.begin(claims, shards)
+        self.finish(batch, evaluate(batch.tasks), shards, ledger)
+
+    def begin(self, claims: list[Claim], shards: Shards) -> "Batch":
+        """Pull the policy and sample one architecture per claim."""
         versions, weights = shards.pull()
         self.core.load_weights(weights)
         sampled = self.core.sample(len(claims), claims[0].index)
-        tasks = [c.task(arch) for c, (arch, _) in zip(claims, sampled)]
-        results = evaluate(tasks)
+        return Batch([c.task(arch) for c, (arch, _) in zip(claims, sampled)], [v for _, v in sampled], versions)
+
+    def finish(self, batch: "Batch", results: list[EvalResult], shards: Shards, ledger: LedgerClient) -> None:
+        """Record the batch's results, then push its gradient with the versions it was sampled at."""
         # Durable before anything learns from it.
-        ledger.record_many([(t, r, {"replica": self.name, "policy_versions": versions})
-                            for t, r in zip(tasks, results)])
-        grads = self.core.gradients([v for _, v in sampled], [reward_of(r) for r in results])
-        receipts = shards.push(grads, versions, self.name)
+        ledger.record_many([(t, r, {"replica": self.name, "policy_versions": batch.versions})
+                            for t, r in zip(batch.tasks, results)])
+        # This replica's policy still holds the weights the batch was sampled with:
+        # the gradient is taken there, and the shards judge its staleness.
+        grads = self.core.gradients(batch.values, [reward_of(r) for r in results])
+        receipts = shards.push(grads, batch.versions, self.name)
         self.staleness.extend(r["staleness"] for r in receipts)
         self.cycles += 1
         self.save()

@@ -19,12 +19,12 @@ RUNTIMES = ("ray", "local")
 
 @dataclass(frozen=True)
 class SearchSpec:
-    space: str = "nb201"
+    space: str = "macro"
     strategy: str = "rl"
     evaluator: str = "train"
     dataset: str = "digits"
     data_path: str | None = None
-    evaluations: int = 40
+    evaluations: int = 24
     seed: int = 0
     #: "ray": the distributed scheme on a Ray cluster; "local": one process, one child at a time.
     runtime: str = "ray"
@@ -57,11 +57,9 @@ class SearchSpec:
         """Check every field; returns self so callers can chain."""
         if self.space not in space_names():
             raise ConfigError("space", f"unknown search space {self.space!r}", space_names())
-        get_space(self.space, **self.space_options)
-        from controller.strategy import strategy_names
-
-        if self.strategy not in strategy_names():
-            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}", strategy_names())
+        for name in ("space_options", "strategy_options", "train", "table"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(name, f"must be a mapping of option names to values, got {getattr(self, name)!r}")
         if self.evaluator not in EVALUATORS:
             raise ConfigError("evaluator", f"unknown evaluator {self.evaluator!r}", EVALUATORS)
         _positive_int("evaluations", self.evaluations)
@@ -83,9 +81,18 @@ class SearchSpec:
         ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy, max_staleness=self.max_staleness)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
-        for name in ("space_options", "strategy_options", "train", "table"):
-            if not isinstance(getattr(self, name), dict):
-                raise ConfigError(name, f"must be a mapping of option names to values, got {getattr(self, name)!r}")
+        space = get_space(self.space, **self.space_options)
+        from controller.strategy import get_strategy, strategy_names
+
+        if self.strategy not in strategy_names():
+            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}", strategy_names())
+        # Built once here so that a bad strategy option fails before any file is written.
+        if self.runtime == "ray" and self.strategy == "rl":
+            from .replica import PolicyCore, distributed_rl_options
+
+            PolicyCore(space, self.seed, **distributed_rl_options(self.strategy_options)[1])
+        else:
+            get_strategy(self.strategy, space, seed=self.seed, **self.strategy_options)
         return self
 
     def to_dict(self) -> dict[str, Any]:

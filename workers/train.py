@@ -53,7 +53,8 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """How each child is trained. Validated on construction; errors name the field."""
 
-    epochs: int = 10
+    #: Short by default so a search fits on a laptop CPU; Zoph & Le trained each child 50 epochs.
+    epochs: int = 3
     batch_size: int = 64
     #: Peak learning rate of the cosine schedule (annealed to 0 per step). None: task default.
     lr: float | None = None

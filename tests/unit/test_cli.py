@@ -29,7 +29,12 @@ def run_cli(capsys, *argv):
         (["inspect", "--space", "nb201", "--arch", "|bogus~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "arch", "nor_conv_3x3"),
         (["inspect", "--space", "darts", "--arch", "Genotype(normal=[('sep_conv_3x3', 9)"], "arch", ""),
         (["inspect", "--space", "nb201", "--arch", "garbage"], "arch", ""),
+        (["search", "--controllers", "0"], "controllers", "positive"),
+        (["search", "--staleness-policy", "bogus"], "staleness_policy", "drop"),
+        (["search", "--cpus-per-child", "-1"], "cpus_per_child", "non-negative"),
+        (["search", "--space", "nb201", "--strategy-option", "depth_step=2"], "depth_step", "no depth"),
         (["bench", "nb201", "--strategy", "nope", "--seeds", "1"], "strategy", "random"),
+        (["bench", "nb201", "--strategy", "evolution", "--controllers", "2"], "controllers", "rl"),
         (["bench", "nb201", "--strategy", "random", "--evaluations", "0"], "evaluations", "positive"),
     ],
 )
@@ -147,6 +152,25 @@ def test_bench_json(capsys):
     assert result["strategy"] == "random" and result["seeds"] == 3 and result["evaluations"] == 20
     assert 80 < result["test_acc_mean"] <= 94.37
     assert result["test_acc_std"] >= 0
+
+
+def test_unknown_runtime_is_refused(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "search", "--runtime", "cloud", "--out", str(tmp_path / "r"), "--quiet")
+    assert code == 2 and "runtime" in err and "local" in err
+
+
+def test_distributed_rl_batch_is_children(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "search", "--strategy-option", "batch_size=4", "--out", str(tmp_path / "r"))
+    assert code == 2 and "batch_size" in err and "children" in err
+
+
+def test_bench_distributed_scheme_in_simulated_time(capsys):
+    code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "2",
+                           "--controllers", "2", "--children", "4", "--ps-shards", "2", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["scheme"] == {"controllers": 2, "children": 4, "ps_shards": 2}
+    assert result["simulated_wall_time_s_mean"] > 0
 
 
 def test_console_script_runs():
