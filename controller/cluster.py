@@ -136,4 +136,4 @@ class ReplicaService:
 
     def run(self) -> dict[str, Any]:
         cycles = self.replica.run(self.shards, RayLedger(self.ledger_handle), self.pool.run_all)
-        return {"cycles": cycles, "staleness": self.replica.staleness}
+        return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings}

@@ -238,7 +238,8 @@ class SearchJob:
                                      "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,
                                      "staleness_policy": spec.staleness_policy})
         self.extra["parameter_servers"] = shard_stats
-        self.extra["replicas"] = {k: {"cycles": v["cycles"]} for k, v in replica_stats.items()}
+        self.extra["replicas"] = {k: {"cycles": v["cycles"], "timings_s": v["timings_s"]}
+                                  for k, v in replica_stats.items()}
         self.extra["staleness"] = {
             "pushes": len(staleness),
             "mean": sum(staleness) / len(staleness) if staleness else 0.0,

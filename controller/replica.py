@@ -9,8 +9,10 @@ actor in controller/cluster.py only wires this loop to remote handles.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Mapping, Protocol, Sequence
 
@@ -189,6 +191,7 @@ class ControllerReplica:
         self.checkpoint_path = checkpoint_path
         self.cycles = 0
         self.staleness: list[int] = []
+        self.timings: dict[str, float] = {}
         if checkpoint_path and os.path.exists(checkpoint_path):
             self.load_state_dict(torch.load(checkpoint_path, weights_only=False))
 
@@ -204,27 +207,44 @@ class ControllerReplica:
     def step(self, claims: list[Claim], shards: Shards, ledger: LedgerClient,
              evaluate: Callable[[list[Task]], list[EvalResult]]) -> None:
         batch = self.begin(claims, shards)
-        self.finish(batch, evaluate(batch.tasks), shards, ledger)
+        with self._timed("evaluate"):
+            results = evaluate(batch.tasks)
+        self.finish(batch, results, shards, ledger)
 
     def begin(self, claims: list[Claim], shards: Shards) -> "Batch":
         """Pull the policy and sample one architecture per claim."""
-        versions, weights = shards.pull()
-        self.core.load_weights(weights)
-        sampled = self.core.sample(len(claims), claims[0].index)
+        with self._timed("pull"):
+            versions, weights = shards.pull()
+        with self._timed("sample"):
+            self.core.load_weights(weights)
+            sampled = self.core.sample(len(claims), claims[0].index)
         return Batch([c.task(arch) for c, (arch, _) in zip(claims, sampled)], [v for _, v in sampled], versions)
 
     def finish(self, batch: "Batch", results: list[EvalResult], shards: Shards, ledger: LedgerClient) -> None:
         """Record the batch's results, then push its gradient with the versions it was sampled at."""
-        # Durable before anything learns from it.
-        ledger.record_many([(t, r, {"replica": self.name, "policy_versions": batch.versions})
-                            for t, r in zip(batch.tasks, results)])
-        # This replica's policy still holds the weights the batch was sampled with:
-        # the gradient is taken there, and the shards judge its staleness.
-        grads = self.core.gradients(batch.values, [reward_of(r) for r in results])
-        receipts = shards.push(grads, batch.versions, self.name)
+        with self._timed("record"):
+            # Durable before anything learns from it.
+            ledger.record_many([(t, r, {"replica": self.name, "policy_versions": batch.versions})
+                                for t, r in zip(batch.tasks, results)])
+        with self._timed("gradient"):
+            # This replica's policy still holds the weights the batch was sampled with:
+            # the gradient is taken there, and the shards judge its staleness.
+            grads = self.core.gradients(batch.values, [reward_of(r) for r in results])
+        with self._timed("push"):
+            receipts = shards.push(grads, batch.versions, self.name)
         self.staleness.extend(r["staleness"] for r in receipts)
         self.cycles += 1
-        self.save()
+        with self._timed("checkpoint"):
+            self.save()
+
+    @contextlib.contextmanager
+    def _timed(self, phase: str):
+        """Seconds spent per phase of the loop: where a replica's time goes."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[phase] = self.timings.get(phase, 0.0) + time.perf_counter() - start
 
     def state_dict(self) -> dict[str, Any]:
         return {"core": self.core.state_dict(), "cycles": self.cycles, "staleness": list(self.staleness)}
