@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from search_spaces import ConfigError, get_space
+from search_spaces.errors import check_int
 from workers.evaluators import get_evaluator
 from workers.executor import InProcessExecutor
 
@@ -35,10 +36,8 @@ def bench_nb201(
     scheme (K replicas x m children, S shards) in simulated time (controller/simulate.py)."""
     if controllers is not None and strategy != "rl":
         raise ConfigError("controllers", f"the distributed scheme runs the rl strategy, not {strategy!r}", ["rl"])
-    if evaluations < 1:
-        raise ConfigError("evaluations", f"must be a positive integer, got {evaluations}")
-    if seeds < 1:
-        raise ConfigError("seeds", f"must be a positive integer, got {seeds}")
+    check_int("evaluations", evaluations)
+    check_int("seeds", seeds)
     space = get_space("nb201")
     evaluator = get_evaluator("table", space, dataset=dataset)
     chosen: list[float] = []

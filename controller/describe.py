@@ -7,10 +7,8 @@ from typing import Any
 import torch
 
 from search_spaces import get_space
-from workers.build import NetConfig, build_model
+from workers.build import LANGUAGE_SPACES, NetConfig, build_model
 from workers.profile import count_aux_params, count_flops, count_params
-
-LANGUAGE_SPACES = {"rnn"}
 
 
 def inspect_arch(

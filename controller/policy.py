@@ -23,49 +23,15 @@ special case.
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from search_spaces import Categorical, ConfigError, Decision, Subset
-
-
-def check_int(name: str, value: Any, low: int) -> int:
-    """`value` if it is an integer >= low, else a ConfigError naming option `name`."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(name, f"must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_number(name: str, value: Any, low: float, high: float = float("inf"), *,
-                 low_open: bool = False, high_open: bool = False) -> float:
-    """`value` as a float if it lies in the interval, else a ConfigError naming option `name`."""
-    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        raise ConfigError(name, f"must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run the block (or decorated function) with one intra-op thread, then restore the count.
-
-    The controller's tensors are tiny ([n, 35]): extra threads only add
-    synchronisation, which made sampling and scoring up to 100 times slower on
-    a busy 2-core machine. The policy's and REINFORCE's entry points use it.
-    """
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from search_spaces.errors import check_int, check_number
+from workers.threads import torch_threads
 
 
 def _choices(decision: Decision) -> tuple | None:
@@ -162,7 +128,7 @@ class LSTMPolicy(nn.Module):
         self._index = [{c: i for i, c in enumerate(d.choices)} if isinstance(d, Categorical) else None
                        for d in self.decisions]
 
-    @single_threaded()
+    @torch_threads(1)
     def sample(self, n: int, generator: torch.Generator) -> tuple[list[tuple], torch.Tensor, torch.Tensor]:
         """`n` independent architectures' decision values, with their log-probabilities
         and entropies ([n] each, differentiable)."""
@@ -178,7 +144,7 @@ class LSTMPolicy(nn.Module):
             values.append(tuple(row))
         return values, log_probs, entropies
 
-    @single_threaded()
+    @torch_threads(1)
     def log_prob(self, values_batch: Sequence[Sequence]) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probabilities and entropies ([n] each) of given decision values, by teacher forcing.
 

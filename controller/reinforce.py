@@ -12,7 +12,11 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .policy import LSTMPolicy, check_number, single_threaded
+from search_spaces.errors import check_number
+
+from workers.threads import torch_threads
+
+from .policy import LSTMPolicy
 
 
 class EmaBaseline:
@@ -52,7 +56,7 @@ def reinforce_loss(policy: LSTMPolicy, values_batch: Sequence[Sequence], rewards
     return -((rewards_t - baseline) * log_probs + entropy_weight * entropies).mean()
 
 
-@single_threaded()
+@torch_threads(1)
 def gradients(policy: LSTMPolicy, loss: torch.Tensor) -> dict[str, torch.Tensor]:
     """d loss / d parameter for every parameter, by name (zeros where unused),
     the whole tensors a replica pushes to the shards that hold them."""
@@ -61,7 +65,7 @@ def gradients(policy: LSTMPolicy, loss: torch.Tensor) -> dict[str, torch.Tensor]
     return {name: g for (name, _), g in zip(named, grads)}
 
 
-@single_threaded()
+@torch_threads(1)
 def apply_gradients(policy: LSTMPolicy, optimizer: torch.optim.Optimizer,
                     grads: Mapping[str, torch.Tensor]) -> None:
     """One optimizer step of `policy` along `grads` (as returned by `gradients`)."""

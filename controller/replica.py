@@ -26,7 +26,9 @@ from workers.evaluator import EvalResult
 from workers.executor import Task
 
 from .ledger import Claim
-from .policy import LSTMPolicy, check_int, check_number
+from search_spaces.errors import check_int, check_number
+
+from .policy import LSTMPolicy
 from .reinforce import EmaBaseline, gradients, reinforce_loss
 
 _DEPTH_OPTIONS = ("start_depth", "depth_step", "depth_every", "max_depth")

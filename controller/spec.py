@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from search_spaces import ConfigError, get_space, space_names
+from search_spaces.errors import check_int, check_number
+from workers.evaluators import EVALUATORS
 
-EVALUATORS = ("train", "table")
 RUNTIMES = ("ray", "local")
 
 
@@ -62,25 +63,19 @@ class SearchSpec:
                 raise ConfigError(name, f"must be a mapping of option names to values, got {getattr(self, name)!r}")
         if self.evaluator not in EVALUATORS:
             raise ConfigError("evaluator", f"unknown evaluator {self.evaluator!r}", EVALUATORS)
-        _positive_int("evaluations", self.evaluations)
+        check_int("evaluations", self.evaluations)
         if self.runtime not in RUNTIMES:
             raise ConfigError("runtime", f"unknown runtime {self.runtime!r}", RUNTIMES)
         for name in ("controllers", "children", "ps_shards", "workers", "ps_accumulate", "checkpoint_every"):
-            _positive_int(name, getattr(self, name))
-        if not isinstance(self.max_retries, int) or self.max_retries < 0:
-            raise ConfigError("max_retries", f"must be a non-negative integer, got {self.max_retries!r}")
-        for name in ("cpus_per_child", "gpus_per_child"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ConfigError(name, f"must be a non-negative number (fractions allowed), got {value!r}")
-        if self.max_wall_time_s is not None and (not isinstance(self.max_wall_time_s, (int, float))
-                                                 or self.max_wall_time_s <= 0):
-            raise ConfigError("max_wall_time_s", f"must be a positive number of seconds, got {self.max_wall_time_s!r}")
+            check_int(name, getattr(self, name))
+        check_int("max_retries", self.max_retries, 0)
+        check_number("cpus_per_child", self.cpus_per_child, 0)
+        check_number("gpus_per_child", self.gpus_per_child, 0)
+        check_number("max_wall_time_s", self.max_wall_time_s, 0, low_open=True, optional=True)
         from param_server import ShardConfig
 
         ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy, max_staleness=self.max_staleness)
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError("seed", f"must be a non-negative integer, got {self.seed!r}")
+        check_int("seed", self.seed, 0)
         space = get_space(self.space, **self.space_options)
         from controller.strategy import get_strategy, strategy_names
 
@@ -108,11 +103,6 @@ class SearchSpec:
 
     def replace(self, **changes: Any) -> "SearchSpec":
         return dataclasses.replace(self, **changes)
-
-
-def _positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(name, f"must be a positive integer, got {value!r}")
 
 
 def load_config(path: str | Path) -> dict[str, Any]:

@@ -41,7 +41,7 @@ def get_space(name: str, **options) -> SearchSpace:
     try:
         return _REGISTRY[name](**options)
     except TypeError as exc:
-        raise ConfigError(f"space_options", f"bad options for space {name!r}: {exc}") from None
+        raise ConfigError("space_options", f"bad options for space {name!r}: {exc}") from None
 
 
 __all__ = [

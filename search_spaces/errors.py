@@ -7,6 +7,7 @@ to status codes.
 
 from __future__ import annotations
 
+import math
 from typing import Iterable
 
 
@@ -40,3 +41,27 @@ class InvalidArchitecture(ConfigError):
 
 class EvaluationError(NasError):
     """A child could not be evaluated (raised inside evaluators, turned into a failed result)."""
+
+
+def check_int(field: str, value: object, low: int = 1, *, optional: bool = False) -> int | None:
+    """`value` if it is an integer >= `low` (or None when `optional`), else a ConfigError naming `field`."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = {1: "a positive integer", 0: "a non-negative integer"}.get(low, f"an integer >= {low}")
+        raise ConfigError(field, f"must be {kind}{' or None' if optional else ''}, got {value!r}")
+    return value
+
+
+def check_number(field: str, value: object, low: float = -math.inf, high: float = math.inf, *,
+                 low_open: bool = False, high_open: bool = False, optional: bool = False) -> float | None:
+    """`value` as a float if it is finite and in the interval (or None when `optional`), else a ConfigError."""
+    if value is None and optional:
+        return None
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise ConfigError(field, f"must be a number in {interval}{' or None' if optional else ''}, got {value!r}")
+    return float(value)

@@ -13,15 +13,17 @@ new hidden state; `model.init_hidden(batch_size)` gives the initial state.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 from torch import nn
 
-from search_spaces.errors import ConfigError, InvalidArchitecture
+from search_spaces.errors import ConfigError, InvalidArchitecture, check_int, check_number
 
 from .nets import BUILDERS
 
+
+#: Spaces whose children are language models (tokens in, next-token scores out).
+LANGUAGE_SPACES = ("rnn",)
 
 @dataclass(frozen=True)
 class NetConfig:
@@ -62,18 +64,11 @@ class NetConfig:
     def __post_init__(self):
         for name in ("in_channels", "num_classes", "image_size", "channels", "layers",
                      "vocab_size", "embed_size", "hidden_size"):
-            value = getattr(self, name)
-            if value is None and name in ("channels", "layers"):
-                continue
-            if type(value) is not int or value < 1:
-                raise ConfigError(name, f"must be a positive integer, got {value!r}")
+            check_int(name, getattr(self, name), optional=name in ("channels", "layers"))
         if type(self.auxiliary) is not bool:
             raise ConfigError("auxiliary", f"must be a bool, got {self.auxiliary!r}")
         for name in ("drop_path", "dropout", "dropout_h", "dropout_x", "dropout_i", "dropout_e"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                    and math.isfinite(value) and 0 <= value < 1):
-                raise ConfigError(name, f"must be a probability in [0, 1), got {value!r}")
+            check_number(name, getattr(self, name), 0, 1, high_open=True)
 
     def refuse(self, network: str, *names: str) -> None:
         """Raise a ConfigError for the first of `names` set away from its default:

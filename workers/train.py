@@ -21,15 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from search_spaces import SearchSpace
-from search_spaces.errors import ConfigError
+from search_spaces.errors import ConfigError, check_int, check_number
 
-from .build import NetConfig, build_model
+from .build import LANGUAGE_SPACES, NetConfig, build_model
 from .data import DATASETS, Dataset, ImageDataset, TextDataset
 from .evaluator import EvalResult, Evaluator, resolve_arch
 from .profile import count_flops, count_params
+from .threads import torch_threads
 
-#: Spaces whose children are language models (tokens in, next-token scores out).
-LANGUAGE_SPACES = ("rnn",)
 IMAGE_REWARDS = ("zoph", "last", "max")
 LANGUAGE_REWARDS = ("ppl",)
 DEVICES = ("auto", "cpu", "cuda")
@@ -84,15 +83,15 @@ class TrainConfig:
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "bptt"):
-            _check_int(name, getattr(self, name), optional=False)
+            check_int(name, getattr(self, name))
         for name in ("channels", "layers", "eval_batch_size", "max_train_batches_per_epoch", "num_threads"):
-            _check_int(name, getattr(self, name), optional=True)
-        _check_number("lr", self.lr, low=0.0, low_inclusive=False)
-        _check_number("momentum", self.momentum, low=0.0, high=1.0)
-        _check_number("weight_decay", self.weight_decay, low=0.0)
-        _check_number("grad_clip", self.grad_clip, low=0.0)
-        _check_number("auxiliary_weight", self.auxiliary_weight, low=0.0)
-        _check_number("drop_path", self.drop_path, low=0.0, high=1.0)
+            check_int(name, getattr(self, name), optional=True)
+        check_number("lr", self.lr, 0.0, low_open=True, optional=True)
+        check_number("momentum", self.momentum, 0.0, 1.0, high_open=True, optional=True)
+        check_number("weight_decay", self.weight_decay, 0.0, optional=True)
+        check_number("grad_clip", self.grad_clip, 0.0, optional=True)
+        check_number("auxiliary_weight", self.auxiliary_weight, 0.0, optional=True)
+        check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
         if self.reward not in rewards:
             raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
@@ -116,23 +115,6 @@ class TrainConfig:
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
-
-
-def _check_int(name: str, value: Any, optional: bool) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(name, f"must be a positive integer{' or None' if optional else ''}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None = None, low_inclusive: bool = True) -> None:
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value >= low if low_inclusive else value > low) and (high is None or value < high)
-    if not ok:
-        interval = f"{'[' if low_inclusive else '('}{low}, {'inf)' if high is None else f'{high})'}"
-        raise ConfigError(name, f"must be a number in {interval}, got {value!r}")
 
 
 class TrainEvaluator(Evaluator):
@@ -180,7 +162,7 @@ class TrainEvaluator(Evaluator):
     def _evaluate(self, arch: Hashable, seed: int) -> EvalResult:
         arch = resolve_arch(self.space, arch)
         try:
-            with _threads(self.config.num_threads):
+            with torch_threads(self.config.num_threads):
                 return self._train(arch, seed)
         except torch.OutOfMemoryError as exc:
             reason = f"out of memory: {exc}"
@@ -246,20 +228,6 @@ def _pick_device(name: str) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     # An explicit index, so that seeding and RNG forking address the device in use.
     return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
-
-
-@contextlib.contextmanager
-def _threads(n: int | None):
-    """torch's intra-op thread count set to `n` for the block, then restored, so one
-    evaluator's setting does not leak into the rest of the process."""
-    before = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n:
-            torch.set_num_threads(before)
 
 
 class _Run:

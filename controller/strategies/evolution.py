@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any, Hashable
 
-from controller.policy import check_int
+from search_spaces.errors import check_int
 from controller.strategy import Strategy, register
 from search_spaces import ConfigError, SearchSpace
 from workers.evaluator import EvalResult

@@ -12,7 +12,7 @@ from typing import Any, Hashable
 
 import torch
 
-from controller.policy import check_int, check_number
+from search_spaces.errors import check_int, check_number
 from controller.reinforce import apply_gradients
 from controller.replica import PolicyCore, reward_of
 from controller.strategy import Strategy, register

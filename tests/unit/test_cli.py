@@ -31,7 +31,7 @@ def run_cli(capsys, *argv):
         (["inspect", "--space", "nb201", "--arch", "garbage"], "arch", ""),
         (["search", "--controllers", "0"], "controllers", "positive"),
         (["search", "--staleness-policy", "bogus"], "staleness_policy", "drop"),
-        (["search", "--cpus-per-child", "-1"], "cpus_per_child", "non-negative"),
+        (["search", "--cpus-per-child", "-1"], "cpus_per_child", "[0"),
         (["search", "--space", "nb201", "--strategy-option", "depth_step=2"], "depth_step", "no depth"),
         (["bench", "nb201", "--strategy", "nope", "--seeds", "1"], "strategy", "random"),
         (["bench", "nb201", "--strategy", "evolution", "--controllers", "2"], "controllers", "rl"),
