@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 import ray
+import torch
 
 from param_server import ParameterShard, ShardConfig, ShardMap
 from search_spaces import get_space
@@ -24,6 +25,7 @@ class ShardService:
 
     def __init__(self, job: str, shard_id: int, initial: dict, config: ShardConfig, path: str,
                  checkpoint_every: int):
+        torch.set_num_threads(1)  # tiny tensors: more threads only fight the other actors for the cores
         self.job, self.path, self.every = job, path, checkpoint_every
         if os.path.exists(path):
             self.shard = ParameterShard.restore(path)
@@ -42,6 +44,9 @@ class ShardService:
         if applied and self.shard.version % self.every == 0:
             self.shard.save(self.path)
         return vars(receipt)
+
+    def push_pull(self, gradients: dict, base_version: int, replica: str):
+        return self.push(gradients, base_version, replica), self.shard.pull()
 
     def checkpoint(self) -> int:
         self.shard.save(self.path)
@@ -64,6 +69,10 @@ class LedgerService:
 
     def release(self, claimant: str) -> None:
         self.ledger.release(claimant)
+
+    def record_and_claim(self, entries, claimant: str, n: int):
+        self.record_many(entries)
+        return self.ledger.claim(claimant, n)
 
     def record_many(self, entries) -> list[bool]:
         fresh = self.ledger.record_many(entries)
@@ -99,9 +108,13 @@ class RayShards:
             weights.update(part)
         return versions, weights
 
-    def push(self, grads, versions, replica):
+    def push_pull(self, grads, versions, replica):
         parts = self.map.split(grads)
-        return ray.get([h.push.remote(p, v, replica) for h, p, v in zip(self.handles, parts, versions)])
+        answers = ray.get([h.push_pull.remote(p, v, replica) for h, p, v in zip(self.handles, parts, versions)])
+        weights: dict = {}
+        for _, (_, part) in answers:
+            weights.update(part)
+        return [receipt for receipt, _ in answers], [v for _, (v, _) in answers], weights
 
 
 class RayLedger:
@@ -111,8 +124,8 @@ class RayLedger:
     def claim(self, claimant, n):
         return ray.get(self.handle.claim.remote(claimant, n))
 
-    def record_many(self, entries):
-        return ray.get(self.handle.record_many.remote(entries))
+    def record_and_claim(self, entries, claimant, n):
+        return ray.get(self.handle.record_and_claim.remote(entries, claimant, n))
 
 
 class ReplicaService:
@@ -120,6 +133,7 @@ class ReplicaService:
 
     def __init__(self, job: str, k: int, spec: dict, shard_map: dict, namespace: str, shards: int,
                  workers: int, checkpoint_path: str, max_retries: int):
+        torch.set_num_threads(1)  # tiny tensors: more threads only fight the other actors for the cores
         name = f"controller-{k}"
         space = get_space(spec["space"], **spec["space_options"])
         _, options = distributed_rl_options(spec["strategy_options"])

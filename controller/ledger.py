@@ -105,6 +105,12 @@ class Ledger:
             fresh.append(True)
         return fresh
 
+    def record_and_claim(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]], claimant: str,
+                         n: int) -> list[Claim]:
+        """Record a finished batch and claim the next one (one round trip for a remote replica)."""
+        self.record_many(entries)
+        return self.claim(claimant, n)
+
     def stop(self) -> None:
         self.stopping = True
 

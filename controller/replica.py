@@ -2,7 +2,8 @@
 
 A replica loops: claim m evaluations from the ledger, pull every shard's slice
 of the policy, sample m architectures, have them evaluated, record the results,
-then push the REINFORCE gradient to each shard with the version it pulled.
+then push the REINFORCE gradient to each shard with the version it pulled (the
+shard's answer to a push is its new slice: the next cycle's pull).
 Replicas never wait for each other; the shards apply whatever arrives. The Ray
 actor in controller/cluster.py only wires this loop to remote handles.
 """
@@ -163,13 +164,15 @@ def reward_of(result: EvalResult) -> float:
 class Shards(Protocol):
     def pull(self) -> tuple[list[int], dict[str, torch.Tensor]]: ...
 
-    def push(self, grads: dict[str, torch.Tensor], versions: list[int], replica: str) -> list[dict]: ...
+    def push_pull(self, grads: dict[str, torch.Tensor], versions: list[int], replica: str
+                  ) -> tuple[list[dict], list[int], dict[str, torch.Tensor]]: ...
 
 
 class LedgerClient(Protocol):
     def claim(self, claimant: str, n: int) -> list[Claim]: ...
 
-    def record_many(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]]) -> list[bool]: ...
+    def record_and_claim(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]], claimant: str,
+                         n: int) -> list[Claim]: ...
 
 
 @dataclass
@@ -194,50 +197,53 @@ class ControllerReplica:
         self.cycles = 0
         self.staleness: list[int] = []
         self.timings: dict[str, float] = {}
+        self._pulled: tuple[list[int], dict[str, torch.Tensor]] | None = None
         if checkpoint_path and os.path.exists(checkpoint_path):
             self.load_state_dict(torch.load(checkpoint_path, weights_only=False))
 
     def run(self, shards: Shards, ledger: LedgerClient,
             evaluate: Callable[[list[Task]], list[EvalResult]]) -> int:
         """Cycle until the ledger hands out no more work; returns the cycles run."""
-        while True:
-            claims = ledger.claim(self.name, self.children)
-            if not claims:
-                return self.cycles
-            self.step(claims, shards, ledger, evaluate)
-
-    def step(self, claims: list[Claim], shards: Shards, ledger: LedgerClient,
-             evaluate: Callable[[list[Task]], list[EvalResult]]) -> None:
-        batch = self.begin(claims, shards)
-        with self._timed("evaluate"):
-            results = evaluate(batch.tasks)
-        self.finish(batch, results, shards, ledger)
+        claims = ledger.claim(self.name, self.children)
+        while claims:
+            batch = self.begin(claims, shards)
+            with self._timed("evaluate"):
+                results = evaluate(batch.tasks)
+            claims = self.finish(batch, results, shards, ledger)
+        return self.cycles
 
     def begin(self, claims: list[Claim], shards: Shards) -> "Batch":
-        """Pull the policy and sample one architecture per claim."""
-        with self._timed("pull"):
-            versions, weights = shards.pull()
+        """Sample one architecture per claim from the freshest policy."""
+        if self._pulled is None:
+            with self._timed("pull"):
+                self._pulled = shards.pull()
+        versions, weights = self._pulled
+        self._pulled = None
         with self._timed("sample"):
             self.core.load_weights(weights)
             sampled = self.core.sample(len(claims), claims[0].index)
         return Batch([c.task(arch) for c, (arch, _) in zip(claims, sampled)], [v for _, v in sampled], versions)
 
-    def finish(self, batch: "Batch", results: list[EvalResult], shards: Shards, ledger: LedgerClient) -> None:
-        """Record the batch's results, then push its gradient with the versions it was sampled at."""
+    def finish(self, batch: "Batch", results: list[EvalResult], shards: Shards, ledger: LedgerClient) -> list[Claim]:
+        """Record the batch's results (and claim the next batch), then push its gradient
+        with the versions it was sampled at; returns the next claims."""
         with self._timed("record"):
             # Durable before anything learns from it.
-            ledger.record_many([(t, r, {"replica": self.name, "policy_versions": batch.versions})
-                                for t, r in zip(batch.tasks, results)])
+            claims = ledger.record_and_claim([(t, r, {"replica": self.name, "policy_versions": batch.versions})
+                                              for t, r in zip(batch.tasks, results)], self.name, self.children)
         with self._timed("gradient"):
             # This replica's policy still holds the weights the batch was sampled with:
             # the gradient is taken there, and the shards judge its staleness.
             grads = self.core.gradients(batch.values, [reward_of(r) for r in results])
         with self._timed("push"):
-            receipts = shards.push(grads, batch.versions, self.name)
+            # The shards answer a push with their new weights: the next batch's pull, one round trip saved.
+            receipts, versions, weights = shards.push_pull(grads, batch.versions, self.name)
+        self._pulled = (versions, weights)
         self.staleness.extend(r["staleness"] for r in receipts)
         self.cycles += 1
         with self._timed("checkpoint"):
             self.save()
+        return claims
 
     @contextlib.contextmanager
     def _timed(self, phase: str):
@@ -277,6 +283,7 @@ class LocalShards:
             weights.update(part)
         return versions, weights
 
-    def push(self, grads, versions, replica):
+    def push_pull(self, grads, versions, replica):
         parts = self.map.split(grads)
-        return [vars(s.push(part, v, replica)) for s, part, v in zip(self.shards, parts, versions)]
+        receipts = [vars(s.push(part, v, replica)) for s, part, v in zip(self.shards, parts, versions)]
+        return (receipts, *self.pull())

@@ -41,8 +41,7 @@ def simulate_rl(space: SearchSpace, evaluator: Evaluator, budget: int, seed: int
     order = itertools.count()
     clock = 0.0
 
-    def launch(k: int, now: float) -> None:
-        claims = ledger.claim(replicas[k].name, children)
+    def launch(k: int, now: float, claims) -> None:
         if not claims:
             return
         batch = replicas[k].begin(claims, shards)
@@ -51,13 +50,13 @@ def simulate_rl(space: SearchSpace, evaluator: Evaluator, budget: int, seed: int
         heapq.heappush(events, (finish, next(order), k, batch, results))
 
     for k in range(controllers):
-        launch(k, 0.0)
+        launch(k, 0.0, ledger.claim(replicas[k].name, children))
     while events:
         clock, _, k, batch, results = heapq.heappop(events)
-        replicas[k].finish(batch, results, shards, ledger)
+        claims = replicas[k].finish(batch, results, shards, ledger)
         for record in ledger.records[-len(results):]:
             record["finished_at"] = clock
-        launch(k, clock)
+        launch(k, clock, claims)
     staleness = [s for r in replicas for s in r.staleness]
     return ledger, {
         "simulated_wall_time_s": clock,
