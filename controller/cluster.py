@@ -148,6 +148,9 @@ class ReplicaService:
         # Claims held by this replica's previous life (before a crash) are void.
         ray.get(self.ledger_handle.release.remote(name))
 
+    def ready(self) -> bool:
+        return True
+
     def run(self) -> dict[str, Any]:
         cycles = self.replica.run(self.shards, RayLedger(self.ledger_handle), self.pool.run_all)
         return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings}

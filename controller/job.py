@@ -214,6 +214,8 @@ class SearchJob:
         ]
         actors += replicas
         self.ledger = None
+        # Start together: a replica still importing torch would otherwise find the budget spent.
+        ray.get([r.ready.remote() for r in replicas])
         runs = {r.run.remote(): k for k, r in enumerate(replicas)}
         seen, interrupted, replica_stats = 0, False, {}
         while runs:
