@@ -5,7 +5,8 @@ search over the same table (a function trainable, reuse_actors=True).
 
     python benchmarks/control_plane.py [--evaluations 2000] [--tune-trials 300]
 
-Prints both rates, their ratio, and where each replica's time went.
+Prints both rates, their ratio, where each replica's time went, and the same
+replica loop without Ray (shards as plain objects) as the compute floor.
 """
 
 from __future__ import annotations
@@ -21,7 +22,12 @@ from pathlib import Path
 import ray
 from ray import tune
 
+import torch
+
 from controller.job import SearchJob
+from controller.ledger import Ledger
+from controller.replica import ControllerReplica, LocalShards, PolicyCore
+from param_server import ParameterShard, ShardConfig, ShardMap
 from controller.spec import SearchSpec
 from search_spaces import get_space
 from search_spaces.nb201 import NB201_OPS, NB201Arch
@@ -43,6 +49,23 @@ def ours(args, root: Path) -> dict:
             phases[phase] = phases.get(phase, 0.0) + seconds
     return {"evaluations": len(done), "wall_s": total, "steady_per_s": steady, "overall_per_s": len(done) / total,
             "replica_time_s": phases, "staleness": result["staleness"]}
+
+
+def in_process(args) -> dict:
+    """The same replica loop with the shards as plain objects and no Ray: the compute floor."""
+    torch.set_num_threads(1)
+    space = get_space("nb201")
+    evaluator = TableEvaluator(space)
+    core = PolicyCore(space, seed=0)
+    weights = core.weights()
+    shard_map = ShardMap.build(weights, args.ps_shards)
+    shards = LocalShards([ParameterShard(i, part, ShardConfig()) for i, part in
+                          enumerate(shard_map.split(weights))], shard_map)
+    replica = ControllerReplica("controller-0", core, args.children)
+    start = time.perf_counter()
+    replica.run(shards, Ledger(None, args.evaluations, 0),
+                lambda tasks: [evaluator.evaluate(t.arch, seed=t.seed) for t in tasks])
+    return {"per_s": args.evaluations / (time.perf_counter() - start), "replica_time_s": replica.timings}
 
 
 def trainable(config):
@@ -76,6 +99,7 @@ def main() -> None:
     p.add_argument("--tune-trials", type=int, default=300)
     args = p.parse_args()
     print("command: python " + " ".join(shlex.quote(a) for a in sys.argv))
+    c = in_process(args)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         a = ours(args, Path(tmp))
@@ -86,9 +110,12 @@ def main() -> None:
           f"including {a['wall_s']:.1f} s with start-up")
     print(f"Ray Tune random search (reuse_actors, 2 concurrent): {b['trials']} trials, {b['per_s']:.1f}/s")
     print(f"ratio (steady / Tune): {a['steady_per_s'] / b['per_s']:.1f}x")
-    total = sum(a["replica_time_s"].values())
-    print("replica time by phase (summed over replicas): " + ", ".join(
-        f"{k} {v:.1f} s ({100 * v / total:.0f}%)" for k, v in sorted(a["replica_time_s"].items(), key=lambda x: -x[1])))
+    print(f"same loop, one replica, shards as plain objects, no Ray: {c['per_s']:.1f}/s (the compute floor)")
+    for name, phases in (("replica time by phase (summed over replicas)", a["replica_time_s"]),
+                         ("no-Ray loop time by phase", c["replica_time_s"])):
+        total = sum(phases.values())
+        print(f"{name}: " + ", ".join(f"{k} {v:.1f} s ({100 * v / total:.0f}%)"
+                                      for k, v in sorted(phases.items(), key=lambda x: -x[1])))
     print(f"gradient staleness: mean {a['staleness']['mean']:.2f}, max {a['staleness']['max']}")
 
 
