@@ -115,10 +115,36 @@ class RayWorkerPool(Executor):
             self._recovering[worker.ping.remote()] = worker
 
     def run_all(self, tasks: list[Task]) -> list[EvalResult]:
-        """Evaluate `tasks` and return their results in the same order."""
-        for t in tasks:
-            self.submit(t)
+        """Evaluate `tasks` and return their results in the same order.
+
+        The free workers each get a share of the tasks in one call (one round trip
+        per worker rather than per task, which is what limits instant evaluators);
+        a share whose worker died goes back to the queue task by task.
+        """
         results: dict[str, EvalResult] = {}
+        n = min(len(self._idle), len(tasks))
+        shares = {}
+        for i in range(n):
+            worker = self._idle.popleft()
+            share = tasks[i::n]
+            shares[worker.evaluate_many.remote(share)] = (share, worker)
+        if n == 0:
+            for t in tasks:
+                self.submit(t)
+        for ref, (share, worker) in shares.items():
+            try:
+                results.update(zip((t.id for t in share), ray.get(ref)))
+                self._idle.append(worker)
+            except _DEAD as exc:
+                self._recovering[worker.ping.remote()] = worker
+                reason = f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+                for t in share:
+                    if self.max_retries < 1:
+                        results[t.id] = EvalResult.failure(str(t.arch), f"{reason} (after 1 attempt)")
+                    else:
+                        self.on_retry(t, reason)
+                        self._queue.append((t, 1))
+        self._dispatch()
         while len(results) < len(tasks):
             results.update((t.id, r) for t, r in self.wait())
         return [results[t.id] for t in tasks]

@@ -51,14 +51,15 @@ def test_other_strategies_dispatch_to_the_worker_pool(tmp_path):
     assert_exactly_once(out, 20)
 
 
-def test_killed_worker_mid_evaluation_loses_and_repeats_nothing(tmp_path, ray_cluster):
+@pytest.mark.parametrize("strategy", ["random", "rl"])
+def test_killed_worker_mid_evaluation_loses_and_repeats_nothing(tmp_path, ray_cluster, strategy):
     out = tmp_path / "run"
     # Each lookup sleeps 0.3 x its simulated time / 120 s, so kills land mid-evaluation.
-    spec = table_spec(strategy="random", evaluations=16, table={"sleep": 0.3 / 120})
+    spec = table_spec(strategy=strategy, evaluations=16, table={"sleep": 0.3 / 120})
     killed = []
 
     def kill(record):
-        if len(killed) < 2 and record["index"] in (3, 9):
+        if len(killed) < 2 and len(records(out)) >= (4, 10)[len(killed)]:
             ray_cluster.kill(ray_cluster.get_actor("worker-0", namespace=job.namespace), no_restart=False)
             killed.append(record["index"])
 
