@@ -102,10 +102,10 @@ class SearchJob:
         except KeyboardInterrupt:
             interrupted = True
         records = run.evaluations()
+        spent = len(records) >= spec.evaluations or (deadline is not None and time.time() >= deadline)
         result = {
             **summarize(records),
-            "state": "done" if len(records) >= spec.evaluations else ("stopped" if interrupted or self._stop.is_set()
-                                                                        else "incomplete"),
+            "state": "done" if spent else ("stopped" if interrupted or self._stop.is_set() else "incomplete"),
             "space": spec.space, "strategy": spec.strategy, "evaluator": spec.evaluator,
             "dataset": spec.dataset if spec.evaluator == "train" else spec.table.get("dataset", "cifar10"),
             "seed": spec.seed, "budget": spec.evaluations, "runtime": spec.runtime,

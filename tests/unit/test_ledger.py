@@ -76,3 +76,10 @@ def test_resumed_local_search_equals_an_uninterrupted_one(tmp_path, strategy):
         return [json.loads(line)["arch"] for line in (tmp_path / name / "evaluations.jsonl").open()]
 
     assert len(archs("cut")) == 30 and archs("cut") == archs("whole")
+
+
+def test_time_budget_ends_a_search(tmp_path):
+    spec = SearchSpec(space="nb201", strategy="random", evaluator="table", evaluations=10**6, runtime="local",
+                      max_wall_time_s=0.5)
+    result = SearchJob(spec, tmp_path / "run", progress=False).run()
+    assert result["state"] == "done" and 0 < result["evaluations"] < 10**6
