@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from param_server.atomic import atomic_write
 from search_spaces import ConfigError
 
 SPEC = "spec.json"
@@ -23,14 +24,9 @@ PLOT = "progress.svg"
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """A crash never leaves a half-written file (param_server.atomic does the swap)."""
+    text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 class RunDirectory:
