@@ -30,43 +30,48 @@ def _key_value(text: str) -> tuple[str, Any]:
         return key, raw
 
 
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    """The SearchSpec flags, shared by `nas search` (local) and `nas submit` (service)."""
+    p.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
+    p.add_argument("--space", help="search space: nb201, darts, nasnet, macro, rnn (default macro)")
+    p.add_argument("--strategy", help="random, evolution or rl (default rl)")
+    p.add_argument("--evaluator", help="train (train each child) or table (NAS-Bench-201 lookup)")
+    p.add_argument("--dataset", help="digits (default, bundled), mnist, cifar10, ptb")
+    p.add_argument("--data", dest="data_path", help="path to the dataset's files (mnist, cifar10, ptb)")
+    p.add_argument("--evaluations", type=int, help="number of architectures to evaluate (default 24)")
+    p.add_argument("--epochs", type=int, help="training epochs per child")
+    p.add_argument("--batch-size", type=int, help="training batch size per child")
+    p.add_argument("--channels", type=int, help="child network width (initial channels)")
+    p.add_argument("--layers", type=int, help="child network depth (cells per stage for nb201, cells for darts)")
+    p.add_argument("--seed", type=int, help="seed of the whole search (default 0)")
+    p.add_argument("--runtime", help="ray (default: the distributed scheme) or local (one process, one child at a time)")
+    p.add_argument("--controllers", type=int, help="K controller replicas (rl; the paper used 100; default 2)")
+    p.add_argument("--children", type=int, help="m children sampled per replica step (the paper: 8; default 4)")
+    p.add_argument("--ps-shards", type=int, help="S parameter-server shards (the paper: 20; default 2)")
+    p.add_argument("--workers", type=int, help="W worker actors that evaluate children (default 2)")
+    p.add_argument("--cpus-per-child", type=float, help="CPUs reserved per worker (fractions allowed; default 1)")
+    p.add_argument("--gpus-per-child", type=float, help="GPUs reserved per worker (fractions allowed; default 0)")
+    p.add_argument("--max-retries", type=int, help="re-sends of an evaluation whose worker died (default 2)")
+    p.add_argument("--ps-accumulate", type=int, help="gradients a shard accumulates per update (default 1)")
+    p.add_argument("--staleness-policy", help="none, drop or scale: what shards do with stale gradients")
+    p.add_argument("--max-staleness", type=int, help="staleness bound in versions (drop/scale)")
+    p.add_argument("--max-wall-time", dest="max_wall_time_s", type=float, help="time budget in seconds")
+    p.add_argument("--space-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="search-space option, e.g. num_layers=8 for macro (repeatable)")
+    p.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="strategy option, e.g. lr=0.001 or batch_size=8 for rl (repeatable)")
+    p.add_argument("--train-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                   help="child-training option, e.g. lr=0.05 (repeatable)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="nas", description="Distributed, asynchronous neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("search", help="run a search in this process and write a run directory")
-    s.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
-    s.add_argument("--space", help="search space: nb201, darts, nasnet, macro, rnn (default nb201)")
-    s.add_argument("--strategy", help="random, evolution or rl (default rl)")
-    s.add_argument("--evaluator", help="train (train each child) or table (NAS-Bench-201 lookup)")
-    s.add_argument("--dataset", help="digits (default, bundled), mnist, cifar10, ptb")
-    s.add_argument("--data", dest="data_path", help="path to the dataset's files (mnist, cifar10, ptb)")
-    s.add_argument("--evaluations", type=int, help="number of architectures to evaluate (default 24)")
-    s.add_argument("--epochs", type=int, help="training epochs per child")
-    s.add_argument("--batch-size", type=int, help="training batch size per child")
-    s.add_argument("--channels", type=int, help="child network width (initial channels)")
-    s.add_argument("--layers", type=int, help="child network depth (cells per stage for nb201, cells for darts)")
-    s.add_argument("--seed", type=int, help="seed of the whole search (default 0)")
-    s.add_argument("--runtime", help="ray (default: the distributed scheme) or local (one process, one child at a time)")
+    add_spec_arguments(s)
     s.add_argument("--address", help="Ray cluster to join: auto, or ray://HOST:PORT (default: an embedded single-node Ray)")
-    s.add_argument("--controllers", type=int, help="K controller replicas (rl; the paper used 100; default 2)")
-    s.add_argument("--children", type=int, help="m children sampled per replica step (the paper: 8; default 4)")
-    s.add_argument("--ps-shards", type=int, help="S parameter-server shards (the paper: 20; default 2)")
-    s.add_argument("--workers", type=int, help="W worker actors that evaluate children (default 2)")
-    s.add_argument("--cpus-per-child", type=float, help="CPUs reserved per worker (fractions allowed; default 1)")
-    s.add_argument("--gpus-per-child", type=float, help="GPUs reserved per worker (fractions allowed; default 0)")
-    s.add_argument("--max-retries", type=int, help="re-sends of an evaluation whose worker died (default 2)")
-    s.add_argument("--ps-accumulate", type=int, help="gradients a shard accumulates per update (default 1)")
-    s.add_argument("--staleness-policy", help="none, drop or scale: what shards do with stale gradients")
-    s.add_argument("--max-staleness", type=int, help="staleness bound in versions (drop/scale)")
-    s.add_argument("--max-wall-time", dest="max_wall_time_s", type=float, help="time budget in seconds")
     s.add_argument("--resume", metavar="DIR", help="continue the stopped or crashed search in DIR")
-    s.add_argument("--space-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="search-space option, e.g. num_layers=8 for macro (repeatable)")
-    s.add_argument("--strategy-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="strategy option, e.g. lr=0.001 or batch_size=8 for rl (repeatable)")
-    s.add_argument("--train-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
-                   help="child-training option, e.g. lr=0.05 (repeatable)")
     s.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print result.json to stdout at the end")
@@ -95,10 +100,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--children", type=int, default=8, help="m children per replica step (with --controllers)")
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--json", action="store_true")
+
+    from . import service_cli
+
+    COMMANDS.update(service_cli.add_parsers(sub))
     return parser
 
 
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    return SearchSpec.from_dict(spec_data_from_args(args), source="config" if args.config else "spec").validate()
+
+
+def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec fields the config file and flags set (the rest keep SearchSpec's defaults)."""
     data: dict[str, Any] = load_config(args.config) if args.config else {}
     for name in ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime",
                  "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child",
@@ -119,7 +133,7 @@ def spec_from_args(args: argparse.Namespace) -> SearchSpec:
     for option, key in (("space_option", "space_options"), ("strategy_option", "strategy_options")):
         if getattr(args, option):
             data[key] = {**data.get(key, {}), **dict(getattr(args, option))}
-    return SearchSpec.from_dict(data, source="config" if args.config else "spec").validate()
+    return data
 
 
 def cmd_search(args: argparse.Namespace) -> int:

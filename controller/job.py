@@ -80,8 +80,7 @@ class SearchJob:
 
     @property
     def namespace(self) -> str:
-        digest = hashlib.sha1(str(self.out.resolve()).encode()).hexdigest()[:8]
-        return f"nas-{self.out.name}-{digest}"
+        return job_namespace(self.out)
 
     # -- the run --------------------------------------------------------------------
 
@@ -258,6 +257,13 @@ class SearchJob:
         return total
 
 
+def job_namespace(out: str | Path) -> str:
+    """The Ray namespace of a run directory's actors: readable on the dashboard, unique per directory."""
+    out = Path(out)
+    digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
+    return f"nas-{out.name}-{digest}"
+
+
 def connect(address: str | None) -> bool:
     """Join the cluster at `address`, or start an embedded single-node one. True if we started it."""
     import ray
@@ -276,4 +282,4 @@ def connect(address: str | None) -> bool:
     return address is None
 
 
-__all__ = ["NasError", "SearchJob", "build_evaluator", "connect"]
+__all__ = ["NasError", "SearchJob", "build_evaluator", "connect", "job_namespace"]

@@ -77,6 +77,29 @@ class RunDirectory:
         (self.path / PLOT).write_text(progress_svg(records))
 
 
+class LogTail:
+    """Reads a JSON-lines file that another process appends to, a whole line at a time.
+
+    Each call returns the records appended since the last one; a line still being
+    written (no newline yet) waits for the next call.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

@@ -35,6 +35,18 @@ class ConfigError(NasError, ValueError):
         return (type(self), (self.field, self.problem, self.allowed))
 
 
+class NotFound(NasError, LookupError):
+    """A search (or other named object) that does not exist."""
+
+
+class Busy(NasError):
+    """A request the service cannot take now (e.g. too many running searches); retry later."""
+
+
+class NotReady(NasError):
+    """A request that needs a state the object has not reached (e.g. a result before the search ran)."""
+
+
 class InvalidArchitecture(ConfigError):
     """An architecture string or value that does not belong to its search space."""
 

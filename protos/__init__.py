@@ -1,0 +1,1 @@
+"""The public wire contract: `nas/v1/*.proto` and the Python code generated from it."""
