@@ -320,7 +320,7 @@ class SearchManager:
         result = RunDirectory(record.run_dir).result() if result_path.exists() else None
         if result is not None and state == INTERRUPTED and record.state in ACTIVE:
             # The runner vanished after writing its result: the result says how it ended.
-            state = state_of_result(result)
+            state, error = state_of_result(result), ""
         progress = self._progress.pop(record.id, None) or _Progress(record.run_dir)
         progress.update()
         self.registry.update(record.id, state=state, error=error, finished_at=time.time(), result=result,
