@@ -88,9 +88,9 @@ class SearchClient:
     def result(self, search_id: str) -> pb.SearchResult:
         return self._call("GetResult", pb.GetResultRequest(id=search_id))
 
-    def watch(self, search_id: str, from_index: int = 0) -> Iterator[pb.SearchEvent]:
+    def watch(self, search_id: str, skip: int = 0) -> Iterator[pb.SearchEvent]:
         """Events until the search ends (no deadline: a search may run for days)."""
-        stream = self._stub.WatchSearch(pb.WatchSearchRequest(id=search_id, from_index=from_index),
+        stream = self._stub.WatchSearch(pb.WatchSearchRequest(id=search_id, skip_evaluations=skip),
                                         metadata=self._metadata)
         try:
             yield from stream

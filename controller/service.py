@@ -257,7 +257,7 @@ class SearchManager:
             raise NotReady(f"search {search_id} is {record.state} and has no result yet (nas watch {search_id})")
         return record
 
-    def watch(self, search_id: str, from_index: int = 0,
+    def watch(self, search_id: str, skip: int = 0,
               active: Callable[[], bool] = lambda: True) -> Iterator[dict[str, Any]]:
         """Events of one search until it ends: state changes, evaluations, new bests,
         one-shot epochs. Each is a dict with a `kind` key."""
@@ -266,7 +266,7 @@ class SearchManager:
         yield {"kind": "state", "state": state, "error": record.error}
         evaluations = LogTail(Path(record.run_dir) / EVALUATIONS)
         epochs = LogTail(Path(record.run_dir) / ONE_SHOT_LOG)
-        best = None
+        best, seen = None, 0
         while active() and not self._closed.is_set():
             # The state is read before the logs: a search marked ended has written every line.
             record = self.registry.get(search_id)
@@ -275,7 +275,8 @@ class SearchManager:
                     best is None or r["reward"] > best)
                 if improved:
                     best = r["reward"]
-                if r["index"] >= from_index:
+                seen += 1
+                if seen > skip:
                     yield {"kind": "evaluation", "record": r}
                     if improved:
                         yield {"kind": "new_best", "record": r}

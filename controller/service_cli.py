@@ -60,7 +60,7 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
         else:
             p.add_argument("id", help="search id")
         if name == "watch":
-            p.add_argument("--from-index", type=int, default=0, help="skip evaluations before this index")
+            p.add_argument("--skip", type=int, default=0, help="skip the first N evaluations (already seen)")
         if name in ("status", "result", "submit"):
             p.add_argument("--json", action="store_true", help="print the reply as JSON")
         commands[name] = fn
@@ -172,9 +172,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _follow(client, search_id: str, from_index: int) -> int:
+def _follow(client, search_id: str, skip: int) -> int:
     state = "unspecified"
-    for event in client.watch(search_id, from_index):
+    for event in client.watch(search_id, skip):
         kind = event.WhichOneof("event")
         if kind == "state_change":
             state = _state(event.state_change.state)
@@ -196,7 +196,7 @@ def _follow(client, search_id: str, from_index: int) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        return _follow(client, args.id, args.from_index)
+        return _follow(client, args.id, args.skip)
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:

@@ -226,7 +226,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     @_domain_errors
     def WatchSearch(self, request, context):
         space = self.manager.get(request.id).spec["space"]
-        for event in self.manager.watch(request.id, request.from_index, active=context.is_active):
+        for event in self.manager.watch(request.id, request.skip_evaluations, active=context.is_active):
             yield event_to_message(request.id, event, space)
 
     @_domain_errors

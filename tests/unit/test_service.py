@@ -72,10 +72,10 @@ def test_submit_watch_result_equals_the_run_directory(client):
     assert final.evaluations_done == 25 and final.best.reward == on_disk["best"]["reward"]
 
 
-def test_watch_from_an_index_skips_earlier_evaluations(client):
+def test_watch_can_skip_evaluations_already_seen(client):
     search = client.submit({**TABLE, "evaluations": 12})
     wait_state(client, search.id, (pb.STATE_SUCCEEDED,))
-    evaluations = [e.evaluation.index for e in client.watch(search.id, from_index=10)
+    evaluations = [e.evaluation.index for e in client.watch(search.id, skip=10)
                    if e.WhichOneof("event") == "evaluation"]
     assert evaluations == [10, 11]
 

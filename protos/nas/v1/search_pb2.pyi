@@ -169,12 +169,12 @@ class ListSearchesResponse(_message.Message):
     def __init__(self, searches: _Optional[_Iterable[_Union[Search, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class WatchSearchRequest(_message.Message):
-    __slots__ = ("id", "from_index")
+    __slots__ = ("id", "skip_evaluations")
     ID_FIELD_NUMBER: _ClassVar[int]
-    FROM_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SKIP_EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
-    from_index: int
-    def __init__(self, id: _Optional[str] = ..., from_index: _Optional[int] = ...) -> None: ...
+    skip_evaluations: int
+    def __init__(self, id: _Optional[str] = ..., skip_evaluations: _Optional[int] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "error")
