@@ -180,7 +180,8 @@ class _Progress:
 
 
 class SearchManager:
-    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4, poll_s: float = 0.2):
+    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4, poll_s: float = 0.5,
+                 watch_poll_s: float = 0.05):
         if max_jobs < 1:
             raise ConfigError("max_jobs", f"must be at least 1, got {max_jobs}")
         self.state_dir = Path(state_dir)
@@ -188,7 +189,9 @@ class SearchManager:
         self.registry = JobRegistry(self.state_dir / "registry.sqlite")
         self.launcher = launcher
         self.max_jobs = max_jobs
+        #: Runner status checks are remote calls; log tails are cheap file reads, so watchers poll faster.
         self.poll_s = poll_s
+        self.watch_poll_s = watch_poll_s
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, _Progress] = {}
         self._lock = threading.Lock()
@@ -287,7 +290,7 @@ class SearchManager:
                 yield {"kind": "state", "state": state, "error": record.error}
             if state not in ACTIVE:
                 return
-            time.sleep(self.poll_s)
+            time.sleep(self.watch_poll_s)
 
     # -- runners --------------------------------------------------------------------
 
