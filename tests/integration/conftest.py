@@ -2,10 +2,17 @@ import pytest
 
 
 @pytest.fixture(scope="session")
-def ray_cluster():
+def ray_context():
     """One local Ray for the whole session: `ray.init()` costs seconds."""
     ray = pytest.importorskip("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=False)
-    yield ray
+    # The dashboard serves the Ray Jobs API (tests/integration/test_ray_job.py).
+    context = ray.init(num_cpus=2, include_dashboard=True, logging_level="warning", log_to_driver=False)
+    yield context
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_context):
+    import ray
+
+    return ray
