@@ -106,12 +106,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     stop.wait()
-    print("nas serve: stopping; running searches continue on the cluster", file=sys.stderr)
     server.stop()
     if started:
         import ray
 
+        print("nas serve: stopped; searches end with the embedded Ray (nas resume ID continues them)", file=sys.stderr)
         ray.shutdown()
+    else:
+        print("nas serve: stopped; running searches go on on the cluster", file=sys.stderr)
     return 0
 
 
