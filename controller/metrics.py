@@ -36,6 +36,10 @@ def _metrics():
                                        STALENESS_BOUNDARIES, tag_keys=job + ("shard",)),
         "queue": metrics.Gauge("nas_queue_length", "Evaluations waiting for a free worker", tag_keys=job),
         "retries": metrics.Counter("nas_worker_retries", "Evaluations re-sent after a worker died", tag_keys=job),
+        "skips": metrics.Gauge("nas_oneshot_skip_connections", "Skip-connections in a one-shot run's derived genotype",
+                               tag_keys=job + ("run",)),
+        "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
+                                      tag_keys=job + ("run",)),
     }
 
 
@@ -74,3 +78,15 @@ def report_retry(job: str) -> None:
     m = _metrics()
     if m is not None:
         m["retries"].inc(1, tags={"job": job})
+
+
+def report_oneshot_epoch(job: str, run: int, skip_count: int | None, val_acc: float | None) -> None:
+    """Collapse shows live on the dashboard: skip-connections climbing while accuracy stalls."""
+    m = _metrics()
+    if m is None:
+        return
+    tags = {"job": job, "run": str(run)}
+    if skip_count is not None:
+        m["skips"].set(skip_count, tags=tags)
+    if val_acc is not None:
+        m["supernet_acc"].set(val_acc, tags=tags)

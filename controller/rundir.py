@@ -2,6 +2,7 @@
 
     spec.json           the validated spec
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
+    oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
 """
@@ -19,6 +20,7 @@ from search_spaces import ConfigError
 
 SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
+ONE_SHOT_LOG = "oneshot.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 
@@ -43,10 +45,10 @@ class RunDirectory:
         (run.path / EVALUATIONS).touch()
         return run
 
-    def append(self, record: dict[str, Any]) -> None:
-        """Append one evaluation; it is on disk when this returns."""
+    def append(self, record: dict[str, Any], log: str = EVALUATIONS) -> None:
+        """Append one record to a log (by default the evaluations); it is on disk when this returns."""
         line = json.dumps(record, sort_keys=True, default=_json_default)
-        with open(self.path / EVALUATIONS, "a") as f:
+        with open(self.path / log, "a") as f:
             f.write(line + "\n")
             f.flush()
             os.fsync(f.fileno())

@@ -25,7 +25,7 @@ from search_spaces.errors import Busy, NotReady
 
 from .registry import (ACTIVE, CANCELLED, FAILED, INTERRUPTED, PENDING, RESUMABLE, RUNNING, STATES, SUCCEEDED,
                        JobRegistry, SearchRecord)
-from .rundir import EVALUATIONS, RESULT, LogTail, RunDirectory
+from .rundir import EVALUATIONS, ONE_SHOT_LOG, RESULT, LogTail, RunDirectory
 from .spec import SearchSpec
 
 log = logging.getLogger(__name__)
@@ -34,8 +34,6 @@ log = logging.getLogger(__name__)
 DEFAULT_PORT = 50051
 #: Ray namespace of the service's runner actors.
 SERVICE_NAMESPACE = "nas-service"
-#: One-shot strategies append one line per search epoch here (collapse monitors).
-ONE_SHOT_LOG = "oneshot.jsonl"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 MAX_PAGE = 100
 
