@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Literal, Mapping, get_args
 
@@ -25,6 +24,7 @@ import torch
 
 from search_spaces.errors import ConfigError
 
+from .atomic import atomic_save
 from .shard_map import check_named_tensors
 
 STALENESS_POLICIES = ("none", "drop", "scale")
@@ -249,25 +249,7 @@ class ParameterShard:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically: a crash leaves either the old file or the new one, whole."""
-        path = os.path.abspath(path)
-        directory = os.path.dirname(path)
-        # Same directory as the target, so os.replace is a rename within one file system.
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(self.state_dict(), f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        # The rename itself is only durable once the directory entry is on disk.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        atomic_save(self.state_dict(), path)
 
     @classmethod
     def restore(cls, path: str | os.PathLike) -> "ParameterShard":
