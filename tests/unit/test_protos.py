@@ -68,9 +68,31 @@ def test_unset_fields_are_not_sent_so_server_defaults_apply():
     assert spec_from_message(pb.SearchSpec(space="nb201")) == {"space": "nb201"}
 
 
-def test_a_client_generated_from_the_proto_files_alone_imports(tmp_path):
-    """No project code: copy the .proto files, run protoc, import the stubs in a clean interpreter."""
+CLIENT = """
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the generated stubs, beside this file
+import grpc
+from nas.v1 import search_pb2 as pb, search_pb2_grpc as rpc
+
+meta = (("authorization", "Bearer " + sys.argv[2]),)
+stub = rpc.SearchServiceStub(grpc.insecure_channel(sys.argv[1]))
+spec = pb.SearchSpec(space="nb201", evaluator="table", strategy="random", evaluations=5, runtime="local")
+search = stub.SubmitSearch(pb.SubmitSearchRequest(spec=spec), metadata=meta)
+events = [e.WhichOneof("event") for e in stub.WatchSearch(pb.WatchSearchRequest(id=search.id), metadata=meta)]
+result = stub.GetResult(pb.GetResultRequest(id=search.id), metadata=meta)
+print(events.count("evaluation"), pb.State.Name(result.state), result.evaluations)
+"""
+
+
+def test_a_client_generated_from_the_proto_files_alone_submits_and_watches(tmp_path):
+    """No project code on the client side: copy the .proto files, run protoc, and drive a
+    real server from a clean interpreter that sees only the generated stubs."""
     pytest.importorskip("grpc_tools")
+    from controller.service import SearchManager, ThreadLauncher
+    from controller.servicer import serve
+
     for proto in generate.proto_files():
         dest = tmp_path / "src" / "nas" / "v1" / proto.name
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +108,14 @@ def test_a_client_generated_from_the_proto_files_alone_imports(tmp_path):
                               "--grpc_python_out={out}", "nas/v1/search.proto"]))
     """)
     subprocess.run([sys.executable, "-c", script], check=True)
-    check = "from nas.v1 import search_pb2, search_pb2_grpc; print(search_pb2_grpc.SearchServiceStub.__name__)"
-    done = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(out)!r}); {check}"],
-                          capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "SearchServiceStub"
+    (out / "client.py").write_text(CLIENT)
+    server = serve(SearchManager(tmp_path / "state", ThreadLauncher(), poll_s=0.02), "proto-token",
+                   host="127.0.0.1", port=0)
+    try:
+        # -I: isolated mode, so neither the working directory nor PYTHONPATH brings project code in.
+        done = subprocess.run([sys.executable, "-I", str(out / "client.py"), f"127.0.0.1:{server.port}", "proto-token"],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        server.stop(grace=None)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["5", "STATE_SUCCEEDED", "5"]
