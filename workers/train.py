@@ -139,7 +139,7 @@ class TrainEvaluator(Evaluator):
         self.space = space
         self._child: weakref.ref | None = None
         self.config = config.resolved(dataset.kind)
-        self.device = _pick_device(self.config.device)
+        self.device = pick_device(self.config.device)
         if isinstance(dataset, ImageDataset):
             self.dataset = dataset.to(self.device)
             self.net_config = NetConfig(
@@ -221,7 +221,7 @@ class TrainEvaluator(Evaluator):
         return PPL_REWARD_CONSTANT / min(window) ** 2
 
 
-def _pick_device(name: str) -> torch.device:
+def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "CUDA is not available on this machine", ("auto", "cpu"))
     if name == "auto":

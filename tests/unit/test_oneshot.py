@@ -1,0 +1,159 @@
+"""One-shot search: supernets, the bilevel step, the Hessian-vector product, NoisyDARTS'
+noise, genotype derivation and the search loop (tiny supernets on digits)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from search_spaces import ConfigError, get_space
+from search_spaces.cell import PRIMITIVES
+from search_spaces.nb201 import NB201_OPS
+from workers.data import load_dataset
+from workers.oneshot import (Architect, DartsSupernet, NB201Supernet, OneShotConfig, derive, describe_supernet,
+                             finite_difference_hvp, search_epochs, skip_count)
+from workers.oneshot.supernet import MixedOp
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+def tiny_nb201(**kw):
+    torch.manual_seed(0)
+    return NB201Supernet(C=4, N=1, in_channels=1, **kw)
+
+
+def test_supernet_sizes_and_alphas_kept_apart():
+    sizes = describe_supernet("darts", channels=16, layers=8, num_classes=10)
+    assert sizes["arch_params"] == 2 * 14 * 8  # normal + reduce, 14 edges, the 8 PRIMITIVES
+    assert sizes["params"] == 1_930_618  # our count; the weights only, alphas apart
+    assert describe_supernet("nb201")["arch_params"] == 6 * 5
+    assert describe_supernet("darts", algorithm="noisy-darts")["arch_params"] == 2 * 14 * 7  # `none` removed
+    model = tiny_nb201()
+    weights, alphas = model.network_parameters(), model.arch_parameters()
+    assert not {id(p) for p in weights} & {id(a) for a in alphas}
+    assert len(weights) + len(alphas) == len(list(model.parameters()))
+
+
+@pytest.mark.parametrize("algorithm", ["darts", "darts2"])
+def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
+    model = tiny_nb201()
+    config = OneShotConfig(algorithm=algorithm, arch_lr=0.03).resolved("nb201")
+    w_opt = torch.optim.SGD(model.network_parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
+    architect = Architect(model, config)
+    x, y = digits.x_train[:64], digits.y_train[:64]
+    xv, yv = digits.x_train[64:128], digits.y_train[64:128]
+    alphas_before = [a.detach().clone() for a in model.arch_parameters()]
+    before = F.cross_entropy(model(xv), yv).item()
+    for _ in range(15):
+        architect.step(x, y, xv, yv, 0.05, w_opt)
+        w_opt.zero_grad()
+        F.cross_entropy(model(x), y).backward(inputs=model.network_parameters())
+        w_opt.step()
+    assert F.cross_entropy(model(xv), yv).item() < before
+    assert any(not torch.equal(a, b) for a, b in zip(model.arch_parameters(), alphas_before))
+
+
+def test_finite_difference_hvp_matches_double_backprop(digits):
+    model = tiny_nb201().double()
+    # Both sides agree only where the loss is twice differentiable: ReLU kinks crossed within
+    # +-eps make any finite difference jump, so this check swaps them for a smooth activation.
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.ReLU):
+                setattr(module, name, torch.nn.Softplus())
+    x, y = digits.x_train[:16].double(), digits.y_train[:16]
+    weights = model.network_parameters()
+    torch.manual_seed(1)
+    v = [torch.randn_like(w) for w in weights]
+    grads = torch.autograd.grad(F.cross_entropy(model(x), y), weights, create_graph=True)
+    exact = torch.autograd.grad(sum((g * u).sum() for g, u in zip(grads, v)), model.arch_parameters())
+    approx = finite_difference_hvp(model, v, x, y)
+    for e, a in zip(exact, approx):
+        assert torch.allclose(a, e, rtol=1e-3, atol=1e-6 * e.abs().max().item())
+
+
+def test_noise_only_on_skip_and_only_in_training():
+    torch.manual_seed(0)
+    op = MixedOp(NB201_OPS, [torch.nn.Identity() if n == "skip_connect" else torch.nn.AvgPool2d(3, 1, 1)
+                             for n in NB201_OPS], noise_lambda=0.2)
+    x = torch.randn(8, 4, 6, 6)
+    skip = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0])
+    pool = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])
+    op.train()
+    noisy = op(x, skip) - x
+    assert noisy.abs().max() > 0 and abs(noisy.std().item() / (0.2 * x.std().item()) - 1) < 0.1
+    assert abs(noisy.mean().item()) < 0.02
+    assert torch.equal(op(x, pool), op(x, pool))  # other ops stay deterministic
+    op.eval()
+    assert torch.equal(op(x, skip), x)
+    assert not any(m.noise_lambda for m in tiny_nb201().modules() if isinstance(m, MixedOp))
+
+
+def test_nb201_derivation_is_the_argmax_including_none():
+    w = torch.full((6, 5), 0.1)
+    choice = ["none", "skip_connect", "nor_conv_3x3", "avg_pool_3x3", "nor_conv_1x1", "nor_conv_3x3"]
+    for e, op in enumerate(choice):
+        w[e, NB201_OPS.index(op)] = 0.9
+    arch = derive("nb201", [w], NB201_OPS)
+    assert list(arch.ops) == choice and skip_count(arch) == 1
+    assert str(arch) == str(get_space("nb201").parse(str(arch)))
+
+
+def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
+    P = list(PRIMITIVES)
+    normal = torch.full((14, 8), 0.01)
+    normal[:, P.index("none")] = 0.9  # never chosen, never counts toward an edge's strength
+    # node 0 (edges 0, 1): both kept. node 1 (edges 2-4): the strongest two of three.
+    normal[0, P.index("sep_conv_3x3")] = 0.5
+    normal[1, P.index("skip_connect")] = 0.4
+    normal[2, P.index("max_pool_3x3")] = 0.1
+    normal[3, P.index("dil_conv_5x5")] = 0.6
+    normal[4, P.index("sep_conv_5x5")] = 0.3
+    reduce = torch.full((14, 8), 0.01)
+    reduce[:, P.index("avg_pool_3x3")] = 0.5
+    genotype = derive("darts", [normal, reduce], P)
+    assert genotype.normal[:4] == (("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 1),
+                                   ("sep_conv_5x5", 2))
+    assert all(op == "avg_pool_3x3" for op, _ in genotype.reduce)
+    assert genotype.normal_concat == (2, 3, 4, 5) and skip_count(genotype) == 1
+    assert get_space("darts").parse(str(genotype)) == genotype
+
+
+def test_config_errors_name_the_field():
+    for kwargs, field in (({"algorithm": "gdas"}, "strategy"), ({"epochs": 0}, "epochs"),
+                          ({"arch_betas": (0.5,)}, "arch_betas"), ({"train_portion": 1.0}, "train_portion"),
+                          ({"device": "tpu"}, "device")):
+        with pytest.raises(ConfigError) as err:
+            OneShotConfig(**kwargs)
+        assert err.value.field == field
+    noisy = OneShotConfig(algorithm="noisy-darts").resolved("darts")
+    assert (noisy.batch_size, noisy.lr, noisy.noise_lambda) == (128, 0.05, 0.2)  # NoisyDARTS' search settings
+    darts = OneShotConfig().resolved("darts")
+    assert (darts.epochs, darts.batch_size, darts.lr, darts.lr_min, darts.momentum, darts.weight_decay,
+            darts.arch_lr, darts.arch_betas, darts.arch_weight_decay, darts.grad_clip, darts.layers,
+            darts.channels) == (50, 64, 0.025, 0.001, 0.9, 3e-4, 3e-4, (0.5, 0.999), 1e-3, 5.0, 8, 16)
+
+
+def _run(digits, space, algorithm, seed, layers=1, epochs=2, batches=3):
+    config = OneShotConfig(algorithm=algorithm, epochs=epochs, channels=4, layers=layers, batch_size=32,
+                           max_batches_per_epoch=batches, device="cpu")
+    return list(search_epochs(get_space(space), digits, config, seed))
+
+
+def test_search_reports_monitors_each_epoch_and_is_seeded(digits):
+    first = _run(digits, "nb201", "noisy-darts", seed=3)
+    assert [r["epoch"] for r in first] == [0, 1]
+    for r in first:
+        assert len(r["alpha_entropy"]) == 6 and 0 <= r["skip_count"] <= 6 and r["val_acc"] >= 0
+        get_space("nb201").parse(r["genotype"])
+    again = _run(digits, "nb201", "noisy-darts", seed=3)
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")} for r in rs]  # noqa: E731
+    assert strip(first) == strip(again)
+
+
+def test_darts_space_second_order_search_derives_a_valid_genotype(digits):
+    (report,) = _run(digits, "darts", "darts2", seed=0, layers=3, epochs=1, batches=1)
+    genotype = get_space("darts").parse(report["genotype"])
+    assert len(genotype.normal) == 8 and len(report["alpha_entropy"]) == 28

@@ -1,0 +1,29 @@
+"""Gradient-based one-shot search (DARTS first and second order, NoisyDARTS): supernets,
+the bilevel search loop, genotype derivation and collapse monitors. Plain PyTorch."""
+
+from __future__ import annotations
+
+from .derive import derive, edge_entropy, skip_count
+from .search import ALGORITHMS, SPACES, Architect, OneShotConfig, finite_difference_hvp, search_epochs
+from .supernet import DartsSupernet, NB201Supernet, Supernet, build_supernet
+
+
+def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
+                      in_channels: int = 3, algorithm: str = "darts") -> dict[str, int]:
+    """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet."""
+    from search_spaces.errors import ConfigError
+
+    from .search import primitives_for
+
+    if space not in SPACES:
+        raise ConfigError("space", f"no supernet for {space!r}", SPACES)
+    cfg = OneShotConfig(algorithm=algorithm, channels=channels or 16, layers=layers).resolved(space)
+    model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,
+                           primitives=primitives_for(space, algorithm))
+    return {"params": sum(p.numel() for p in model.network_parameters()),
+            "arch_params": sum(a.numel() for a in model.arch_parameters())}
+
+
+__all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "Supernet",
+           "build_supernet", "derive", "describe_supernet", "edge_entropy", "finite_difference_hvp",
+           "search_epochs", "skip_count"]

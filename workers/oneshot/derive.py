@@ -1,0 +1,70 @@
+"""From alphas to an architecture, and the collapse monitors recorded every epoch."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from search_spaces.nb201 import NB201Arch
+from search_spaces.types import Genotype
+
+from .supernet import SKIP
+
+
+def derive_darts(weights: Sequence[torch.Tensor], primitives: Sequence[str], steps: int = 4,
+                 multiplier: int = 4) -> Genotype:
+    """DARTS' rule, per cell type: each node keeps its 2 incoming edges whose strongest
+    non-`none` op weighs most, and on each kept edge that op."""
+
+    def cell(w: torch.Tensor) -> tuple[tuple[str, int], ...]:
+        w = w.detach().cpu()
+        candidates = [i for i, p in enumerate(primitives) if p != "none"]
+        pairs, start = [], 0
+        for node in range(steps):
+            inputs = 2 + node
+            edges = w[start:start + inputs]
+            best = [(max(edges[j, k].item() for k in candidates), j) for j in range(inputs)]
+            for _, j in sorted(best, key=lambda t: (-t[0], t[1]))[:2]:
+                k = max(candidates, key=lambda k: edges[j, k].item())
+                pairs.append((primitives[k], j))
+            start += inputs
+        return tuple(pairs)
+
+    concat = tuple(range(2 + steps - multiplier, 2 + steps))
+    normal, reduce = weights
+    return Genotype(normal=cell(normal), normal_concat=concat, reduce=cell(reduce), reduce_concat=concat)
+
+
+def derive_nb201(weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> NB201Arch:
+    """NAS-Bench-201's rule: the argmax op on every edge, `none` included; all edges kept."""
+    (w,) = weights
+    return NB201Arch(tuple(primitives[int(i)] for i in w.detach().argmax(dim=-1).cpu()))
+
+
+def derive(space: str, weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> Genotype | NB201Arch:
+    return derive_darts(weights, primitives) if space == "darts" else derive_nb201(weights, primitives)
+
+
+def skip_count(arch: Genotype | NB201Arch) -> int:
+    """Skip-connections in a derived architecture (normal cell only for darts: the collapse
+    DARTS is known for fills the normal cell, where skips replace all computation)."""
+    ops = [op for op, _ in arch.normal] if isinstance(arch, Genotype) else list(arch.ops)
+    return sum(op == SKIP for op in ops)
+
+
+def edge_entropy(weights: Sequence[torch.Tensor]) -> list[float]:
+    """Entropy (nats) of each edge's op distribution; it falls as the search commits
+    (log(#ops) is uniform)."""
+    out = []
+    for w in weights:
+        p = w.detach().clamp_min(1e-12)
+        out += [float(x) for x in -(p * p.log()).sum(dim=-1).cpu()]
+    return out
+
+
+def mean_entropy_fraction(weights: Sequence[torch.Tensor]) -> float:
+    """Mean edge entropy over its maximum: 1 = undecided, 0 = one-hot."""
+    entropies = edge_entropy(weights)
+    return sum(entropies) / (len(entropies) * math.log(weights[0].shape[-1]))

@@ -1,0 +1,252 @@
+"""The bilevel search: network weights on one half of the training data, alphas on the
+other (DARTS), first order or with the unrolled second-order step, and NoisyDARTS.
+
+Settings follow ../shared/REFERENCES.md: DARTS' CIFAR search (50 epochs, batch 64, SGD
+0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; alphas Adam 3e-4, betas
+(0.5, 0.999), wd 1e-3; xi = the weights' learning rate; eps = 0.01 / ||grad||), and
+NoisyDARTS' own search settings (batch 128, lr 0.05, `none` removed, lambda 0.2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from search_spaces import SearchSpace
+from search_spaces.cell import PRIMITIVES
+from search_spaces.errors import ConfigError, check_int, check_number
+
+from ..data import ImageDataset
+from ..threads import torch_threads
+from ..train import pick_device
+from .derive import derive, edge_entropy, mean_entropy_fraction, skip_count
+from .supernet import Supernet, build_supernet
+
+ALGORITHMS = ("darts", "darts2", "noisy-darts")
+SPACES = ("darts", "nb201")
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Where NoisyDARTS' published search settings differ from DARTS'.
+NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2}
+
+
+@dataclass(frozen=True)
+class OneShotConfig:
+    """One one-shot search. Fields left None take the algorithm's published default."""
+
+    algorithm: str = "darts"
+    epochs: int = 50
+    batch_size: int | None = None
+    lr: float | None = None
+    lr_min: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    #: Share of the training split that trains the weights; the rest trains the alphas.
+    train_portion: float = 0.5
+    #: Supernet width and depth (cells for darts, cells per stage for nb201).
+    channels: int = 16
+    layers: int | None = None
+    #: NoisyDARTS' lambda: noise std = lambda * std(skip output). None: 0.2 for noisy-darts, else 0.
+    noise_lambda: float | None = None
+    max_batches_per_epoch: int | None = None
+    device: str = "auto"
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError("strategy", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
+        for name in ("epochs", "channels"):
+            check_int(name, getattr(self, name))
+        for name in ("batch_size", "layers", "max_batches_per_epoch", "num_threads"):
+            check_int(name, getattr(self, name), optional=True)
+        check_number("lr", self.lr, 0, low_open=True, optional=True)
+        check_number("lr_min", self.lr_min, 0)
+        check_number("momentum", self.momentum, 0, 1, high_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("grad_clip", self.grad_clip, 0)
+        check_number("arch_lr", self.arch_lr, 0, low_open=True)
+        check_number("arch_weight_decay", self.arch_weight_decay, 0)
+        check_number("train_portion", self.train_portion, 0, 1, low_open=True, high_open=True)
+        check_number("noise_lambda", self.noise_lambda, 0, optional=True)
+        betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise ConfigError("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas!r}")
+        object.__setattr__(self, "arch_betas", betas)
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+
+    def resolved(self, space: str) -> "OneShotConfig":
+        noisy = self.algorithm == "noisy-darts"
+        defaults = NOISY_DEFAULTS if noisy else {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0}
+        changes = {k: v for k, v in defaults.items() if getattr(self, k) is None}
+        if self.layers is None:
+            changes["layers"] = 8 if space == "darts" else 5
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def second_order(self) -> bool:
+        return self.algorithm == "darts2"
+
+
+def primitives_for(space: str, algorithm: str) -> tuple[str, ...] | None:
+    """NoisyDARTS drops `none` from the DARTS op list (its noise would otherwise compete
+    with an op that does nothing); NB201 keeps its five ops."""
+    if space == "darts" and algorithm == "noisy-darts":
+        return tuple(p for p in PRIMITIVES if p != "none")
+    return None
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
+    logits = model(x) if params is None else functional_call(model, params, (x,))
+    return F.cross_entropy(logits, y)
+
+
+def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Gradients, zeros for inputs the loss does not use (a supernet too shallow for a
+    normal cell never reads the normal alphas)."""
+    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
+    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
+
+
+def finite_difference_hvp(model: Supernet, vector: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+                          r: float = 0.01) -> list[torch.Tensor]:
+    """d/d(alpha) of (grad_w L(w, alpha) . v) by central differences, DARTS eq. 8:
+    [grad_alpha L(w + eps v) - grad_alpha L(w - eps v)] / (2 eps), eps = r / ||v||."""
+    names = [n for n, p in model.named_parameters() if not n.startswith("alphas.")]
+    weights = dict(model.named_parameters())
+    eps = r / torch.sqrt(sum((v * v).sum() for v in vector)).clamp_min(1e-12)
+    alphas = model.arch_parameters()
+    grads = []
+    for sign in (1.0, -1.0):
+        shifted = {n: weights[n].detach() + sign * eps * v for n, v in zip(names, vector)}
+        loss = _loss(model, x, y, shifted)
+        grads.append(_grad(loss, alphas))
+    return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads)]
+
+
+class Architect:
+    """Updates the alphas on validation batches."""
+
+    def __init__(self, model: Supernet, config: OneShotConfig):
+        self.model = model
+        self.config = config
+        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, betas=config.arch_betas,
+                                          weight_decay=config.arch_weight_decay)
+
+    def step(self, x_train, y_train, x_val, y_val, lr: float, w_optimizer: torch.optim.SGD) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.config.second_order:
+            self._unrolled(x_train, y_train, x_val, y_val, lr, w_optimizer)
+        else:
+            _loss(self.model, x_val, y_val).backward(inputs=self.model.arch_parameters())
+        self.optimizer.step()
+
+    def _unrolled(self, x_train, y_train, x_val, y_val, xi: float, w_optimizer) -> None:
+        """grad_alpha L_val(w', alpha) - xi * HVP, with w' = w - xi * (SGD step of L_train
+        including momentum and weight decay), DARTS eq. 7."""
+        model, cfg = self.model, self.config
+        named = [(n, p) for n, p in model.named_parameters() if not n.startswith("alphas.")]
+        weights = [p for _, p in named]
+        grads = torch.autograd.grad(_loss(model, x_train, y_train), weights)
+        virtual = {}
+        for (n, p), g in zip(named, grads):
+            buf = w_optimizer.state.get(p, {}).get("momentum_buffer")
+            step = g + cfg.weight_decay * p.detach()
+            if buf is not None:
+                step = step + cfg.momentum * buf
+            virtual[n] = (p.detach() - xi * step).requires_grad_()
+        alphas = model.arch_parameters()
+        # Cloned BN statistics: the virtual step must not leave a trace in the real model.
+        buffers = {n: b.clone() for n, b in model.named_buffers()}
+        val_loss = _loss(model, x_val, y_val, {**virtual, **buffers})
+        grads = _grad(val_loss, alphas + list(virtual.values()))
+        d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
+        hvp = finite_difference_hvp(model, list(d_w), x_train, y_train)
+        for a, da, h in zip(alphas, d_alpha, hvp):
+            a.grad = da - xi * h
+
+
+def _evaluate(model: Supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    model.eval()
+    loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, len(y), batch_size):
+            logits = model(x[start:start + batch_size])
+            loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
+            correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+    model.train()
+    return loss / len(y), correct / len(y)
+
+
+def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConfig, seed: int) -> Iterator[dict]:
+    """Run the search; yield one JSON-ready report per epoch. The last report's genotype is the answer."""
+    if space.name not in SPACES:
+        raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
+    if not isinstance(dataset, ImageDataset):
+        raise ConfigError("dataset", f"one-shot search needs an image dataset, not {dataset.name!r}")
+    cfg = config.resolved(space.name)
+    device = pick_device(cfg.device)
+    with torch_threads(cfg.num_threads):
+        torch.manual_seed(seed)
+        generator = torch.Generator().manual_seed(seed)
+        data = dataset.to(device)
+        # DARTS' split: the first train_portion of the (already shuffled) training split trains
+        # the weights, the rest the alphas.
+        n_w = int(len(data.y_train) * cfg.train_portion)
+        xw, yw = data.x_train[:n_w], data.y_train[:n_w]
+        xa, ya = data.x_train[n_w:], data.y_train[n_w:]
+        model = build_supernet(space.name, cfg.channels, cfg.layers, data.in_channels, data.num_classes,
+                               noise_lambda=cfg.noise_lambda,
+                               primitives=primitives_for(space.name, cfg.algorithm)).to(device)
+        w_optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                      weight_decay=cfg.weight_decay)
+        architect = Architect(model, cfg)
+        steps = min(-(-n_w // cfg.batch_size), cfg.max_batches_per_epoch or math.inf)
+        model.train()
+        for epoch in range(cfg.epochs):
+            # Cosine from lr to lr_min over the epochs, per epoch as in DARTS.
+            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs))
+            for group in w_optimizer.param_groups:
+                group["lr"] = lr
+            start, losses, correct, seen = time.perf_counter(), [], 0, 0
+            w_order = torch.randperm(len(yw), generator=generator).to(device)
+            a_order = torch.randperm(len(ya), generator=generator).to(device)
+            for step in range(int(steps)):
+                iw = w_order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+                ia = a_order[(step * cfg.batch_size) % len(ya):][:cfg.batch_size]
+                x, y = xw[iw], yw[iw]
+                architect.step(x, y, xa[ia], ya[ia], lr, w_optimizer)
+                w_optimizer.zero_grad(set_to_none=True)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                loss.backward(inputs=model.network_parameters())
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.network_parameters(), cfg.grad_clip)
+                w_optimizer.step()
+                losses.append(loss.detach())
+                correct += (logits.detach().argmax(1) == y).sum()
+                seen += len(y)
+            wall = time.perf_counter() - start
+            val_loss, val_acc = _evaluate(model, xa, ya, 2 * cfg.batch_size)
+            weights = model.arch_weights()
+            arch = derive(space.name, weights, model.primitives)
+            yield {
+                "epoch": epoch, "algorithm": cfg.algorithm, "lr": lr,
+                "train_loss": float(torch.stack(losses).mean()), "train_acc": float(correct) / max(seen, 1),
+                "val_loss": val_loss, "val_acc": val_acc,
+                "genotype": str(arch), "skip_count": skip_count(arch),
+                "alpha_entropy": edge_entropy(weights), "alpha_entropy_fraction": mean_entropy_fraction(weights),
+                "alphas": [w.detach().cpu().tolist() for w in weights],
+                "wall_time_s": wall, "images_per_s": seen / wall if wall else 0.0,
+            }

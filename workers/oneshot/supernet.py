@@ -1,0 +1,193 @@
+"""Supernets for gradient-based search: every edge carries every candidate op, mixed
+by the softmax of that edge's architecture weights (alphas).
+
+The alphas live in their own `ParameterList` (`arch_parameters()`), and
+`network_parameters()` excludes them, so the weight optimizer never sees them.
+
+- `DartsSupernet` (DARTS' search model): stem 3C, `layers` cells with reductions at
+  1/3 and 2/3, `steps` nodes per cell each summing MixedOps of all earlier states,
+  the last `multiplier` nodes concatenated. Every BN is `affine=False` and pools get
+  an extra affine-free BN, as in the DARTS code.
+- `NB201Supernet` (NAS-Bench-201's DARTS model): NB201's network with a MixedOp on
+  each of the cell's 6 edges, one alpha matrix shared by every cell.
+
+NoisyDARTS: the skip op's output gets zero-mean Gaussian noise with standard
+deviation noise_lambda * std(output), only in training mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces.cell import PRIMITIVES
+from search_spaces.nb201 import EDGES, NB201_OPS as NB201_OP_NAMES
+
+from ..nets.nb201 import ResNetReduction
+from ..ops import DARTS_OPS, NB201_OPS, FactorizedReduce, ReLUConvBN
+
+SKIP = "skip_connect"
+#: DARTS' code initialises alphas as 1e-3 * N(0, 1) (the paper says zeros); we follow the code,
+#: which breaks the ties a zero start would leave to the first op in derivation.
+ALPHA_INIT_SCALE = 1e-3
+
+
+class MixedOp(nn.Module):
+    def __init__(self, names: tuple[str, ...], ops: list[nn.Module], noise_lambda: float = 0.0):
+        super().__init__()
+        self.names = names
+        self.ops = nn.ModuleList(ops)
+        self.noise_lambda = noise_lambda
+        # `none` adds w * 0: skipping it changes neither the output nor any gradient.
+        self.active = tuple(i for i, n in enumerate(names) if n != "none")
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        total = None
+        for i in self.active:
+            out = self.ops[i](x)
+            if self.noise_lambda and self.training and self.names[i] == SKIP:
+                out = out + torch.randn_like(out) * (self.noise_lambda * out.detach().std())
+            term = weights[i] * out
+            total = term if total is None else total + term
+        return total
+
+
+def _darts_op(name: str, C: int, stride: int) -> nn.Module:
+    op = DARTS_OPS[name](C, stride, False)
+    if "pool" in name:
+        return nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
+    return op
+
+
+class DartsSearchCell(nn.Module):
+    def __init__(self, primitives: tuple[str, ...], steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
+                 C: int, reduction: bool, reduction_prev: bool, noise_lambda: float):
+        super().__init__()
+        self.reduction = reduction
+        self.steps = steps
+        self.multiplier = multiplier
+        self.preprocess0 = (FactorizedReduce(C_prev_prev, C, affine=False) if reduction_prev
+                            else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
+        self.edges = nn.ModuleList(
+            MixedOp(primitives, [_darts_op(p, C, 2 if reduction and j < 2 else 1) for p in primitives], noise_lambda)
+            for i in range(steps) for j in range(2 + i)
+        )
+
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        offset = 0
+        for _ in range(self.steps):
+            node = sum(self.edges[offset + j](h, weights[offset + j]) for j, h in enumerate(states))
+            offset += len(states)
+            states.append(node)
+        return torch.cat(states[-self.multiplier:], dim=1)
+
+
+def num_edges(steps: int) -> int:
+    """Edges of a DARTS cell: node i reads the 2 cell inputs and the i earlier nodes."""
+    return sum(2 + i for i in range(steps))
+
+
+class Supernet(nn.Module):
+    """What the search loop needs of a supernet."""
+
+    primitives: tuple[str, ...]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        return list(self.alphas)
+
+    def network_parameters(self) -> list[nn.Parameter]:
+        arch = {id(a) for a in self.alphas}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def arch_weights(self) -> list[torch.Tensor]:
+        """Softmax over ops, per edge, for each alpha matrix."""
+        return [F.softmax(a, dim=-1) for a in self.alphas]
+
+
+class DartsSupernet(Supernet):
+    def __init__(self, C: int = 16, layers: int = 8, steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
+                 in_channels: int = 3, num_classes: int = 10, primitives: tuple[str, ...] = PRIMITIVES,
+                 noise_lambda: float = 0.0):
+        super().__init__()
+        self.primitives = tuple(primitives)
+        self.steps = steps
+        C_curr = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_curr, 3, padding=1, bias=False), nn.BatchNorm2d(C_curr))
+        C_prev_prev, C_prev, C_curr = C_curr, C_curr, C
+        reductions = {layers // 3, 2 * layers // 3}
+        self.cells = nn.ModuleList()
+        reduction_prev = False
+        for i in range(layers):
+            reduction = i in reductions
+            if reduction:
+                C_curr *= 2
+            self.cells.append(DartsSearchCell(self.primitives, steps, multiplier, C_prev_prev, C_prev, C_curr,
+                                              reduction, reduction_prev, noise_lambda))
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, multiplier * C_curr
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+        shape = (num_edges(steps), len(self.primitives))
+        #: [normal, reduce]
+        self.alphas = nn.ParameterList(nn.Parameter(ALPHA_INIT_SCALE * torch.randn(shape)) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normal, reduce = self.arch_weights()
+        s0 = s1 = self.stem(x)
+        for cell in self.cells:
+            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+        return self.classifier(self.pool(s1).flatten(1))
+
+
+class NB201SearchCell(nn.Module):
+    def __init__(self, C: int, noise_lambda: float):
+        super().__init__()
+        # affine=False, tracked BN statistics: AutoDL-Projects' DARTS-on-NB201 setting.
+        self.edges = nn.ModuleList(
+            MixedOp(NB201_OP_NAMES, [NB201_OPS[n](C, C, 1, False, True) for n in NB201_OP_NAMES], noise_lambda)
+            for _ in EDGES)
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        nodes = [x]
+        for node in (1, 2, 3):
+            nodes.append(sum(edge(nodes[source], weights[e]) for e, ((target, source), edge)
+                             in enumerate(zip(EDGES, self.edges)) if target == node))
+        return nodes[-1]
+
+
+class NB201Supernet(Supernet):
+    def __init__(self, C: int = 16, N: int = 5, in_channels: int = 3, num_classes: int = 10,
+                 noise_lambda: float = 0.0):
+        super().__init__()
+        self.primitives = NB201_OP_NAMES
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
+        blocks: list[nn.Module] = []
+        width = C
+        for stage in range(3):
+            if stage:
+                blocks.append(ResNetReduction(width, 2 * width))
+                width *= 2
+            blocks += [NB201SearchCell(width, noise_lambda) for _ in range(N)]
+        self.cells = nn.ModuleList(blocks)
+        self.head = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.classifier = nn.Linear(width, num_classes)
+        self.alphas = nn.ParameterList([nn.Parameter(ALPHA_INIT_SCALE * torch.randn(len(EDGES), len(NB201_OP_NAMES)))])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (weights,) = self.arch_weights()
+        x = self.stem(x)
+        for block in self.cells:
+            x = block(x, weights) if isinstance(block, NB201SearchCell) else block(x)
+        return self.classifier(self.head(x))
+
+
+def build_supernet(space: str, C: int, layers: int, in_channels: int, num_classes: int, noise_lambda: float = 0.0,
+                   primitives: tuple[str, ...] | None = None) -> Supernet:
+    """`layers`: cells for darts, cells per stage for nb201."""
+    if space == "darts":
+        return DartsSupernet(C, layers, in_channels=in_channels, num_classes=num_classes,
+                             primitives=primitives or PRIMITIVES, noise_lambda=noise_lambda)
+    return NB201Supernet(C, layers, in_channels=in_channels, num_classes=num_classes, noise_lambda=noise_lambda)
