@@ -8,7 +8,7 @@ import sys
 import time
 from typing import Any, Sequence
 
-from search_spaces import NasError
+from search_spaces import ConfigError, NasError
 
 from .spec import SearchSpec, load_config
 
@@ -34,7 +34,8 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     """The SearchSpec flags, shared by `nas search` (local) and `nas submit` (service)."""
     p.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
     p.add_argument("--space", help="search space: nb201, darts, nasnet, macro, rnn (default macro)")
-    p.add_argument("--strategy", help="random, evolution or rl (default rl)")
+    p.add_argument("--strategy", help="random, evolution, rl (default), or one-shot: darts, darts2 (second order), "
+                                      "noisy-darts; one-shot options via --strategy-option (epochs=, channels=, ...)")
     p.add_argument("--evaluator", help="train (train each child) or table (NAS-Bench-201 lookup)")
     p.add_argument("--dataset", help="digits (default, bundled), mnist, cifar10, ptb")
     p.add_argument("--data", dest="data_path", help="path to the dataset's files (mnist, cifar10, ptb)")
@@ -78,7 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("inspect", help="describe an architecture: drawing, parameters, FLOPs")
     i.add_argument("--space", required=True)
-    i.add_argument("--arch", required=True, help="architecture string, or a published name such as DARTS_V2")
+    i.add_argument("--arch", help="architecture string, or a published name such as DARTS_V2")
+    i.add_argument("--supernet", action="store_true",
+                   help="describe the space's one-shot supernet instead: network and architecture parameters")
+    i.add_argument("--algorithm", default="darts", help="with --supernet: darts, darts2 or noisy-darts (no `none` op)")
     i.add_argument("--channels", type=int, help="initial channels (space default if omitted)")
     i.add_argument("--layers", type=int, help="depth (space default if omitted)")
     i.add_argument("--auxiliary", action="store_true", help="add the auxiliary head (counted separately)")
@@ -170,6 +174,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from .describe import inspect_arch
+
+    if args.supernet:
+        from workers.oneshot import describe_supernet
+
+        report = {"space": args.space, "algorithm": args.algorithm, **describe_supernet(
+            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"{args.space} supernet ({args.algorithm}): {report['params']:,} network parameters, "
+                  f"{report['arch_params']:,} architecture parameters")
+        return 0
+    if not args.arch:
+        raise ConfigError("arch", "nas inspect needs --arch (or --supernet)")
 
     report = inspect_arch(
         args.space, args.arch, channels=args.channels, layers=args.layers, auxiliary=args.auxiliary,

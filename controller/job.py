@@ -24,15 +24,16 @@ import torch
 from param_server import ShardConfig, ShardMap
 from param_server.atomic import atomic_save
 from search_spaces import ConfigError, NasError, get_space
-from workers.evaluator import Evaluator
+from workers.evaluator import EvalResult, Evaluator
 from workers.evaluators import get_evaluator
 from workers.executor import InProcessExecutor, Task
 
 from .ledger import Ledger
 from .loop import run_loop
+from .oneshot import ONE_SHOT_STRATEGIES, oneshot_run
 from .progress import Progress
 from .replica import PolicyCore, distributed_rl_options
-from .rundir import RunDirectory, summarize
+from .rundir import ONE_SHOT_LOG, RunDirectory, summarize
 from .spec import SearchSpec
 from .strategy import get_strategy
 
@@ -94,7 +95,9 @@ class SearchJob:
         start = time.perf_counter()
         interrupted = False
         try:
-            if spec.runtime == "local":
+            if spec.strategy in ONE_SHOT_STRATEGIES:
+                interrupted = self._run_oneshot(run, deadline)
+            elif spec.runtime == "local":
                 self._run_proposer(run, InProcessExecutor(evaluator), deadline)
             else:
                 interrupted = self._run_on_ray(run, deadline)
@@ -144,6 +147,83 @@ class SearchJob:
             run_loop(strategy, executor, ledger, self._record, checkpoint, in_flight)
         finally:
             executor.close()
+
+    # -- one-shot strategies (DARTS, darts2, NoisyDARTS) --------------------------------
+
+    def _run_oneshot(self, run: RunDirectory, deadline: float | None) -> bool:
+        """R one-shot runs, each a search then the evaluation of its genotype: in this process one
+        after another (local), or as Ray tasks streaming their epochs, W at a time. A run stopped
+        midway is not recorded, so a resume repeats it from its start."""
+        from . import metrics
+
+        spec = self.spec
+        self.ledger = ledger = Ledger(run, spec.evaluations, spec.seed, deadline)
+        if self._stop.is_set():
+            ledger.stop()
+        for record in ledger.records:
+            self.progress.update(record)
+        claims = ledger.claim("one-shot", spec.evaluations)
+        lock = threading.Lock()
+        job = self.namespace
+
+        def handle(item: dict) -> None:
+            with lock:
+                if item["kind"] == "epoch":
+                    run.append({k: v for k, v in item.items() if k != "kind"}, ONE_SHOT_LOG)
+                    metrics.report_oneshot_epoch(job, item["run"], item.get("skip_count"), item.get("val_acc"))
+                    return
+                result = EvalResult.from_dict(item["result"])
+                claim = next(c for c in claims if c.index == item["run"])
+                if ledger.record(claim.task(result.arch), result):
+                    best = ledger.summary()["best"]
+                    metrics.report_evaluation(job, result.status, result.reward, result.metrics.get("wall_time_s"),
+                                              best["reward"] if best else None)
+                    self._record(ledger.records[-1])
+
+        if spec.runtime == "local":
+            for claim in claims:
+                for item in oneshot_run(spec.to_dict(), claim.index, claim.seed):
+                    if self._stop.is_set():
+                        return True
+                    handle(item)
+            return False
+        import ray
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        started_ray = connect(self.address)
+        remote = ray.remote(oneshot_run).options(num_cpus=spec.cpus_per_child, num_gpus=spec.gpus_per_child,
+                                                 max_retries=spec.max_retries)
+        self.extra["scheme"] = {"workers": spec.workers, "cpus_per_child": spec.cpus_per_child,
+                                "gpus_per_child": spec.gpus_per_child, "namespace": job}
+
+        def consume(claim) -> None:
+            if self._stop.is_set():
+                return
+            stream = remote.remote(spec.to_dict(), claim.index, claim.seed)
+            for ref in stream:
+                if self._stop.is_set():
+                    ray.cancel(stream)
+                    return
+                handle(ray.get(ref))
+
+        interrupted = False
+        try:
+            with ThreadPoolExecutor(max_workers=spec.workers, thread_name_prefix="one-shot") as pool:
+                pending = {pool.submit(consume, c) for c in claims}
+                while pending:
+                    try:
+                        done, pending = wait(pending, timeout=0.5)
+                        for f in done:
+                            f.result()
+                    except KeyboardInterrupt:
+                        interrupted = True
+                        print("\nstopping: one-shot runs in progress are abandoned (resume repeats them)",
+                              file=sys.stderr)
+                        self._stop.set()
+        finally:
+            if started_ray:
+                ray.shutdown()
+        return interrupted
 
     # -- the Ray runtime -------------------------------------------------------------
 

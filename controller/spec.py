@@ -79,10 +79,14 @@ class SearchSpec:
         space = get_space(self.space, **self.space_options)
         from controller.strategy import get_strategy, strategy_names
 
-        if self.strategy not in strategy_names():
-            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}", strategy_names())
+        from .oneshot import ONE_SHOT_STRATEGIES, oneshot_config
+
+        if self.strategy not in (*strategy_names(), *ONE_SHOT_STRATEGIES):
+            raise ConfigError("strategy", f"unknown strategy {self.strategy!r}", (*strategy_names(), *ONE_SHOT_STRATEGIES))
         # Built once here so that a bad strategy option fails before any file is written.
-        if self.runtime == "ray" and self.strategy == "rl":
+        if self.strategy in ONE_SHOT_STRATEGIES:
+            oneshot_config(self)
+        elif self.runtime == "ray" and self.strategy == "rl":
             from .replica import PolicyCore, distributed_rl_options
 
             PolicyCore(space, self.seed, **distributed_rl_options(self.strategy_options)[1])

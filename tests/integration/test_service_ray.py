@@ -68,3 +68,26 @@ def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
             break
     else:
         raise AssertionError("the runner actor outlived its search")
+
+
+def test_darts_search_end_to_end_through_the_service(ray_cluster, tmp_path):
+    """R one-shot searches as Ray tasks streaming their epochs, their genotypes scored on the table."""
+    srv = start(tmp_path / "state")
+    spec = {"space": "nb201", "strategy": "darts", "evaluator": "table", "evaluations": 2, "workers": 2,
+            "cpus_per_child": 0.5, "strategy_options": {"epochs": 2, "channels": 4, "layers": 1, "batch_size": 32,
+                                                        "max_batches_per_epoch": 2}}
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            search = c.submit(spec)
+            events = list(c.watch(search.id))
+            kinds = [e.WhichOneof("event") for e in events]
+            assert events[-1].state_change.state == pb.STATE_SUCCEEDED, events[-1]
+            assert kinds.count("one_shot_epoch") == 4 and kinds.count("evaluation") == 2
+            monitors = struct_to_dict(next(e for e in events if e.WhichOneof("event") == "one_shot_epoch")
+                                      .one_shot_epoch.monitors)
+            assert {"skip_count", "alpha_entropy", "genotype"} <= set(monitors)
+            result = c.result(search.id)
+            assert result.evaluations == 2 and result.best.architecture.space == "nb201"
+            assert struct_to_dict(result.summary)["runtime"] == "ray"
+    finally:
+        srv.stop(grace=None)

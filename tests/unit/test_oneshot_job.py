@@ -1,0 +1,57 @@
+"""One-shot strategies inside a search job and the service: R searches, each derived
+genotype evaluated like any child, monitors in the log and the event stream."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from controller.job import SearchJob
+from controller.service import SearchManager, ThreadLauncher
+from controller.spec import SearchSpec
+from search_spaces import ConfigError
+
+TINY = {"epochs": 2, "channels": 4, "layers": 1, "batch_size": 32, "max_batches_per_epoch": 2}
+SPEC = dict(space="nb201", strategy="darts", evaluator="table", evaluations=2, runtime="local", strategy_options=TINY)
+
+
+def test_darts_on_nb201_runs_r_searches_and_scores_their_genotypes_on_the_table(tmp_path):
+    result = SearchJob(SearchSpec(**SPEC), tmp_path / "run", progress=False).run()
+    assert result["state"] == "done" and result["evaluations"] == 2 and result["failed"] == 0
+    records = [json.loads(x) for x in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
+    epochs = [json.loads(x) for x in (tmp_path / "run" / "oneshot.jsonl").read_text().splitlines()]
+    assert sorted((e["run"], e["epoch"]) for e in epochs) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    for r in records:
+        monitors = r["metrics"]["one_shot"]
+        assert monitors["algorithm"] == "darts" and len(monitors["skip_count_per_epoch"]) == 2
+        last = [e for e in epochs if e["run"] == r["index"]][-1]
+        assert r["arch"] == last["genotype"] == monitors["genotype"]
+        assert "test_acc_200ep" in r["metrics"]  # scored by the ordinary (table) evaluator
+    assert records[0]["seed"] != records[1]["seed"]
+
+
+def test_one_shot_specs_are_checked_up_front():
+    with pytest.raises(ConfigError) as bad:
+        SearchSpec(**{**SPEC, "space": "macro"}).validate()
+    assert bad.value.field == "space"
+    with pytest.raises(ConfigError) as bad:
+        SearchSpec(**{**SPEC, "strategy_options": {"epoch": 3}}).validate()
+    assert bad.value.field == "strategy_options.epoch"
+    with pytest.raises(ConfigError) as bad:
+        SearchSpec(**{**SPEC, "strategy": "noisy-darts", "strategy_options": {"noise_lambda": -1}}).validate()
+    assert bad.value.field == "noise_lambda"
+
+
+def test_the_service_streams_one_shot_epochs(tmp_path):
+    manager = SearchManager(tmp_path / "state", ThreadLauncher(), poll_s=0.02)
+    try:
+        record = manager.submit({**SPEC, "strategy": "noisy-darts", "evaluations": 1})
+        events = list(manager.watch(record.id))
+    finally:
+        manager.close()
+    kinds = [e["kind"] for e in events]
+    assert kinds.count("one_shot_epoch") == 2 and kinds.count("evaluation") == 1
+    assert kinds.index("one_shot_epoch") < kinds.index("evaluation")
+    assert events[-1] == {"kind": "state", "state": "succeeded", "error": ""}
+    epoch = next(e for e in events if e["kind"] == "one_shot_epoch")
+    assert {"skip_count", "alpha_entropy", "genotype", "val_acc"} <= set(epoch)
