@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--json", action="store_true")
 
-    from . import service_cli
+    from . import model_cli, service_cli
 
+    COMMANDS.update(model_cli.add_parsers(sub))
     COMMANDS.update(service_cli.add_parsers(sub))
     return parser
 

@@ -57,8 +57,10 @@ class TrainConfig:
     batch_size: int = 64
     #: Peak learning rate of the cosine schedule (annealed to 0 per step). None: task default.
     lr: float | None = None
-    #: SGD momentum, Nesterov whenever > 0 (NAS-RL). None: task default.
+    #: SGD momentum. None: task default.
     momentum: float | None = None
+    #: Nesterov momentum (NAS-RL's child training); DARTS' evaluation uses plain momentum.
+    nesterov: bool = True
     weight_decay: float | None = None
     #: Max gradient norm; 0 disables clipping. None: task default.
     grad_clip: float | None = None
@@ -69,6 +71,8 @@ class TrainConfig:
     auxiliary_weight: float = 0.0
     #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
     drop_path: float = 0.0
+    #: Side of the square cut out of each training image (DeVries & Taylor; DARTS: 16); 0: none.
+    cutout: int = 0
     #: zoph (max val accuracy of the last 5 epochs, cubed), last, max; ppl (80 / ppl^2) for
     #: language models. "auto": zoph for images, ppl for language models.
     reward: str = "auto"
@@ -92,6 +96,7 @@ class TrainConfig:
         check_number("grad_clip", self.grad_clip, 0.0, optional=True)
         check_number("auxiliary_weight", self.auxiliary_weight, 0.0, optional=True)
         check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        check_int("cutout", self.cutout, 0)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
         if self.reward not in rewards:
             raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
@@ -194,7 +199,7 @@ class TrainEvaluator(Evaluator):
             profile = {"params": count_params(model), "flops": count_flops(model, self._sample_input())}
             c = self.config
             optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
-                                        nesterov=c.momentum > 0, weight_decay=c.weight_decay)
+                                        nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
             image = isinstance(self.dataset, ImageDataset)
             run = _Run(model, optimizer, c, self.device, torch.Generator().manual_seed(seed),
                        unit="images" if image else "tokens")
@@ -286,7 +291,10 @@ class _Run:
         self.train_loss_curve.append(losses.mean().item())
         return None
 
-    def fit_images(self, data: ImageDataset) -> str | None:
+    def fit_images(self, data: ImageDataset, start_epoch: int = 0,
+                   on_epoch: Callable[[int], None] | None = None) -> str | None:
+        """Train from `start_epoch` (a resumed run restores the state first); `on_epoch(epoch)`
+        runs after each epoch's validation (checkpoints, progress)."""
         c, model = self.config, self.model
         steps = -(-len(data.y_train) // c.batch_size)
         if c.max_train_batches_per_epoch:
@@ -295,12 +303,14 @@ class _Run:
         auxiliary = c.auxiliary_weight > 0
         ramp_drop_path = hasattr(model, "drop_path_prob")
         losses = torch.zeros(steps, device=self.device)
-        for epoch in range(c.epochs):
+        for epoch in range(start_epoch, c.epochs):
             if ramp_drop_path:
                 model.drop_path_prob = c.drop_path * epoch / c.epochs
             model.train()
             start = time.perf_counter()
             for step, (x, y) in enumerate(data.train_batches(c.batch_size, self.generator, steps)):
+                if c.cutout:
+                    x = cutout(x, c.cutout, self.generator)
                 with self.autocast():
                     out = model(x)
                     if auxiliary:
@@ -314,17 +324,36 @@ class _Run:
             failure = self._end_epoch(epoch, losses, start)
             if failure:
                 return failure
-            self.val_curve.append(self._accuracy(data))
+            self.val_curve.append(self.accuracy(data))
+            if on_epoch:
+                on_epoch(epoch)
         return None
 
     @torch.inference_mode()
-    def _accuracy(self, data: ImageDataset) -> float:
+    def accuracy(self, data: ImageDataset, split: str = "val") -> float:
         self.model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for x, y in data.eval_batches("val", self.config.eval_batch_size):
+        total = 0
+        for x, y in data.eval_batches(split, self.config.eval_batch_size):
             with self.autocast():
                 correct += (self.model(x).argmax(1) == y).sum()
-        return correct.item() / len(data.y_val)
+            total += len(y)
+        return correct.item() / total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (weights, optimizer, RNGs, curves)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "val_curve": self.val_curve, "train_loss_curve": self.train_loss_curve,
+                "train_time_s": self.train_time_s, "samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.val_curve, self.train_loss_curve = list(state["val_curve"]), list(state["train_loss_curve"])
+        self.train_time_s, self.samples = state["train_time_s"], state["samples"]
 
     def fit_text(self, data: TextDataset) -> str | None:
         c, model = self.config, self.model
@@ -366,6 +395,19 @@ class _Run:
         mean_loss = total.item() / ((len(valid) - 1) * valid.shape[1])
         # exp overflows past ~709; a NaN loss also fails the comparison and scores as infinite.
         return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one size x size square per image, centred anywhere (it may hang over the edge),
+    as DeVries & Taylor and DARTS' evaluation do. Zero is the mean after normalisation."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=generator).to(x.device)
+    cx = torch.randint(0, w, (b, 1, 1), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x * (~inside)[:, None].to(x.dtype)
 
 
 def _window(stream: torch.Tensor, at: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:

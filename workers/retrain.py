@@ -1,0 +1,129 @@
+"""Retrain an architecture from scratch with its evaluation recipe: what a user does with
+the architecture a search found (`nas train`).
+
+The loop is TrainEvaluator's (`_Run`), with a checkpoint after every epoch (weights,
+optimizer, RNG states, curves; written atomically) so an interrupted run continues where
+it stopped and ends as an uninterrupted one would. The result, with the test accuracy,
+goes to OUT/result.json.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from param_server.atomic import atomic_save, atomic_write
+from search_spaces import ConfigError, get_space
+
+from .build import LANGUAGE_SPACES, NetConfig, build_model
+from .data import ImageDataset
+from .profile import count_params
+from .threads import torch_threads
+from .train import TrainConfig, _Run, pick_device
+
+#: DARTS' CIFAR-10 evaluation (../shared/REFERENCES.md): 600 epochs, batch 96, C=36, 20 cells,
+#: SGD 0.025 (plain momentum 0.9, wd 3e-4) on a cosine to 0, clip 5, auxiliary 0.4, drop-path 0.2
+#: ramped, cutout 16. DARTS anneals per epoch; the shared loop anneals per step (same curve, finer).
+CELL_RECIPE: dict[str, Any] = {"epochs": 600, "batch_size": 96, "lr": 0.025, "momentum": 0.9, "nesterov": False,
+                               "weight_decay": 3e-4, "grad_clip": 5.0, "channels": 36, "layers": 20,
+                               "auxiliary_weight": 0.4, "drop_path": 0.2, "cutout": 16}
+#: NAS-Bench-201's training: 200 epochs, batch 256, Nesterov SGD 0.1 cosine, wd 5e-4.
+NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
+RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE}
+CHECKPOINT = "checkpoint.pt"
+RESULT = "result.json"
+
+
+def recipe(space: str, **overrides: Any) -> TrainConfig:
+    """The space's evaluation recipe with `overrides` (None values ignored) applied."""
+    fields = {**RECIPES.get(space, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    unknown = sorted(set(fields) - set(TrainConfig.field_names()))
+    if unknown:
+        raise ConfigError(unknown[0], "not a training option", TrainConfig.field_names())
+    return TrainConfig(**fields)
+
+
+def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:
+    """(space, arch string) from a search's run directory (its best), a `nas train` output, or an
+    arch string / published name."""
+    if source and Path(source, "result.json").is_file():
+        result = json.loads(Path(source, "result.json").read_text())
+        if "arch" in result:  # a nas train output
+            return result["space"], result["arch"]
+        if not result.get("best"):
+            raise ConfigError("arch", f"the search in {source} has no successful evaluation to train")
+        return result["space"], result["best"]["arch"]
+    if not source or not space:
+        raise ConfigError("arch" if space else "space",
+                          "give --space and --arch (a string or published name), or --run RUN_DIR")
+    if source and Path(source).is_dir():
+        raise ConfigError("arch", f"{source} is a directory without result.json (not a finished search)")
+    arch = get_space(space).parse(source)
+    return space, str(get_space(space).validate(arch))
+
+
+def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, out: str | Path, seed: int = 0,
+            resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    if space in LANGUAGE_SPACES or not isinstance(dataset, ImageDataset):
+        raise ConfigError("space", "nas train retrains image classifiers; language models are not supported yet",
+                          tuple(RECIPES))
+    out = Path(out)
+    checkpoint = out / CHECKPOINT
+    if resume and not checkpoint.exists():
+        raise ConfigError("resume", f"{out} holds no checkpoint to resume")
+    if not resume and (checkpoint.exists() or (out / RESULT).exists()):
+        raise ConfigError("out", f"{out} already holds a training run; use --resume or a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    config = config.resolved("image")
+    if config.cutout >= dataset.image_size:
+        raise ConfigError("cutout", f"a {config.cutout}-pixel square hides the whole {dataset.image_size}x"
+                          f"{dataset.image_size} image (DARTS' 16 is for 32x32 CIFAR-10); pass --cutout 0 or smaller")
+    device = pick_device(config.device)
+    data = dataset.to(device)
+    arch_value = get_space(space).parse(arch)
+    net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+                    channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0,
+                    drop_path=config.drop_path)
+    with torch_threads(config.num_threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_model(space, arch_value, net).to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                    nesterov=config.nesterov and config.momentum > 0,
+                                    weight_decay=config.weight_decay)
+        run = _Run(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images")
+        start_epoch = 0
+        if resume:
+            state = torch.load(checkpoint, weights_only=False)
+            run.load_state_dict(state["run"])
+            start_epoch = state["epoch"] + 1
+            log(f"resuming at epoch {start_epoch + 1}/{config.epochs}")
+        begun = time.perf_counter()
+
+        def on_epoch(epoch: int) -> None:
+            atomic_save({"epoch": epoch, "space": space, "arch": arch, "seed": seed, "net": vars(net),
+                         "run": run.state_dict()},
+                        checkpoint, durable=False)
+            log(f"epoch {epoch + 1}/{config.epochs}: train loss {run.train_loss_curve[-1]:.4f}, "
+                f"val acc {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
+
+        failure = run.fit_images(data, start_epoch, on_epoch)
+        split = "test" if data.x_test is not None else "val"
+        result = {
+            "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
+            "state": "failed" if failure else "done", "reason": failure,
+            "params": count_params(model), "test_split": split,
+            "test_acc": None if failure else run.accuracy(data, split),
+            "val_curve": run.val_curve, "train_loss_curve": run.train_loss_curve,
+            "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
+            "checkpoint": str(checkpoint),
+        }
+    text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write(out / RESULT, lambda f: f.write(text.encode()))
+    return result
+
+
+__all__ = ["CELL_RECIPE", "RECIPES", "recipe", "resolve_source", "retrain"]
