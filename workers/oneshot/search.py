@@ -208,7 +208,7 @@ def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConf
         xa, ya = data.x_train[n_w:], data.y_train[n_w:]
         model = build_supernet(space.name, cfg.channels, cfg.layers, data.in_channels, data.num_classes,
                                noise_lambda=cfg.noise_lambda,
-                               primitives=primitives_for(space.name, cfg.algorithm)).to(device)
+                               primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
         w_optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                       weight_decay=cfg.weight_decay)
         architect = Architect(model, cfg)

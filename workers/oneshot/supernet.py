@@ -102,6 +102,11 @@ class Supernet(nn.Module):
         arch = {id(a) for a in self.alphas}
         return [p for p in self.parameters() if id(p) not in arch]
 
+    def channels_last(self) -> "Supernet":
+        """NHWC weights (and inputs, see `_nhwc`): 1.2-1.4x faster convolutions on CPU (oneDNN) and
+        on tensor-core GPUs, same results up to float rounding."""
+        return self.to(memory_format=torch.channels_last)
+
     def arch_weights(self) -> list[torch.Tensor]:
         """Softmax over ops, per edge, for each alpha matrix."""
         return [F.softmax(a, dim=-1) for a in self.alphas]
@@ -136,7 +141,7 @@ class DartsSupernet(Supernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         normal, reduce = self.arch_weights()
-        s0 = s1 = self.stem(x)
+        s0 = s1 = self.stem(_nhwc(x, self.stem[0].weight))
         for cell in self.cells:
             s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
         return self.classifier(self.pool(s1).flatten(1))
@@ -178,10 +183,17 @@ class NB201Supernet(Supernet):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (weights,) = self.arch_weights()
-        x = self.stem(x)
+        x = self.stem(_nhwc(x, self.stem[0].weight))
         for block in self.cells:
             x = block(x, weights) if isinstance(block, NB201SearchCell) else block(x)
         return self.classifier(self.head(x))
+
+
+def _nhwc(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The input in the stem's memory format, so a channels_last supernet runs NHWC throughout."""
+    if weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4 and weight.shape[-1] > 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 def build_supernet(space: str, C: int, layers: int, in_channels: int, num_classes: int, noise_lambda: float = 0.0,
