@@ -259,6 +259,7 @@ class SearchJob:
 
     def _run_replicas(self, run: RunDirectory, deadline: float | None, actors: list, cluster) -> bool:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         spec = self.spec
         ns = self.namespace
@@ -273,7 +274,10 @@ class SearchJob:
             map_path.write_text(json.dumps(shard_map.to_dict()))
         config = ShardConfig(lr=lr, accumulate=spec.ps_accumulate,
                              staleness_policy=spec.staleness_policy, max_staleness=spec.max_staleness)
-        restartable = dict(namespace=ns, max_restarts=-1, max_task_retries=-1, num_cpus=0)
+        # Shards, replicas and the recorder write the run directory: they live on this (the
+        # driver's) node, where the directory is, not wherever Ray would put a zero-CPU actor.
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        restartable = dict(namespace=ns, max_restarts=-1, max_task_retries=-1, num_cpus=0, scheduling_strategy=here)
         shard_actor = ray.remote(cluster.ShardService)
         shards = [
             shard_actor.options(name=f"ps-{i}", **restartable).remote(
@@ -281,7 +285,8 @@ class SearchJob:
             for i, part in enumerate(shard_map.split(initial))
         ]
         actors += shards
-        recorder = ray.remote(cluster.LedgerService).options(name="recorder", namespace=ns, num_cpus=0).remote(
+        recorder = ray.remote(cluster.LedgerService).options(name="recorder", namespace=ns, num_cpus=0,
+                                                                  scheduling_strategy=here).remote(
             ns, str(run.path), spec.evaluations, spec.seed, deadline)
         actors.append(recorder)
         replica_actor = ray.remote(cluster.ReplicaService)
