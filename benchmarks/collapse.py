@@ -3,9 +3,10 @@ same data and seeds: the collapse monitor as a benchmark.
 
 Both search the NB201 supernet (the space where DARTS is reported to drift to all-skip cells)
 on the bundled digits, each with its own published search settings (NoisyDARTS: batch 128,
-lr 0.05, lambda 0.2), at a width and depth this CPU can afford.
+lr 0.05, lambda 0.2), at a width and depth this CPU can afford. `--matched` gives NoisyDARTS
+DARTS' batch size and learning rate, so that the noise is the only difference.
 
-    python benchmarks/collapse.py [--epochs 12] [--seeds 3] [--channels 8] [--layers 1]
+    python benchmarks/collapse.py [--epochs 12] [--seeds 3] [--channels 8] [--layers 1] [--matched]
 """
 
 from __future__ import annotations
@@ -29,15 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=8)
     parser.add_argument("--layers", type=int, default=1, help="cells per stage")
     parser.add_argument("--algorithms", default="darts,noisy-darts")
+    parser.add_argument("--matched", action="store_true", help="every algorithm with DARTS' batch size and lr")
     args = parser.parse_args(argv)
     space = get_space("nb201")
     data = load_dataset("digits", seed=0)
     out = {"command": "python benchmarks/collapse.py " + shlex.join(sys.argv[1:] if argv is None else argv)}
+    matched = {"batch_size": 64, "lr": 0.025} if args.matched else {}
     for algorithm in args.algorithms.split(","):
         runs, start = [], time.perf_counter()
         for seed in range(args.seeds):
             config = OneShotConfig(algorithm=algorithm, epochs=args.epochs, channels=args.channels,
-                                   layers=args.layers, device="cpu")
+                                   layers=args.layers, device="cpu", **matched)
             runs.append(list(search_epochs(space, data, config, seed)))
         out[algorithm] = {
             "skip_count_mean_per_epoch": [round(statistics.fmean(r[e]["skip_count"] for r in runs), 2)

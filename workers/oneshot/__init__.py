@@ -4,20 +4,17 @@ the bilevel search loop, genotype derivation and collapse monitors. Plain PyTorc
 from __future__ import annotations
 
 from .derive import derive, edge_entropy, skip_count
-from .search import ALGORITHMS, SPACES, Architect, OneShotConfig, finite_difference_hvp, search_epochs
+from .search import (ALGORITHMS, SPACES, Architect, OneShotConfig, finite_difference_hvp, primitives_for,
+                     search_epochs)
 from .supernet import DartsSupernet, NB201Supernet, Supernet, build_supernet
 
 
 def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
                       in_channels: int = 3, algorithm: str = "darts") -> dict[str, int]:
-    """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet."""
-    from search_spaces.errors import ConfigError
-
-    from .search import primitives_for
-
-    if space not in SPACES:
-        raise ConfigError("space", f"no supernet for {space!r}", SPACES)
-    cfg = OneShotConfig(algorithm=algorithm, channels=channels or 16, layers=layers).resolved(space)
+    """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet;
+    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for nb201)."""
+    cfg = OneShotConfig(algorithm=algorithm, channels=16 if channels is None else channels,
+                        layers=layers).resolved(space)
     model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,
                            primitives=primitives_for(space, algorithm))
     return {"params": sum(p.numel() for p in model.network_parameters()),
@@ -26,4 +23,4 @@ def describe_supernet(space: str, channels: int | None = None, layers: int | Non
 
 __all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "Supernet",
            "build_supernet", "derive", "describe_supernet", "edge_entropy", "finite_difference_hvp",
-           "search_epochs", "skip_count"]
+           "primitives_for", "search_epochs", "skip_count"]

@@ -7,7 +7,9 @@ from typing import Sequence
 
 import torch
 
-from search_spaces.nb201 import NB201Arch
+from search_spaces.cell import PRIMITIVES
+from search_spaces.errors import ConfigError
+from search_spaces.nb201 import NB201_OPS, NB201Arch
 from search_spaces.types import Genotype
 
 from .supernet import SKIP
@@ -43,8 +45,16 @@ def derive_nb201(weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> 
     return NB201Arch(tuple(primitives[int(i)] for i in w.detach().argmax(dim=-1).cpu()))
 
 
-def derive(space: str, weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> Genotype | NB201Arch:
-    return derive_darts(weights, primitives) if space == "darts" else derive_nb201(weights, primitives)
+def derive(space: str, weights: Sequence[torch.Tensor], primitives: Sequence[str] | None = None
+           ) -> Genotype | NB201Arch:
+    """The architecture a search's op weights (softmax of the alphas: [normal, reduce] for darts,
+    [edges] for nb201) stand for, by the space's rule. `primitives` names the weights' columns:
+    by default the space's ops (pass the 7 ops without `none` for a noisy-darts darts supernet)."""
+    if space == "darts":
+        return derive_darts(weights, primitives or PRIMITIVES)
+    if space == "nb201":
+        return derive_nb201(weights, primitives or NB201_OPS)
+    raise ConfigError("space", f"no derivation rule for {space!r}", ("darts", "nb201"))
 
 
 def skip_count(arch: Genotype | NB201Arch) -> int:
