@@ -22,9 +22,9 @@ import sys
 
 import numpy as np
 
-from controller.simulate import simulate_rl
-from search_spaces import get_space
-from workers.table import TableEvaluator, load_table
+from raynas.controller.bench.simulate import simulate_scheme
+from raynas.search_spaces import get_space
+from raynas.workers.evaluation.table import TableEvaluator, load_table
 
 
 def time_to(records, target: float) -> float | None:
@@ -54,7 +54,7 @@ def main() -> None:
     for name, (controllers, children) in schemes.items():
         walls, reach, best, stale = [], [], [], []
         for seed in range(args.seeds):
-            ledger, figures = simulate_rl(space, evaluator, args.evaluations, seed, controllers, children,
+            ledger, figures = simulate_scheme(space, evaluator, args.evaluations, seed, controllers, children,
                                           ps_shards=2, strategy_options={"lr": args.lr})
             walls.append(figures["simulated_wall_time_s"])
             t = time_to(ledger.records, target)

@@ -18,9 +18,9 @@ import statistics
 import sys
 import time
 
-from search_spaces import get_space
-from workers.data import load_dataset
-from workers.oneshot import OneShotConfig, search_epochs
+from raynas.search_spaces import get_space
+from raynas.workers.data import load_dataset
+from raynas.workers.oneshot import OneShotConfig, search_epochs
 
 
 def main(argv: list[str] | None = None) -> int:

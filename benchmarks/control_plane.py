@@ -20,18 +20,18 @@ import time
 from pathlib import Path
 
 import ray
+import torch
 from ray import tune
 
-import torch
-
-from controller.job import SearchJob
-from controller.ledger import Ledger
-from controller.replica import ControllerReplica, LocalShards, PolicyCore
-from param_server import ParameterShard, ShardConfig, ShardMap
-from controller.spec import SearchSpec
-from search_spaces import get_space
-from search_spaces.nb201 import NB201_OPS, NB201Arch
-from workers.table import TableEvaluator
+from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.replica import ControllerReplica, LocalShards
+from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.strategies.reinforce import PolicyCore
+from raynas.param_server import ParameterShard, ShardConfig, ShardMap
+from raynas.search_spaces import get_space
+from raynas.search_spaces.nb201 import NB201_OPS, NB201Arch
+from raynas.workers.evaluation.table import TableEvaluator
 
 
 def ours(args, root: Path) -> dict:

@@ -31,9 +31,9 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 
-from workers.oneshot import Architect, DartsSupernet, OneShotConfig
-from workers.threads import torch_threads
-from workers.train import pick_device
+from raynas.common.threads import torch_threads
+from raynas.workers.oneshot import Architect, DartsSupernet, OneShotConfig
+from raynas.workers.training import pick_device
 
 LR, MOMENTUM, WD, CLIP = 0.025, 0.9, 3e-4, 5.0
 

@@ -26,8 +26,8 @@ TOKEN = "bench"
 
 
 def run_server(state_dir: str, ready, stop) -> None:
-    from controller.service import SearchManager, ThreadLauncher
-    from controller.servicer import serve
+    from raynas.controller.api.servicer import serve
+    from raynas.controller.service.manager import SearchManager, ThreadLauncher
 
     srv = serve(SearchManager(state_dir, ThreadLauncher()), TOKEN, host="127.0.0.1", port=0)
     ready.send(srv.port)
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluations", type=int, default=1_000_000, help="search budget (it is cancelled at the end)")
     args = parser.parse_args(argv)
 
-    from controller.client import SearchClient
+    from raynas.controller.api.client import SearchClient
 
     ctx = mp.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)

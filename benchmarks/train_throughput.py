@@ -30,10 +30,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from search_spaces import get_space  # noqa: E402
-from workers.build import NetConfig, build_model  # noqa: E402
-from workers.data import load_dataset  # noqa: E402
-from workers.train import TrainConfig, TrainEvaluator  # noqa: E402
+from raynas.search_spaces import get_space
+from raynas.workers.data import load_dataset
+from raynas.workers.nets import NetConfig, build_model
+from raynas.workers.training import TrainConfig, TrainEvaluator
 
 RESNET_CELL = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 
@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"median of {args.repeats} rounds     train img/s   run wall s   run CPU s   final val acc")
     for name, (ips, wall, cpu, acc) in medians.items():
         print(f"  {name:<20} {ips:11.0f} {wall:12.2f} {cpu:11.2f} {acc:15.4f}")
-    print(f"  {'overhead':<20} {overhead:9.1f} % {(ev[1] / base[1] - 1) * 100:10.1f} % {(ev[2] / base[2] - 1) * 100:9.1f} %")
+    wall_over, cpu_over = (ev[1] / base[1] - 1) * 100, (ev[2] / base[2] - 1) * 100
+    print(f"  {'overhead':<20} {overhead:9.1f} % {wall_over:10.1f} % {cpu_over:9.1f} %")
     print(f"training throughput overhead {overhead:.1f} % (target <= 5 %: {'met' if overhead <= 5 else 'NOT met'}); "
           "a run also builds the child, counts its FLOPs and validates every epoch")
 

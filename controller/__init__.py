@@ -1,1 +1,3 @@
-"""Strategies, the search loop, the job and the CLI."""
+"""The controller: strategies (the algorithms), runtime (the job), cluster (its Ray wiring),
+service and api (the gRPC search service), cli (`nas`) and bench, layered in that order:
+a sub-package imports only those before it."""

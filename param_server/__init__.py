@@ -3,7 +3,7 @@
 Plain PyTorch; the Ray actors that serve `ParameterShard`s are applied at wiring time.
 """
 
-from .shard import STALENESS_POLICIES, ParameterShard, PushReceipt, ShardConfig
-from .shard_map import ShardMap, check_named_tensors
+from raynas.param_server.shard import STALENESS_POLICIES, ParameterShard, PushReceipt, ShardConfig
+from raynas.param_server.shard_map import ShardMap, check_named_tensors
 
 __all__ = ["STALENESS_POLICIES", "ParameterShard", "PushReceipt", "ShardConfig", "ShardMap", "check_named_tensors"]

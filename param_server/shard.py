@@ -17,15 +17,15 @@ import copy
 import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal, Mapping, get_args
+from typing import Literal, get_args
 
 import torch
 
-from search_spaces.errors import ConfigError
-
-from .atomic import atomic_save
-from .shard_map import check_named_tensors
+from raynas.common import ConfigError
+from raynas.common.files import atomic_save
+from raynas.param_server.shard_map import check_named_tensors
 
 STALENESS_POLICIES = ("none", "drop", "scale")
 Outcome = Literal["applied", "accumulated", "dropped"]
@@ -252,7 +252,7 @@ class ParameterShard:
         atomic_save(self.state_dict(), path)
 
     @classmethod
-    def restore(cls, path: str | os.PathLike) -> "ParameterShard":
+    def restore(cls, path: str | os.PathLike) -> ParameterShard:
         """The shard saved at `path`, with the config it was saved with."""
         # weights_only: a checkpoint is plain data, so nothing in it gets to run code on load.
         state = torch.load(path, weights_only=True)

@@ -11,12 +11,12 @@ assignment, so a resumed job does not depend on `build` never changing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import torch
 
-from search_spaces.errors import ConfigError
+from raynas.common import ConfigError
 
 Shape = tuple[int, ...]
 
@@ -73,7 +73,7 @@ class ShardMap:
                 raise ConfigError(f"shard_map[{name!r}]", f"shard {shard} out of range", f"0..{self.num_shards - 1}")
 
     @classmethod
-    def build(cls, named: Mapping[str, torch.Tensor | Sequence[int]], num_shards: int) -> "ShardMap":
+    def build(cls, named: Mapping[str, torch.Tensor | Sequence[int]], num_shards: int) -> ShardMap:
         """Balance `named` (shapes, or tensors whose shapes are used) over `num_shards` shards.
 
         Largest tensor first onto the least-loaded shard (LPT scheduling): the
@@ -142,7 +142,7 @@ class ShardMap:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> "ShardMap":
+    def from_dict(cls, data: Mapping) -> ShardMap:
         missing = sorted({"num_shards", "shapes", "assignment"} - set(data))
         if missing:
             raise ConfigError("shard_map", f"missing key {missing[0]!r}", ["num_shards", "shapes", "assignment"])

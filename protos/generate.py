@@ -1,4 +1,4 @@
-"""Regenerate the Python code of `protos/nas/v1/*.proto`: `python -m protos.generate`.
+"""Regenerate the Python code of `protos/nas/v1/*.proto`: `python -m raynas.protos.generate`.
 
 protoc names modules after the proto package (`nas.v1`); the generated stubs'
 absolute imports are made relative so the code works as `protos.nas.v1` inside
@@ -24,8 +24,8 @@ def proto_files() -> list[Path]:
 
 def generate(out: Path) -> list[Path]:
     """Write the generated modules of every .proto into `out`; returns their paths."""
-    from grpc_tools import protoc
     import grpc_tools
+    from grpc_tools import protoc
 
     include = Path(grpc_tools.__file__).parent / "_proto"  # google/protobuf/*.proto
     with tempfile.TemporaryDirectory() as tmp:
@@ -44,7 +44,8 @@ def generate(out: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=PROTO_DIR, help="where to write (default: next to the .proto files)")
+    parser.add_argument("--out", type=Path, default=PROTO_DIR,
+                        help="where to write (default: next to the .proto files)")
     args = parser.parse_args(argv)
     for path in generate(args.out):
         print(path)

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Callable
+from collections.abc import Callable
 
-from .base import Categorical, Decision, SearchSpace, Subset
-from .errors import ConfigError, EvaluationError, InvalidArchitecture, NasError
+from raynas.common import ConfigError
+from raynas.search_spaces.base import Categorical, Decision, SearchSpace, Subset
 
 _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
 
@@ -24,7 +24,7 @@ def register(cls):
 
 def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
-        if info.name not in {"base", "errors"}:
+        if info.name not in {"base", "types"}:
             importlib.import_module(f"{__name__}.{info.name}")
 
 
@@ -44,7 +44,4 @@ def get_space(name: str, **options) -> SearchSpace:
         raise ConfigError("space_options", f"bad options for space {name!r}: {exc}") from None
 
 
-__all__ = [
-    "Categorical", "ConfigError", "Decision", "EvaluationError", "InvalidArchitecture",
-    "NasError", "SearchSpace", "Subset", "get_space", "register", "space_names",
-]
+__all__ = ["Categorical", "Decision", "SearchSpace", "Subset", "get_space", "register", "space_names"]

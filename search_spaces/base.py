@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Hashable, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import InvalidArchitecture
+from raynas.common import ConfigError, InvalidArchitecture
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class Categorical:
 
     def __post_init__(self):
         if not self.choices:
-            raise ValueError(f"decision {self.name} has no choices")
+            raise ConfigError(self.name, "a decision needs at least one choice")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class SearchSpace(ABC):
     `str()` is the canonical string that `parse` reads back."""
 
     name: ClassVar[str]
+    #: What the space offers beyond this interface, for strategies that check before they rely
+    #: on it. "depth": `num_layers`, `max_layers` and `with_depth(n)`, the same space at another
+    #: depth (Zoph & Le's growing depth schedule).
+    capabilities: ClassVar[frozenset[str]] = frozenset()
 
     @abstractmethod
     def decisions(self) -> tuple[Decision, ...]:

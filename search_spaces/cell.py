@@ -13,11 +13,11 @@ recurrent space, whose genotype uses the same notation.
 from __future__ import annotations
 
 import ast
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
-from .base import Categorical, SearchSpace
-from .errors import InvalidArchitecture
-from .types import Genotype
+from raynas.common import InvalidArchitecture
+from raynas.search_spaces.base import Categorical, SearchSpace
+from raynas.search_spaces.types import Genotype
 
 # quark0/darts cnn/genotypes.py, in its order: the order fixes the controller's op ids.
 PRIMITIVES = (

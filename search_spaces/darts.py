@@ -3,8 +3,8 @@ every intermediate node concatenated into the cell's output."""
 
 from __future__ import annotations
 
-from . import register
-from .cell import PRIMITIVES, CellSpace
+from raynas.search_spaces import register
+from raynas.search_spaces.cell import PRIMITIVES, CellSpace
 
 
 @register

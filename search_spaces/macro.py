@@ -10,12 +10,12 @@ schedule belongs to the strategy, which asks for `with_depth(n)`.
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
-from . import register
-from .base import Categorical, SearchSpace, Subset
-from .errors import ConfigError, InvalidArchitecture
-from .types import MacroArch, MacroLayer
+from raynas.common import ConfigError, InvalidArchitecture
+from raynas.search_spaces import register
+from raynas.search_spaces.base import Categorical, SearchSpace, Subset
+from raynas.search_spaces.types import MacroArch, MacroLayer
 
 FILTER_HEIGHTS = (1, 3, 5, 7)
 FILTER_WIDTHS = (1, 3, 5, 7)
@@ -29,6 +29,7 @@ class MacroSpace(SearchSpace):
     """`num_layers` conv layers; any depth up to `max_layers` parses and validates."""
 
     name = "macro"
+    capabilities = frozenset({"depth"})
 
     def __init__(self, num_layers: int = 6, max_layers: int = 24):
         if type(max_layers) is not int or max_layers < 1:

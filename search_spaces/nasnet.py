@@ -13,8 +13,8 @@ through its string.
 
 from __future__ import annotations
 
-from . import register
-from .cell import NASNET_OPS, CellSpace
+from raynas.search_spaces import register
+from raynas.search_spaces.cell import NASNET_OPS, CellSpace
 
 
 @register

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
-from . import register
-from .base import Categorical, SearchSpace
-from .errors import InvalidArchitecture
+from raynas.common import InvalidArchitecture
+from raynas.search_spaces import register
+from raynas.search_spaces.base import Categorical, SearchSpace
 
 # Order as in NAS-Bench-201's `NAS_BENCH_201` op list.
 NB201_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")

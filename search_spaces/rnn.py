@@ -10,13 +10,13 @@ it only through its string, and `to_values` needs steps == self.steps.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from . import register
-from .base import Categorical, SearchSpace
-from .cell import check_concat, check_pairs, read_genotype_call
-from .errors import ConfigError, InvalidArchitecture
-from .types import RNNGenotype
+from raynas.common import ConfigError, InvalidArchitecture
+from raynas.search_spaces import register
+from raynas.search_spaces.base import Categorical, SearchSpace
+from raynas.search_spaces.cell import check_concat, check_pairs, read_genotype_call
+from raynas.search_spaces.types import RNNGenotype
 
 # DARTS' rnn PRIMITIVES without `none`, which derivation never keeps.
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import pickle
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import ClassVar, Iterator
+from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from search_spaces.errors import ConfigError
+from raynas.common import ConfigError
 
 DATASETS = ("digits", "mnist", "cifar10", "ptb")
 #: Validation share of the official training set (Zoph & Le held out 5k of CIFAR-10's 50k).
@@ -95,7 +96,7 @@ class ImageDataset(Dataset):
                 "image_size": self.image_size, "num_classes": self.num_classes,
                 "augment": self.augment, "sizes": self.sizes}
 
-    def to(self, device: torch.device | str) -> "ImageDataset":
+    def to(self, device: torch.device | str) -> ImageDataset:
         """The same dataset with every tensor on `device` (self when already there)."""
         device = torch.device(device)
         if self.x_train.device == device:

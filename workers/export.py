@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from search_spaces import ConfigError, get_space
-
-from .build import LANGUAGE_SPACES, NetConfig, build_model
-from .profile import count_flops, count_params
+from raynas.common import ConfigError
+from raynas.search_spaces import get_space
+from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
+from raynas.workers.profile import count_flops, count_params
 
 FORMATS = ("json", "torch-export", "onnx")
 

@@ -18,10 +18,12 @@ parameter counts and FLOPs match the published figures.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from raynas.common import ConfigError
 
 
 class ReLUConvBN(nn.Sequential):
@@ -93,7 +95,7 @@ class FactorizedReduce(nn.Module):
                  track_running_stats: bool = True, bias: bool = False):
         super().__init__()
         if stride not in (1, 2):
-            raise ValueError(f"FactorizedReduce supports stride 1 or 2, got {stride}")
+            raise ConfigError("stride", f"FactorizedReduce supports stride 1 or 2, got {stride}", (1, 2))
         self.stride = stride
         if stride == 2:
             self.relu = nn.ReLU()

@@ -1,7 +1,7 @@
 """Retrain an architecture from scratch with its evaluation recipe: what a user does with
 the architecture a search found (`nas train`).
 
-The loop is TrainEvaluator's (`_Run`), with a checkpoint after every epoch (weights,
+The loop is the one every child trains with (`TrainingRun`), with a checkpoint after every epoch (weights,
 optimizer, RNG states, curves; written atomically) so an interrupted run continues where
 it stopped and ends as an uninterrupted one would. The result, with the test accuracy,
 goes to OUT/result.json.
@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from param_server.atomic import atomic_save, atomic_write
-from search_spaces import ConfigError, get_space
-
-from .build import LANGUAGE_SPACES, NetConfig, build_model
-from .data import ImageDataset
-from .profile import count_params
-from .threads import torch_threads
-from .train import TrainConfig, _Run, pick_device
+from raynas.common import ConfigError
+from raynas.common.files import atomic_save, write_json_atomic
+from raynas.common.threads import torch_threads
+from raynas.search_spaces import get_space
+from raynas.workers.data import ImageDataset
+from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
+from raynas.workers.profile import count_params
+from raynas.workers.training import TrainConfig, TrainingRun, pick_device
 
 #: DARTS' CIFAR-10 evaluation (../shared/REFERENCES.md): 600 epochs, batch 96, C=36, 20 cells,
 #: SGD 0.025 (plain momentum 0.9, wd 3e-4) on a cosine to 0, clip 5, auxiliary 0.4, drop-path 0.2
@@ -94,7 +95,7 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov and config.momentum > 0,
                                     weight_decay=config.weight_decay)
-        run = _Run(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images")
+        run = TrainingRun(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images")
         start_epoch = 0
         if resume:
             state = torch.load(checkpoint, weights_only=False)
@@ -121,8 +122,7 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
             "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
             "checkpoint": str(checkpoint),
         }
-    text = json.dumps(result, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(out / RESULT, lambda f: f.write(text.encode()))
+    write_json_atomic(out / RESULT, result)
     return result
 
 

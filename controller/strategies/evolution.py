@@ -10,12 +10,30 @@ reference code, tournament members are drawn with replacement.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Hashable
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
 
-from search_spaces.errors import check_int
-from controller.strategy import Strategy, register
-from search_spaces import ConfigError, SearchSpace
-from workers.evaluator import EvalResult
+from raynas.common import ConfigError, check_int
+from raynas.controller.strategies import register
+from raynas.controller.strategies.base import Strategy
+from raynas.search_spaces import SearchSpace
+from raynas.workers.evaluation import EvalResult
+
+
+@dataclass(frozen=True)
+class EvolutionOptions:
+    #: Members alive at once; the oldest dies when a new one joins.
+    population_size: int = 10
+    #: Members drawn (with replacement) for each tournament.
+    sample_size: int = 3
+
+    def __post_init__(self):
+        check_int("population_size", self.population_size)
+        check_int("sample_size", self.sample_size)
+        if self.sample_size > self.population_size:
+            raise ConfigError("sample_size", f"{self.sample_size} exceeds population_size",
+                              f"1..{self.population_size}")
 
 
 @register
@@ -31,16 +49,14 @@ class EvolutionStrategy(Strategy):
     """
 
     name = "evolution"
+    Options = EvolutionOptions
 
-    def __init__(self, space: SearchSpace, seed: int = 0, population_size: int = 10, sample_size: int = 3):
-        super().__init__(space, seed)
-        self.population_size = check_int("population_size", population_size, 1)
-        self.sample_size = check_int("sample_size", sample_size, 1)
-        if sample_size > population_size:
-            raise ConfigError("sample_size", f"{sample_size} exceeds population_size", f"1..{population_size}")
+    def __init__(self, space: SearchSpace, seed: int = 0, options: EvolutionOptions | None = None):
+        super().__init__(space, seed, options)
+        self.population_size = self.options.population_size
+        self.sample_size = self.options.sample_size
         #: (architecture, reward), oldest first.
-        self.population: deque[tuple[Hashable, float]] = deque(maxlen=population_size)
-
+        self.population: deque[tuple[Hashable, float]] = deque(maxlen=self.population_size)
     def propose(self, n: int = 1) -> list[Hashable]:
         return [self._child() for _ in range(n)]
 

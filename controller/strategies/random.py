@@ -3,10 +3,11 @@ strategy has to beat (NAS-Bench-201, 100 evaluations: 93.70 on CIFAR-10)."""
 
 from __future__ import annotations
 
-from typing import Hashable
+from collections.abc import Hashable
 
-from controller.strategy import Strategy, register
-from workers.evaluator import EvalResult
+from raynas.controller.strategies import register
+from raynas.controller.strategies.base import Strategy
+from raynas.workers.evaluation import EvalResult
 
 
 @register

@@ -1,40 +1,36 @@
 """Zoph & Le's search (NAS with RL, 2017): an LSTM controller trained with
-REINFORCE and a moving-average baseline, in one process.
+REINFORCE and a moving-average baseline.
 
-The distributed version (parameter shards, controller replicas) runs the same
-policy and the same functions from controller/reinforce.py.
+In one process (the local runtime, `nas bench`) it is an ordinary proposer with its
+own Adam. On a Ray cluster it declares `shared_policy` and the runtime runs it as the
+paper's scheme: its policy's weights on parameter shards, K controller replicas with
+m children each, the same `PolicyCore` and REINFORCE math in every replica.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Hashable
+from collections.abc import Hashable
+from typing import Any
 
 import torch
 
-from search_spaces.errors import check_int, check_number
-from controller.reinforce import apply_gradients
-from controller.replica import PolicyCore, reward_of
-from controller.strategy import Strategy, register
-from search_spaces import ConfigError, SearchSpace
-from workers.evaluator import EvalResult
+from raynas.common import ConfigError
+from raynas.controller.strategies import register
+from raynas.controller.strategies.base import Needs, Strategy
+from raynas.controller.strategies.reinforce import DepthSchedule, PolicyCore, RLOptions, apply_gradients, reward_of
+from raynas.search_spaces import SearchSpace
+from raynas.workers.evaluation import EvalResult
+
+#: Architectures per policy update in one process: the paper's m.
+DEFAULT_BATCH = 8
+
 
 @register
 class RLStrategy(Strategy):
-    """Options (defaults from Zoph & Le unless noted):
-
-    - lr: Adam learning rate, 6e-4.
-    - batch_size: architectures per policy update (the paper's m = 8 per replica).
-    - baseline_decay: decay of the moving-average baseline, 0.95 (ENAS: 0.99).
-    - entropy_weight: weight of an entropy bonus in the loss, 0 (NASNet: 1e-5;
-      ENAS adds 1e-4 x entropy to the reward instead).
-    - temperature, tanh_constant: ENAS's logit temperature and tanh clipping, off.
-    - start_depth, depth_step, depth_every, max_depth: the depth schedule for spaces
-      with a depth (macro): from the space's num_layers (macro's default 6 is the
-      paper's start), +2 layers every 1,600 samples, up to the space's max_layers.
-      Other spaces reject these options.
-
-    A failed evaluation gets reward 0 (see `reward_of`).
+    """Options: `RLOptions` (learning rate, batch, baseline decay, entropy bonus, ENAS's
+    temperature and tanh constant, the depth schedule). A failed evaluation gets reward 0
+    (see `reward_of`).
 
     The update uses the policy as it is when the batch completes; samples
     proposed before an earlier update are thus slightly off-policy, the same
@@ -42,25 +38,36 @@ class RLStrategy(Strategy):
     """
 
     name = "rl"
+    needs = Needs(shared_policy=True)
+    Options = RLOptions
 
-    def __init__(self, space: SearchSpace, seed: int = 0, lr: float = 6e-4, batch_size: int = 8,
-                 baseline_decay: float = 0.95, entropy_weight: float = 0.0, temperature: float | None = None,
-                 tanh_constant: float | None = None, start_depth: int | None = None, depth_step: int | None = None,
-                 depth_every: int | None = None, max_depth: int | None = None):
-        super().__init__(space, seed)
-        self.batch_size = check_int("batch_size", batch_size, 1)
-        self.core = PolicyCore(space, seed, baseline_decay=baseline_decay, entropy_weight=entropy_weight,
-                               temperature=temperature, tanh_constant=tanh_constant, start_depth=start_depth,
-                               depth_step=depth_step, depth_every=depth_every, max_depth=max_depth)
+    def __init__(self, space: SearchSpace, seed: int = 0, options: RLOptions | None = None):
+        super().__init__(space, seed, options)
+        self.batch_size = self.options.batch_size or DEFAULT_BATCH
+        self.core = PolicyCore(space, seed, self.options)
         self.policy = self.core.policy
         self.baseline = self.core.baseline
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=check_number("lr", lr, 0, low_open=True))
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.options.lr)
         self._proposed = 0
         # Decision values of proposals not yet observed, per architecture (an
         # architecture may be in flight more than once).
         self._pending: dict[Hashable, list[tuple]] = {}
         # (values, reward) observed since the last update.
         self._batch: list[tuple[tuple, float]] = []
+
+    @classmethod
+    def check_space(cls, space: SearchSpace, options: RLOptions) -> None:
+        DepthSchedule.for_space(space, options)
+
+    @classmethod
+    def shared_policy(cls, space: SearchSpace, seed: int, options: RLOptions) -> PolicyCore:
+        return PolicyCore(space, seed, options)
+
+    @classmethod
+    def policy_lr(cls, options: RLOptions) -> float:
+        if options.batch_size is not None:
+            raise ConfigError("strategy_options.batch_size", "in the distributed scheme the batch is --children (m)")
+        return options.lr
 
     def propose(self, n: int = 1) -> list[Hashable]:
         archs: list[Hashable] = []

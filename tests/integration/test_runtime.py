@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from controller.job import SearchJob
-from controller.spec import SearchSpec
+from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.spec import SearchSpec
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

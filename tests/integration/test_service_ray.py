@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.client import RemoteError, SearchClient
-from controller.service import SERVICE_NAMESPACE, RayLauncher, SearchManager
-from controller.servicer import serve, struct_to_dict
-from protos.nas.v1 import search_pb2 as pb
+from raynas.controller.api.client import RemoteError, SearchClient
+from raynas.controller.api.servicer import serve, struct_to_dict
+from raynas.controller.service.manager import SERVICE_NAMESPACE, RayLauncher, SearchManager
+from raynas.protos.nas.v1 import search_pb2 as pb
 
 TOKEN = "integration-token"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from controller.cli import main
+from raynas.controller.cli.main import main
 
 
 def run_cli(capsys, *argv):
@@ -26,7 +26,8 @@ def run_cli(capsys, *argv):
         (["search", "--evaluations", "-3"], "evaluations", "positive"),
         (["search", "--dataset", "cifar10", "--data", "/no/such/dir", "--evaluations", "1"], "data_path", "not found"),
         (["search", "--space", "darts", "--evaluator", "table"], "evaluator", "nb201"),
-        (["inspect", "--space", "nb201", "--arch", "|bogus~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "arch", "nor_conv_3x3"),
+        (["inspect", "--space", "nb201", "--arch", "|bogus~0|+|none~0|none~1|+|none~0|none~1|none~2|"], "arch",
+         "nor_conv_3x3"),
         (["inspect", "--space", "darts", "--arch", "Genotype(normal=[('sep_conv_3x3', 9)"], "arch", ""),
         (["inspect", "--space", "nb201", "--arch", "garbage"], "arch", ""),
         (["search", "--controllers", "0"], "controllers", "positive"),
@@ -77,9 +78,9 @@ def test_table_search_writes_run_directory(capsys, tmp_path):
     assert (out / "progress.svg").read_text().startswith("<svg")
     # The same seed gives the same search.
     again = tmp_path / "again"
-    run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--strategy", "evolution", "--evaluations", "30",
-            "--seed", "3", "--out", str(again), "--quiet")
-    assert [json.loads(l)["arch"] for l in (again / "evaluations.jsonl").read_text().splitlines()] == [
+    run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--strategy", "evolution",
+            "--evaluations", "30", "--seed", "3", "--out", str(again), "--quiet")
+    assert [json.loads(line)["arch"] for line in (again / "evaluations.jsonl").read_text().splitlines()] == [
         r["arch"] for r in records
     ]
 
@@ -132,8 +133,9 @@ def test_inspect_json(capsys):
 
 
 def test_inspect_text_for_every_space(capsys):
-    from search_spaces import get_space, space_names
     import numpy as np
+
+    from raynas.search_spaces import get_space, space_names
 
     for name in space_names():
         arch = get_space(name).sample(np.random.default_rng(0))
@@ -174,5 +176,5 @@ def test_bench_distributed_scheme_in_simulated_time(capsys):
 
 
 def test_console_script_runs():
-    done = subprocess.run([sys.executable, "-m", "controller.cli", "--help"], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "raynas.controller.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "search" in done.stdout

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from search_spaces.errors import ConfigError
-from workers.data import ImageDataset, TextDataset, load_dataset
+from raynas.common import ConfigError
+from raynas.workers.data import ImageDataset, TextDataset, load_dataset
 
 
 @pytest.fixture(scope="module")

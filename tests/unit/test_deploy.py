@@ -8,17 +8,17 @@ import importlib.util
 import json
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import jsonschema
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from controller.cli import build_parser
-from controller.service import DEFAULT_PORT
+from raynas.controller.cli.main import build_parser
+from raynas.controller.service.manager import DEFAULT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -194,7 +194,7 @@ def test_kuberay_kinds_are_v1():
 
 
 def test_ray_token_auth_is_on_and_shared_with_every_ray_client():
-    for path, obj, group, spec, pod in pod_templates():
+    for path, _, _, spec, pod in pod_templates():
         auth = spec["authOptions"]
         assert auth["mode"] == "token" and auth["secretName"], path.name
         assert Version(spec["rayVersion"]) >= Version("2.52.0")  # token auth exists from 2.52
@@ -208,7 +208,7 @@ def test_ray_token_auth_is_on_and_shared_with_every_ray_client():
 
 
 def test_the_service_sidecar_can_reach_the_local_raylet():
-    for path, obj, group, _, pod in pod_templates():
+    for path, _, _, _, pod in pod_templates():
         ray_container, *sidecars = pod["containers"]
         if not sidecars:
             continue
@@ -221,7 +221,7 @@ def test_the_service_sidecar_can_reach_the_local_raylet():
 
 def test_volumes_and_claims_resolve(parser):
     claims = {d["metadata"]["name"] for _, d in k8s_objects() if d["kind"] == "PersistentVolumeClaim"}
-    for path, obj, group, _, pod in pod_templates():
+    for path, _, _, _, pod in pod_templates():
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
         for c in pod["containers"]:
             for m in c.get("volumeMounts", []):

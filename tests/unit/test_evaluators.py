@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from search_spaces import get_space
-from search_spaces.errors import ConfigError
-from workers import train as train_module
-from workers.evaluators import get_evaluator
-from workers.table import MEAN_SIMULATED_TIME_S, load_table
-from workers.train import TrainConfig
+from raynas.common import ConfigError
+from raynas.search_spaces import get_space
+from raynas.workers.evaluation import get_evaluator
+from raynas.workers.evaluation import train as train_module
+from raynas.workers.evaluation.table import MEAN_SIMULATED_TIME_S, load_table
+from raynas.workers.training import TrainConfig
 
 INDEX_0 = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
 ALL_SKIP = "|skip_connect~0|+|skip_connect~0|skip_connect~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from controller.strategy import get_strategy
-from search_spaces import ConfigError, get_space
-from search_spaces.nb201 import NB201Arch
-from workers.evaluator import EvalResult
+from raynas.common import ConfigError
+from raynas.controller.strategies import get_strategy
+from raynas.search_spaces import get_space
+from raynas.search_spaces.nb201 import NB201Arch
+from raynas.workers.evaluation import EvalResult
 
 NB201 = get_space("nb201")
 ALL_NONE = NB201Arch(("none",) * 6)
@@ -74,4 +75,4 @@ def test_tournament_mutates_the_best_of_its_sample(sample_size, share_from_best)
 def test_bad_options_name_themselves(options, field):
     with pytest.raises(ConfigError) as err:
         get_strategy("evolution", NB201, **options)
-    assert err.value.field == field
+    assert err.value.field == f"strategy_options.{field}"

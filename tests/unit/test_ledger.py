@@ -5,11 +5,11 @@ import time
 
 import pytest
 
-from controller.job import SearchJob
-from controller.ledger import Ledger, evaluation_id
-from controller.rundir import RunDirectory
-from controller.spec import SearchSpec
-from workers.evaluator import EvalResult
+from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.ledger import Ledger, evaluation_id
+from raynas.controller.runtime.rundir import RunDirectory
+from raynas.controller.runtime.spec import SearchSpec
+from raynas.workers.evaluation import EvalResult
 
 
 def result(reward=0.5):

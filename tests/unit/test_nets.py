@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from search_spaces import get_space, space_names
-from search_spaces.cell import GENOTYPES
-from search_spaces.errors import ConfigError, InvalidArchitecture
-from search_spaces.nb201 import NB201Arch
-from search_spaces.rnn import GENOTYPES as RNN_GENOTYPES
-from search_spaces.types import MacroArch, MacroLayer
-from workers import build
-from workers.build import NetConfig, build_model
-from workers.profile import count_aux_params, count_flops, count_params
+from raynas.common import ConfigError, InvalidArchitecture
+from raynas.search_spaces import get_space, space_names
+from raynas.search_spaces.cell import GENOTYPES
+from raynas.search_spaces.nb201 import NB201Arch
+from raynas.search_spaces.rnn import GENOTYPES as RNN_GENOTYPES
+from raynas.search_spaces.types import MacroArch, MacroLayer
+from raynas.workers import nets
+from raynas.workers.nets import NetConfig, build_model
+from raynas.workers.profile import count_aux_params, count_flops, count_params
 
 NB201_ARCH0 = "|avg_pool_3x3~0|+|nor_conv_1x1~0|skip_connect~1|+|nor_conv_1x1~0|skip_connect~1|skip_connect~2|"
 NB201_ARCH1 = "|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|"
@@ -22,7 +22,7 @@ TINY_IMAGES = NetConfig(in_channels=1, image_size=8, channels=8, layers=5, auxil
 
 
 def test_every_search_space_has_a_network():
-    assert set(space_names()) <= set(build.space_names())
+    assert set(space_names()) <= set(nets.space_names())
 
 
 def test_unknown_space_and_wrong_arch_type_are_refused():

@@ -8,13 +8,23 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from search_spaces import ConfigError, get_space
-from search_spaces.cell import PRIMITIVES
-from search_spaces.nb201 import NB201_OPS
-from workers.data import load_dataset
-from workers.oneshot import (Architect, DartsSupernet, NB201Supernet, OneShotConfig, derive, describe_supernet,
-                             finite_difference_hvp, search_epochs, skip_count)
-from workers.oneshot.supernet import DilatedDepthwiseConv, MixedOp, PointwiseConv
+from raynas.common import ConfigError
+from raynas.search_spaces import get_space
+from raynas.search_spaces.cell import PRIMITIVES
+from raynas.search_spaces.nb201 import NB201_OPS
+from raynas.workers.data import load_dataset
+from raynas.workers.oneshot import (
+    Architect,
+    DartsSupernet,
+    NB201Supernet,
+    OneShotConfig,
+    derive,
+    describe_supernet,
+    finite_difference_hvp,
+    search_epochs,
+    skip_count,
+)
+from raynas.workers.oneshot.supernet import DilatedDepthwiseConv, MixedOp, PointwiseConv
 
 
 @pytest.fixture(scope="module")

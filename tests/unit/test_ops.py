@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from search_spaces import nb201 as nb201_space
-from search_spaces import rnn as rnn_space
-from search_spaces.cell import CELL_OPS, NASNET_OPS, PRIMITIVES
-from workers.ops import DARTS_OPS, NB201_OPS, RNN_ACTIVATIONS, FactorizedReduce
+from raynas.search_spaces import nb201 as nb201_space
+from raynas.search_spaces import rnn as rnn_space
+from raynas.search_spaces.cell import CELL_OPS, NASNET_OPS, PRIMITIVES
+from raynas.workers.ops import DARTS_OPS, NB201_OPS, RNN_ACTIVATIONS, FactorizedReduce
 
 C = 4
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from param_server import ParameterShard, ShardConfig, ShardMap
-from search_spaces.errors import ConfigError
+from raynas.common import ConfigError
+from raynas.param_server import ParameterShard, ShardConfig, ShardMap
 
 
 def named_shapes():

@@ -10,18 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from controller.servicer import spec_from_message, spec_to_message
-from controller.spec import SearchSpec
-from protos import generate
-from protos.nas.v1 import search_pb2 as pb
+from raynas.controller.api.servicer import spec_from_message, spec_to_message
+from raynas.controller.runtime.spec import SearchSpec
+from raynas.protos import generate
+from raynas.protos.nas.v1 import search_pb2 as pb
 
 
 def test_generated_code_is_up_to_date(tmp_path):
     pytest.importorskip("grpc_tools")
     for fresh in generate.generate(tmp_path):
         committed = generate.PROTO_DIR / fresh.name
-        assert committed.exists(), f"{fresh.name} is not committed: run python -m protos.generate"
-        assert committed.read_text() == fresh.read_text(), f"{fresh.name} is stale: run python -m protos.generate"
+        assert committed.exists(), f"{fresh.name} is not committed: run python -m raynas.protos.generate"
+        assert committed.read_text() == fresh.read_text(), f"{fresh.name} is stale: run python -m raynas.protos.generate"
 
 
 def test_every_rpc_message_field_and_enum_value_is_commented(tmp_path):
@@ -90,8 +90,8 @@ def test_a_client_generated_from_the_proto_files_alone_submits_and_watches(tmp_p
     """No project code on the client side: copy the .proto files, run protoc, and drive a
     real server from a clean interpreter that sees only the generated stubs."""
     pytest.importorskip("grpc_tools")
-    from controller.service import SearchManager, ThreadLauncher
-    from controller.servicer import serve
+    from raynas.controller.api.servicer import serve
+    from raynas.controller.service.manager import SearchManager, ThreadLauncher
 
     for proto in generate.proto_files():
         dest = tmp_path / "src" / "nas" / "v1" / proto.name

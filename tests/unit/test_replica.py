@@ -3,13 +3,14 @@ REINFORCE math as the single-process strategy, sharded."""
 
 import torch
 
-from controller.ledger import Ledger
-from controller.replica import ControllerReplica, LocalShards, PolicyCore
-from controller.simulate import simulate_rl
-from controller.strategy import get_strategy
-from param_server import ParameterShard, ShardConfig, ShardMap
-from search_spaces import get_space
-from workers.evaluators import get_evaluator
+from raynas.controller.bench.simulate import simulate_scheme
+from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.replica import ControllerReplica, LocalShards
+from raynas.controller.strategies import get_strategy
+from raynas.controller.strategies.reinforce import PolicyCore
+from raynas.param_server import ParameterShard, ShardConfig, ShardMap
+from raynas.search_spaces import get_space
+from raynas.workers.evaluation import get_evaluator
 
 
 def table():
@@ -44,16 +45,16 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
 
 def test_simulated_scheme_spends_the_budget_with_stale_gradients():
     space = get_space("nb201")
-    ledger, figures = simulate_rl(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
+    ledger, figures = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
     assert len(ledger.records) == 64 and len({r["id"] for r in ledger.records}) == 64
     assert figures["shard_versions"] == [16, 16]
     assert figures["staleness_max"] > 0
-    again, _ = simulate_rl(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
+    again, _ = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
     assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
 
 
 def test_one_replica_is_never_stale():
-    _, figures = simulate_rl(get_space("nb201"), table(), budget=24, seed=1, controllers=1, children=8, ps_shards=3)
+    _, figures = simulate_scheme(get_space("nb201"), table(), budget=24, seed=1, controllers=1, children=8, ps_shards=3)
     assert figures["staleness_max"] == 0 and figures["shard_versions"] == [3, 3, 3]
 
 

@@ -5,12 +5,13 @@ import json
 import pytest
 import torch
 
-from controller import cli
-from search_spaces import ConfigError, get_space
-from workers.build import NetConfig, build_model
-from workers.data import load_dataset
-from workers.export import export, load_trained
-from workers.retrain import CELL_RECIPE, recipe, resolve_source, retrain
+from raynas.common import ConfigError
+from raynas.controller import cli
+from raynas.search_spaces import get_space
+from raynas.workers.data import load_dataset
+from raynas.workers.export import export, load_trained
+from raynas.workers.nets import NetConfig, build_model
+from raynas.workers.retrain import CELL_RECIPE, recipe, resolve_source, retrain
 
 ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_3x3~2|"
 TINY = dict(epochs=3, channels=4, layers=1, batch_size=64, max_train_batches_per_epoch=3, device="cpu")

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from controller.policy import LSTMPolicy
-from controller.reinforce import EmaBaseline, apply_gradients, gradients, reinforce_loss
-from controller.strategy import get_strategy
-from search_spaces import Categorical, ConfigError, SearchSpace, Subset, get_space, space_names
-from workers.evaluator import EvalResult
+from raynas.common import ConfigError
+from raynas.controller.strategies import get_strategy
+from raynas.controller.strategies.policy import LSTMPolicy
+from raynas.controller.strategies.reinforce import EmaBaseline, apply_gradients, gradients, reinforce_loss
+from raynas.search_spaces import Categorical, SearchSpace, Subset, get_space, space_names
+from raynas.workers.evaluation import EvalResult
 
 
 def policy_for(space: SearchSpace, seed: int = 0, **options) -> LSTMPolicy:
@@ -191,7 +192,7 @@ def test_depth_schedule_grows_the_macro_space():
 def test_depth_options_need_a_space_with_depth():
     with pytest.raises(ConfigError) as err:
         get_strategy("rl", get_space("nb201"), depth_every=10)
-    assert err.value.field == "depth_every"
+    assert err.value.field == "strategy_options.depth_every"
 
 
 @pytest.mark.parametrize("option,value", [
@@ -201,7 +202,7 @@ def test_depth_options_need_a_space_with_depth():
 def test_bad_options_name_themselves(option, value):
     with pytest.raises(ConfigError) as err:
         get_strategy("rl", get_space("macro"), **{option: value})
-    assert err.value.field == option
+    assert err.value.field == f"strategy_options.{option}"
 
 
 def test_failed_results_count_as_reward_zero():

@@ -10,12 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from search_spaces import ConfigError, InvalidArchitecture, Subset, get_space, space_names
-from search_spaces.cell import CELL_OPS, GENOTYPES, NASNET_OPS, PRIMITIVES
-from search_spaces.macro import FILTER_HEIGHTS, NUM_FILTERS, MacroSpace
-from search_spaces.nb201 import NB201_OPS
-from search_spaces.rnn import GENOTYPES as RNN_GENOTYPES, RNNSpace
-from search_spaces.types import Genotype, MacroArch, MacroLayer
+from raynas.common import ConfigError, InvalidArchitecture
+from raynas.search_spaces import Subset, get_space, space_names
+from raynas.search_spaces.cell import CELL_OPS, GENOTYPES, NASNET_OPS, PRIMITIVES
+from raynas.search_spaces.macro import FILTER_HEIGHTS, NUM_FILTERS, MacroSpace
+from raynas.search_spaces.nb201 import NB201_OPS
+from raynas.search_spaces.rnn import GENOTYPES as RNN_GENOTYPES
+from raynas.search_spaces.rnn import RNNSpace
+from raynas.search_spaces.types import Genotype, MacroArch, MacroLayer
 
 SPACES = space_names()
 seeds = st.integers(0, 2**32 - 1)

@@ -11,12 +11,12 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from controller import cli
-from controller.client import RemoteError, SearchClient
-from controller.registry import JobRegistry, SearchRecord
-from controller.service import SearchManager, ThreadLauncher
-from controller.servicer import TLS, serve, struct_to_dict
-from protos.nas.v1 import search_pb2 as pb
+from raynas.controller import cli
+from raynas.controller.api.client import RemoteError, SearchClient
+from raynas.controller.api.servicer import TLS, serve, struct_to_dict
+from raynas.controller.service.manager import SearchManager, ThreadLauncher
+from raynas.controller.service.registry import JobRegistry, SearchRecord
+from raynas.protos.nas.v1 import search_pb2 as pb
 
 TOKEN = "unit-test-token"
 TABLE = {"space": "nb201", "evaluator": "table", "strategy": "evolution", "runtime": "local"}

@@ -7,37 +7,40 @@ networks:
     def build(arch: NB201Arch, config: NetConfig) -> nn.Module: ...
 
 This package imports all its modules, so adding a space's network is adding a
-file here; `workers.build.build_model` dispatches by space name.
+file here; `build_model` dispatches by space name.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import TYPE_CHECKING, Callable
 
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..build import NetConfig
-
-Builder = Callable[[object, "NetConfig"], nn.Module]
-
-#: space name -> (architecture type the builder takes, builder)
-BUILDERS: dict[str, tuple[type, Builder]] = {}
-
-
-def register(space: str, arch_type: type) -> Callable[[Builder], Builder]:
-    """Decorator: `builder(arch, config)` builds networks for `space`'s architectures."""
-
-    def add(builder: Builder) -> Builder:
-        if space in BUILDERS:
-            raise RuntimeError(f"two network builders registered for space {space!r}")
-        BUILDERS[space] = (arch_type, builder)
-        return builder
-
-    return add
-
+from raynas.common import ConfigError, InvalidArchitecture
+from raynas.workers.nets.base import BUILDERS, LANGUAGE_SPACES, NetConfig, register
 
 for _info in pkgutil.iter_modules(__path__):
-    importlib.import_module(f"{__name__}.{_info.name}")
+    if _info.name != "base":
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+def space_names() -> list[str]:
+    """The spaces `build_model` can build networks for."""
+    return sorted(BUILDERS)
+
+
+def build_model(space_name: str, arch: object, config: NetConfig | None = None) -> nn.Module:
+    """The network of `arch`, an architecture of the space `space_name`, freshly initialised
+    (`config` None: NetConfig's defaults)."""
+    config = config or NetConfig()
+    if space_name not in BUILDERS:
+        raise ConfigError("space", f"no network builder for space {space_name!r}", space_names())
+    arch_type, builder = BUILDERS[space_name]
+    if not isinstance(arch, arch_type):
+        raise InvalidArchitecture(
+            "arch", f"the {space_name} builder takes a {arch_type.__name__}, got {type(arch).__name__}"
+        )
+    return builder(arch, config)
+
+
+__all__ = ["BUILDERS", "LANGUAGE_SPACES", "NetConfig", "build_model", "register", "space_names"]

@@ -11,19 +11,14 @@ ports (5 steps, concat [2..6], [4, 5, 6], ...) build as well as DARTS' cells.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from search_spaces.errors import ConfigError
-from search_spaces.types import Genotype
-
-from ..ops import DARTS_OPS, FactorizedReduce, ReLUConvBN
-from . import register
-
-if TYPE_CHECKING:
-    from ..build import NetConfig
+from raynas.common import ConfigError
+from raynas.search_spaces.types import Genotype
+from raynas.workers.nets.base import NetConfig, register
+from raynas.workers.ops import DARTS_OPS, FactorizedReduce, ReLUConvBN
 
 DEFAULT_CHANNELS = 36
 DEFAULT_LAYERS = 20

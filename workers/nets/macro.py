@@ -10,17 +10,11 @@ reads are concatenated, averaged over space and classified by a linear layer.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from search_spaces.types import MacroArch
-
-from . import register
-
-if TYPE_CHECKING:
-    from ..build import NetConfig
+from raynas.search_spaces.types import MacroArch
+from raynas.workers.nets.base import NetConfig, register
 
 
 class MacroNetwork(nn.Module):

@@ -7,18 +7,12 @@ With C=16, N=5 and 10 classes the parameter counts equal the benchmark's.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
-from search_spaces.nb201 import EDGES, NB201Arch
-
-from ..ops import NB201_OPS, ReLUConvBN
-from . import register
-
-if TYPE_CHECKING:
-    from ..build import NetConfig
+from raynas.search_spaces.nb201 import EDGES, NB201Arch
+from raynas.workers.nets.base import NetConfig, register
+from raynas.workers.ops import NB201_OPS, ReLUConvBN
 
 DEFAULT_CHANNELS = 16
 DEFAULT_CELLS_PER_STAGE = 5

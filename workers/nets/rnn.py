@@ -14,19 +14,15 @@ DARTS_V2 has 22.96M parameters, the paper's 23M PTB model.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from search_spaces.errors import ConfigError
-from search_spaces.types import RNNGenotype
-
-from ..ops import RNN_ACTIVATIONS
-from . import register
-
-if TYPE_CHECKING:
-    from ..build import NetConfig
+from raynas.common import ConfigError
+from raynas.search_spaces.types import RNNGenotype
+from raynas.workers.nets.base import NetConfig, register
+from raynas.workers.ops import RNN_ACTIVATIONS
 
 #: DARTS initialises every weight uniformly in +-0.04 (rnn/model.py INITRANGE).
 INIT_RANGE = 0.04

@@ -3,10 +3,18 @@ the bilevel search loop, genotype derivation and collapse monitors. Plain PyTorc
 
 from __future__ import annotations
 
-from .derive import derive, edge_entropy, skip_count
-from .search import (ALGORITHMS, SPACES, Architect, OneShotConfig, finite_difference_hvp, primitives_for,
-                     search_epochs)
-from .supernet import DartsSupernet, NB201Supernet, Supernet, build_supernet
+from raynas.workers.oneshot.derive import derive, edge_entropy, skip_count
+from raynas.workers.oneshot.evaluator import OneShotSearch, search_evaluator
+from raynas.workers.oneshot.search import (
+    ALGORITHMS,
+    SPACES,
+    Architect,
+    OneShotConfig,
+    finite_difference_hvp,
+    primitives_for,
+    search_epochs,
+)
+from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supernet, build_supernet
 
 
 def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
@@ -21,6 +29,6 @@ def describe_supernet(space: str, channels: int | None = None, layers: int | Non
             "arch_params": sum(a.numel() for a in model.arch_parameters())}
 
 
-__all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "Supernet",
-           "build_supernet", "derive", "describe_supernet", "edge_entropy", "finite_difference_hvp",
-           "primitives_for", "search_epochs", "skip_count"]
+__all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "OneShotSearch",
+           "Supernet", "build_supernet", "derive", "describe_supernet", "edge_entropy", "finite_difference_hvp",
+           "primitives_for", "search_epochs", "search_evaluator", "skip_count"]

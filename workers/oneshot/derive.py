@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
-from search_spaces.cell import PRIMITIVES
-from search_spaces.errors import ConfigError
-from search_spaces.nb201 import NB201_OPS, NB201Arch
-from search_spaces.types import Genotype
-
-from .supernet import SKIP
+from raynas.common import ConfigError
+from raynas.search_spaces.cell import PRIMITIVES
+from raynas.search_spaces.nb201 import NB201_OPS, NB201Arch
+from raynas.search_spaces.types import Genotype
+from raynas.workers.oneshot.supernet import SKIP
 
 
 def derive_darts(weights: Sequence[torch.Tensor], primitives: Sequence[str], steps: int = 4,

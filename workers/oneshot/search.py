@@ -20,22 +20,21 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from search_spaces import SearchSpace
-from search_spaces.cell import PRIMITIVES
-from search_spaces.errors import ConfigError, check_int, check_number
-
-from ..data import ImageDataset
-from ..threads import torch_threads
-from ..train import pick_device
-from .derive import derive, edge_entropy, mean_entropy_fraction, skip_count
-from .supernet import Supernet, build_supernet
+from raynas.common import ConfigError, check_int, check_number
+from raynas.common.threads import torch_threads
+from raynas.search_spaces import SearchSpace
+from raynas.search_spaces.cell import PRIMITIVES
+from raynas.workers.data import ImageDataset
+from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fraction, skip_count
+from raynas.workers.oneshot.supernet import Supernet, build_supernet
+from raynas.workers.training import pick_device
 
 ALGORITHMS = ("darts", "darts2", "noisy-darts")
 SPACES = ("darts", "nb201")
@@ -106,7 +105,7 @@ class OneShotConfig:
         if self.device not in DEVICES:
             raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
 
-    def resolved(self, space: str) -> "OneShotConfig":
+    def resolved(self, space: str) -> OneShotConfig:
         """This config with every None field set for `space` (darts or nb201)."""
         if space not in SPACES:
             raise ConfigError("space", f"no supernet for {space!r}", SPACES)
@@ -221,7 +220,8 @@ def _evaluate(model: Supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return loss / len(y), correct / len(y)
 
 
-def _endless(data: ImageDataset, batch_size: int, generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _endless(data: ImageDataset, batch_size: int,
+             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches, reshuffled whenever the split runs out: the alphas' half may hold one
     sample fewer than the weights' half, and it must not run dry before it."""
     while True:
@@ -234,6 +234,10 @@ def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConf
     Each step updates the alphas on a batch of the second half of the training split, then
     the weights on a batch of the first half (DARTS' order). `val_loss` and `val_acc` are the
     supernet's, in eval mode, on that second half: DARTS' search-time validation.
+
+    The search draws from torch's global RNG (initialisation, NoisyDARTS' noise) seeded with
+    `seed`, and that state is its own: it is swapped out at every yield, so neither does the
+    caller's RNG move nor can the caller's work between two epochs change the search.
     """
     if space.name not in SPACES:
         raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
@@ -241,6 +245,32 @@ def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConf
         raise ConfigError("dataset", f"one-shot search needs an image dataset, not {dataset.name!r}")
     cfg = config.resolved(space.name)
     device = pick_device(cfg.device)
+    epochs = _search(space, dataset, cfg, seed, device)
+    own = None
+    while True:
+        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+            if own is not None:
+                _set_rng(own, device)
+            try:
+                report = next(epochs)
+            except StopIteration:
+                return
+            own = _get_rng(device)
+        yield report
+
+
+def _get_rng(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _search(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: int, device: torch.device
+            ) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)

@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.cell import PRIMITIVES
-from search_spaces.nb201 import EDGES, NB201_OPS as NB201_OP_NAMES
-
-from ..nets.nb201 import ResNetReduction
-from ..ops import DARTS_OPS, NB201_OPS, FactorizedReduce, ReLUConvBN
+from raynas.search_spaces.cell import PRIMITIVES
+from raynas.search_spaces.nb201 import EDGES
+from raynas.search_spaces.nb201 import NB201_OPS as NB201_OP_NAMES
+from raynas.workers.nets.nb201 import ResNetReduction
+from raynas.workers.ops import DARTS_OPS, NB201_OPS, FactorizedReduce, ReLUConvBN
 
 SKIP = "skip_connect"
 #: DARTS' code initialises alphas as 1e-3 * N(0, 1) (the paper says zeros); we follow the code,
@@ -115,7 +115,7 @@ class Supernet(nn.Module):
     def network_parameters(self) -> list[nn.Parameter]:
         return [p for _, p in self.named_network_parameters()]
 
-    def channels_last(self) -> "Supernet":
+    def channels_last(self) -> Supernet:
         """NHWC weights (and inputs, see `_nhwc`): 1.2-1.4x faster convolutions on CPU (oneDNN) and
         on tensor-core GPUs, same results up to float rounding."""
         return self.to(memory_format=torch.channels_last)

@@ -1,0 +1,82 @@
+"""The SearchSpec flags, derived from the spec's fields (name, type, help in their
+metadata), shared by `nas search` (in this process) and `nas submit` (to the service)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+from raynas.controller.runtime.spec import OPTION_FIELDS, SearchSpec, load_config
+
+#: Flags that set one child-training option (`--epochs 3` is `--train-option epochs=3`).
+TRAIN_SHORTCUTS = {
+    "epochs": "training epochs per child",
+    "batch_size": "training batch size per child",
+    "channels": "child network width (initial channels)",
+    "layers": "child network depth (cells per stage for nb201, cells for darts)",
+}
+
+
+def key_value(text: str) -> tuple[str, Any]:
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, booleans, lists), else as text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(raw)
+    except json.JSONDecodeError:
+        return key, raw
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _scalar_type(annotation: Any) -> type:
+    """int for `int` and `int | None`, and so on."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        (annotation,) = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
+    hints = typing.get_type_hints(SearchSpec)
+    for f in dataclasses.fields(SearchSpec):
+        if f.name in OPTION_FIELDS:
+            p.add_argument(_flag(f), dest=f.name, action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                           help=f.metadata["help"])
+        else:
+            p.add_argument(_flag(f), dest=f.name, type=_scalar_type(hints[f.name]), help=f.metadata["help"])
+    for name, help_text in TRAIN_SHORTCUTS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=f"train_{name}", type=int, help=help_text)
+
+
+def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The spec fields the config file and flags set (the rest keep SearchSpec's defaults)."""
+    data: dict[str, Any] = load_config(args.config) if args.config else {}
+    # The training options: the config's, then the shortcut flags, then --train-option.
+    shortcuts = {name: getattr(args, f"train_{name}") for name in TRAIN_SHORTCUTS
+                 if getattr(args, f"train_{name}") is not None}
+    train = {**data.get("train", {}), **shortcuts, **dict(args.train)}
+    for f in dataclasses.fields(SearchSpec):
+        value = getattr(args, f.name)
+        if f.name in OPTION_FIELDS:
+            if value:
+                data[f.name] = {**data.get(f.name, {}), **dict(value)}
+        elif value is not None:
+            data[f.name] = value
+    if train:
+        data["train"] = train
+    if data.get("evaluator") == "table":
+        # The only tabulated space; no reason to make the user say it.
+        data.setdefault("space", "nb201")
+    return data
+
+
+def spec_from_args(args: argparse.Namespace) -> SearchSpec:
+    return SearchSpec.from_dict(spec_data_from_args(args), source="config" if args.config else "spec").validate()

@@ -1,0 +1,162 @@
+"""The `nas` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+from raynas.common import ConfigError, NasError
+from raynas.controller.cli import model, service
+from raynas.controller.cli.flags import add_spec_arguments, key_value, spec_from_args
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line (exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="nas", description="Distributed, asynchronous neural architecture search.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("search", help="run a search in this process and write a run directory")
+    add_spec_arguments(s)
+    s.add_argument("--address",
+                   help="Ray cluster to join: auto, or ray://HOST:PORT (default: an embedded single-node Ray)")
+    s.add_argument("--resume", metavar="DIR", help="continue the stopped or crashed search in DIR")
+    s.add_argument("--out", help="run directory (default runs/<space>-<strategy>-<time>)")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
+    s.add_argument("--json", action="store_true", help="print result.json to stdout at the end")
+
+    i = sub.add_parser("inspect", help="describe an architecture: drawing, parameters, FLOPs")
+    i.add_argument("--space", required=True)
+    i.add_argument("--arch", help="architecture string, or a published name such as DARTS_V2")
+    i.add_argument("--supernet", action="store_true",
+                   help="describe the space's one-shot supernet instead: network and architecture parameters")
+    i.add_argument("--algorithm", default="darts", help="with --supernet: darts, darts2 or noisy-darts (no `none` op)")
+    i.add_argument("--channels", type=int, help="initial channels (space default if omitted)")
+    i.add_argument("--layers", type=int, help="depth (space default if omitted)")
+    i.add_argument("--auxiliary", action="store_true", help="add the auxiliary head (counted separately)")
+    i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--in-channels", type=int, default=3)
+    i.add_argument("--image-size", type=int, default=32)
+    i.add_argument("--vocab-size", type=int, default=10000, help="language models (rnn) only")
+    i.add_argument("--json", action="store_true")
+
+    b = sub.add_parser("bench", help="benchmarks against published results")
+    b.add_argument("benchmark", choices=["nb201"])
+    b.add_argument("--strategy", required=True)
+    b.add_argument("--evaluations", type=int, default=100)
+    b.add_argument("--seeds", type=int, default=100)
+    b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16")
+    b.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--controllers", type=int,
+                   help="run rl as the asynchronous distributed scheme with K replicas, in simulated time")
+    b.add_argument("--children", type=int, default=8, help="m children per replica step (with --controllers)")
+    b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
+    b.add_argument("--json", action="store_true")
+
+    COMMANDS.update(model.add_parsers(sub))
+    COMMANDS.update(service.add_parsers(sub))
+    return parser
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from raynas.controller.runtime.job import SearchJob
+    from raynas.controller.strategies import strategy_class
+
+    if args.resume:
+        out = args.resume
+        job = SearchJob.resume_from(out, address=args.address, progress=not args.quiet)
+        spec = job.spec
+    else:
+        spec = spec_from_args(args)
+        out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+        job = SearchJob(spec, out, address=args.address, progress=not args.quiet)
+    if not args.quiet:
+        scheme = (f"K={spec.controllers} controllers x m={spec.children} children, S={spec.ps_shards} shards, "
+                  if spec.runs_scheme(strategy_class(spec.strategy)) else "")
+        where = f"{scheme}{spec.workers} workers on Ray" if spec.runtime == "ray" else "in this process"
+        print(f"{'resuming' if args.resume else 'searching'} {spec.space} with {spec.strategy} "
+              f"({spec.evaluator} evaluator, {spec.evaluations} evaluations, seed {spec.seed}; {where}) -> {out}",
+              file=sys.stderr)
+    result = job.run()
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True))
+    else:
+        best = result["best"]
+        print(f"best reward {best['reward']:.4f}: {best['arch']}" if best else "no evaluation succeeded")
+        print(f"{result['evaluations']} evaluations ({result['failed']} failed) in {result['wall_time_s']:.1f} s; "
+              f"results in {out}/result.json")
+    if result["state"] == "stopped":
+        print(f"stopped; continue with: nas search --resume {out}", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from raynas.workers.describe import inspect_arch
+
+    if args.supernet:
+        from raynas.workers.oneshot import describe_supernet
+
+        report = {"space": args.space, "algorithm": args.algorithm, **describe_supernet(
+            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
+        if args.json:
+            print(json.dumps(report, indent=2))
+        else:
+            print(f"{args.space} supernet ({args.algorithm}): {report['params']:,} network parameters, "
+                  f"{report['arch_params']:,} architecture parameters")
+        return 0
+    if not args.arch:
+        raise ConfigError("arch", "nas inspect needs --arch (or --supernet)")
+
+    report = inspect_arch(
+        args.space, args.arch, channels=args.channels, layers=args.layers, auxiliary=args.auxiliary,
+        num_classes=args.num_classes, in_channels=args.in_channels, image_size=args.image_size,
+        vocab_size=args.vocab_size,
+    )
+    if args.json:
+        print(json.dumps({k: v for k, v in report.items() if k != "drawing"}, indent=2))
+    else:
+        print(f"space: {report['space']}\narch:  {report['arch']}\n")
+        print(report["drawing"])
+        print(f"\nparams: {report['params']:,} ({report['params'] / 1e6:.3f} M)")
+        if report["params_auxiliary"]:
+            print(f"params of the auxiliary head (not counted above): {report['params_auxiliary']:,}")
+        print(f"FLOPs (multiply-adds, one input): {report['flops']:,} ({report['flops'] / 1e6:.2f} M)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from raynas.controller.bench.nb201 import bench_nb201, format_bench
+
+    result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
+                         strategy_options=dict(args.strategy_option), controllers=args.controllers,
+                         children=args.children, ps_shards=args.ps_shards)
+    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "inspect": cmd_inspect, "bench": cmd_bench}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except NasError as exc:
+        print(f"nas {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nas {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

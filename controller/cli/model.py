@@ -1,0 +1,70 @@
+"""`nas train` (retrain an architecture with its evaluation recipe) and `nas export`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+
+
+def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
+    t = sub.add_parser("train", help="retrain an architecture from scratch with its evaluation recipe")
+    t.add_argument("--run", help="a search's run directory: train its best architecture")
+    t.add_argument("--space", help="search space of --arch")
+    t.add_argument("--arch", help="architecture string or published name (e.g. DARTS_V2)")
+    t.add_argument("--dataset", default="digits", help="digits (bundled), mnist, cifar10")
+    t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10)")
+    t.add_argument("--out", required=True, help="output directory: checkpoint.pt and result.json")
+    t.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
+    t.add_argument("--seed", type=int, default=0)
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--channels", int), ("--layers", int),
+                       ("--lr", float), ("--auxiliary-weight", float), ("--drop-path", float), ("--cutout", int),
+                       ("--max-train-batches-per-epoch", int), ("--num-threads", int)):
+        t.add_argument(flag, type=kind, help="overrides the space's evaluation recipe")
+    t.add_argument("--device", help="auto (default), cpu or cuda")
+    t.add_argument("--json", action="store_true", help="print result.json at the end")
+
+    e = sub.add_parser("export", help="write an architecture (json) or a loadable model (torch-export, onnx)")
+    e.add_argument("source", help="a run directory (its best), an architecture string or a published name")
+    e.add_argument("--space", help="search space (not needed for a run directory)")
+    e.add_argument("--format", default="json", help="json, torch-export or onnx")
+    e.add_argument("--out", required=True, help="file to write")
+    e.add_argument("--checkpoint", help="a nas train output (directory or checkpoint.pt): export its weights")
+    return {"train": cmd_train, "export": cmd_export}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from raynas.workers.data import load_dataset
+    from raynas.workers.retrain import recipe, resolve_source, retrain
+
+    space, arch = resolve_source(args.run or args.arch, args.space)
+    config = recipe(space, epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
+                    layers=args.layers, lr=args.lr, auxiliary_weight=args.auxiliary_weight,
+                    drop_path=args.drop_path, cutout=args.cutout, device=args.device,
+                    max_train_batches_per_epoch=args.max_train_batches_per_epoch, num_threads=args.num_threads)
+    dataset = load_dataset(args.dataset, args.data_path, seed=args.seed)
+    print(f"training {space} {arch} on {args.dataset} for {config.epochs} epochs -> {args.out}", file=sys.stderr)
+    result = retrain(space, arch, dataset, config, args.out, seed=args.seed, resume=args.resume,
+                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    if args.json:
+        print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    else:
+        print(f"{result['test_split']} accuracy {result['test_acc']:.4f} ({result['params']:,} params); "
+              f"{args.out}/result.json" if result["state"] == "done" else f"training failed: {result['reason']}")
+    return 0 if result["state"] == "done" else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raynas.workers.export import export
+    from raynas.workers.retrain import resolve_source
+
+    space, arch = resolve_source(args.source, args.space)
+    # A nas train output carries its own weights.
+    checkpoint = args.checkpoint or (args.source if Path(args.source, "checkpoint.pt").is_file() else None)
+    info = export(space, arch, args.format, args.out, checkpoint=checkpoint)
+    print(f"{info['format']}: {space} {info['arch']} ({info['params']:,} params, weights {info['weights']}) "
+          f"-> {info['out']}")
+    return 0

@@ -1,0 +1,232 @@
+"""`nas serve` and its client commands: submit, status, watch, cancel, resume, result."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from raynas.common import ConfigError
+from raynas.controller.service.manager import DEFAULT_PORT
+
+FINAL_EXIT = {"succeeded": 0, "cancelled": 130, "interrupted": 3, "failed": 1}
+
+
+def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
+    from raynas.controller.cli.flags import add_spec_arguments
+
+    s = sub.add_parser("serve", help="run the search service (gRPC) on the Ray head node")
+    s.add_argument("--address", help="Ray cluster to join: auto, or HOST:PORT (default: an embedded single-node Ray)")
+    s.add_argument("--host", default="[::]", help="interface to listen on (default all)")
+    s.add_argument("--port", type=int, default=DEFAULT_PORT,
+                   help=f"gRPC port (default {DEFAULT_PORT}; 0: any free)")
+    s.add_argument("--state-dir", default="nas-state",
+                   help="registry database and run directories (default ./nas-state)")
+    s.add_argument("--token-file", help="file holding the bearer token clients must send "
+                                        "(default: $NAS_TOKEN, else one is generated into STATE_DIR/token)")
+    s.add_argument("--tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    s.add_argument("--max-jobs", type=int, default=4, help="searches running at once (default 4)")
+
+    commands = {"serve": cmd_serve}
+    clients = {
+        "submit": ("submit a search to the service; prints its id", cmd_submit),
+        "status": ("one search's state and progress, or the list of searches", cmd_status),
+        "watch": ("follow a search live until it ends", cmd_watch),
+        "cancel": ("stop a search at its next safe point (resumable)", cmd_cancel),
+        "resume": ("continue a cancelled or interrupted search", cmd_resume),
+        "result": ("the best architecture and top-k of a finished search", cmd_result),
+    }
+    for name, (help_text, fn) in clients.items():
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--server",
+                       help=f"HOST:PORT of `nas serve` (default $NAS_SERVER, else localhost:{DEFAULT_PORT})")
+        p.add_argument("--token-file", help="file holding the service's token (default $NAS_TOKEN)")
+        p.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
+        if name == "submit":
+            add_spec_arguments(p)
+            p.add_argument("--name", default="", help="a name shown in listings")
+            p.add_argument("--watch", action="store_true", help="then follow it like `nas watch`")
+        elif name == "status":
+            p.add_argument("id", nargs="?", help="search id (omit to list searches)")
+            p.add_argument("--state", help="list only searches in this state")
+            p.add_argument("--limit", type=int, default=20, help="searches to list (default 20, at most 100)")
+        else:
+            p.add_argument("id", help="search id")
+        if name == "watch":
+            p.add_argument("--skip", type=int, default=0, help="skip the first N evaluations (already seen)")
+        if name in ("status", "result", "submit"):
+            p.add_argument("--json", action="store_true", help="print the reply as JSON")
+        commands[name] = fn
+    return commands
+
+
+# -- the server ----------------------------------------------------------------------------
+
+def server_token(token_file: str | None, state_dir: Path) -> tuple[str, str]:
+    """The token and where it came from; generated (owner-only file) when none is configured."""
+    from raynas.controller.api.client import TOKEN_ENV, read_token
+
+    token = read_token(token_file)
+    if token:
+        return token, token_file or f"${TOKEN_ENV}"
+    path = state_dir / "token"
+    if not path.exists():
+        state_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return read_token(str(path)), str(path)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from raynas.controller.api.servicer import TLS, serve
+    from raynas.controller.cluster import connect, shutdown
+    from raynas.controller.service.manager import RayLauncher, SearchManager
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("tls_key" if args.tls_cert else "tls_cert", "TLS needs both --tls-cert and --tls-key")
+    state_dir = Path(args.state_dir)
+    token, source = server_token(args.token_file, state_dir)
+    tls = TLS(args.tls_cert, args.tls_key) if args.tls_cert else None
+    if tls:
+        tls.credentials()  # a missing file fails here, before Ray starts
+    started = connect(args.address)
+    manager = SearchManager(state_dir, RayLauncher(), max_jobs=args.max_jobs)
+    server = serve(manager, token, host=args.host, port=args.port, tls=tls)
+    print(f"nas serve: listening on {args.host}:{server.port} ({'TLS' if tls else 'plaintext'}); "
+          f"token from {source}; state in {state_dir}", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop()
+    if started:
+        print("nas serve: stopped; searches end with the embedded Ray (nas resume ID continues them)", file=sys.stderr)
+        shutdown()
+    else:
+        print("nas serve: stopped; running searches go on on the cluster", file=sys.stderr)
+    return 0
+
+
+# -- clients -------------------------------------------------------------------------------
+
+def _client(args: argparse.Namespace):
+    from raynas.controller.api.client import SearchClient, read_token
+
+    return SearchClient(args.server, read_token(args.token_file), args.tls_ca)
+
+
+def _state(value: int) -> str:
+    from raynas.controller.api.servicer import STATE_FROM_PB
+
+    return STATE_FROM_PB.get(value, "unspecified")
+
+
+def _as_json(message) -> str:
+    from raynas.controller.api.client import message_to_dict
+
+    return json.dumps(message_to_dict(message), indent=2, sort_keys=True)
+
+
+def _line(search) -> str:
+    best = f"best {search.best.reward:.4f}" if search.HasField("best") else "no result yet"
+    budget = search.spec.evaluations if search.HasField("spec") else "?"
+    return f"{search.id}  {_state(search.state):<11}  {search.evaluations_done}/{budget} evaluations  {best}"
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from raynas.controller.cli.flags import spec_data_from_args
+
+    with _client(args) as client:
+        search = client.submit(spec_data_from_args(args), args.name)
+        print(_as_json(search) if args.json else search.id)
+        if args.watch:
+            return _follow(client, search.id, 0)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.id:
+            search = client.get(args.id)
+            if args.json:
+                print(_as_json(search))
+            else:
+                print(_line(search))
+                print(f"run directory: {search.run_dir}\nRay namespace: {search.ray_namespace}")
+                if search.error:
+                    print(f"error: {search.error}")
+            return 0
+        page = client.list(args.limit, state=args.state)
+        if args.json:
+            print(_as_json(page))
+        else:
+            for search in page.searches:
+                print(f"{search.id}  {_state(search.state):<11}  {search.evaluations_done} evaluations"
+                      + (f"  best {search.best.reward:.4f}" if search.HasField("best") else ""))
+    return 0
+
+
+def _follow(client, search_id: str, skip: int) -> int:
+    from raynas.controller.api.servicer import struct_to_dict
+
+    state = "unspecified"
+    for event in client.watch(search_id, skip):
+        kind = event.WhichOneof("event")
+        if kind == "state_change":
+            state = _state(event.state_change.state)
+            print(f"[{search_id}] {state}" + (f": {event.state_change.error}" if event.state_change.error else ""),
+                  flush=True)
+        elif kind == "evaluation":
+            e = event.evaluation
+            shown = f"reward {e.reward:.4f}" if e.HasField("reward") else f"failed: {e.reason}"
+            print(f"  {e.id:>6}  {shown}  {e.architecture.arch}", flush=True)
+        elif kind == "new_best":
+            print(f"  new best {event.new_best.reward:.4f} ({event.new_best.id})", flush=True)
+        else:
+            m = struct_to_dict(event.one_shot_epoch.monitors)
+            print(f"  one-shot run {event.one_shot_epoch.run} epoch {event.one_shot_epoch.epoch}: "
+                  f"skip-connections {m.get('skip_count')}, val_acc {m.get('val_acc')}, {m.get('genotype')}",
+                  flush=True)
+    return FINAL_EXIT.get(state, 0)
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        return _follow(client, args.id, args.skip)
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        search = client.cancel(args.id)
+        print(f"{search.id}: stop requested ({_state(search.state)}); resume later with: nas resume {search.id}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(_line(client.resume(args.id)))
+    return 0
+
+
+def cmd_result(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.result(args.id)
+        if args.json:
+            from raynas.controller.api.servicer import struct_to_dict
+
+            print(json.dumps(struct_to_dict(result.summary), indent=2, sort_keys=True))
+            return 0
+        print(f"{result.search_id}: {_state(result.state)}, {result.evaluations} evaluations "
+              f"({result.failed} failed) in {result.wall_time_s:.1f} s")
+        for rank, e in enumerate(result.top_k, 1):
+            print(f"  {rank}. reward {e.reward:.4f}  {e.architecture.arch}")
+        print(f"run directory: {result.run_dir}")
+    return 0

@@ -1,0 +1,25 @@
+"""The controller's Ray wiring, and its only importer of Ray: joining a cluster, placing,
+finding, calling and killing actors, worker pools, and metrics for the dashboard. Ray is
+imported when a function needs it, so `--runtime local` never loads it."""
+
+from raynas.controller.cluster.launch import (
+                                              ActorLost,
+                                              CallTimeout,
+                                              Remote,
+                                              call,
+                                              call_all,
+                                              connect,
+                                              find_actor,
+                                              job_namespace,
+                                              kill,
+                                              result,
+                                              send,
+                                              shutdown,
+                                              start_actor,
+                                              start_workers,
+                                              wait_any,
+                                              worker_executor,
+)
+
+__all__ = ["ActorLost", "CallTimeout", "Remote", "call", "call_all", "connect", "find_actor", "job_namespace", "kill",
+           "result", "send", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor"]

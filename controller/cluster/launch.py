@@ -1,0 +1,169 @@
+"""Joining a Ray cluster and placing, finding, calling and killing actors: every Ray call the
+controller makes goes through here, so the runtime's classes stay plain Python and the
+actors are made remote at wiring time."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from raynas.common import ConfigError, NasError
+
+
+class ActorLost(NasError):
+    """An actor died (or was never started) while a call to it was pending. `cause` is the
+    error its constructor raised, when that is why it is gone."""
+
+    cause: BaseException | None = None
+
+
+class CallTimeout(NasError):
+    """An actor did not answer in time (it may be busy starting)."""
+
+
+def job_namespace(out: str | Path) -> str:
+    """The Ray namespace of a run directory's actors: readable on the dashboard, unique per directory."""
+    out = Path(out)
+    digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
+    return f"nas-{out.name}-{digest}"
+
+
+def connect(address: str | None, quiet: bool = False) -> bool:
+    """Join the cluster at `address`, or start an embedded single-node one. True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        context = ray.init(address=address, logging_level="warning", log_to_driver=False,
+                           configure_logging=True)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise ConfigError("address", f"cannot connect to the Ray cluster at {address!r}: {exc}",
+                          "auto, ray://HOST:PORT, or none for an embedded cluster") from None
+    if not quiet:
+        url = getattr(context, "dashboard_url", None)
+        print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not running (install ray[default])",
+              file=sys.stderr)
+    return address is None
+
+
+def shutdown() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def start_actor(cls: type, *args: Any, name: str, namespace: str, restartable: bool = False,
+                detached: bool = False, pin_here: bool = False, num_cpus: float = 0, num_gpus: float = 0,
+                max_concurrency: int | None = None) -> Any:
+    """`cls(*args)` as a named actor.
+
+    `restartable`: Ray restarts it after a crash and retries the calls it held (its state
+    must come back from its own checkpoint). `pin_here`: on this process's node, for actors
+    that write the run directory, which lives on this node's disk.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    options: dict[str, Any] = dict(name=name, namespace=namespace, num_cpus=num_cpus, num_gpus=num_gpus)
+    if restartable:
+        options.update(max_restarts=-1, max_task_retries=-1)
+    if detached:
+        options.update(lifetime="detached", max_restarts=0)
+    if pin_here:
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                        soft=False)
+    if max_concurrency:
+        options["max_concurrency"] = max_concurrency
+    return ray.remote(cls).options(**options).remote(*args)
+
+
+def find_actor(name: str, namespace: str) -> Any | None:
+    """The live actor called `name`, or None."""
+    import ray
+
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError:
+        return None
+
+
+def kill(handle: Any, restart: bool = False) -> None:
+    import ray
+
+    ray.kill(handle, no_restart=not restart)
+
+
+def _get(refs: Any, timeout: float | None = None) -> Any:
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    try:
+        return ray.get(refs, timeout=timeout)
+    except GetTimeoutError:
+        raise CallTimeout(f"no answer within {timeout} s") from None
+    except RayActorError as exc:
+        lost = ActorLost(str(exc).splitlines()[0])
+        # The actor's constructor raising one of our errors is that error, not a loss.
+        lost.cause = getattr(exc, "cause", None)
+        raise lost from None
+
+
+def call(handle: Any, method: str, *args: Any, timeout: float | None = None) -> Any:
+    """`handle.method(*args)`, waited for."""
+    return _get(getattr(handle, method).remote(*args), timeout)
+
+
+def call_all(calls: Iterable[tuple[Any, str, tuple]]) -> list[Any]:
+    """Several calls in parallel (one round trip), results in order."""
+    return _get([getattr(handle, method).remote(*args) for handle, method, args in calls])
+
+
+def send(handle: Any, method: str, *args: Any) -> Any:
+    """Start `handle.method(*args)`; a future for `wait_any` and `result`."""
+    return getattr(handle, method).remote(*args)
+
+
+def wait_any(futures: list, timeout: float) -> list:
+    """The futures that finished within `timeout` seconds (possibly none)."""
+    import ray
+
+    if not futures:
+        return []
+    done, _ = ray.wait(futures, num_returns=len(futures), timeout=timeout)
+    return done
+
+
+def result(future: Any) -> Any:
+    return _get(future)
+
+
+class Remote:
+    """A blocking proxy: `Remote(handle).claim(a, b)` is `ray.get(handle.claim.remote(a, b))`."""
+
+    def __init__(self, handle: Any):
+        self.handle = handle
+
+    def __getattr__(self, method: str):
+        return lambda *args: call(self.handle, method, *args)
+
+    def __reduce__(self):
+        return (Remote, (self.handle,))
+
+
+def start_workers(make_evaluator, size: int, namespace: str, cpus_per_child: float, gpus_per_child: float,
+                  first: int = 0) -> list:
+    """`size` worker actors (`worker-{first}` ...) that evaluate with `make_evaluator()`."""
+    from raynas.workers.execution.ray_pool import start_workers as start
+
+    return start(make_evaluator, size, namespace, cpus_per_child, gpus_per_child, first)
+
+
+def worker_executor(handles: list, max_retries: int, on_retry=None, on_report=None):
+    """An Executor over worker actors (workers/execution/ray_pool.py)."""
+    from raynas.workers.execution.ray_pool import RayExecutor
+
+    return RayExecutor(handles, max_retries=max_retries, on_retry=on_retry, on_report=on_report)

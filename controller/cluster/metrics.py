@@ -1,0 +1,92 @@
+"""Job metrics through `ray.util.metrics`, exported by every Ray node's metrics
+agent (Prometheus format; the dashboard's Metrics tab and Grafana read them).
+
+Created lazily inside the process that reports them (driver or actor), and
+no-ops outside Ray, so core code can report unconditionally.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+REWARD_BOUNDARIES = [0.1 * i for i in range(1, 10)] + [0.95, 0.99]
+TIME_BOUNDARIES = [0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
+STALENESS_BOUNDARIES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]
+
+
+@cache
+def _metrics():
+    try:
+        import ray
+        from ray.util import metrics
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return None
+    if not ray.is_initialized():
+        return None
+    job = ("job",)
+    return {
+        "evaluations": metrics.Counter("nas_evaluations", "Finished evaluations by status", tag_keys=job + ("status",)),
+        "reward": metrics.Histogram("nas_reward", "Reward of successful evaluations", REWARD_BOUNDARIES, tag_keys=job),
+        "best": metrics.Gauge("nas_best_reward", "Best reward so far", tag_keys=job),
+        "child_time": metrics.Histogram("nas_child_time_s", "Wall time of one evaluation (s)", TIME_BOUNDARIES,
+                                        tag_keys=job),
+        "ps_updates": metrics.Counter("nas_ps_updates", "Updates applied by a parameter shard",
+                                      tag_keys=job + ("shard",)),
+        "staleness": metrics.Histogram("nas_gradient_staleness", "Versions between pull and push",
+                                       STALENESS_BOUNDARIES, tag_keys=job + ("shard",)),
+        "queue": metrics.Gauge("nas_queue_length", "Evaluations waiting for a free worker", tag_keys=job),
+        "retries": metrics.Counter("nas_worker_retries", "Evaluations re-sent after a worker died", tag_keys=job),
+        "skips": metrics.Gauge("nas_oneshot_skip_connections", "Skip-connections in a one-shot run's derived genotype",
+                               tag_keys=job + ("run",)),
+        "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
+                                      tag_keys=job + ("run",)),
+    }
+
+
+def report_evaluation(job: str, status: str, reward: float | None, wall_time_s: float | None,
+                      best: float | None) -> None:
+    m = _metrics()
+    if m is None:
+        return
+    tags = {"job": job}
+    m["evaluations"].inc(1, tags={**tags, "status": status})
+    if reward is not None:
+        m["reward"].observe(reward, tags=tags)
+    if best is not None:
+        m["best"].set(best, tags=tags)
+    if wall_time_s is not None:
+        m["child_time"].observe(wall_time_s, tags=tags)
+
+
+def report_push(job: str, shard: int, applied: bool, staleness: int) -> None:
+    m = _metrics()
+    if m is None:
+        return
+    tags = {"job": job, "shard": str(shard)}
+    m["staleness"].observe(staleness, tags=tags)
+    if applied:
+        m["ps_updates"].inc(1, tags=tags)
+
+
+def report_queue(job: str, length: int) -> None:
+    m = _metrics()
+    if m is not None:
+        m["queue"].set(length, tags={"job": job})
+
+
+def report_retry(job: str) -> None:
+    m = _metrics()
+    if m is not None:
+        m["retries"].inc(1, tags={"job": job})
+
+
+def report_oneshot_epoch(job: str, run: int, skip_count: int | None, val_acc: float | None) -> None:
+    """Collapse shows live on the dashboard: skip-connections climbing while accuracy stalls."""
+    m = _metrics()
+    if m is None:
+        return
+    tags = {"job": job, "run": str(run)}
+    if skip_count is not None:
+        m["skips"].set(skip_count, tags=tags)
+    if val_acc is not None:
+        m["supernet_acc"].set(val_acc, tags=tags)

@@ -1,0 +1,278 @@
+"""A search job: spec in, run directory and result out.
+
+The runtime picks the execution path from what the strategy declares (never from its
+name), and every path submits its evaluations through an `Executor`:
+- one proposer with asynchronous dispatch: every strategy in the `local` runtime (one
+  process, in-process executor), and on Ray every strategy without a shared policy
+  (random, evolution, one-shot searches, budgeted strategies), over W worker actors;
+- Zoph & Le's scheme on Ray for strategies with a shared policy (rl): S parameter shards,
+  K controller replicas with m children each, a recorder; each replica's executor sends
+  its children to the workers.
+Ray is an embedded single-node cluster unless an address is given.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raynas.common import ConfigError
+from raynas.common.files import atomic_save
+from raynas.controller import cluster
+from raynas.controller.cluster import job_namespace, metrics
+from raynas.controller.runtime.hosts import RecorderHost, ReplicaHost, ShardHost
+from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
+from raynas.controller.runtime.progress import Progress
+from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, summarize
+from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.runtime.work import EvaluatorFactory
+from raynas.controller.strategies import Strategy
+from raynas.param_server import ShardConfig, ShardMap
+from raynas.search_spaces import get_space
+from raynas.workers.execution import Executor, InProcessExecutor, Task
+
+CHECKPOINTS = "checkpoint"
+
+
+class SearchJob:
+    def __init__(self, spec: SearchSpec, out: str | Path, *, resume: bool = False, address: str | None = None,
+                 progress: bool = True, on_record: Callable[[dict], None] | None = None):
+        self.spec = spec.validate()
+        self.out = Path(out)
+        self.resume = resume
+        self.address = address
+        self.progress = Progress(spec.evaluations, enabled=progress)
+        self.on_record = on_record or (lambda record: None)
+        self._stop = threading.Event()
+        self.ledger: Ledger | None = None
+        self.extra: dict[str, Any] = {}
+
+    @classmethod
+    def resume_from(cls, out: str | Path, **kwargs) -> SearchJob:
+        run = RunDirectory(out)
+        if not (run.path / "spec.json").exists():
+            raise ConfigError("resume", f"{run.path} holds no search (no spec.json) to resume")
+        return cls(SearchSpec.from_dict(run.spec()), out, resume=True, **kwargs)
+
+    def stop(self) -> None:
+        """Ask the job to stop at the next safe point (a checkpoint is written)."""
+        self._stop.set()
+        if self.ledger is not None:
+            self.ledger.stop()
+
+    @property
+    def namespace(self) -> str:
+        return job_namespace(self.out)
+
+    # -- the run --------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        spec = self.spec
+        strategy, options = spec.strategy_config()
+        factory = EvaluatorFactory.for_spec(spec)
+        # Built here first so that a bad dataset path or option fails now, in one line, before any file is written.
+        evaluator = factory()
+        run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
+        (run.path / CHECKPOINTS).mkdir(exist_ok=True)
+        deadline = time.time() + spec.max_wall_time_s if spec.max_wall_time_s else None
+        start = time.perf_counter()
+        interrupted = False
+        try:
+            if spec.runtime == "local":
+                self._run_proposer(run, InProcessExecutor(evaluator, on_report=self._reporter(run, strategy)),
+                                   strategy, options, deadline)
+            else:
+                interrupted = self._run_on_ray(run, factory, strategy, options, deadline)
+        except KeyboardInterrupt:
+            interrupted = True
+        records = run.evaluations()
+        spent = len(records) >= spec.evaluations or (deadline is not None and time.time() >= deadline)
+        result = {
+            **summarize(records),
+            "state": "done" if spent else ("stopped" if interrupted or self._stop.is_set() else "incomplete"),
+            "space": spec.space, "strategy": spec.strategy, "evaluator": spec.evaluator,
+            "dataset": spec.dataset if spec.evaluator == "train" else spec.table.get("dataset", "cifar10"),
+            "seed": spec.seed, "budget": spec.evaluations, "runtime": spec.runtime,
+            "wall_time_s": time.perf_counter() - start, "run_dir": str(run.path), **self.extra,
+        }
+        run.write_result(result)
+        run.write_plot(records)
+        return result
+
+    def _record(self, record: dict) -> None:
+        self.progress.update(record)
+        self.on_record(record)
+
+    def _reporter(self, run: RunDirectory, strategy: type[Strategy]):
+        """Where intermediate reports go: a weight-sharing search's epochs (its collapse
+        monitors) to oneshot.jsonl and the dashboard; other evaluations' epochs stay in
+        their results' curves."""
+        if strategy.needs.search is None:
+            return None
+        job = self.namespace
+
+        def report(task: Task, data: dict) -> None:
+            index = int(task.id[1:])
+            run.append({"run": index, **data}, ONE_SHOT_LOG)
+            metrics.report_oneshot_epoch(job, index, data.get("skip_count"), data.get("val_acc"))
+
+        return report
+
+    # -- one proposer ------------------------------------------------------------------
+
+    def _run_proposer(self, run: RunDirectory, executor: Executor, strategy_cls: type[Strategy], options: Any,
+                      deadline: float | None) -> None:
+        spec = self.spec
+        space = get_space(spec.space, **spec.space_options)
+        strategy = strategy_cls(space, seed=spec.seed, options=options)
+        self.ledger = ledger = Ledger(run, spec.evaluations, spec.seed, deadline)
+        if self._stop.is_set():
+            ledger.stop()
+        path = run.path / CHECKPOINTS / "proposer.pt"
+        in_flight: list[Task] = []
+        if self.resume and path.exists():
+            state = torch.load(path, weights_only=False)
+            strategy.load_state_dict(state["strategy"])
+            in_flight = [task_from_dict(t, space) for t in state["in_flight"]]
+        for record in ledger.records:
+            self.progress.update(record)
+        job = self.namespace
+        best = ledger.summary()["best"]
+
+        def on_record(record: dict) -> None:
+            nonlocal best
+            if record.get("reward") is not None and (best is None or record["reward"] > best["reward"]):
+                best = record
+            metrics.report_evaluation(job, record["status"], record.get("reward"),
+                                      record["metrics"].get("wall_time_s"), best["reward"] if best else None)
+            metrics.report_queue(job, executor.queued)
+            self._record(record)
+
+        def checkpoint(tasks: list[Task]) -> None:
+            atomic_save({"strategy": strategy.state_dict(), "in_flight": [task_to_dict(t) for t in tasks]},
+                        path, durable=False)
+
+        evals = run.path / CHECKPOINTS / "evaluations"
+        evals.mkdir(exist_ok=True)
+        try:
+            run_loop(strategy, executor, ledger, on_record, checkpoint, in_flight, checkpoints=evals)
+        finally:
+            executor.close()
+
+    # -- the Ray runtime -------------------------------------------------------------
+
+    def _run_on_ray(self, run: RunDirectory, factory: EvaluatorFactory, strategy: type[Strategy], options: Any,
+                    deadline: float | None) -> bool:
+        spec = self.spec
+        started_ray = cluster.connect(self.address)
+        ns = self.namespace
+        actors: list = []
+        interrupted = False
+        try:
+            workers = cluster.start_workers(factory, spec.workers, ns, spec.cpus_per_child, spec.gpus_per_child)
+            actors += workers
+            self.extra["scheme"] = {"workers": spec.workers, "cpus_per_child": spec.cpus_per_child,
+                                    "gpus_per_child": spec.gpus_per_child, "namespace": ns}
+            if spec.runs_scheme(strategy):
+                interrupted = self._run_scheme(run, deadline, actors, strategy, options)
+            else:
+                executor = cluster.worker_executor(workers, spec.max_retries,
+                                                   on_retry=lambda task, reason: metrics.report_retry(ns),
+                                                   on_report=self._reporter(run, strategy))
+                self._run_proposer(run, executor, strategy, options, deadline)
+        except KeyboardInterrupt:
+            interrupted = True
+            print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
+        finally:
+            for a in actors:
+                cluster.kill(a)
+            if started_ray:
+                cluster.shutdown()
+        return interrupted
+
+    def _run_scheme(self, run: RunDirectory, deadline: float | None, actors: list, strategy: type[Strategy],
+                    options: Any) -> bool:
+        """Zoph & Le's scheme: S shards hold the policy, K replicas sample m children each."""
+        spec = self.spec
+        ns = self.namespace
+        space = get_space(spec.space, **spec.space_options)
+        initial = strategy.shared_policy(space, spec.seed, options).weights()
+        map_path = run.path / CHECKPOINTS / "shard_map.json"
+        if self.resume and map_path.exists():
+            shard_map = ShardMap.from_dict(json.loads(map_path.read_text()))
+        else:
+            shard_map = ShardMap.build(initial, spec.ps_shards)
+            map_path.write_text(json.dumps(shard_map.to_dict()))
+        config = ShardConfig(lr=strategy.policy_lr(options), accumulate=spec.ps_accumulate,
+                             staleness_policy=spec.staleness_policy, max_staleness=spec.max_staleness)
+        # Shards, replicas and the recorder write the run directory: they live on this (the
+        # driver's) node, where the directory is, not wherever Ray would put a zero-CPU actor.
+        shards = [
+            cluster.start_actor(ShardHost, ns, i, part, config, str(run.path / CHECKPOINTS / f"ps-{i}.pt"),
+                                spec.checkpoint_every, name=f"ps-{i}", namespace=ns, restartable=True, pin_here=True)
+            for i, part in enumerate(shard_map.split(initial))
+        ]
+        actors += shards
+        recorder = cluster.start_actor(RecorderHost, ns, str(run.path), spec.evaluations, spec.seed, deadline,
+                                       name="recorder", namespace=ns, pin_here=True)
+        actors.append(recorder)
+        replicas = [
+            cluster.start_actor(ReplicaHost, ns, k, spec.to_dict(), shard_map.to_dict(), ns, spec.ps_shards,
+                                # Each replica starts its round-robin at its own worker, so K replicas spread.
+                                [f"worker-{(k + j) % spec.workers}" for j in range(spec.workers)],
+                                str(run.path / CHECKPOINTS / f"controller-{k}.pt"), spec.max_retries,
+                                name=f"controller-{k}", namespace=ns, restartable=True, pin_here=True)
+            for k in range(spec.controllers)
+        ]
+        actors += replicas
+        self.ledger = None
+        # Start together: a replica still importing torch would otherwise find the budget spent.
+        cluster.call_all((r, "ready", ()) for r in replicas)
+        runs = {cluster.send(r, "run"): k for k, r in enumerate(replicas)}
+        seen, interrupted, replica_stats = 0, False, {}
+        while runs:
+            try:
+                if self._stop.is_set():
+                    cluster.call(recorder, "stop")
+                for future in cluster.wait_any(list(runs), timeout=0.5):
+                    replica_stats[f"controller-{runs.pop(future)}"] = cluster.result(future)
+                seen = self._show(recorder, seen)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                print("\nstopping: replicas finish their current children (Ctrl-C again to abort)", file=sys.stderr)
+                self._stop.set()
+        self._show(recorder, seen)
+        shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
+        cluster.call_all((s, "checkpoint", ()) for s in shards)
+        staleness = [x for st in replica_stats.values() for x in st["staleness"]]
+        self.extra["scheme"].update({"controllers": spec.controllers, "children": spec.children,
+                                     "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,
+                                     "staleness_policy": spec.staleness_policy})
+        self.extra["parameter_servers"] = shard_stats
+        self.extra["replicas"] = {k: {"cycles": v["cycles"], "timings_s": v["timings_s"]}
+                                  for k, v in replica_stats.items()}
+        self.extra["staleness"] = {
+            "pushes": len(staleness),
+            "mean": sum(staleness) / len(staleness) if staleness else 0.0,
+            "max": max(staleness, default=0),
+        }
+        return interrupted
+
+    def _show(self, recorder, seen: int) -> int:
+        total, fresh = cluster.call(recorder, "progress", seen)
+        for record in fresh:
+            self._record(record)
+        return total
+
+
+__all__ = ["SearchJob", "job_namespace"]

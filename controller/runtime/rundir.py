@@ -1,0 +1,163 @@
+"""The run directory: the durable record of one search.
+
+    spec.json           the validated spec
+    evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
+    oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
+    result.json         the summary (best, top-k, counts, timing), written atomically
+    progress.svg        reward per evaluation and best so far
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from raynas.common import ConfigError
+from raynas.common.files import write_json_atomic
+
+SPEC = "spec.json"
+EVALUATIONS = "evaluations.jsonl"
+ONE_SHOT_LOG = "oneshot.jsonl"
+RESULT = "result.json"
+PLOT = "progress.svg"
+
+
+class RunDirectory:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    @classmethod
+    def create(cls, path: str | Path, spec: dict[str, Any]) -> RunDirectory:
+        run = cls(path)
+        if (run.path / EVALUATIONS).exists() or (run.path / RESULT).exists():
+            raise ConfigError("out", f"{run.path} already holds a search; choose a new --out directory")
+        run.path.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run.path / SPEC, spec)
+        (run.path / EVALUATIONS).touch()
+        return run
+
+    def append(self, record: dict[str, Any], log: str = EVALUATIONS) -> None:
+        """Append one record to a log (by default the evaluations); it is on disk when this returns."""
+        line = json.dumps(record, sort_keys=True, default=_json_default)
+        with open(self.path / log, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def evaluations(self) -> list[dict[str, Any]]:
+        path = self.path / EVALUATIONS
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                # A crash can leave the last line torn; everything before it is whole.
+                break
+        return records
+
+    def spec(self) -> dict[str, Any]:
+        return json.loads((self.path / SPEC).read_text())
+
+    def result(self) -> dict[str, Any]:
+        return json.loads((self.path / RESULT).read_text())
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        write_json_atomic(self.path / RESULT, result)
+
+    def write_plot(self, records: list[dict[str, Any]]) -> None:
+        (self.path / PLOT).write_text(progress_svg(records))
+
+
+class LogTail:
+    """Reads a JSON-lines file that another process appends to, a whole line at a time.
+
+    Each call returns the records appended since the last one; a line still being
+    written (no newline yet) waits for the next call.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._offset = 0
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1
+        self._offset += end
+        return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def summarize(records: Iterable[dict[str, Any]], top_k: int = 5) -> dict[str, Any]:
+    """Best, top-k and counts over evaluation records."""
+    records = list(records)
+    ok = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
+    ranked = sorted(ok, key=lambda r: (-r["reward"], r["index"]))
+    top = [
+        {"id": r["id"], "arch": r["arch"], "reward": r["reward"], "metrics": _headline(r.get("metrics", {}))}
+        for r in ranked[:top_k]
+    ]
+    return {
+        "best": top[0] if top else None,
+        "top_k": top,
+        "evaluations": len(records),
+        "failed": len(records) - len(ok),
+    }
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The scalar metrics worth repeating in a summary (curves stay in the log)."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "traceback"}
+
+
+def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
+    """Reward per evaluation (dots) and best so far (line), as a standalone SVG."""
+    pad = 40
+    rewards = [(r["index"], r["reward"]) for r in records if r.get("reward") is not None]
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        'font-family="sans-serif" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{pad}" y="16">reward per evaluation (dots) and best so far (line)</text>',
+    ]
+    if rewards:
+        n = max(max(i for i, _ in rewards) + 1, 2)
+        lo = min(v for _, v in rewards)
+        hi = max(v for _, v in rewards)
+        if math.isclose(lo, hi):
+            lo, hi = lo - 0.5, hi + 0.5
+
+        def xy(i: float, v: float) -> tuple[float, float]:
+            return (pad + (width - 2 * pad) * i / (n - 1), height - pad - (height - 2 * pad) * (v - lo) / (hi - lo))
+
+        parts.append(
+            f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>'
+            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>'
+            f'<text x="2" y="{pad + 4}">{hi:.3g}</text><text x="2" y="{height - pad}">{lo:.3g}</text>'
+            f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">evaluation {n - 1}</text>'
+        )
+        for i, v in rewards:
+            x, y = xy(i, v)
+            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
+        best, points = -math.inf, []
+        for i, v in sorted(rewards):
+            best = max(best, v)
+            points.append("{:.1f},{:.1f}".format(*xy(i, best)))
+        parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"

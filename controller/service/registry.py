@@ -1,0 +1,149 @@
+"""The service's job registry: one embedded SQLite database in its state directory.
+
+It holds what the service must not forget across restarts: each search's spec,
+state, timestamps, run directory and result summary. The evaluations themselves
+stay in the run directory (the registry only caches counts and the best), so the
+registry can never disagree with the durable log about what was evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from raynas.common import NotFound
+
+PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
+    "pending", "running", "succeeded", "failed", "cancelled", "interrupted")
+STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+ACTIVE = (PENDING, RUNNING)
+#: States a search can be resumed from (its checkpoints are intact).
+RESUMABLE = (FAILED, CANCELLED, INTERRUPTED)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS searches (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    run_dir TEXT NOT NULL,
+    ray_namespace TEXT NOT NULL DEFAULT '',
+    evaluations_done INTEGER NOT NULL DEFAULT 0,
+    evaluations_failed INTEGER NOT NULL DEFAULT 0,
+    best TEXT,
+    error TEXT NOT NULL DEFAULT '',
+    result TEXT
+)
+"""
+_JSON_FIELDS = ("spec", "best", "result")
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    id: str
+    state: str
+    spec: dict[str, Any]
+    run_dir: str
+    created_at: float = field(default_factory=time.time)
+    name: str = ""
+    started_at: float | None = None
+    finished_at: float | None = None
+    ray_namespace: str = ""
+    evaluations_done: int = 0
+    evaluations_failed: int = 0
+    best: dict[str, Any] | None = None
+    error: str = ""
+    #: The run directory's result.json once the search ended.
+    result: dict[str, Any] | None = None
+
+    def replace(self, **changes: Any) -> SearchRecord:
+        return replace(self, **changes)
+
+
+_COLUMNS = tuple(f.name for f in fields(SearchRecord))
+
+
+class JobRegistry:
+    """Thread-safe: the servicer's threads and the monitor share one connection under a lock."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # WAL: readers never wait for the monitor's writes; a crash mid-write loses nothing committed.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def add(self, record: SearchRecord) -> SearchRecord:
+        row = self._to_row(record)
+        with self._lock:
+            self._db.execute(f"INSERT INTO searches ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(row))})", row)
+        return record
+
+    def update(self, search_id: str, **changes: Any) -> SearchRecord:
+        record = self.get(search_id).replace(**changes)
+        row = dict(zip(_COLUMNS, self._to_row(record)))
+        sets = ", ".join(f"{k} = ?" for k in changes)
+        with self._lock:
+            self._db.execute(f"UPDATE searches SET {sets} WHERE id = ?", [row[k] for k in changes] + [search_id])
+        return record
+
+    def get(self, search_id: str) -> SearchRecord:
+        with self._lock:
+            row = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM searches WHERE id = ?", (search_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no search with id {search_id!r} (nas status lists them)")
+        return self._from_row(row)
+
+    def list(self, limit: int, before: str | None = None, state: str | None = None) -> list[SearchRecord]:
+        """Newest first (ids sort by creation time); `before` is the last id of the previous page."""
+        where, args = [], []
+        if before:
+            where.append("id < ?")
+            args.append(before)
+        if state:
+            where.append("state = ?")
+            args.append(state)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM searches {clause} ORDER BY id DESC LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [self._from_row(r) for r in rows]
+
+    def in_states(self, states: tuple[str, ...]) -> Iterator[SearchRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM searches WHERE state IN ({', '.join('?' * len(states))})",
+                states).fetchall()
+        return iter([self._from_row(r) for r in rows])
+
+    def count(self, states: tuple[str, ...]) -> int:
+        with self._lock:
+            return self._db.execute(
+                f"SELECT COUNT(*) FROM searches WHERE state IN ({', '.join('?' * len(states))})", states).fetchone()[0]
+
+    @staticmethod
+    def _to_row(record: SearchRecord) -> tuple:
+        return tuple(json.dumps(getattr(record, c), sort_keys=True) if c in _JSON_FIELDS else getattr(record, c)
+                     for c in _COLUMNS)
+
+    @staticmethod
+    def _from_row(row: tuple) -> SearchRecord:
+        values = {c: (json.loads(v) if c in _JSON_FIELDS and v is not None else v) for c, v in zip(_COLUMNS, row)}
+        return SearchRecord(**values)

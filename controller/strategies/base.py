@@ -1,0 +1,154 @@
+"""The strategy interface: propose architectures, observe their results, and declare what
+the runtime must provide.
+
+Strategies are plain Python: they own a seeded RNG, never touch Ray or the
+filesystem, and checkpoint through `state_dict`. Each has a typed, frozen `Options`
+dataclass validated from the spec's `strategy_options` without building anything
+heavy. The same contract suite (tests/contract/test_strategy_contract.py) runs against
+every registered strategy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from raynas.common import ConfigError
+from raynas.search_spaces import SearchSpace
+from raynas.workers.evaluation import EvalResult
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """The options of a strategy that has none."""
+
+
+class SharedPolicy(Protocol):
+    """A policy whose weights can live on parameter shards (Zoph & Le's scheme): what a
+    controller replica holds. Built by `Strategy.shared_policy`."""
+
+    def weights(self) -> dict[str, Any]: ...
+
+    def load_weights(self, weights: Mapping[str, Any]) -> None: ...
+
+    def sample(self, n: int, first: int) -> list[tuple[Hashable, tuple]]: ...
+
+    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float]) -> dict[str, Any]: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a strategy asks of the runtime; the runtime picks the execution path from this,
+    never from the strategy's name.
+
+    - `shared_policy`: the strategy can run as Zoph & Le's scheme on a cluster: its policy's
+      weights on S parameter shards, K controller replicas sampling m children each. The class
+      provides `shared_policy(space, seed, options)` and `policy_lr(options)`. Elsewhere (the
+      local runtime, `nas bench`) it runs as an ordinary proposer.
+    - `search`: each evaluation is a weight-sharing search that derives its own architecture
+      (`propose` returns None): `search(options, space, dataset, evaluator)` returns the
+      evaluator that runs one such search and then scores its result with `evaluator`. A
+      module-level function, so that Ray workers can rebuild it.
+    - `budgets`: `propose` returns `Proposal`s with budgets (multi-fidelity: successive
+      halving, Hyperband); a proposal may continue an earlier evaluation from its checkpoint.
+    """
+
+    shared_policy: bool = False
+    search: Callable[..., Any] | None = None
+    budgets: bool = False
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """An architecture with the budget to evaluate it at (strategies that need budgets).
+
+    `resume` names an earlier evaluation (its id) of the same architecture whose checkpoint
+    this one continues, at a higher budget (a promotion).
+    """
+
+    arch: Hashable | None
+    budget: int | None = None
+    resume: str | None = None
+
+
+@contextlib.contextmanager
+def option_errors(names: Iterable[str]) -> Iterator[None]:
+    """Errors about one of the options `names` name it as `strategy_options.<name>`."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.field not in names:
+            raise
+        raise ConfigError(f"strategy_options.{exc.field}", exc.problem, exc.allowed) from None
+
+
+class Strategy(ABC):
+    """Proposes architectures and learns from their results.
+
+    `propose` may be called again before earlier proposals are observed
+    (asynchronous dispatch); `observe` receives every proposed architecture
+    exactly once, in any order, failed (and cancelled) results included.
+    """
+
+    name: ClassVar[str] = ""
+    needs: ClassVar[Needs] = Needs()
+    Options: ClassVar[type] = NoOptions
+
+    def __init__(self, space: SearchSpace, seed: int = 0, options: Any = None):
+        self.space = space
+        self.seed = seed
+        self.options = self.parse_options(space, {}) if options is None else options
+        self.rng = np.random.default_rng(seed)
+
+    @classmethod
+    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> Any:
+        """The typed options from the spec's `strategy_options`, checked against `space`.
+        Cheap: nothing is built. Errors name `strategy_options.<field>`."""
+        if not isinstance(options, Mapping):
+            raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
+        known = {f.name for f in dataclasses.fields(cls.Options)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of the {cls.name} strategy",
+                              sorted(known) or "none")
+        with option_errors(known):
+            parsed = cls.Options(**options)
+            cls.check_space(space, parsed)
+        return parsed
+
+    @classmethod  # noqa: B027 - most strategies take any space: not abstract
+    def check_space(cls, space: SearchSpace, options: Any) -> None:
+        """Refuse a space (or options that the space cannot honour) with a ConfigError."""
+
+    @abstractmethod
+    def propose(self, n: int = 1) -> list[Any]:
+        """Return `n` architectures to evaluate next (`Proposal`s if the strategy needs budgets)."""
+
+    @abstractmethod
+    def observe(self, arch: Hashable, result: EvalResult) -> None:
+        """Learn from one finished evaluation of an architecture this strategy proposed."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where this strategy is (JSON/pickle-able)."""
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+
+    @classmethod
+    def shared_policy(cls, space: SearchSpace, seed: int, options: Any) -> SharedPolicy:
+        raise ConfigError("strategy", f"{cls.name} has no policy to share over parameter shards")
+
+    @classmethod
+    def policy_lr(cls, options: Any) -> float:
+        raise ConfigError("strategy", f"{cls.name} has no policy to share over parameter shards")

@@ -1,0 +1,75 @@
+"""One-shot strategies (DARTS first and second order, NoisyDARTS): each evaluation is one
+supernet search with its own seed, then the ordinary evaluation of the genotype it
+derived. DARTS' own selection protocol (run the search several times, train each derived
+cell, keep the best) is a search of R evaluations, run in parallel on the cluster.
+
+They declare `Needs(search=...)`, so the runtime puts the search in front of the
+evaluator (workers/oneshot/evaluator.py); the strategy itself has nothing to propose
+but "one more search" and nothing to learn from results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+from raynas.common import ConfigError
+from raynas.controller.strategies import register
+from raynas.controller.strategies.base import Needs, Strategy, option_errors
+from raynas.search_spaces import SearchSpace
+from raynas.workers.evaluation import EvalResult
+from raynas.workers.oneshot import SPACES, OneShotConfig, search_evaluator
+
+
+class OneShotStrategy(Strategy):
+    """Options: `OneShotConfig`'s fields (epochs, channels, layers, batch_size, lr, ...),
+    the algorithm being the strategy's name."""
+
+    needs = Needs(search=search_evaluator)
+    Options = OneShotConfig
+
+    @classmethod
+    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> OneShotConfig:
+        if not isinstance(options, Mapping):
+            raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
+        known = {f.name for f in dataclasses.fields(OneShotConfig)} - {"algorithm"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of {cls.name}", sorted(known))
+        with option_errors(known):
+            config = OneShotConfig(algorithm=cls.name, **options)
+        cls.check_space(space, config)
+        return config
+
+    @classmethod
+    def check_space(cls, space: SearchSpace, options: OneShotConfig) -> None:
+        if space.name not in SPACES:
+            raise ConfigError("space", f"{cls.name} needs a space with a supernet, not {space.name!r}", SPACES)
+
+    def propose(self, n: int = 1) -> list[None]:
+        return [None] * n
+
+    def observe(self, arch: Hashable, result: EvalResult) -> None:
+        """Each search stands alone; the job keeps the best of them."""
+
+
+@register
+class Darts(OneShotStrategy):
+    """DARTS, first order: alphas stepped on validation batches with the current weights."""
+
+    name = "darts"
+
+
+@register
+class Darts2(OneShotStrategy):
+    """DARTS, second order: the unrolled virtual step and its finite-difference Hessian-vector product."""
+
+    name = "darts2"
+
+
+@register
+class NoisyDarts(OneShotStrategy):
+    """NoisyDARTS: unbiased Gaussian noise on the skip connection's output while training."""
+
+    name = "noisy-darts"

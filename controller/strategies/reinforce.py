@@ -1,0 +1,232 @@
+"""REINFORCE for the controller policy: the baseline, the loss and its gradients, the
+depth schedule, and `PolicyCore`, the policy with all of them.
+
+The `rl` strategy and the distributed controller replicas share these: a replica
+computes `gradients` of `reinforce_loss` and pushes them to the parameter shards,
+which apply them; the in-process strategy applies them to its own optimizer with
+`apply_gradients`, so both paths run the same math.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from raynas.common import ConfigError, check_int, check_number
+from raynas.common.threads import torch_threads
+from raynas.controller.strategies.policy import LSTMPolicy
+from raynas.search_spaces import SearchSpace
+from raynas.workers.evaluation import EvalResult
+
+
+class EmaBaseline:
+    """Zoph & Le's baseline: an exponential moving average of past rewards,
+    b <- b - (1 - decay)(b - R) per reward (ENAS's update; ENAS uses decay 0.99).
+
+    `value` is None until the first reward, so the first batch is not measured
+    against an arbitrary starting point.
+    """
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = check_number("baseline_decay", decay, 0, 1, high_open=True)
+        self.value: float | None = None
+
+    def update(self, rewards: Sequence[float]) -> None:
+        for r in rewards:
+            self.value = float(r) if self.value is None else self.value - (1 - self.decay) * (self.value - r)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "decay": self.decay}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.value, self.decay = state["value"], state["decay"]
+
+
+def reinforce_loss(policy: LSTMPolicy, values_batch: Sequence[Sequence], rewards: Sequence[float],
+                   baseline_value: float | None, entropy_weight: float = 0.0) -> torch.Tensor:
+    """The loss whose gradient is REINFORCE's -(R - b) grad log p, averaged over the batch.
+
+    `baseline_value` None (no history yet) uses the batch's mean reward.
+    `entropy_weight` w subtracts w * entropy, a bonus that keeps the policy
+    from collapsing early (NASNet's form; ENAS adds the entropy to the reward instead).
+    """
+    rewards_t = torch.tensor([float(r) for r in rewards])
+    baseline = rewards_t.mean() if baseline_value is None else baseline_value
+    log_probs, entropies = policy.log_prob(values_batch)
+    return -((rewards_t - baseline) * log_probs + entropy_weight * entropies).mean()
+
+
+@torch_threads(1)
+def gradients(policy: LSTMPolicy, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    """d loss / d parameter for every parameter, by name (zeros where unused),
+    the whole tensors a replica pushes to the shards that hold them."""
+    named = list(policy.named_parameters())
+    grads = torch.autograd.grad(loss, [p for _, p in named], materialize_grads=True)
+    return {name: g for (name, _), g in zip(named, grads)}
+
+
+@torch_threads(1)
+def apply_gradients(policy: LSTMPolicy, optimizer: torch.optim.Optimizer,
+                    grads: Mapping[str, torch.Tensor]) -> None:
+    """One optimizer step of `policy` along `grads` (as returned by `gradients`)."""
+    for name, p in policy.named_parameters():
+        p.grad = grads[name]
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+@dataclass(frozen=True)
+class RLOptions:
+    """The rl strategy's options; defaults are Zoph & Le's unless noted."""
+
+    #: Adam learning rate (of the local optimizer, or of the parameter shards).
+    lr: float = 6e-4
+    #: Architectures per policy update in one process (None: 8, the paper's m). In the
+    #: distributed scheme the batch is each replica's m (`--children`), so this must stay unset.
+    batch_size: int | None = None
+    #: Decay of the moving-average baseline (ENAS: 0.99).
+    baseline_decay: float = 0.95
+    #: Weight of an entropy bonus in the loss (NASNet: 1e-5; ENAS adds 1e-4 x entropy to the reward).
+    entropy_weight: float = 0.0
+    #: ENAS's logit temperature and tanh clipping; off.
+    temperature: float | None = None
+    tanh_constant: float | None = None
+    #: The depth schedule for spaces with a depth (macro): from the space's num_layers (macro's
+    #: default 6 is the paper's start), +2 layers every 1,600 samples, up to the space's max_layers.
+    start_depth: int | None = None
+    depth_step: int | None = None
+    depth_every: int | None = None
+    max_depth: int | None = None
+
+    def __post_init__(self):
+        check_number("lr", self.lr, 0, low_open=True)
+        check_int("batch_size", self.batch_size, optional=True)
+        check_number("baseline_decay", self.baseline_decay, 0, 1, high_open=True)
+        check_number("entropy_weight", self.entropy_weight, 0)
+        check_number("temperature", self.temperature, 0, low_open=True, optional=True)
+        check_number("tanh_constant", self.tanh_constant, 0, low_open=True, optional=True)
+        for name in ("start_depth", "max_depth", "depth_every"):
+            check_int(name, getattr(self, name), optional=True)
+        check_int("depth_step", self.depth_step, 0, optional=True)
+
+
+def reward_of(result: EvalResult) -> float:
+    """A failed (or cancelled) child gets the worst reward, so the controller learns to avoid crashes."""
+    return result.reward if result.ok and result.reward is not None else 0.0
+
+
+class DepthSchedule:
+    """Zoph & Le's growing depth: `start` layers, `step` more every `every` samples, up to `maximum`.
+
+    For spaces with the "depth" capability (macro: `num_layers`, `max_layers`, `with_depth`).
+    """
+
+    def __init__(self, space: SearchSpace, start: int | None, step: int | None, every: int | None,
+                 maximum: int | None):
+        self.maximum = check_int("max_depth", space.max_layers if maximum is None else maximum, 1)
+        if self.maximum > space.max_layers:
+            raise ConfigError("max_depth", f"{self.maximum} exceeds the space's max_layers", f"1..{space.max_layers}")
+        self.start = check_int("start_depth", space.num_layers if start is None else start, 1)
+        if self.start > self.maximum:
+            raise ConfigError("start_depth", f"{self.start} exceeds max_depth", f"1..{self.maximum}")
+        self.step = check_int("depth_step", 2 if step is None else step, 0)
+        self.every = check_int("depth_every", 1600 if every is None else every, 1)
+
+    @classmethod
+    def for_space(cls, space: SearchSpace, options: RLOptions) -> DepthSchedule | None:
+        """The schedule `options` ask for on `space`; None on a space without depth, which
+        refuses the depth options."""
+        values = {name: getattr(options, name) for name in DEPTH_OPTIONS}
+        if "depth" in space.capabilities:
+            return cls(space, values["start_depth"], values["depth_step"], values["depth_every"], values["max_depth"])
+        given = [name for name, value in values.items() if value is not None]
+        if given:
+            raise ConfigError(given[0], f"the {space.name} space has no depth to schedule")
+        return None
+
+    def depth(self, sample: int) -> int:
+        """The depth of the `sample`-th proposal (0-based)."""
+        return min(self.maximum, self.start + self.step * (sample // self.every))
+
+    def samples_left(self, sample: int) -> int | None:
+        """How many proposals from `sample` on keep its depth (None: all of them)."""
+        if self.depth(sample) == self.maximum or self.step == 0:
+            return None
+        return self.every - sample % self.every
+
+
+DEPTH_OPTIONS = ("start_depth", "depth_step", "depth_every", "max_depth")
+
+
+class PolicyCore:
+    """The controller's policy with its depth schedule, baseline and sampling RNG.
+
+    The single-process `rl` strategy and every distributed replica hold one;
+    they differ only in where the weights are updated (a local Adam, or the
+    parameter shards). `options` is the rl strategy's `RLOptions`.
+    """
+
+    def __init__(self, space: SearchSpace, seed: int, options: RLOptions | None = None):
+        options = options or RLOptions()
+        self.space = space
+        self.depths: DepthSchedule | None = DepthSchedule.for_space(space, options)
+        # The deepest space has every decision group the schedule will ever use,
+        # so the policy's parameters never change shape as the network grows.
+        widest = space if self.depths is None else space.with_depth(self.depths.maximum)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.policy = LSTMPolicy(widest.decisions(), temperature=options.temperature,
+                                 tanh_constant=options.tanh_constant, generator=self.generator)
+        self.baseline = EmaBaseline(options.baseline_decay)
+        self.entropy_weight = options.entropy_weight
+        self._depth_space: SearchSpace | None = None
+        self._depth: int | None = None
+
+    def space_at(self, sample: int) -> SearchSpace:
+        """The space (at its scheduled depth) of the `sample`-th architecture, and make the policy speak it."""
+        depth = None if self.depths is None else self.depths.depth(sample)
+        if self._depth_space is None or depth != self._depth:
+            self._depth = depth
+            self._depth_space = self.space if depth is None else self.space.with_depth(depth)
+            self.policy.set_decisions(self._depth_space.decisions())
+        return self._depth_space
+
+    def sample(self, n: int, first: int) -> list[tuple[Hashable, tuple]]:
+        """`n` architectures (with their decision values) as samples `first`, `first + 1`, ...
+
+        One batch shares the depth of its first sample."""
+        space = self.space_at(first)
+        with torch.no_grad():
+            values, _, _ = self.policy.sample(n, self.generator)
+        return [(space.from_values(v), v) for v in values]
+
+    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float]) -> dict[str, torch.Tensor]:
+        """The REINFORCE gradient of a batch against the baseline, which then absorbs the rewards."""
+        loss = reinforce_loss(self.policy, values_batch, rewards, self.baseline.value, self.entropy_weight)
+        grads = gradients(self.policy, loss)
+        self.baseline.update(rewards)
+        return grads
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach().clone() for name, p in self.policy.named_parameters()}
+
+    def load_weights(self, weights: Mapping[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in self.policy.named_parameters():
+                p.copy_(weights[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        """Baseline and RNG: the replica's own state (the weights live on the shards)."""
+        return {"baseline": self.baseline.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.baseline.load_state_dict(state["baseline"])
+        self.generator.set_state(state["generator"])
+
+
+def replica_seed(seed: int, k: int) -> int:
+    """Replica k's own sampling seed, derived from the job's."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])

@@ -1,0 +1,165 @@
+"""Train a child network from scratch and score it: Zoph & Le's evaluator.
+
+One `TrainEvaluator` lives in a worker process and evaluates many children in
+turn, so the dataset is loaded (and moved to the device) once, the training
+loop avoids per-step host synchronisation, and each child's model and
+optimizer are released before the next one is built.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import weakref
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import torch
+
+from raynas.common import ConfigError
+from raynas.common.files import atomic_save
+from raynas.common.threads import torch_threads
+from raynas.search_spaces import SearchSpace
+from raynas.workers.data import DATASETS, Dataset, ImageDataset, TextDataset
+from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, resolve_arch
+from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
+from raynas.workers.profile import count_flops, count_params
+from raynas.workers.training import PPL_REWARD_CONSTANT, REWARD_WINDOW, TrainConfig, TrainingRun, pick_device
+
+
+class TrainEvaluator(Evaluator):
+    """Builds the child with `build_model`, trains it from scratch on `dataset`,
+    validates after every epoch and turns the validation curve into the reward.
+
+    Budgets are epochs of the configured schedule: `config.epochs` is the full budget,
+    and an evaluation at a smaller budget stops early on the same cosine schedule, so a
+    continued evaluation equals one that ran straight through.
+
+    On CUDA the forward pass runs under bf16 autocast; on CPU in fp32. The same
+    (arch, seed) gives the same result on one machine: the seed drives weight
+    init, dropout and the batch order, and the caller's global RNG is left as it was.
+    """
+
+    name = "train"
+
+    def __init__(self, space: SearchSpace, dataset: Dataset, config: TrainConfig | None = None):
+        config = config or TrainConfig()
+        language = space.name in LANGUAGE_SPACES
+        if language != isinstance(dataset, TextDataset):
+            wanted = ("ptb",) if language else tuple(d for d in DATASETS if d != "ptb")
+            raise ConfigError("dataset", f"the {space.name} space builds "
+                              f"{'language models' if language else 'image classifiers'}, "
+                              f"which cannot train on {dataset.name!r}", wanted)
+        self.space = space
+        self._child: weakref.ref | None = None
+        self.config = config.resolved(dataset.kind)
+        self.fidelity = Fidelity(maximum=self.config.epochs, default=self.config.epochs)
+        self.device = pick_device(self.config.device)
+        if isinstance(dataset, ImageDataset):
+            self.dataset = dataset.to(self.device)
+            self.net_config = NetConfig(
+                in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size,
+                auxiliary=self.config.auxiliary_weight > 0, drop_path=self.config.drop_path, **self._sizes(),
+            )
+        else:
+            self.dataset = dataset
+            self.net_config = NetConfig(vocab_size=dataset.vocab_size, **self._sizes())
+        # Builders refuse settings their network cannot honour (e.g. auxiliary on nb201)
+        # whatever the architecture: one trial build reports that here, as a ConfigError,
+        # instead of as a failure of every child.
+        with torch.random.fork_rng(devices=[]):
+            build_model(space.name, space.sample(np.random.default_rng(0)), self.net_config)
+
+    def _sizes(self) -> dict[str, int]:
+        sizes = {"channels": self.config.channels, "layers": self.config.layers}
+        return {k: v for k, v in sizes.items() if v is not None}
+
+    def _evaluate(self, arch: Hashable, seed: int, budget: int, report: Report, checkpoint: str | None) -> EvalResult:
+        arch = resolve_arch(self.space, arch)
+        try:
+            with torch_threads(self.config.num_threads):
+                return self._train(arch, seed, budget, report, checkpoint)
+        except torch.OutOfMemoryError as exc:
+            reason = f"out of memory: {exc}"
+        finally:
+            self._release_child()
+        # The except clause has dropped the traceback, so the child's tensors are
+        # gone; hand the cached blocks back so the next child finds them in one piece.
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        return EvalResult.failure(str(arch), reason, device=str(self.device))
+
+    def _release_child(self) -> None:
+        """Make sure the last child's model and optimizer are freed before the next one.
+
+        Reference counting frees them as `_train` returns; only when something
+        (e.g. a library's first-call initialisation) left a reference cycle is a
+        full collection run, as it costs about 0.2 s in a process this size.
+        """
+        if self._child is not None and self._child() is not None:
+            gc.collect()
+        self._child = None
+
+    def _train(self, arch: Hashable, seed: int, budget: int, report: Report, checkpoint: str | None) -> EvalResult:
+        cuda = self.device.type == "cuda"
+        image = isinstance(self.dataset, ImageDataset)
+        with torch.random.fork_rng(devices=[self.device.index] if cuda else []):
+            torch.manual_seed(seed)
+            model = build_model(self.space.name, arch, self.net_config).to(self.device)
+            self._child = weakref.ref(model)
+            profile = {"params": count_params(model), "flops": count_flops(model, self._sample_input())}
+            c = self.config
+            optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
+                                        nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
+            run = TrainingRun(model, optimizer, c, self.device, torch.Generator().manual_seed(seed),
+                              unit="images" if image else "tokens")
+            start = self._restore(run, arch, seed, budget, checkpoint)
+            name = "val_acc" if image else "val_ppl"
+
+            def on_epoch(epoch: int) -> None:
+                if checkpoint:
+                    # Not fsynced: losing it to a power cut costs a re-run, never a wrong result.
+                    atomic_save({"arch": str(arch), "seed": seed, "epochs": epoch + 1, "run": run.state_dict()},
+                                checkpoint, durable=False)
+                report({"epoch": epoch + 1, name: run.val_curve[-1], "train_loss": run.train_loss_curve[-1]})
+
+            try:
+                failure = (run.fit_images if image else run.fit_text)(self.dataset, start, on_epoch, budget)
+            except Cancelled as exc:
+                metrics = {**profile, **run.metrics(), "device": str(self.device), "epochs": len(run.val_curve)}
+                return EvalResult.cancelled(str(arch), str(exc) or "cancelled", budget=len(run.val_curve), **metrics)
+        metrics = {**profile, **run.metrics(), "device": str(self.device), "epochs": len(run.val_curve),
+                   "continued_from_epoch": start}
+        if failure:
+            return EvalResult.failure(str(arch), failure, **metrics)
+        return EvalResult(str(arch), self._reward(run.val_curve), metrics=metrics)
+
+    def _restore(self, run: TrainingRun, arch: Hashable, seed: int, budget: int, checkpoint: str | None) -> int:
+        """Load the evaluation's own checkpoint, if any; returns the epochs it already holds."""
+        if not checkpoint or not os.path.exists(checkpoint):
+            return 0
+        state: dict[str, Any] = torch.load(checkpoint, weights_only=False)
+        if state["arch"] != str(arch) or state["seed"] != seed:
+            raise ConfigError("checkpoint", f"{checkpoint} holds {state['arch']} (seed {state['seed']}), "
+                              f"not {arch} (seed {seed})")
+        if state["epochs"] > budget:
+            raise ConfigError("budget", f"{checkpoint} is already at {state['epochs']} epochs, past {budget}")
+        run.load_state_dict(state["run"])
+        return state["epochs"]
+
+    def _sample_input(self) -> torch.Tensor:
+        if isinstance(self.dataset, ImageDataset):
+            return self.dataset.x_val[:1]
+        return self.dataset.val[:self.config.bptt, None].to(self.device)
+
+    def _reward(self, curve: list[float]) -> float:
+        window = curve[-REWARD_WINDOW:]
+        if self.config.reward == "zoph":
+            return max(window) ** 3
+        if self.config.reward == "last":
+            return curve[-1]
+        if self.config.reward == "max":
+            return max(curve)
+        # Perplexity: lower is better, so the best of the same final window as images.
+        return PPL_REWARD_CONSTANT / min(window) ** 2

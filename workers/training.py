@@ -1,0 +1,316 @@
+"""The training loop every child and every retrained network runs: `TrainConfig`, the
+per-step cosine schedule, image and language-model epochs with one host sync each,
+cutout, and a state that resumes exactly (`TrainingRun`).
+
+The train evaluator (workers/evaluation/train.py) and `nas train` (workers/retrain.py)
+both drive it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from raynas.common import ConfigError, check_int, check_number
+from raynas.workers.data import ImageDataset, TextDataset
+
+IMAGE_REWARDS = ("zoph", "last", "max")
+LANGUAGE_REWARDS = ("ppl",)
+DEVICES = ("auto", "cpu", "cuda")
+#: Zoph & Le score a child by its best validation accuracy over this many final epochs.
+REWARD_WINDOW = 5
+#: Zoph & Le's PTB reward is PPL_REWARD_CONSTANT / ppl**2.
+PPL_REWARD_CONSTANT = 80.0
+
+# Fields left as None in TrainConfig take their task's default: NAS-RL's CIFAR
+# child training for images, DARTS' PTB recipe for language models (plain SGD
+# at lr 20; momentum SGD at 0.1 barely moves an LSTM-style model in a few epochs).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "image": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
+              "eval_batch_size": 256, "reward": "zoph"},
+    "text": {"lr": 20.0, "momentum": 0.0, "weight_decay": 5e-7, "grad_clip": 0.25,
+             "eval_batch_size": 10, "reward": "ppl"},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How each child is trained. Validated on construction; errors name the field."""
+
+    #: Short by default so a search fits on a laptop CPU; Zoph & Le trained each child 50 epochs.
+    epochs: int = 3
+    batch_size: int = 64
+    #: Peak learning rate of the cosine schedule (annealed to 0 per step). None: task default.
+    lr: float | None = None
+    #: SGD momentum. None: task default.
+    momentum: float | None = None
+    #: Nesterov momentum (NAS-RL's child training); DARTS' evaluation uses plain momentum.
+    nesterov: bool = True
+    weight_decay: float | None = None
+    #: Max gradient norm; 0 disables clipping. None: task default.
+    grad_clip: float | None = None
+    #: Child width and depth overrides (None: the builder's default for the space).
+    channels: int | None = None
+    layers: int | None = None
+    #: Weight of the auxiliary head's loss; > 0 builds the child with its auxiliary head.
+    auxiliary_weight: float = 0.0
+    #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
+    drop_path: float = 0.0
+    #: Side of the square cut out of each training image (DeVries & Taylor; DARTS: 16); 0: none.
+    cutout: int = 0
+    #: zoph (max val accuracy of the last 5 epochs, cubed), last, max; ppl (80 / ppl^2) for
+    #: language models. "auto": zoph for images, ppl for language models.
+    reward: str = "auto"
+    #: Truncated-backprop window of language models.
+    bptt: int = 35
+    eval_batch_size: int | None = None
+    max_train_batches_per_epoch: int | None = None
+    device: str = "auto"
+    #: torch intra-op threads while training (None: leave torch's choice). Tiny children
+    #: often run fastest on 1 thread, and far faster when other processes share the cores.
+    num_threads: int | None = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "bptt"):
+            check_int(name, getattr(self, name))
+        for name in ("channels", "layers", "eval_batch_size", "max_train_batches_per_epoch", "num_threads"):
+            check_int(name, getattr(self, name), optional=True)
+        check_number("lr", self.lr, 0.0, low_open=True, optional=True)
+        check_number("momentum", self.momentum, 0.0, 1.0, high_open=True, optional=True)
+        check_number("weight_decay", self.weight_decay, 0.0, optional=True)
+        check_number("grad_clip", self.grad_clip, 0.0, optional=True)
+        check_number("auxiliary_weight", self.auxiliary_weight, 0.0, optional=True)
+        check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
+        check_int("cutout", self.cutout, 0)
+        rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
+        if self.reward not in rewards:
+            raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+
+    def resolved(self, kind: str) -> TrainConfig:
+        """This config with every None / "auto" replaced by the default for `kind`
+        ("image" or "text"), and the reward checked against the task."""
+        defaults = TASK_DEFAULTS[kind]
+        config = replace(self, **{k: v for k, v in defaults.items()
+                                  if getattr(self, k) is None or getattr(self, k) == "auto"})
+        allowed = IMAGE_REWARDS if kind == "image" else LANGUAGE_REWARDS
+        if config.reward not in allowed:
+            raise ConfigError("reward", f"{config.reward!r} does not apply to {kind} models", allowed)
+        if kind == "text" and (config.auxiliary_weight or config.drop_path):
+            raise ConfigError("auxiliary_weight" if config.auxiliary_weight else "drop_path",
+                              "applies to image models only")
+        return config
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA is not available on this machine", ("auto", "cpu"))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    # An explicit index, so that seeding and RNG forking address the device in use.
+    return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
+
+
+class TrainingRun:
+    """The state of one child's training: its loop, curves and timings."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device, generator: torch.Generator, unit: str):
+        self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
+        self.generator = generator
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.autocast: Callable[[], contextlib.AbstractContextManager] = (
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+            else contextlib.nullcontext
+        )
+        #: Image curves hold accuracies (higher is better), text curves perplexities (lower is better).
+        self.val_curve: list[float] = []
+        self.train_loss_curve: list[float] = []
+        self.train_time_s = 0.0
+        self.samples = 0
+        self.unit = unit
+
+    def metrics(self) -> dict[str, Any]:
+        best_name, best = ("val_acc_best", max) if self.unit == "images" else ("val_ppl_best", min)
+        return {
+            "val_curve": self.val_curve,
+            "train_loss_curve": self.train_loss_curve,
+            best_name: best(self.val_curve) if self.val_curve else None,
+            "train_time_s": self.train_time_s,
+            f"{self.unit}_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
+        }
+
+    def _schedule(self, steps_per_epoch: int) -> list[float]:
+        """Per-step cosine annealing from lr to 0, so even a 1-epoch run anneals."""
+        total = self.config.epochs * steps_per_epoch
+        return [0.5 * self.config.lr * (1 + math.cos(math.pi * t / total)) for t in range(total)]
+
+    def _step(self, loss: torch.Tensor, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
+        self.optimizer.step()
+
+    def _end_epoch(self, epoch: int, losses: torch.Tensor, start: float) -> str | None:
+        """Book the epoch's time and mean loss; the loss check is the epoch's only
+        host sync, so a NaN is reported (by its first step) at the end of its epoch."""
+        finite = torch.isfinite(losses)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.train_time_s += time.perf_counter() - start
+        if not bool(finite.all()):
+            step = int((~finite).nonzero()[0, 0]) + 1
+            return f"nan loss at epoch {epoch + 1} step {step}"
+        self.train_loss_curve.append(losses.mean().item())
+        return None
+
+    def fit_images(self, data: ImageDataset, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
+                   stop_epoch: int | None = None) -> str | None:
+        """Train epochs `start_epoch` (a resumed run restores the state first) to `stop_epoch`
+        (default: all of them); `on_epoch(epoch)` runs after each epoch's validation
+        (checkpoints, reports). The schedule always spans `config.epochs`, so stopping early
+        and continuing later gives the same network as running straight through."""
+        c, model = self.config, self.model
+        steps = -(-len(data.y_train) // c.batch_size)
+        if c.max_train_batches_per_epoch:
+            steps = min(steps, c.max_train_batches_per_epoch)
+        lrs = self._schedule(steps)
+        auxiliary = c.auxiliary_weight > 0
+        ramp_drop_path = hasattr(model, "drop_path_prob")
+        losses = torch.zeros(steps, device=self.device)
+        for epoch in range(start_epoch, c.epochs if stop_epoch is None else stop_epoch):
+            if ramp_drop_path:
+                model.drop_path_prob = c.drop_path * epoch / c.epochs
+            model.train()
+            start = time.perf_counter()
+            for step, (x, y) in enumerate(data.train_batches(c.batch_size, self.generator, steps)):
+                if c.cutout:
+                    x = cutout(x, c.cutout, self.generator)
+                with self.autocast():
+                    out = model(x)
+                    if auxiliary:
+                        logits, aux_logits = out
+                        loss = F.cross_entropy(logits, y) + c.auxiliary_weight * F.cross_entropy(aux_logits, y)
+                    else:
+                        loss = F.cross_entropy(out, y)
+                self._step(loss, lrs[epoch * steps + step])
+                losses[step] = loss.detach()
+                self.samples += len(y)
+            failure = self._end_epoch(epoch, losses, start)
+            if failure:
+                return failure
+            self.val_curve.append(self.accuracy(data))
+            if on_epoch:
+                on_epoch(epoch)
+        return None
+
+    @torch.inference_mode()
+    def accuracy(self, data: ImageDataset, split: str = "val") -> float:
+        self.model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        total = 0
+        for x, y in data.eval_batches(split, self.config.eval_batch_size):
+            with self.autocast():
+                correct += (self.model(x).argmax(1) == y).sum()
+            total += len(y)
+        return correct.item() / total
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly (weights, optimizer, RNGs, curves)."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "val_curve": self.val_curve, "train_loss_curve": self.train_loss_curve,
+                "train_time_s": self.train_time_s, "samples": self.samples}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.val_curve, self.train_loss_curve = list(state["val_curve"]), list(state["train_loss_curve"])
+        self.train_time_s, self.samples = state["train_time_s"], state["samples"]
+
+    def fit_text(self, data: TextDataset, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
+                 stop_epoch: int | None = None) -> str | None:
+        """Like `fit_images`; each epoch starts from a fresh hidden state, so a run resumes exactly."""
+        c, model = self.config, self.model
+        train = data.batchify("train", c.batch_size, self.device)
+        valid = data.batchify("val", c.eval_batch_size, self.device)
+        starts = range(0, len(train) - 1, c.bptt)[:c.max_train_batches_per_epoch]
+        lrs = self._schedule(len(starts))
+        losses = torch.zeros(len(starts), device=self.device)
+        for epoch in range(start_epoch, c.epochs if stop_epoch is None else stop_epoch):
+            model.train()
+            hidden = model.init_hidden(c.batch_size)
+            start = time.perf_counter()
+            for step, at in enumerate(starts):
+                x, y = _window(train, at, c.bptt)
+                # Truncated backprop: carry the state across windows, not its history.
+                hidden = _detach(hidden)
+                with self.autocast():
+                    output, hidden = model(x, hidden)
+                    loss = F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
+                self._step(loss, lrs[epoch * len(starts) + step])
+                losses[step] = loss.detach()
+                self.samples += y.numel()
+            failure = self._end_epoch(epoch, losses, start)
+            if failure:
+                return failure
+            self.val_curve.append(self._perplexity(valid))
+            if on_epoch:
+                on_epoch(epoch)
+        return None
+
+    @torch.inference_mode()
+    def _perplexity(self, valid: torch.Tensor) -> float:
+        self.model.eval()
+        hidden = self.model.init_hidden(valid.shape[1])
+        total = torch.zeros((), device=self.device)
+        for at in range(0, len(valid) - 1, self.config.bptt):
+            x, y = _window(valid, at, self.config.bptt)
+            with self.autocast():
+                output, hidden = self.model(x, hidden)
+            total += F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1), reduction="sum")
+        mean_loss = total.item() / ((len(valid) - 1) * valid.shape[1])
+        # exp overflows past ~709; a NaN loss also fails the comparison and scores as infinite.
+        return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+    """Zero one size x size square per image, centred anywhere (it may hang over the edge),
+    as DeVries & Taylor and DARTS' evaluation do. Zero is the mean after normalisation."""
+    b, _, h, w = x.shape
+    cy = torch.randint(0, h, (b, 1, 1), generator=generator).to(x.device)
+    cx = torch.randint(0, w, (b, 1, 1), generator=generator).to(x.device)
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    top, left = cy - size // 2, cx - size // 2
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x * (~inside)[:, None].to(x.dtype)
+
+
+def _window(stream: torch.Tensor, at: int, bptt: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs stream[at:at+n] and their next tokens, n = bptt or what is left."""
+    n = min(bptt, len(stream) - 1 - at)
+    return stream[at:at + n], stream[at + 1:at + 1 + n]
+
+
+def _detach(hidden):
+    if isinstance(hidden, torch.Tensor):
+        return hidden.detach()
+    return type(hidden)(_detach(h) for h in hidden)
