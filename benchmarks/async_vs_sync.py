@@ -1,5 +1,5 @@
 """Asynchronous vs barrier-synchronous policy updates with heterogeneous child
-times: Zoph & Le's scheme in simulated time (controller/simulate.py), every
+times: Zoph & Le's scheme in simulated time (controller/bench/simulate.py), every
 child on its own worker and taking its NAS-Bench-201 simulated training time
 (proportional to its FLOPs, mean 120 s).
 

@@ -26,7 +26,7 @@ from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_params
 from raynas.workers.training import TrainConfig, TrainingRun, pick_device
 
-#: DARTS' CIFAR-10 evaluation (../shared/REFERENCES.md): 600 epochs, batch 96, C=36, 20 cells,
+#: DARTS' CIFAR-10 evaluation (Liu et al., ICLR 2019, sec. A.2): 600 epochs, batch 96, C=36, 20 cells,
 #: SGD 0.025 (plain momentum 0.9, wd 3e-4) on a cosine to 0, clip 5, auxiliary 0.4, drop-path 0.2
 #: ramped, cutout 16. DARTS anneals per epoch; the shared loop anneals per step (same curve, finer).
 CELL_RECIPE: dict[str, Any] = {"epochs": 600, "batch_size": 96, "lr": 0.025, "momentum": 0.9, "nesterov": False,

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from raynas.common import ConfigError, check_choice, check_int, check_number
 from raynas.controller.strategies import Strategy, strategy_class

@@ -70,6 +70,7 @@ def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
         raise AssertionError("the runner actor outlived its search")
 
 
+@pytest.mark.slow
 def test_darts_search_end_to_end_through_the_service(ray_cluster, tmp_path):
     """R one-shot searches as Ray tasks streaming their epochs, their genotypes scored on the table."""
     srv = start(tmp_path / "state")

@@ -107,6 +107,7 @@ def test_out_directory_with_a_search_is_refused(capsys, tmp_path):
     assert code == 2 and "out" in err
 
 
+@pytest.mark.slow
 def test_train_search_on_digits(capsys, tmp_path):
     out = tmp_path / "run"
     code, stdout, _ = run_cli(

@@ -120,6 +120,7 @@ def trainer(nb201):
     return get_evaluator("train", nb201, epochs=4, **TINY)
 
 
+@pytest.mark.slow
 def test_training_on_digits_beats_chance(trainer):
     rng_state, threads = torch.get_rng_state(), torch.get_num_threads()
     result = trainer.evaluate(RESNET, seed=0)

@@ -84,6 +84,7 @@ def test_fast_convs_compute_the_library_convs(shape):
     assert {PointwiseConv, DilatedDepthwiseConv} <= swapped
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
     model = tiny_nb201()
@@ -219,6 +220,7 @@ def _run(digits, space, algorithm, seed, layers=1, epochs=2, batches=3):
     return list(search_epochs(get_space(space), digits, config, seed))
 
 
+@pytest.mark.slow
 def test_search_reports_monitors_each_epoch_and_is_seeded(digits):
     first = _run(digits, "nb201", "noisy-darts", seed=3)
     assert [r["epoch"] for r in first] == [0, 1]
@@ -232,6 +234,7 @@ def test_search_reports_monitors_each_epoch_and_is_seeded(digits):
     assert strip(_run(digits, "nb201", "noisy-darts", seed=4)) != strip(first)
 
 
+@pytest.mark.slow
 def test_darts_space_second_order_search_derives_a_valid_genotype(digits):
     (report,) = _run(digits, "darts", "darts2", seed=0, layers=3, epochs=1, batches=1)
     genotype = get_space("darts").parse(report["genotype"])

@@ -14,6 +14,7 @@ TINY = {"epochs": 2, "channels": 4, "layers": 1, "batch_size": 32, "max_batches_
 SPEC = dict(space="nb201", strategy="darts", evaluator="table", evaluations=2, runtime="local", strategy_options=TINY)
 
 
+@pytest.mark.slow
 def test_darts_on_nb201_runs_r_searches_and_scores_their_genotypes_on_the_table(tmp_path):
     result = SearchJob(SearchSpec(**SPEC), tmp_path / "run", progress=False).run()
     assert result["state"] == "done" and result["evaluations"] == 2 and result["failed"] == 0
@@ -41,6 +42,7 @@ def test_one_shot_specs_are_checked_up_front():
     assert bad.value.field == "strategy_options.noise_lambda"
 
 
+@pytest.mark.slow
 def test_the_service_streams_one_shot_epochs(tmp_path):
     manager = SearchManager(tmp_path / "state", ThreadLauncher(), poll_s=0.02)
     try:

@@ -23,7 +23,7 @@ def digits():
 
 
 def test_darts_recipe_is_the_papers_evaluation_setting():
-    # ../shared/REFERENCES.md, DARTS CIFAR eval: 600 ep, batch 96, C36, L20, cutout 16,
+    # DARTS (Liu et al., ICLR 2019, sec. A.2), CIFAR eval: 600 ep, batch 96, C36, L20, cutout 16,
     # drop-path 0.2, aux 0.4; SGD 0.025, momentum 0.9, wd 3e-4, clip 5.
     c = recipe("darts")
     assert (c.epochs, c.batch_size, c.channels, c.layers, c.cutout, c.drop_path, c.auxiliary_weight, c.lr,
@@ -33,6 +33,7 @@ def test_darts_recipe_is_the_papers_evaluation_setting():
     assert CELL_RECIPE["cutout"] == 16
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_result(digits, tmp_path):
     config = recipe("nb201", **TINY)
     whole = retrain("nb201", ARCH, digits, config, tmp_path / "whole", seed=1, log=lambda _: None)
@@ -65,6 +66,7 @@ def test_bad_inputs_name_the_field(digits, tmp_path):
     assert err.value.field == "epoch"
 
 
+@pytest.mark.slow
 def test_export_json_and_torch_export_from_a_training(digits, tmp_path, capsys):
     out = tmp_path / "train"
     assert cli.main(["train", "--space", "nb201", "--arch", ARCH, "--epochs", "1", "--channels", "4", "--layers", "1",

@@ -48,8 +48,10 @@ class OneShotSearch(Evaluator):
             return EvalResult.failure(genotype, f"one-shot search failed: {type(exc).__name__}: {exc}",
                                       epochs=len(history))
         result = self.evaluator.evaluate(history[-1]["genotype"], seed)
+        # This evaluation's budget is the search's epochs; the genotype's own evaluation keeps its budget here.
         result.metrics["one_shot"] = {
             "algorithm": self.config.algorithm, "epochs": len(history),
+            "evaluation_budget": result.metrics.pop("budget", None),
             "search_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
             **{k: history[-1].get(k) for k in SUMMARY},
             "skip_count_per_epoch": [r.get("skip_count") for r in history],

@@ -1,9 +1,9 @@
 """The bilevel search: network weights on one half of the training data, alphas on the
 other (DARTS), first order or with the unrolled second-order step, and NoisyDARTS.
 
-Settings follow ../shared/REFERENCES.md: DARTS' CIFAR search (50 epochs, batch 64, SGD
-0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5; alphas Adam 3e-4, betas
-(0.5, 0.999), wd 1e-3; xi = the weights' learning rate; eps = 0.01 / ||grad||), and
+Settings follow the papers (Liu et al., DARTS, ICLR 2019, sec. A.1; Chu et al., NoisyDARTS):
+DARTS' CIFAR search (50 epochs, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4,
+clip 5; alphas Adam 3e-4, betas (0.5, 0.999), wd 1e-3; xi = the weights' learning rate; eps = 0.01 / ||grad||), and
 NoisyDARTS' own search settings (batch 128, lr 0.05, `none` removed, lambda 0.2).
 On nb201 the weights follow AutoDL-Projects' DARTS-on-NB201 recipe instead (wd 5e-4,
 Nesterov momentum). NoisyDARTS' NB201 settings are not known to us, so noisy-darts
