@@ -3,9 +3,15 @@
 NAS-RL (Zoph & Le 2017) trains the controller with DistBelief-style
 asynchronous SGD: each of K controller replicas pulls the weights from every
 shard, samples m child architectures, and pushes the REINFORCE gradient of each
-slice back with the version it pulled. A shard applies what it receives in
-arrival order, so a gradient may have been computed on weights that have since
-moved on; its staleness is the number of updates applied in between.
+slice back. A shard applies what it receives in arrival order, so a gradient may
+have been computed on weights that have since moved on.
+
+Every shard must end up with the same updates. So what a shard does with a
+gradient never depends on the shard: its staleness (the gradients recorded
+between the replica's pull and this gradient) is counted once, by the job's
+recorder, and sent with every slice; and each gradient carries its name
+(replica, cycle), so a retried push (Ray retries calls to a restarted shard) or
+a replica re-pushing after its own restart is applied at most once.
 
 The class is plain PyTorch: the Ray actor that serves it is applied at wiring
 time, and Ray runs one call at a time on an actor, so nothing here locks.
@@ -28,7 +34,7 @@ from raynas.common.files import atomic_save
 from raynas.param_server.shard_map import check_named_tensors
 
 STALENESS_POLICIES = ("none", "drop", "scale")
-Outcome = Literal["applied", "accumulated", "dropped"]
+Outcome = Literal["applied", "accumulated", "dropped", "duplicate"]
 
 
 def _is_int(value: object) -> bool:
@@ -43,14 +49,14 @@ class ShardConfig:
     accumulate: apply one Adam step on the mean of every `accumulate` accepted
         gradients (NAS-RL's PTB setting accumulated 10).
     staleness_policy: 'none' applies every gradient as is; 'drop' discards
-        gradients staler than `max_staleness`; 'scale' divides each gradient by
-        (1 + staleness), the staleness-aware async SGD of Zhang et al. 2016
-        ("Staleness-aware Async-SGD for Distributed Deep Learning", IJCAI),
-        and also drops beyond `max_staleness` when one is set. Zhang et al.
-        scale the SGD learning rate; under Adam, scaling the gradient instead
-        weighs a stale gradient less than fresher ones in the moment estimates,
-        but a stream that is uniformly stale is largely normalised away.
-    max_staleness: the bound, in versions; required by 'drop', optional for
+        gradients staler than `max_staleness`; 'scale' divides the learning rate
+        of the step by (1 + staleness), the staleness-aware async SGD of Zhang et
+        al. 2016 ("Staleness-aware Async-SGD for Distributed Deep Learning",
+        IJCAI), and also drops beyond `max_staleness` when one is set. The step,
+        not the gradient, is scaled: Adam divides a gradient by its own running
+        magnitude, which cancels a scaled gradient. With `accumulate` > 1 the
+        step's rate is scaled by the mean factor of the gradients it averages.
+    max_staleness: the bound, in gradients; required by 'drop', optional for
         'scale', and rejected with 'none' so that a bound is never silently ignored.
     """
 
@@ -91,12 +97,14 @@ class PushReceipt:
     """What a shard did with one push.
 
     outcome: 'applied' (this push completed an update), 'accumulated' (held
-    until `accumulate` gradients are in) or 'dropped' (too stale).
+    until `accumulate` gradients are in), 'dropped' (too stale) or 'duplicate'
+    (this gradient was processed before; nothing changed).
     version: the shard's version after the push; pending: gradients held.
     """
 
     shard_id: int
     replica: str | int
+    cycle: int
     outcome: Outcome
     staleness: int
     version: int
@@ -106,9 +114,8 @@ class PushReceipt:
 class ParameterShard:
     """Holds one slice of the policy's parameters and updates it with Adam.
 
-    The version counts applied updates; a replica hands back the version it
-    pulled so the shard can measure staleness. Gradients must match the slice
-    exactly (same names, same shapes).
+    The version counts applied updates. Gradients must match the slice exactly
+    (same names, same shapes).
     """
 
     def __init__(self, shard_id: int, initial: Mapping[str, torch.Tensor], config: ShardConfig | None = None):
@@ -127,7 +134,11 @@ class ParameterShard:
         self._optimizer = torch.optim.Adam([{"params": list(self._params.values())}], **self.config.adam_options())
         self._pending = {name: torch.zeros_like(p) for name, p in self._params.items()}
         self._pending_count = 0
+        # The step-size factors of the gradients held in `_pending` ('scale').
+        self._pending_scale = 0.0
         self._version = 0
+        # The last cycle processed per replica: a replica's cycles only grow, so this names every gradient seen.
+        self._last_cycle: dict[str | int, int] = {}
         self._outcomes = {outcome: 0 for outcome in get_args(Outcome)}
         self._staleness: dict[int, int] = {}
         self._by_replica: dict[str | int, int] = {}
@@ -145,57 +156,71 @@ class ParameterShard:
         """The current version and a copy of the slice (copies, so callers cannot alias the shard)."""
         return self._version, {name: p.detach().clone() for name, p in self._params.items()}
 
-    def push(self, gradients: Mapping[str, torch.Tensor], base_version: int, replica: str | int) -> PushReceipt:
-        """Offer the gradient of this slice, computed on the weights of `base_version`."""
-        if not _is_int(base_version) or not 0 <= base_version <= self._version:
-            raise ConfigError("base_version", f"{base_version!r} was never served by shard {self.shard_id}",
-                              f"0..{self._version}")
+    def push(self, gradients: Mapping[str, torch.Tensor], staleness: int, replica: str | int,
+             cycle: int) -> PushReceipt:
+        """Offer the gradient of this slice that `replica` computed in its `cycle`, `staleness`
+        gradients after the weights it was computed on (counted by the job's recorder, the same
+        number on every shard)."""
+        if not _is_int(staleness) or staleness < 0:
+            raise ConfigError("staleness", f"must be an integer >= 0, got {staleness!r}")
+        if not _is_int(cycle) or cycle < 0:
+            raise ConfigError("cycle", f"must be an integer >= 0, got {cycle!r}")
+        if cycle <= self._last_cycle.get(replica, -1):
+            self._outcomes["duplicate"] += 1
+            return PushReceipt(self.shard_id, replica, cycle, "duplicate", staleness, self._version,
+                               self._pending_count)
         check_named_tensors(gradients, self._shapes, "gradients")
         # Checked before anything is recorded: one NaN would poison Adam's moments for good.
         for name, g in gradients.items():
             if not torch.isfinite(g).all():
                 raise ConfigError(f"gradients[{name!r}]", "contains NaN or inf")
-        staleness = self._version - base_version
+        self._last_cycle[replica] = cycle
         self._staleness[staleness] = self._staleness.get(staleness, 0) + 1
         self._by_replica[replica] = self._by_replica.get(replica, 0) + 1
         outcome = self._accept(gradients, staleness)
         self._outcomes[outcome] += 1
-        return PushReceipt(self.shard_id, replica, outcome, staleness, self._version, self._pending_count)
+        return PushReceipt(self.shard_id, replica, cycle, outcome, staleness, self._version, self._pending_count)
 
     def _accept(self, gradients: Mapping[str, torch.Tensor], staleness: int) -> Outcome:
         policy, bound = self.config.staleness_policy, self.config.max_staleness
         if bound is not None and staleness > bound:
             return "dropped"
-        divisor = 1 + staleness if policy == "scale" else 1
         for name, g in gradients.items():
             pending = self._pending[name]
-            pending.add_(g.detach().to(device=pending.device, dtype=pending.dtype) / divisor)
+            pending.add_(g.detach().to(device=pending.device, dtype=pending.dtype))
+        self._pending_scale += 1 / (1 + staleness) if policy == "scale" else 1.0
         self._pending_count += 1
         # "<" rather than "!=": a checkpoint restored under a smaller `accumulate` may already hold more.
         if self._pending_count < self.config.accumulate:
             return "accumulated"
         for name, p in self._params.items():
             p.grad = self._pending[name] / self._pending_count
+        group = self._optimizer.param_groups[0]
+        group["lr"] = self.config.lr * self._pending_scale / self._pending_count
         self._optimizer.step()
+        group["lr"] = self.config.lr
         for name, p in self._params.items():
             p.grad = None
             self._pending[name].zero_()
         self._pending_count = 0
+        self._pending_scale = 0.0
         self._version += 1
         return "applied"
 
     def stats(self) -> dict:
         """Counters for dashboards and logs (plain data).
 
-        pushes = applied + accumulated + dropped, and applied (pushes that
-        completed an update) equals the version. Staleness covers every push,
+        pushes = applied + accumulated + dropped (duplicates are counted apart),
+        and applied (pushes that completed an update) equals the version. Staleness covers every push,
         dropped ones included, since it describes the replicas rather than the updates.
         """
         count = sum(self._staleness.values())
+        outcomes = {k: v for k, v in self._outcomes.items() if k != "duplicate"}
         return {
             "shard_id": self.shard_id,
             "pushes": count,
-            **self._outcomes,
+            **outcomes,
+            "duplicates": self._outcomes["duplicate"],
             "pending": self._pending_count,
             "staleness": {
                 "count": count,
@@ -217,8 +242,9 @@ class ParameterShard:
             "version": self._version,
             "params": self.pull()[1],
             "optimizer": copy.deepcopy(self._optimizer.state_dict()),
-            "pending": {"count": self._pending_count,
+            "pending": {"count": self._pending_count, "scale": self._pending_scale,
                         "sum": {name: t.clone() for name, t in self._pending.items()}},
+            "last_cycle": dict(self._last_cycle),
             "stats": {"outcomes": dict(self._outcomes),
                       "staleness": dict(self._staleness),
                       "by_replica": dict(self._by_replica)},
@@ -242,14 +268,17 @@ class ParameterShard:
         self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
         self._optimizer.param_groups[0].update(self.config.adam_options())
         self._pending_count = state["pending"]["count"]
+        self._pending_scale = state["pending"]["scale"]
+        self._last_cycle = dict(state["last_cycle"])
         self._version = state["version"]
         self._outcomes = dict(state["stats"]["outcomes"])
         self._staleness = dict(state["stats"]["staleness"])
         self._by_replica = dict(state["stats"]["by_replica"])
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write a checkpoint atomically: a crash leaves either the old file or the new one, whole."""
-        atomic_save(self.state_dict(), path)
+    def save(self, path: str | os.PathLike, durable: bool = True) -> None:
+        """Write a checkpoint atomically: a crash leaves either the old file or the new one, whole.
+        `durable` also survives a power cut (fsync)."""
+        atomic_save(self.state_dict(), path, durable)
 
     @classmethod
     def restore(cls, path: str | os.PathLike) -> ParameterShard:

@@ -45,8 +45,9 @@ class MacroSpace(SearchSpace):
                 Categorical(f"layer{i}.filter_width", FILTER_WIDTHS, group="filter_width"),
                 Categorical(f"layer{i}.num_filters", NUM_FILTERS, group="num_filters"),
             ]
-            if i:
-                decisions.append(Subset(f"layer{i}.skips", tuple(range(i)), group="skip"))
+            # Every layer has its connections step, the first one with nothing to choose: a
+            # controller takes each layer's anchor there, once the layer's choices are made.
+            decisions.append(Subset(f"layer{i}.skips", tuple(range(i)), group="skip"))
         self._decisions = tuple(decisions)
 
     def with_depth(self, num_layers: int) -> MacroSpace:
@@ -59,10 +60,9 @@ class MacroSpace(SearchSpace):
     def from_values(self, values: Sequence) -> MacroArch:
         self.check_values(values)
         layers, pos = [], 0
-        for i in range(self.num_layers):
-            height, width, filters = values[pos: pos + 3]
-            skips = values[pos + 3] if i else ()
-            pos += 4 if i else 3
+        for _ in range(self.num_layers):
+            height, width, filters, skips = values[pos: pos + 4]
+            pos += 4
             layers.append(MacroLayer(height, width, filters, skips))
         return MacroArch(tuple(layers))
 
@@ -112,7 +112,7 @@ class MacroSpace(SearchSpace):
 
 
 def _values(arch: MacroArch) -> list:
-    """The decision values of `arch` at its own depth (layer 0 has no skips decision)."""
+    """The decision values of `arch` at its own depth (layer 0's skips are always empty)."""
     if not (
         isinstance(arch, MacroArch) and isinstance(arch.layers, tuple)
         and all(isinstance(layer, MacroLayer) for layer in arch.layers)
@@ -120,9 +120,7 @@ def _values(arch: MacroArch) -> list:
         raise InvalidArchitecture("arch", f"expected a MacroArch of MacroLayers, got {arch!r}")
     values = []
     for i, layer in enumerate(arch.layers):
-        values += [layer.filter_height, layer.filter_width, layer.num_filters]
-        if i:
-            values.append(layer.skips)
-        elif layer.skips:
+        if i == 0 and layer.skips:
             raise InvalidArchitecture("arch.layer0.skips", "the first layer has no earlier layer to read")
+        values += [layer.filter_height, layer.filter_width, layer.num_filters, layer.skips]
     return values

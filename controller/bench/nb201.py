@@ -8,7 +8,7 @@ import statistics
 import time
 from typing import Any
 
-from raynas.common import EvaluationError, check_int
+from raynas.common import ConfigError, EvaluationError, check_int
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
@@ -29,11 +29,14 @@ PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFOR
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
-    ps_shards: int = 1,
+    ps_shards: int = 1, workers: int | None = None,
 ) -> dict[str, Any]:
     """Any registered strategy, run in this process by the proposer loop. `controllers` set: a
     strategy with a shared policy (rl) runs as the asynchronous distributed scheme (K replicas
-    x m children, S shards) in simulated time (controller/bench/simulate.py)."""
+    x m children, S shards, W workers; None: one per child) in simulated time
+    (controller/bench/simulate.py)."""
+    if workers is not None and controllers is None:
+        raise ConfigError("workers", "places the distributed scheme's children: give --controllers too")
     check_int("evaluations", evaluations)
     check_int("seeds", seeds)
     spec = SearchSpec(space="nb201", evaluator="table", table={"dataset": dataset}, strategy=strategy,
@@ -42,7 +45,7 @@ def bench_nb201(
     space = get_space("nb201")
     evaluator = EvaluatorFactory.for_spec(spec)()
     chosen: list[float] = []
-    simulated: list[float] = []
+    simulated: list[dict[str, Any]] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
         if controllers is None:
@@ -50,15 +53,20 @@ def bench_nb201(
             run_loop(cls(space, seed=seed, options=options), InProcessExecutor(evaluator), ledger)
         else:
             ledger, figures = simulate_scheme(space, evaluator, evaluations, seed, controllers, children, ps_shards,
-                                              strategy, strategy_options)
-            simulated.append(figures["simulated_wall_time_s"])
+                                              strategy, strategy_options, workers=workers)
+            simulated.append(figures)
         if not any(r["reward"] is not None for r in ledger.records):
             raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
         best = max((r for r in ledger.records if r["reward"] is not None), key=lambda r: r["reward"])
         chosen.append(best["metrics"]["test_acc_200ep"])
     scheme = {} if controllers is None else {
-        "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards},
-        "simulated_wall_time_s_mean": statistics.fmean(simulated),
+        "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards,
+                   "workers": simulated[0]["workers"], "workers_requested": workers,
+                   "dispatch": simulated[0]["dispatch"]},
+        "simulated_wall_time_s_mean": statistics.fmean(s["simulated_wall_time_s"] for s in simulated),
+        "worker_utilization": statistics.fmean(s["worker_utilization"] for s in simulated),
+        "updates_per_simulated_hour": statistics.fmean(s["updates_per_simulated_hour"] for s in simulated),
+        "staleness_mean": statistics.fmean(s["staleness_mean"] for s in simulated),
     }
     return {
         **scheme,
@@ -78,7 +86,9 @@ def bench_nb201(
 def format_bench(result: dict[str, Any]) -> str:
     scheme = result.get("scheme")
     where = (f" as K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} "
-             f"shards (simulated wall time {result['simulated_wall_time_s_mean']:.0f} s)" if scheme else "")
+             f"shards, W={scheme['workers']} workers ({scheme['dispatch']}; simulated wall time "
+             f"{result['simulated_wall_time_s_mean']:.0f} s, worker utilisation "
+             f"{result['worker_utilization']:.1%})" if scheme else "")
     lines = [
         f"NAS-Bench-201 {result['dataset']}: {result['strategy']}{where}, {result['evaluations']} evaluations, "
         f"{result['seeds']} seeds ({result['wall_time_s']:.1f} s)",

@@ -1,12 +1,14 @@
 """Zoph & Le's asynchronous scheme in simulated time.
 
 The real replicas, shards and ledger (plain Python, no Ray), driven by an event
-queue: every child runs on its own worker, as in the paper (K x m GPUs), and
-takes the training time the evaluator reports (`simulated_time_s` for the
-NB201 table). A replica's batch finishes when its slowest child does; its
-gradient then reaches the shards, which may have moved on (staleness). This
-gives the search quality and wall time of the scheme at any K, m, S without a
-cluster, and the barrier-synchronous baseline as K = 1 with K x m children.
+queue: each child takes the training time the evaluator reports (`simulated_time_s`
+for the NB201 table) on a worker placed as the runtime places it: with W >= K x m
+workers each replica owns m (the paper's layout), with fewer every child waits in
+one queue for the next free worker (the dispatcher's rule). A replica's batch
+finishes when its slowest child does; its gradient then reaches the shards, which
+may have moved on (staleness). This gives the search quality, wall time and worker
+utilisation of the scheme at any K, m, S, W without a cluster, and the
+barrier-synchronous baseline as K = 1 with K x m children.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import heapq
 import itertools
 from typing import Any
 
-from raynas.common import ConfigError
+from raynas.common import ConfigError, check_int
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
 from raynas.controller.strategies import strategy_class, strategy_names
@@ -25,25 +27,53 @@ from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import Evaluator
 
 
+class SimulatedWorkers:
+    """W workers on a virtual clock, assigned like the runtime assigns them; counts busy time."""
+
+    def __init__(self, workers: int, controllers: int, children: int):
+        self.dedicated = workers >= controllers * children
+        self.size = controllers * children if self.dedicated else workers
+        self._free = [0.0] * self.size  # a heap of the times the shared workers come free
+        self.busy = 0.0
+
+    def run(self, now: float, durations: list[float]) -> float:
+        """Start a replica's children at `now`; returns when the last of them ends."""
+        self.busy += sum(durations)
+        if self.dedicated:
+            # The replica's own m workers are free: it waited for its whole previous batch.
+            return now + max(durations)
+        end = now
+        for duration in durations:
+            start = max(now, heapq.heappop(self._free))
+            heapq.heappush(self._free, start + duration)
+            end = max(end, start + duration)
+        return end
+
+
 def simulate_scheme(space: SearchSpace, evaluator: Evaluator, budget: int, seed: int, controllers: int,
                     children: int, ps_shards: int, strategy: str = "rl", strategy_options: dict[str, Any] | None = None,
-                    shard_config: dict[str, Any] | None = None) -> tuple[Ledger, dict[str, Any]]:
+                    shard_config: dict[str, Any] | None = None, workers: int | None = None
+                    ) -> tuple[Ledger, dict[str, Any]]:
     """Run the scheme of a strategy with a shared policy to `budget` evaluations; returns the
-    ledger (with `finished_at` in simulated seconds) and figures: simulated wall time,
-    staleness, shard versions."""
+    ledger (with `finished_at` in simulated seconds) and figures: simulated wall time, worker
+    utilisation, updates per simulated hour, staleness, shard versions. `workers` None gives
+    every child its own worker."""
     cls = strategy_class(strategy)
     if not cls.needs.shared_policy:
         raise ConfigError("controllers", f"the distributed scheme runs strategies with a shared policy, not {strategy}",
                           [n for n in strategy_names() if strategy_class(n).needs.shared_policy])
+    check_int("workers", workers, optional=True)
     options = cls.parse_options(space, strategy_options or {})
+    settings = cls.scheme(options)
     initial = cls.shared_policy(space, seed, options).weights()
     shard_map = ShardMap.build(initial, ps_shards)
-    config = ShardConfig(lr=cls.policy_lr(options), **(shard_config or {}))
+    config = ShardConfig(lr=settings.lr, **(shard_config or {}))
     shards = LocalShards([ParameterShard(i, part, config) for i, part in enumerate(shard_map.split(initial))],
                          shard_map)
-    ledger = Ledger(None, budget, seed)
+    ledger = Ledger(None, budget, seed, baseline_decay=settings.baseline_decay)
     replicas = [ControllerReplica(f"controller-{k}", cls.shared_policy(space, replica_seed(seed, k), options),
                                   children) for k in range(controllers)]
+    pool = SimulatedWorkers(controllers * children if workers is None else workers, controllers, children)
     events: list = []
     order = itertools.count()
     clock = 0.0
@@ -53,11 +83,11 @@ def simulate_scheme(space: SearchSpace, evaluator: Evaluator, budget: int, seed:
             return
         batch = replicas[k].begin(claims, shards)
         results = [evaluator.evaluate(t.arch, seed=t.seed) for t in batch.tasks]
-        finish = now + max(r.metrics.get("simulated_time_s", 0.0) for r in results)
+        finish = pool.run(now, [r.metrics.get("simulated_time_s", 0.0) for r in results])
         heapq.heappush(events, (finish, next(order), k, batch, results))
 
-    for k in range(controllers):
-        launch(k, 0.0, ledger.claim(replicas[k].name, children))
+    for k, replica in enumerate(replicas):
+        launch(k, 0.0, replica.resume(ledger.start(replica.name, children), shards))
     while events:
         clock, _, k, batch, results = heapq.heappop(events)
         claims = replicas[k].finish(batch, results, shards, ledger)
@@ -67,6 +97,10 @@ def simulate_scheme(space: SearchSpace, evaluator: Evaluator, budget: int, seed:
     staleness = [s for r in replicas for s in r.staleness]
     return ledger, {
         "simulated_wall_time_s": clock,
+        "workers": pool.size,
+        "dispatch": "dedicated" if pool.dedicated else "shared",
+        "worker_utilization": pool.busy / (pool.size * clock) if clock else 0.0,
+        "updates_per_simulated_hour": ledger.updates / (clock / 3600) if clock else 0.0,
         "staleness_mean": sum(staleness) / len(staleness) if staleness else 0.0,
         "staleness_max": max(staleness, default=0),
         "shard_versions": [s.version for s in shards.shards],

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 
@@ -59,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run rl as the asynchronous distributed scheme with K replicas, in simulated time")
     b.add_argument("--children", type=int, default=8, help="m children per replica step (with --controllers)")
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
+    b.add_argument("--workers", type=int,
+                   help="W workers (with --controllers; default one per child): fewer share one queue")
     b.add_argument("--json", action="store_true")
 
     COMMANDS.update(model.add_parsers(sub))
@@ -66,9 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from raynas.controller.runtime.job import SearchJob
     from raynas.controller.strategies import strategy_class
+
+    # What Kubernetes, `ray job stop` and systemd send: stop as gracefully as Ctrl-C does.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
 
     if args.resume:
         out = args.resume
@@ -138,7 +150,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
                          strategy_options=dict(args.strategy_option), controllers=args.controllers,
-                         children=args.children, ps_shards=args.ps_shards)
+                         children=args.children, ps_shards=args.ps_shards, workers=args.workers)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 

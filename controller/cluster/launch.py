@@ -32,19 +32,27 @@ def job_namespace(out: str | Path) -> str:
 
 
 def connect(address: str | None, quiet: bool = False) -> bool:
-    """Join the cluster at `address`, or start an embedded single-node one. True if we started it."""
+    """Join the cluster at `address`, or start a private single-node one. True if we started it.
+
+    Without an address Ray would join whatever cluster this machine last started (its
+    current-cluster file): a dead one (a long wait, then a failure) or someone else's (our
+    actors among its jobs). "local" always starts a new one.
+    """
     import ray
 
     if ray.is_initialized():
         return False
     try:
-        context = ray.init(address=address, logging_level="warning", log_to_driver=False,
+        context = ray.init(address=address or "local", logging_level="warning", log_to_driver=False,
                            configure_logging=True)
     except (ConnectionError, ValueError, RuntimeError) as exc:
         raise ConfigError("address", f"cannot connect to the Ray cluster at {address!r}: {exc}",
                           "auto, ray://HOST:PORT, or none for an embedded cluster") from None
     if not quiet:
         url = getattr(context, "dashboard_url", None)
+        if address:
+            print(f"joined the Ray cluster at {getattr(context, 'address_info', {}).get('gcs_address', address)}",
+                  file=sys.stderr)
         print(f"Ray dashboard: http://{url}" if url else "Ray dashboard: not running (install ray[default])",
               file=sys.stderr)
     return address is None
@@ -57,13 +65,14 @@ def shutdown() -> None:
 
 
 def start_actor(cls: type, *args: Any, name: str, namespace: str, restartable: bool = False,
-                detached: bool = False, pin_here: bool = False, num_cpus: float = 0, num_gpus: float = 0,
-                max_concurrency: int | None = None) -> Any:
+                detached: bool = False, pin_here: bool = False, spread: bool = False, num_cpus: float = 0,
+                num_gpus: float = 0, max_concurrency: int | None = None) -> Any:
     """`cls(*args)` as a named actor.
 
     `restartable`: Ray restarts it after a crash and retries the calls it held (its state
     must come back from its own checkpoint). `pin_here`: on this process's node, for actors
-    that write the run directory, which lives on this node's disk.
+    that write the run directory, which lives on this node's disk. `spread`: across the
+    cluster's nodes (zero-CPU actors would otherwise pile up on the driver's).
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -76,6 +85,8 @@ def start_actor(cls: type, *args: Any, name: str, namespace: str, restartable: b
     if pin_here:
         options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
                                                                         soft=False)
+    elif spread:
+        options["scheduling_strategy"] = "SPREAD"
     if max_concurrency:
         options["max_concurrency"] = max_concurrency
     return ray.remote(cls).options(**options).remote(*args)

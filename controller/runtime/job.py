@@ -27,7 +27,7 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save
 from raynas.controller import cluster
 from raynas.controller.cluster import job_namespace, metrics
-from raynas.controller.runtime.hosts import RecorderHost, ReplicaHost, ShardHost
+from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
 from raynas.controller.runtime.progress import Progress
@@ -40,6 +40,14 @@ from raynas.search_spaces import get_space
 from raynas.workers.execution import Executor, InProcessExecutor, Task
 
 CHECKPOINTS = "checkpoint"
+
+
+def assign_workers(controllers: int, children: int, workers: int) -> list[list[int]] | None:
+    """Each replica's own workers when there are enough for all (replica k: workers k*m ..
+    k*m + m - 1, the paper's layout); None when they must be shared through the dispatcher."""
+    if workers < controllers * children:
+        return None
+    return [list(range(k * children, (k + 1) * children)) for k in range(controllers)]
 
 
 class SearchJob:
@@ -177,11 +185,14 @@ class SearchJob:
         actors: list = []
         interrupted = False
         try:
-            workers = cluster.start_workers(factory, spec.workers, ns, spec.cpus_per_child, spec.gpus_per_child)
+            scheme = spec.runs_scheme(strategy)
+            # The scheme uses at most K x m workers at once; more would only idle.
+            count = min(spec.workers, spec.controllers * spec.children) if scheme else spec.workers
+            workers = cluster.start_workers(factory, count, ns, spec.cpus_per_child, spec.gpus_per_child)
             actors += workers
-            self.extra["scheme"] = {"workers": spec.workers, "cpus_per_child": spec.cpus_per_child,
+            self.extra["scheme"] = {"workers": count, "cpus_per_child": spec.cpus_per_child,
                                     "gpus_per_child": spec.gpus_per_child, "namespace": ns}
-            if spec.runs_scheme(strategy):
+            if scheme:
                 interrupted = self._run_scheme(run, deadline, actors, strategy, options)
             else:
                 executor = cluster.worker_executor(workers, spec.max_retries,
@@ -200,36 +211,49 @@ class SearchJob:
 
     def _run_scheme(self, run: RunDirectory, deadline: float | None, actors: list, strategy: type[Strategy],
                     options: Any) -> bool:
-        """Zoph & Le's scheme: S shards hold the policy, K replicas sample m children each."""
+        """Zoph & Le's scheme: S shards hold the policy, K replicas sample m children each.
+
+        With W >= K x m workers each replica owns m of them (the paper's layout); with fewer,
+        one dispatcher queues every replica's children for the next free worker. Everything
+        that writes the run directory (shards, the recorder) lives on this node; replicas and
+        the dispatcher go wherever Ray places them. Every actor is restartable: a dead shard
+        comes back with every update it acknowledged, a dead replica pushes its last gradient
+        again, a dead recorder rebuilds itself from the run directory.
+        """
         spec = self.spec
         ns = self.namespace
         space = get_space(spec.space, **spec.space_options)
         initial = strategy.shared_policy(space, spec.seed, options).weights()
-        map_path = run.path / CHECKPOINTS / "shard_map.json"
+        checkpoints = run.path / CHECKPOINTS
+        map_path = checkpoints / "shard_map.json"
         if self.resume and map_path.exists():
             shard_map = ShardMap.from_dict(json.loads(map_path.read_text()))
         else:
             shard_map = ShardMap.build(initial, spec.ps_shards)
             map_path.write_text(json.dumps(shard_map.to_dict()))
-        config = ShardConfig(lr=strategy.policy_lr(options), accumulate=spec.ps_accumulate,
+        settings = strategy.scheme(options)
+        config = ShardConfig(lr=settings.lr, accumulate=spec.ps_accumulate,
                              staleness_policy=spec.staleness_policy, max_staleness=spec.max_staleness)
-        # Shards, replicas and the recorder write the run directory: they live on this (the
-        # driver's) node, where the directory is, not wherever Ray would put a zero-CPU actor.
         shards = [
-            cluster.start_actor(ShardHost, ns, i, part, config, str(run.path / CHECKPOINTS / f"ps-{i}.pt"),
+            cluster.start_actor(ShardHost, ns, i, part, config, str(checkpoints / f"ps-{i}.pt"),
                                 spec.checkpoint_every, name=f"ps-{i}", namespace=ns, restartable=True, pin_here=True)
             for i, part in enumerate(shard_map.split(initial))
         ]
         actors += shards
         recorder = cluster.start_actor(RecorderHost, ns, str(run.path), spec.evaluations, spec.seed, deadline,
-                                       name="recorder", namespace=ns, pin_here=True)
+                                       settings.baseline_decay, str(checkpoints), name="recorder", namespace=ns,
+                                       restartable=True, pin_here=True)
         actors.append(recorder)
+        workers = min(spec.workers, spec.controllers * spec.children)
+        own = assign_workers(spec.controllers, spec.children, workers)
+        if own is None:
+            actors.append(cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(workers)],
+                                              spec.max_retries, name="dispatcher", namespace=ns, restartable=True,
+                                              max_concurrency=spec.controllers + 1, spread=True))
         replicas = [
             cluster.start_actor(ReplicaHost, ns, k, spec.to_dict(), shard_map.to_dict(), ns, spec.ps_shards,
-                                # Each replica starts its round-robin at its own worker, so K replicas spread.
-                                [f"worker-{(k + j) % spec.workers}" for j in range(spec.workers)],
-                                str(run.path / CHECKPOINTS / f"controller-{k}.pt"), spec.max_retries,
-                                name=f"controller-{k}", namespace=ns, restartable=True, pin_here=True)
+                                None if own is None else [f"worker-{w}" for w in own[k]], spec.max_retries,
+                                name=f"controller-{k}", namespace=ns, restartable=True, spread=True)
             for k in range(spec.controllers)
         ]
         actors += replicas
@@ -252,13 +276,17 @@ class SearchJob:
                 print("\nstopping: replicas finish their current children (Ctrl-C again to abort)", file=sys.stderr)
                 self._stop.set()
         self._show(recorder, seen)
-        shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
         cluster.call_all((s, "checkpoint", ()) for s in shards)
+        shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
+        gradients = cluster.call(recorder, "scheme_stats")
         staleness = [x for st in replica_stats.values() for x in st["staleness"]]
         self.extra["scheme"].update({"controllers": spec.controllers, "children": spec.children,
                                      "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,
-                                     "staleness_policy": spec.staleness_policy})
+                                     "staleness_policy": spec.staleness_policy,
+                                     "workers_per_replica": None if own is None else spec.children,
+                                     "dispatch": "shared" if own is None else "dedicated"})
         self.extra["parameter_servers"] = shard_stats
+        self.extra["gradients"] = gradients
         self.extra["replicas"] = {k: {"cycles": v["cycles"], "timings_s": v["timings_s"]}
                                   for k, v in replica_stats.items()}
         self.extra["staleness"] = {

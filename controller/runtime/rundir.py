@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from raynas.common import ConfigError
+from raynas.common import ConfigError, DataError
 from raynas.common.files import write_json_atomic
 
 SPEC = "spec.json"
@@ -49,17 +49,23 @@ class RunDirectory:
             os.fsync(f.fileno())
 
     def evaluations(self) -> list[dict[str, Any]]:
-        path = self.path / EVALUATIONS
-        if not path.exists():
-            return []
-        records = []
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                # A crash can leave the last line torn; everything before it is whole.
-                break
+        """Every whole record of the log. A torn last line (a crash mid-append) is left out; a
+        damaged line before the end is a DataError naming it, never silently the end of the log."""
+        records, _ = _read_log(self.path / EVALUATIONS)
         return records
+
+    def repair_log(self, log: str = EVALUATIONS) -> int:
+        """Cut a torn tail off a log before anything is appended to it, as a write-ahead log
+        does on open; returns the bytes cut (0 for a whole log)."""
+        path = self.path / log
+        _, good = _read_log(path)
+        size = path.stat().st_size if path.exists() else 0
+        if good < size:
+            with open(path, "r+b") as f:
+                f.truncate(good)
+                f.flush()
+                os.fsync(f.fileno())
+        return size - good
 
     def spec(self) -> dict[str, Any]:
         return json.loads((self.path / SPEC).read_text())
@@ -72,6 +78,31 @@ class RunDirectory:
 
     def write_plot(self, records: list[dict[str, Any]]) -> None:
         (self.path / PLOT).write_text(progress_svg(records))
+
+
+def _read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The records of a JSON-lines log and the byte length of its whole part."""
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    records, good, offset = [], 0, 0
+    for number, line in enumerate(lines, 1):
+        end = offset + len(line) + 1
+        last = all(not rest.strip() for rest in lines[number:])
+        if line.strip():
+            if end > len(data):  # no newline yet: the append was cut, whatever the line holds
+                return records, good
+            try:
+                records.append(json.loads(line))
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                if not last:
+                    raise DataError(f"{path} line {number} is damaged ({exc}); the log cannot be trusted past it: "
+                                    "restore it from a backup or start a new search") from None
+                return records, good
+        good = min(end, len(data))
+        offset = end
+    return records, good
 
 
 class LogTail:

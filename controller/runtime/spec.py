@@ -91,7 +91,7 @@ class SearchSpec:
         check_int("seed", self.seed, 0)
         cls, options = self.strategy_config()
         if self.runs_scheme(cls):
-            cls.policy_lr(options)
+            cls.scheme(options)
         return self
 
     def strategy_config(self) -> tuple[type[Strategy], Any]:

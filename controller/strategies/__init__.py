@@ -9,7 +9,7 @@ import importlib
 import pkgutil
 
 from raynas.common import ConfigError
-from raynas.controller.strategies.base import Needs, NoOptions, Proposal, SharedPolicy, Strategy
+from raynas.controller.strategies.base import Needs, NoOptions, Proposal, SchemeSettings, SharedPolicy, Strategy
 from raynas.search_spaces import SearchSpace
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -48,5 +48,5 @@ def get_strategy(name: str, space: SearchSpace, seed: int = 0, **options) -> Str
     return cls(space, seed=seed, options=cls.parse_options(space, options))
 
 
-__all__ = ["NoOptions", "Needs", "Proposal", "SharedPolicy", "Strategy", "get_strategy", "register",
+__all__ = ["NoOptions", "Needs", "Proposal", "SchemeSettings", "SharedPolicy", "Strategy", "get_strategy", "register",
            "strategy_class", "strategy_names"]

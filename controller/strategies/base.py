@@ -39,11 +39,21 @@ class SharedPolicy(Protocol):
 
     def sample(self, n: int, first: int) -> list[tuple[Hashable, tuple]]: ...
 
-    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float]) -> dict[str, Any]: ...
+    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float],
+                  baseline: float | None) -> dict[str, Any]: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class SchemeSettings:
+    """What the distributed scheme needs from a shared-policy strategy's options: the shards'
+    learning rate and the decay of the reward baseline the ledger keeps for every replica."""
+
+    lr: float
+    baseline_decay: float
 
 
 @dataclass(frozen=True)
@@ -53,7 +63,7 @@ class Needs:
 
     - `shared_policy`: the strategy can run as Zoph & Le's scheme on a cluster: its policy's
       weights on S parameter shards, K controller replicas sampling m children each. The class
-      provides `shared_policy(space, seed, options)` and `policy_lr(options)`. Elsewhere (the
+      provides `shared_policy(space, seed, options)` and `scheme(options)`. Elsewhere (the
       local runtime, `nas bench`) it runs as an ordinary proposer.
     - `search`: each evaluation is a weight-sharing search that derives its own architecture
       (`propose` returns None): `search(options, space, dataset, evaluator)` returns the
@@ -150,5 +160,6 @@ class Strategy(ABC):
         raise ConfigError("strategy", f"{cls.name} has no policy to share over parameter shards")
 
     @classmethod
-    def policy_lr(cls, options: Any) -> float:
+    def scheme(cls, options: Any) -> SchemeSettings:
+        """The scheme's settings; refuses options that mean nothing once the policy is shared."""
         raise ConfigError("strategy", f"{cls.name} has no policy to share over parameter shards")

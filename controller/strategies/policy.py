@@ -11,14 +11,16 @@ Heads, embeddings and anchor weights exist once per decision *group*, so the
 parameters depend on the space's groups, not on its depth: the macro space's
 depth schedule adds decisions without adding parameters.
 
-Anchors. Layer j's anchor is the LSTM output at its subset step (before its
-own connections are chosen), as in ENAS's macro controller. The first layer
-has no subset decision in our spaces, so its anchor is the output of the very
-first step; the k-th subset decision may therefore name candidates 0..k.
+Anchors. Every layer ends with a subset step (the first layer's has no
+candidates), whose input is the embedding of the layer's last choice: its
+output is the layer's anchor, so an anchor knows the layer it stands for, and
+the layer's own connections are chosen against the anchors of the layers before
+it, as in Zoph & Le's attention and ENAS's macro controller. The k-th subset
+decision may therefore name candidates 0..k-1.
 
 Input after a subset decision: the chosen anchors' sum divided by (1 + their
-count), ENAS's choice; it is the zero vector for "no connection" and needs no
-special case.
+count), ENAS's choice; it is the zero vector for "no connection". After a step
+with nothing to choose the next input is the start embedding (ENAS's g_emb).
 """
 
 from __future__ import annotations
@@ -119,10 +121,10 @@ class LSTMPolicy(nn.Module):
             if _choices(d) != self._choices[d.group]:
                 raise ConfigError("decisions", f"{d.name} differs from the other decisions of group {d.group!r}")
             if isinstance(d, Subset):
-                subsets += 1
                 if any(not 0 <= c < subsets for c in d.candidates):
                     raise ConfigError(f"decisions.{d.name}", f"candidates {d.candidates} need anchors the "
                                       "controller has not passed", f"0..{subsets - 1}")
+                subsets += 1
         self.decisions = tuple(decisions)
         # Choice -> index per decision, for teacher forcing.
         self._index = [{c: i for i, c in enumerate(d.choices)} if isinstance(d, Categorical) else None
@@ -194,8 +196,6 @@ class LSTMPolicy(nn.Module):
                 state[layer] = cell(x, state[layer])
                 x = state[layer][0]
             h = x
-            if not anchors:
-                anchors.append(h)
             head = self.heads[_key(d.group)]
             if isinstance(d, Categorical):
                 logp = F.log_softmax(self._shape_logits(head.logits(h)), dim=-1)
@@ -203,6 +203,11 @@ class LSTMPolicy(nn.Module):
                 lp = logp.gather(1, a.unsqueeze(1)).squeeze(1)
                 ent = -(logp.exp() * logp).sum(-1)
                 x = head.embedding(a)
+            elif not d.candidates:
+                a = torch.zeros(n, 0)
+                lp = ent = torch.zeros(n)
+                x = self.start.expand(n, -1)
+                anchors.append(h)
             else:
                 chosen = torch.stack(anchors)[list(d.candidates)]
                 logits = self._shape_logits(head.logits(h, chosen))

@@ -163,11 +163,12 @@ DEPTH_OPTIONS = ("start_depth", "depth_step", "depth_every", "max_depth")
 
 
 class PolicyCore:
-    """The controller's policy with its depth schedule, baseline and sampling RNG.
+    """The controller's policy with its depth schedule and sampling RNG.
 
     The single-process `rl` strategy and every distributed replica hold one;
     they differ only in where the weights are updated (a local Adam, or the
-    parameter shards). `options` is the rl strategy's `RLOptions`.
+    parameter shards) and where the baseline lives (the strategy's own, or the
+    ledger's, shared by every replica). `options` is the rl strategy's `RLOptions`.
     """
 
     def __init__(self, space: SearchSpace, seed: int, options: RLOptions | None = None):
@@ -180,7 +181,6 @@ class PolicyCore:
         self.generator = torch.Generator().manual_seed(seed)
         self.policy = LSTMPolicy(widest.decisions(), temperature=options.temperature,
                                  tanh_constant=options.tanh_constant, generator=self.generator)
-        self.baseline = EmaBaseline(options.baseline_decay)
         self.entropy_weight = options.entropy_weight
         self._depth_space: SearchSpace | None = None
         self._depth: int | None = None
@@ -203,12 +203,11 @@ class PolicyCore:
             values, _, _ = self.policy.sample(n, self.generator)
         return [(space.from_values(v), v) for v in values]
 
-    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float]) -> dict[str, torch.Tensor]:
-        """The REINFORCE gradient of a batch against the baseline, which then absorbs the rewards."""
-        loss = reinforce_loss(self.policy, values_batch, rewards, self.baseline.value, self.entropy_weight)
-        grads = gradients(self.policy, loss)
-        self.baseline.update(rewards)
-        return grads
+    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float],
+                  baseline: float | None) -> dict[str, torch.Tensor]:
+        """The REINFORCE gradient of a batch against `baseline` (None: the batch's mean reward)."""
+        loss = reinforce_loss(self.policy, values_batch, rewards, baseline, self.entropy_weight)
+        return gradients(self.policy, loss)
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.policy.named_parameters()}
@@ -219,11 +218,11 @@ class PolicyCore:
                 p.copy_(weights[name])
 
     def state_dict(self) -> dict[str, Any]:
-        """Baseline and RNG: the replica's own state (the weights live on the shards)."""
-        return {"baseline": self.baseline.state_dict(), "generator": self.generator.get_state()}
+        """The sampling RNG: the replica's own state (the weights live on the shards, the baseline
+        with the ledger)."""
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.baseline.load_state_dict(state["baseline"])
         self.generator.set_state(state["generator"])
 
 

@@ -17,8 +17,15 @@ import torch
 
 from raynas.common import ConfigError
 from raynas.controller.strategies import register
-from raynas.controller.strategies.base import Needs, Strategy
-from raynas.controller.strategies.reinforce import DepthSchedule, PolicyCore, RLOptions, apply_gradients, reward_of
+from raynas.controller.strategies.base import Needs, SchemeSettings, Strategy
+from raynas.controller.strategies.reinforce import (
+    DepthSchedule,
+    EmaBaseline,
+    PolicyCore,
+    RLOptions,
+    apply_gradients,
+    reward_of,
+)
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
 
@@ -46,7 +53,7 @@ class RLStrategy(Strategy):
         self.batch_size = self.options.batch_size or DEFAULT_BATCH
         self.core = PolicyCore(space, seed, self.options)
         self.policy = self.core.policy
-        self.baseline = self.core.baseline
+        self.baseline = EmaBaseline(self.options.baseline_decay)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.options.lr)
         self._proposed = 0
         # Decision values of proposals not yet observed, per architecture (an
@@ -64,10 +71,10 @@ class RLStrategy(Strategy):
         return PolicyCore(space, seed, options)
 
     @classmethod
-    def policy_lr(cls, options: RLOptions) -> float:
+    def scheme(cls, options: RLOptions) -> SchemeSettings:
         if options.batch_size is not None:
             raise ConfigError("strategy_options.batch_size", "in the distributed scheme the batch is --children (m)")
-        return options.lr
+        return SchemeSettings(lr=options.lr, baseline_decay=options.baseline_decay)
 
     def propose(self, n: int = 1) -> list[Hashable]:
         archs: list[Hashable] = []
@@ -91,7 +98,9 @@ class RLStrategy(Strategy):
         self._batch.append((values, reward_of(result)))
         if len(self._batch) == self.batch_size:
             values_batch, rewards = zip(*self._batch)
-            apply_gradients(self.policy, self.optimizer, self.core.gradients(values_batch, rewards))
+            grads = self.core.gradients(values_batch, rewards, self.baseline.value)
+            apply_gradients(self.policy, self.optimizer, grads)
+            self.baseline.update(rewards)
             self._batch = []
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,6 +110,7 @@ class RLStrategy(Strategy):
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "core": self.core.state_dict(),
+            "baseline": self.baseline.state_dict(),
             "proposed": self._proposed,
             "pending": [[self.space.format(arch), queue] for arch, queue in self._pending.items()],
             "batch": [[values, reward] for values, reward in self._batch],
@@ -116,5 +126,6 @@ class RLStrategy(Strategy):
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.core.load_state_dict(state["core"])
+        self.baseline.load_state_dict(state["baseline"])
         self._pending = {self.space.parse(text): queue for text, queue in state["pending"]}
         self._batch = [(values, reward) for values, reward in state["batch"]]

@@ -39,7 +39,10 @@ def test_rl_scheme_runs_the_budget_with_sharded_updates(tmp_path):
     # Every replica step pushes one update to every shard: 32 evaluations / m=4 = 8 steps.
     assert [s["version"] for s in result["parameter_servers"]] == [8, 8]
     assert sum(r["cycles"] for r in result["replicas"].values()) == 8
-    assert result["staleness"]["pushes"] == 16
+    assert result["staleness"]["pushes"] == 8
+    assert result["gradients"]["gradients"] == 8 and result["gradients"]["lost"] == 0
+    # Eight children in flight on two workers: one dispatcher queues them, never two on one worker.
+    assert result["scheme"]["dispatch"] == "shared"
     assert {r["replica"] for r in records(out)} == {"controller-0", "controller-1"}
     assert result["best"]["reward"] == max(r["reward"] for r in records(out))
 

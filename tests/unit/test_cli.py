@@ -172,8 +172,15 @@ def test_bench_distributed_scheme_in_simulated_time(capsys):
                            "--controllers", "2", "--children", "4", "--ps-shards", "2", "--json")
     assert code == 0
     result = json.loads(out)
-    assert result["scheme"] == {"controllers": 2, "children": 4, "ps_shards": 2}
-    assert result["simulated_wall_time_s_mean"] > 0
+    assert result["scheme"] == {"controllers": 2, "children": 4, "ps_shards": 2, "workers": 8,
+                                "workers_requested": None, "dispatch": "dedicated"}
+    assert result["simulated_wall_time_s_mean"] > 0 and 0 < result["worker_utilization"] <= 1
+    code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "1",
+                           "--controllers", "2", "--children", "4", "--workers", "3", "--json")
+    shared = json.loads(out)
+    assert shared["scheme"]["dispatch"] == "shared" and shared["scheme"]["workers"] == 3
+    # Three workers for eight children in flight: the queue keeps them busier than dedicated ones.
+    assert shared["worker_utilization"] > result["worker_utilization"]
 
 
 def test_console_script_runs():

@@ -112,7 +112,7 @@ def test_more_shards_than_tensors_leaves_empty_shards_that_still_work():
     empty = ParameterShard(3, parts[3])
     version, weights = empty.pull()
     assert weights == {}
-    assert empty.push({}, version, replica=0).outcome == "applied"
+    assert empty.push({}, 0, replica=0, cycle=0).outcome == "applied"
     assert smap.merge([ParameterShard(s, p).pull()[1] for s, p in enumerate(parts)]).keys() == {"a", "b"}
 
 
@@ -143,8 +143,7 @@ def test_single_shard_matches_torch_adam_step_for_step():
     gen = torch.Generator().manual_seed(1)
     for step in range(1, 8):
         grads = random_grads({"w": (3, 4), "b": (4,)}, gen)
-        version, _ = shard.pull()
-        receipt = shard.push(grads, version, replica="r0")
+        receipt = shard.push(grads, 0, replica="r0", cycle=step)
         reference_step(params, optimizer, grads)
         assert (receipt.outcome, receipt.version, receipt.staleness) == ("applied", step, 0)
         assert_same(shard.pull()[1], params)
@@ -158,11 +157,10 @@ def test_policy_over_three_shards_equals_unsharded_adam():
     shards = [ParameterShard(s, part, config) for s, part in enumerate(smap.split(named))]
     params, optimizer = adam_reference(named, config)
     gen = torch.Generator().manual_seed(2)
-    for _ in range(5):
-        pulled = [shard.pull() for shard in shards]
+    for cycle in range(5):
         grads = random_grads(smap.shapes, gen)
-        for shard, (version, _), part in zip(shards, pulled, smap.split(grads)):
-            shard.push(part, version, replica=1)
+        for shard, part in zip(shards, smap.split(grads)):
+            shard.push(part, 0, replica=1, cycle=cycle)
         reference_step(params, optimizer, grads)
     assert_same(smap.merge([shard.pull()[1] for shard in shards]), dict(sorted(params.items())))
     assert [shard.version for shard in shards] == [5, 5, 5]
@@ -178,10 +176,10 @@ def test_accumulate_applies_once_per_n_pushes_with_the_mean_gradient():
     for round_ in range(2):
         before = shard.pull()[1]
         grads = [random_grads(shard.shapes, gen) for _ in range(3)]
-        outcomes = [shard.push(g, shard.version, replica=i).outcome for i, g in enumerate(grads[:2])]
+        outcomes = [shard.push(g, 0, replica=i, cycle=round_).outcome for i, g in enumerate(grads[:2])]
         assert outcomes == ["accumulated", "accumulated"]
         assert_same(shard.pull(), (round_, before))
-        assert shard.push(grads[2], shard.version, replica=2).outcome == "applied"
+        assert shard.push(grads[2], 0, replica=2, cycle=round_).outcome == "applied"
         reference_step(params, optimizer, {n: (grads[0][n] + grads[1][n] + grads[2][n]) / 3 for n in params})
         assert shard.version == round_ + 1
         assert_same(shard.pull()[1], params)
@@ -191,10 +189,10 @@ def test_accumulate_applies_once_per_n_pushes_with_the_mean_gradient():
 def test_drop_policy_discards_updates_staler_than_the_bound():
     shard = single_shard(ShardConfig(staleness_policy="drop", max_staleness=1))
     grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
-    assert shard.push(grads, 0, "a").outcome == "applied"
-    assert shard.push(grads, 0, "b").staleness == 1 and shard.version == 2
+    assert shard.push(grads, 0, "a", 0).outcome == "applied"
+    assert shard.push(grads, 1, "b", 0).staleness == 1 and shard.version == 2
     before = shard.pull()
-    receipt = shard.push(grads, 0, "c")
+    receipt = shard.push(grads, 2, "c", 0)
     assert (receipt.outcome, receipt.staleness, receipt.version) == ("dropped", 2, 2)
     assert_same(shard.pull(), before)
     stats = shard.stats()
@@ -203,23 +201,56 @@ def test_drop_policy_discards_updates_staler_than_the_bound():
     assert stats["pushes_by_replica"] == {"a": 1, "b": 1, "c": 1}
 
 
-def test_scale_policy_divides_stale_gradients_by_one_plus_staleness():
+def test_scale_policy_divides_the_step_by_one_plus_staleness():
+    """The learning rate of the step is scaled, so Adam's normalisation cannot undo it."""
     config = ShardConfig(staleness_policy="scale")
     shard = single_shard(config)
     params, optimizer = adam_reference(shard.pull()[1], config)
     gen = torch.Generator().manual_seed(4)
-    for base, expected_staleness in [(0, 0), (0, 1), (0, 2), (3, 0), (1, 3)]:
+    for cycle, staleness in enumerate([0, 1, 2, 0, 3]):
         grads = random_grads(shard.shapes, gen)
-        assert shard.push(grads, base, replica=0).staleness == expected_staleness
-        reference_step(params, optimizer, {n: g / (1 + expected_staleness) for n, g in grads.items()})
+        assert shard.push(grads, staleness, replica=0, cycle=cycle).staleness == staleness
+        optimizer.param_groups[0]["lr"] = config.lr / (1 + staleness)
+        reference_step(params, optimizer, grads)
         assert_same(shard.pull()[1], params)
+
+
+def test_scale_survives_adam_where_scaling_the_gradient_would_not():
+    """A stream of gradients all 99 updates stale: scaling the gradient by 1/100 leaves Adam's
+    steps as they were; scaling the step moves the weights 100 times less."""
+    fresh, stale = single_shard(ShardConfig()), single_shard(ShardConfig(staleness_policy="scale"))
+    start = fresh.pull()[1]
+    gen = torch.Generator().manual_seed(8)
+    for cycle in range(20):
+        grads = random_grads(fresh.shapes, gen)
+        fresh.push(grads, 0, 0, cycle)
+        stale.push(grads, 99, 0, cycle)
+    for name, w in start.items():
+        moved_fresh = (fresh.pull()[1][name] - w).abs().sum()
+        moved_stale = (stale.pull()[1][name] - w).abs().sum()
+        torch.testing.assert_close(moved_stale * 100, moved_fresh, rtol=1e-2, atol=1e-6)
 
 
 def test_scale_policy_with_a_bound_also_drops():
     shard = single_shard(ShardConfig(staleness_policy="scale", max_staleness=0))
     grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
-    shard.push(grads, 0, 0)
-    assert shard.push(grads, 0, 0).outcome == "dropped"
+    shard.push(grads, 0, 0, 0)
+    assert shard.push(grads, 1, 0, 1).outcome == "dropped"
+
+
+def test_a_gradient_is_applied_at_most_once():
+    """Ray retries a push to a restarted shard and a restarted replica re-pushes its last
+    gradient: (replica, cycle) names a gradient, and a second push of it changes nothing."""
+    shard = single_shard(ShardConfig())
+    grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
+    assert shard.push(grads, 0, "r0", 0).outcome == "applied"
+    after = shard.pull()
+    again = shard.push(grads, 0, "r0", 0)
+    assert (again.outcome, again.version) == ("duplicate", 1)
+    assert_same(shard.pull(), after)
+    assert shard.push(grads, 0, "r1", 0).outcome == "applied"  # another replica's cycle 0 is another gradient
+    stats = shard.stats()
+    assert (stats["pushes"], stats["applied"], stats["duplicates"]) == (2, 2, 1)
 
 
 # -- validation --------------------------------------------------------------------------------
@@ -228,15 +259,17 @@ def test_bad_gradients_raise_naming_the_parameter():
     shard = single_shard()
     good = {"w": torch.ones(3, 4), "b": torch.ones(4)}
     with pytest.raises(ConfigError, match=r"^gradients: unexpected parameter 'x'"):
-        shard.push({**good, "x": torch.ones(1)}, 0, 0)
+        shard.push({**good, "x": torch.ones(1)}, 0, 0, 0)
     with pytest.raises(ConfigError, match=r"^gradients: missing parameter 'b'"):
-        shard.push({"w": good["w"]}, 0, 0)
+        shard.push({"w": good["w"]}, 0, 0, 0)
     with pytest.raises(ConfigError, match=r"^gradients\['w'\]: shape \(4, 3\) does not match .*\(3, 4\)"):
-        shard.push({**good, "w": torch.ones(4, 3)}, 0, 0)
+        shard.push({**good, "w": torch.ones(4, 3)}, 0, 0, 0)
     with pytest.raises(ConfigError, match=r"^gradients\['b'\]: contains NaN"):
-        shard.push({**good, "b": torch.full((4,), float("nan"))}, 0, 0)
-    with pytest.raises(ConfigError, match=r"^base_version:"):
-        shard.push(good, 1, 0)
+        shard.push({**good, "b": torch.full((4,), float("nan"))}, 0, 0, 0)
+    with pytest.raises(ConfigError, match=r"^staleness:"):
+        shard.push(good, -1, 0, 0)
+    with pytest.raises(ConfigError, match=r"^cycle:"):
+        shard.push(good, 0, 0, -1)
     assert shard.stats()["pushes"] == 0 and shard.version == 0
 
 
@@ -261,7 +294,7 @@ def busy_shard():
     shard = single_shard(ShardConfig(accumulate=2, staleness_policy="scale", max_staleness=5))
     gen = torch.Generator().manual_seed(5)
     for i in range(7):
-        shard.push(random_grads(shard.shapes, gen), max(0, shard.version - i % 3), replica=f"r{i % 2}")
+        shard.push(random_grads(shard.shapes, gen), i % 3, replica=f"r{i % 2}", cycle=i)
     assert shard.stats()["pending"] == 1 and shard.version == 3
     return shard
 
@@ -275,8 +308,8 @@ def test_checkpoint_round_trip_restores_identical_state_and_future(tmp_path):
     assert_same(restored.state_dict(), shard.state_dict())
     gen_a, gen_b = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
     for i in range(5):
-        a = shard.push(random_grads(shard.shapes, gen_a), shard.version - i % 2, replica="r0")
-        b = restored.push(random_grads(restored.shapes, gen_b), restored.version - i % 2, replica="r0")
+        a = shard.push(random_grads(shard.shapes, gen_a), i % 2, replica="r0", cycle=10 + i)
+        b = restored.push(random_grads(restored.shapes, gen_b), i % 2, replica="r0", cycle=10 + i)
         assert a == b
     assert_same(restored.state_dict(), shard.state_dict())
     assert restored.stats() == shard.stats()
@@ -285,7 +318,7 @@ def test_checkpoint_round_trip_restores_identical_state_and_future(tmp_path):
 def test_state_dict_is_a_snapshot():
     shard = busy_shard()
     state = shard.state_dict()
-    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, shard.version, replica=0)
+    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, 0, replica=0, cycle=20)
     other = single_shard(shard.config, seed=9)
     other.load_state_dict(state)
     assert other.version == 3 and other.stats()["pending"] == 1
@@ -298,7 +331,7 @@ def test_load_keeps_the_shards_own_hyperparameters():
     faster.load_state_dict(shard.state_dict())
     grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
     for s in (shard, faster):
-        assert s.push(grads, s.version, replica=0).outcome == "applied"
+        assert s.push(grads, 0, replica=0, cycle=20).outcome == "applied"
     for name, w in before.items():
         # Adam's step is proportional to lr; atol covers float32 rounding of the slow, small step.
         fast_step, slow_step = faster.pull()[1][name] - w, shard.pull()[1][name] - w
@@ -315,7 +348,7 @@ def test_shards_and_maps_pickle_for_ray():
     shard = busy_shard()
     copy = pickle.loads(pickle.dumps(shard))
     grads = {"w": torch.ones(3, 4), "b": torch.ones(4)}
-    assert copy.push(grads, copy.version, "r") == shard.push(grads, shard.version, "r")
+    assert copy.push(grads, 0, "r", 0) == shard.push(grads, 0, "r", 0)
     assert_same(copy.state_dict(), shard.state_dict())
     smap = ShardMap.build(named_shapes(), 3)
     assert pickle.loads(pickle.dumps(smap)) == smap
@@ -333,7 +366,7 @@ def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, cra
     path = tmp_path / "ps-0.pt"
     shard.save(path)
     saved = shard.state_dict()
-    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, shard.version, replica=0)
+    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, 0, replica=0, cycle=20)
 
     def partial_write(obj, f):
         f.write(b"half a checkpoint")

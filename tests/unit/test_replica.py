@@ -1,11 +1,13 @@
 """The controller replica and the distributed scheme without Ray: the same
 REINFORCE math as the single-process strategy, sharded."""
 
+import pytest
 import torch
 
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
+from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.strategies import get_strategy
 from raynas.controller.strategies.reinforce import PolicyCore
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
@@ -26,7 +28,7 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
     shards = LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
                           enumerate(shard_map.split(weights))], shard_map)
     replica = ControllerReplica("controller-0", core, children=4)
-    ledger = Ledger(None, 12, seed=5)
+    ledger = Ledger(None, 12, seed=5, baseline_decay=0.95)
     evaluator = table()
     replica.run(shards, ledger, lambda tasks: [evaluator.evaluate(t.arch, t.seed) for t in tasks])
     proposed = []
@@ -40,7 +42,7 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
     _, sharded = shards.pull()
     for name, p in strategy.policy.named_parameters():
         torch.testing.assert_close(sharded[name], p.detach())
-    assert replica.cycles == 3 and replica.staleness == [0] * 9
+    assert replica.cycle == 3 and replica.staleness == [0] * 3
 
 
 def test_simulated_scheme_spends_the_budget_with_stale_gradients():
@@ -58,16 +60,52 @@ def test_one_replica_is_never_stale():
     assert figures["staleness_max"] == 0 and figures["shard_versions"] == [3, 3, 3]
 
 
-def test_replica_checkpoint_restores_baseline_and_rng(tmp_path):
+class DiesMidPush(LocalShards):
+    """Shards whose replica dies after its push of `cycle` reached only the first shard."""
+
+    def __init__(self, shards, shard_map, cycle):
+        super().__init__(shards, shard_map)
+        self.cycle = cycle
+
+    def push_pull(self, grads, staleness, replica, cycle):
+        if cycle == self.cycle:
+            self.shards[0].push(self.map.split(grads)[0], staleness, replica, cycle)
+            raise KeyboardInterrupt("the replica's process is killed")
+        return super().push_pull(grads, staleness, replica, cycle)
+
+
+def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_path):
     space = get_space("nb201")
-    path = tmp_path / "controller-0.pt"
+    run = RunDirectory.create(tmp_path / "run", {})
+    checkpoints = tmp_path / "run" / "checkpoint"
+    checkpoints.mkdir()
     core = PolicyCore(space, seed=2)
     weights = core.weights()
-    shard_map = ShardMap.build(weights, 1)
-    shards = LocalShards([ParameterShard(0, weights, ShardConfig())], shard_map)
-    replica = ControllerReplica("controller-0", core, children=2, checkpoint_path=str(path))
+    shard_map = ShardMap.build(weights, 2)
+    parameter_shards = [ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))]
     evaluator = table()
-    replica.run(shards, Ledger(None, 4, seed=2), lambda ts: [evaluator.evaluate(t.arch, t.seed) for t in ts])
-    back = ControllerReplica("controller-0", PolicyCore(space, seed=99), children=2, checkpoint_path=str(path))
-    assert back.cycles == 2 and back.core.baseline.value == core.baseline.value
-    assert torch.equal(back.core.generator.get_state(), core.generator.get_state())
+
+    def evaluate(tasks):
+        return [evaluator.evaluate(t.arch, t.seed) for t in tasks]
+
+    replica = ControllerReplica("controller-0", core, children=2)
+    with pytest.raises(KeyboardInterrupt):
+        replica.run(DiesMidPush(parameter_shards, shard_map, cycle=1), Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints), evaluate)
+    assert [s.version for s in parameter_shards] == [2, 1]  # the shards disagree: the push was cut short
+    # The recorder comes back from the run directory, the replica (another seed: its RNG must come back too).
+    ledger = Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints)
+    back = ControllerReplica("controller-0", PolicyCore(space, seed=99), children=2)
+    back.run(LocalShards(parameter_shards, shard_map), ledger, evaluate)
+    assert [s.version for s in parameter_shards] == [3, 3]
+    assert parameter_shards[0].stats()["duplicates"] == 1 and ledger.lost == []
+    records = run.evaluations()
+    assert [r["id"] for r in records] == [f"e{i:06d}" for i in range(6)]
+    assert [r["update"] for r in records] == [0, 0, 1, 1, 2, 2] and back.cycle == 3
+    # Without the kill the same seed samples the same architectures: the RNG came back with the replica.
+    straight_run = RunDirectory.create(tmp_path / "straight", {})
+    straight = ControllerReplica("controller-0", PolicyCore(space, seed=2), children=2)
+    straight_shards = [ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))]
+    straight.run(LocalShards(straight_shards, shard_map), Ledger(straight_run, 6, 2, baseline_decay=0.95), evaluate)
+    assert [r["arch"] for r in straight_run.evaluations()] == [r["arch"] for r in records]
+    for a, b in zip(straight_shards, parameter_shards):
+        torch.testing.assert_close(a.pull()[1], b.pull()[1])

@@ -71,14 +71,15 @@ def test_anchor_points_sample_valid_and_varied_skip_connections():
 
 
 def test_anchor_probability_is_the_papers_sigmoid():
-    """Layer 1's only candidate is layer 0: P = sigmoid(v . tanh(W_prev h_0 + W_curr h_1))."""
+    """Layer 1's only candidate is layer 0: P = sigmoid(v . tanh(W_prev h_0 + W_curr h_1)), where
+    h_0, layer 0's anchor, is the output of its own connections step, after its choices."""
     macro = get_space("macro", num_layers=2)
     policy = policy_for(macro)
     (values,), _, _ = policy.sample(1, torch.Generator().manual_seed(0))
     decisions = macro.decisions()
     assert isinstance(decisions[-1], Subset) and decisions[-1].candidates == (0,)
     with torch.no_grad():
-        # Replay the LSTM by hand over layer 0 and layer 1's categorical decisions.
+        # Replay the LSTM by hand over layer 0 (3 choices, then its empty connections step) and layer 1.
         x, state, outputs = policy.start.unsqueeze(0), [None] * len(policy.lstm), []
         for d, v in zip(decisions, values):
             for i, cell in enumerate(policy.lstm):
@@ -87,8 +88,11 @@ def test_anchor_probability_is_the_papers_sigmoid():
             outputs.append(x)
             if isinstance(d, Categorical):
                 x = policy.heads[d.group].embedding(torch.tensor([d.choices.index(v)]))
+            elif not d.candidates:
+                x = policy.start.unsqueeze(0)
         skip = policy.heads["skip"]
-        h0, h1 = outputs[0], outputs[-1]
+        assert decisions[3].name == "layer0.skips"
+        h0, h1 = outputs[3], outputs[-1]
         p_link = torch.sigmoid(skip.v(torch.tanh(skip.w_prev(h0) + skip.w_curr(h1))))[0, 0]
         with_skip, _ = policy.log_prob([values])
         without_skip, _ = policy.log_prob([values[:-1]])

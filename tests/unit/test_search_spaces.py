@@ -108,7 +108,7 @@ def test_bad_decision_value_names_the_field(name, data):
     values = list(space.to_values(arch))
     i = data.draw(st.integers(0, len(values) - 1))
     d = space.decisions()[i]
-    values[i] = (max(d.candidates) + 1,) if isinstance(d, Subset) else "bogus"
+    values[i] = (max(d.candidates, default=-1) + 1,) if isinstance(d, Subset) else "bogus"
     with raises_naming(f"arch.{d.name}"):
         space.from_values(values)
 
@@ -312,9 +312,10 @@ def test_macro_decisions_and_depth():
     space = get_space("macro")
     assert space.num_layers == 6 and space.max_layers == 24
     names = [d.name for d in space.decisions()]
-    assert names[:7] == ["layer0.filter_height", "layer0.filter_width", "layer0.num_filters",
+    assert names[:8] == ["layer0.filter_height", "layer0.filter_width", "layer0.num_filters", "layer0.skips",
                          "layer1.filter_height", "layer1.filter_width", "layer1.num_filters", "layer1.skips"]
-    assert len(names) == 6 * 4 - 1
+    assert space.decisions()[3].candidates == ()  # the first layer's connections step: its anchor, nothing to choose
+    assert len(names) == 6 * 4
     deeper = space.with_depth(8)
     assert isinstance(deeper, MacroSpace) and deeper.num_layers == 8 and deeper.max_layers == 24
     assert len(deeper.sample(np.random.default_rng(0)).layers) == 8

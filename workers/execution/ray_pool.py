@@ -39,8 +39,9 @@ class Worker:
     reaches it while it trains.
     """
 
-    def __init__(self, make_evaluator: Callable[[], Evaluator]):
+    def __init__(self, make_evaluator: Callable[[], Evaluator], name: str = "worker"):
         self.evaluator = make_evaluator()
+        self.name = name
         self._cancelled: set[str] = set()
         self._busy = threading.Lock()
 
@@ -62,7 +63,10 @@ class Worker:
 
         def evaluate() -> None:
             with self._busy:
+                started = time.time()
                 result = self.evaluator.evaluate(task.arch, task.seed, task.budget, report, task.checkpoint)
+            # Where and when it ran: the dashboard's view of a child, and proof that no worker ran two at once.
+            result.metrics.update(worker=self.name, started_at=started)
             items.put(("result", task.id, result))
 
         threading.Thread(target=evaluate, name=f"evaluate-{task.id}", daemon=True).start()
@@ -87,7 +91,8 @@ def start_workers(make_evaluator: Callable[[], Evaluator], size: int, namespace:
     # Two concurrent calls: the running evaluation and a cancel that must reach it.
     options = dict(num_cpus=cpus_per_child, num_gpus=gpus_per_child, max_restarts=-1, max_task_retries=0,
                    max_concurrency=2, namespace=namespace)
-    return [actor.options(name=f"worker-{i}", **options).remote(make_evaluator) for i in range(first, first + size)]
+    return [actor.options(name=f"worker-{i}", **options).remote(make_evaluator, f"worker-{i}")
+            for i in range(first, first + size)]
 
 
 @dataclass
