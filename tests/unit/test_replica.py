@@ -90,7 +90,8 @@ def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_p
 
     replica = ControllerReplica("controller-0", core, children=2)
     with pytest.raises(KeyboardInterrupt):
-        replica.run(DiesMidPush(parameter_shards, shard_map, cycle=1), Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints), evaluate)
+        replica.run(DiesMidPush(parameter_shards, shard_map, cycle=1),
+                    Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints), evaluate)
     assert [s.version for s in parameter_shards] == [2, 1]  # the shards disagree: the push was cut short
     # The recorder comes back from the run directory, the replica (another seed: its RNG must come back too).
     ledger = Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints)
