@@ -63,7 +63,7 @@ def in_process(args) -> dict:
                           enumerate(shard_map.split(weights))], shard_map)
     replica = ControllerReplica("controller-0", core, args.children)
     start = time.perf_counter()
-    replica.run(shards, Ledger(None, args.evaluations, 0),
+    replica.run(shards, Ledger(None, args.evaluations, 0, baseline_decay=0.95),
                 lambda tasks: [evaluator.evaluate(t.arch, seed=t.seed) for t in tasks])
     return {"per_s": args.evaluations / (time.perf_counter() - start), "replica_time_s": replica.timings}
 

@@ -13,11 +13,15 @@ sensitive to other processes than wall time. Both runs start from the same
 weights and see the same batches, so their final validation accuracies agree.
 
     python benchmarks/train_throughput.py [--epochs N --repeats R --channels C --layers L --threads T]
+        [--device cpu|cuda] [--no-autocast]
+
+On CUDA both loops run the forward pass under bf16 autocast unless `--no-autocast`.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import shlex
 import statistics
@@ -28,24 +32,25 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from raynas.search_spaces import get_space
 from raynas.workers.data import load_dataset
+from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.nets import NetConfig, build_model
-from raynas.workers.training import TrainConfig, TrainEvaluator
+from raynas.workers.training import TrainConfig
 
 RESNET_CELL = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_connect~2|"
 
 
-def plain_loop(arch, data, config: TrainConfig, seed: int) -> tuple[float, float, float]:
+def plain_loop(arch, data, config: TrainConfig, seed: int, device: torch.device) -> tuple[float, float, float]:
     """The minimal loop for the evaluator's recipe. Returns (images/s while training,
     wall seconds for build + train + validate every epoch, final validation accuracy)."""
     start = time.perf_counter()
     torch.manual_seed(seed)
     net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
                     channels=config.channels, layers=config.layers)
-    model = build_model("nb201", arch, net)
+    model = build_model("nb201", arch, net).to(device)
+    bf16 = device.type == "cuda" and config.autocast
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
@@ -56,21 +61,24 @@ def plain_loop(arch, data, config: TrainConfig, seed: int) -> tuple[float, float
     for epoch in range(config.epochs):
         model.train()
         t0 = time.perf_counter()
-        order = torch.randperm(n, generator=generator)
+        order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
             x, y = data.x_train[idx], data.y_train[idx]
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * (epoch * steps + step) / total))
-            loss = F.cross_entropy(model(x), y)
+            with autocast():
+                loss = F.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             images += len(y)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         train_time += time.perf_counter() - t0
         model.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast():
             correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.eval_batches("val", 256))
     return images / train_time, time.perf_counter() - start, correct / len(data.y_val)
 
@@ -84,6 +92,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1, help="torch threads for both loops")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--no-autocast", action="store_true", help="fp32 on CUDA too")
     args = parser.parse_args(argv)
     print("command: " + shlex.join([Path(sys.executable).name, *sys.argv]))
 
@@ -92,18 +102,22 @@ def main(argv: list[str] | None = None) -> None:
     arch = space.parse(RESNET_CELL)
     data = load_dataset("digits")
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
-                         layers=args.layers, num_threads=args.threads, device="cpu")
+                         layers=args.layers, num_threads=args.threads, device=args.device,
+                         autocast=not args.no_autocast)
     evaluator = TrainEvaluator(space, data, config)
+    device = evaluator.device
+    data = data.to(device)
     resolved = evaluator.config
     steps = -(-data.sizes["train"] // args.batch_size) * args.epochs
     print(f"child: nb201 {RESNET_CELL} C={args.channels} N={args.layers}; digits "
           f"{data.sizes['train']} train / {data.sizes['val']} val; batch {args.batch_size}, "
-          f"{args.epochs} epochs = {steps} steps; {args.threads} thread(s), cpu, torch {torch.__version__}")
+          f"{args.epochs} epochs = {steps} steps; {args.threads} thread(s), {device}"
+          f"{' bf16 autocast' if device.type == 'cuda' and config.autocast else ''}, torch {torch.__version__}")
 
     plain, ours = [], []
     for repeat in range(args.repeats + 1):  # the first round warms up both and is discarded
         cpu = time.process_time()
-        ips, wall, acc = plain_loop(arch, data, resolved, args.seed)
+        ips, wall, acc = plain_loop(arch, data, resolved, args.seed, device)
         p = (ips, wall, time.process_time() - cpu, acc)
         cpu = time.process_time()
         result = evaluator.evaluate(arch, seed=args.seed)

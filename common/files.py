@@ -47,7 +47,7 @@ def atomic_save(obj: Any, path: str | os.PathLike, durable: bool = True) -> None
     atomic_write(path, lambda f: torch.save(obj, f), durable)
 
 
-def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+def write_json_atomic(path: str | os.PathLike, data: Any, durable: bool = True) -> None:
     """`data` as indented JSON; readers see the old file or the new one, never half of one."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()), durable)

@@ -73,6 +73,8 @@ class TrainConfig:
     eval_batch_size: int | None = None
     max_train_batches_per_epoch: int | None = None
     device: str = "auto"
+    #: bf16 autocast for the forward pass on CUDA (no effect on CPU, which trains in fp32).
+    autocast: bool = True
     #: torch intra-op threads while training (None: leave torch's choice). Tiny children
     #: often run fastest on 1 thread, and far faster when other processes share the cores.
     num_threads: int | None = None
@@ -132,7 +134,7 @@ class TrainingRun:
         self.generator = generator
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.autocast: Callable[[], contextlib.AbstractContextManager] = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda"
+            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and config.autocast
             else contextlib.nullcontext
         )
         #: Image curves hold accuracies (higher is better), text curves perplexities (lower is better).

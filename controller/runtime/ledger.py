@@ -149,7 +149,8 @@ class Ledger:
 
     def _save_claims(self) -> None:
         if self.checkpoints:
-            write_json_atomic(self.checkpoints / CLAIMS, self.claims)
+            # Not fsynced: after a power cut an evaluation may run twice, and the log keeps the first.
+            write_json_atomic(self.checkpoints / CLAIMS, self.claims, durable=False)
 
     # -- the log ---------------------------------------------------------------------
 
@@ -157,10 +158,11 @@ class Ledger:
         """Append one finished evaluation unless its id is already in the log; True if new."""
         return self.record_many([(task, result, extra)])[0]
 
-    def record_many(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]]) -> list[bool]:
-        fresh = []
+    def record_many(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]], save_claims: bool = True
+                    ) -> list[bool]:
+        fresh, new = [], []
         for task, result, extra in entries:
-            if task.id in self.recorded:
+            if task.id in self.recorded or any(r["id"] == task.id for r in new):
                 fresh.append(False)
                 continue
             # A task without an architecture (a one-shot search) is recorded with the one it derived.
@@ -170,13 +172,15 @@ class Ledger:
             }
             if task.checkpoint:
                 rec["checkpoint"] = task.checkpoint
-            if self.run:
-                self.run.append(rec)
-            self.records.append(rec)
-            self.recorded.add(task.id)
-            self.claims.pop(task.id, None)
+            new.append(rec)
             fresh.append(True)
-        if any(fresh):
+        if self.run:
+            self.run.append_many(new)  # on disk before anything learns from them
+        for rec in new:
+            self.records.append(rec)
+            self.recorded.add(rec["id"])
+            self.claims.pop(rec["id"], None)
+        if new and save_claims:
             self._save_claims()
         return fresh
 
@@ -216,8 +220,9 @@ class Ledger:
             self.updates += 1
             self._numbers[(replica, cycle)] = number
             rewards = [reward_of(result) for _, result, _ in entries]
+            # The claims file is written once, by the claim below.
             self.record_many([(t, r, {**x, "replica": replica, "cycle": cycle, "update": number})
-                              for t, r, x in entries])
+                              for t, r, x in entries], save_claims=False)
             if self.baseline is not None:
                 self.baseline.update(rewards)
         staleness = max(0, number - synced - 1)
