@@ -207,6 +207,26 @@ def check_data_root(path: str, roots: list[str]) -> str:
     return candidate
 
 
+def check_dataset_options(name: str, *, val_fraction: float | None = None, max_train: int | None = None,
+                          augment: bool | None = None) -> None:
+    """The dataset and its options, checked without reading anything (what `load_dataset`
+    refuses before it touches a file, so that a service can refuse it at submit)."""
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
+    if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
+        raise ConfigError("max_train", f"must be a positive integer or None, got {max_train!r}")
+    if augment is not None and not isinstance(augment, bool):
+        raise ConfigError("augment", f"must be true or false, got {augment!r}")
+    if augment and name != "cifar10":
+        raise ConfigError("augment", f"random crop and flip apply to cifar10 only, not {name!r}", ("cifar10",))
+    if name == "ptb":
+        if val_fraction is not None:
+            raise ConfigError("val_fraction", "ptb has its own validation file; leave val_fraction unset")
+    elif val_fraction is not None and (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+                                       or not 0 < val_fraction < 1):
+        raise ConfigError("val_fraction", f"must be strictly between 0 and 1, got {val_fraction!r}")
+
+
 def load_dataset(
     name: str = "digits", path: str | Path | None = None, seed: int = 0, *,
     val_fraction: float | None = None, max_train: int | None = None, augment: bool | None = None,
@@ -221,12 +241,7 @@ def load_dataset(
     cifar10 only) applies random crop and flip to training batches.
     ptb keeps its own train/valid/test files; `max_train` caps its training tokens.
     """
-    if name not in DATASETS:
-        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
-    if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
-        raise ConfigError("max_train", f"must be a positive integer or None, got {max_train!r}")
-    if augment and name != "cifar10":
-        raise ConfigError("augment", f"random crop and flip apply to cifar10 only, not {name!r}", ("cifar10",))
+    check_dataset_options(name, val_fraction=val_fraction, max_train=max_train, augment=augment)
     if name == "digits":
         if path is not None:
             raise ConfigError("data_path", "digits ships with scikit-learn and takes no --data path")
@@ -236,14 +251,10 @@ def load_dataset(
         raise ConfigError("data_path", f"not found: {path}; expected {EXPECTED_LAYOUT[name]}")
 
     if name == "ptb":
-        if val_fraction is not None:
-            raise ConfigError("val_fraction", "ptb has its own validation file; leave val_fraction unset")
         return _load_ptb(Path(path), max_train)
 
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION[name]
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be strictly between 0 and 1, got {val_fraction!r}")
     if name == "digits":
         train, test = _read_digits(), None
     elif name == "mnist":
