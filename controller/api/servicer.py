@@ -353,6 +353,56 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return _refusal(handler)
 
 
+class SafeDecoding(grpc.aio.ServerInterceptor):
+    """Requests whose bytes are not a message of their type are answered INVALID_ARGUMENT;
+    left to grpc, they would be UNKNOWN with the parser's exception text."""
+
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        return _decoding_guarded(handler)
+
+
+_UNDECODABLE = object()
+
+
+def _decoding_guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(raw: bytes):
+        try:
+            return decode(raw) if decode else raw
+        except Exception:  # noqa: BLE001 - whatever the parser raises, the bytes are not a request
+            return _UNDECODABLE
+
+    async def refuse(context):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message of its type")
+
+    if not handler.response_streaming:
+        async def unary(request, context):
+            if request is _UNDECODABLE:
+                await refuse(context)
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=safe_decode,
+                                                   response_serializer=handler.response_serializer)
+
+    behavior = handler.unary_stream
+
+    async def stream(request, context):
+        if request is _UNDECODABLE:
+            await refuse(context)
+        if inspect.isasyncgenfunction(behavior):
+            async for message in behavior(request, context):
+                yield message
+        else:  # a streaming handler that writes through context.write (the health service's Watch)
+            await behavior(request, context)
+
+    return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=safe_decode,
+                                                response_serializer=handler.response_serializer)
+
+
 _DENIED = ("missing or wrong token: send 'authorization: Bearer <token>' "
            "(nas: --token-file FILE or NAS_TOKEN)")
 
@@ -405,7 +455,7 @@ class Server:
 
     async def _start(self, tokens: Tokens, address: str, tls: TLS | None) -> int:
         self._server = grpc.aio.server(
-            interceptors=[TokenAuth(tokens)],
+            interceptors=[TokenAuth(tokens), SafeDecoding()],
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
                      ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
                      # Refuse a port another server already holds instead of sharing it with it.
