@@ -19,6 +19,7 @@ import logging
 import math
 import secrets
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -52,6 +53,8 @@ MAX_PAGE_BYTES = 1 << 20
 MAX_WATCHERS = 1024
 #: Threads that run manager calls (the event loop never blocks on SQLite or files).
 CALL_THREADS = 8
+#: Evaluation messages kept for the watchers of the same searches.
+EVALUATION_CACHE = 4096
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE_NAME}/"
 _STRUCT_FIELDS = tuple(f.name for f in pb.SearchSpec.DESCRIPTOR.fields if f.message_type is not None)
 
@@ -185,14 +188,16 @@ def result_to_message(record: SearchRecord) -> pb.SearchResult:
     return msg
 
 
-def event_to_message(search_id: str, event: dict[str, Any], space: str) -> pb.SearchEvent:
+def event_to_message(search_id: str, event: dict[str, Any], space: str,
+                     evaluation: Callable[[dict[str, Any], str], pb.Evaluation] = evaluation_to_message
+                     ) -> pb.SearchEvent:
     msg = pb.SearchEvent(search_id=search_id)
     msg.time.GetCurrentTime()
     kind = event["kind"]
     if kind == "state":
         msg.state_change.CopyFrom(pb.StateChange(state=STATE_TO_PB[event["state"]], error=event["error"]))
     elif kind in ("evaluation", "new_best"):
-        getattr(msg, kind).CopyFrom(evaluation_to_message(event["record"], space))
+        getattr(msg, kind).CopyFrom(evaluation(event["record"], space))
     else:
         monitors = {k: v for k, v in event.items() if k not in ("kind", "run", "epoch")}
         msg.one_shot_epoch.CopyFrom(pb.OneShotEpoch(run=event.get("run", 0), epoch=event.get("epoch", 0),
@@ -269,9 +274,28 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self.max_watchers = max_watchers
         self.watchers = 0
         self._pool = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
+        self._cache_lock = threading.Lock()
+        self._evaluations: OrderedDict[tuple, pb.Evaluation] = OrderedDict()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _evaluation(self, record: dict[str, Any], space: str) -> pb.Evaluation:
+        """The message of one logged evaluation, built once for all the watchers that send it
+        (a logged evaluation never changes; the conversion is most of a watcher's cost)."""
+        key = (record.get("id"), record.get("finished_at"), space)
+        with self._cache_lock:
+            msg = self._evaluations.get(key)
+        if msg is None:
+            msg = evaluation_to_message(record, space)
+            with self._cache_lock:
+                self._evaluations[key] = msg
+                while len(self._evaluations) > EVALUATION_CACHE:
+                    self._evaluations.popitem(last=False)
+        return msg
+
+    def _events(self, watch) -> list[pb.SearchEvent]:
+        return [event_to_message(watch.id, e, watch.space, self._evaluation) for e in watch.poll()]
 
     async def _run(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
@@ -313,8 +337,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
             watch = await self._run(self.manager.watch, request.id, request.skip_evaluations, caller)
             while not self.manager.closed:
                 if watch.pending():
-                    for event in await self._run(watch.poll):
-                        yield event_to_message(request.id, event, watch.space)
+                    for message in await self._run(self._events, watch):
+                        yield message
                 if watch.done:
                     return
                 await asyncio.sleep(self.manager.watch_poll_s)

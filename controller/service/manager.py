@@ -284,20 +284,25 @@ class SearchWatch:
         if self.done:
             return []
         # The state is read before the logs: a search marked ended has written every line.
-        self._generation = self.manager.generation(self.id)
-        record = self.manager.registry.get(self.id)
+        generation = self.manager.generation(self.id)
+        state = error = None
+        if generation != self._generation:
+            self._generation = generation
+            record = self.manager.registry.get(self.id)
+            state, error = record.state, record.error
         events: list[dict[str, Any]] = []
         if self._state is None:
-            self._state = record.state
-            events.append({"kind": "state", "state": record.state, "error": record.error})
+            self._state = state
+            events.append({"kind": "state", "state": state, "error": error})
         try:
             events += self._read_logs()
         except Exception as exc:  # noqa: BLE001 - whatever the run directory holds, the watcher gets a state
-            record = self.manager.broken(record, exc)
-        if record.state != self._state:
-            self._state = record.state
-            events.append({"kind": "state", "state": record.state, "error": record.error})
-        self.done = record.state not in ACTIVE
+            record = self.manager.broken(self.manager.registry.get(self.id), exc)
+            self._generation, state, error = self.manager.generation(self.id), record.state, record.error
+        if state is not None and state != self._state:
+            self._state = state
+            events.append({"kind": "state", "state": state, "error": error})
+        self.done = self._state not in ACTIVE
         return events
 
     def _read_logs(self) -> list[dict[str, Any]]:
@@ -358,7 +363,7 @@ class SearchManager:
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, _Progress] = {}
         self._cancel_requested: dict[str, float] = {}
-        #: Bumped on every registry change of a search, so watchers re-read it only when it changed.
+        #: Bumped when a search's state or error changes, so watchers re-read the registry only then.
         self._generations: dict[str, int] = {}
         self._lock = threading.RLock()
         self._closed = threading.Event()
@@ -491,7 +496,9 @@ class SearchManager:
 
     def _update(self, search_id: str, **changes: Any) -> SearchRecord:
         record = self.registry.update(search_id, **changes)
-        self._generations[search_id] = self._generations.get(search_id, 0) + 1
+        if "state" in changes or "error" in changes:
+            # What watchers report; progress counts they read from the logs themselves.
+            self._generations[search_id] = self._generations.get(search_id, 0) + 1
         return record
 
     def _start(self, record: SearchRecord, resume: bool) -> SearchRecord:
