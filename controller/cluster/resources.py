@@ -23,9 +23,9 @@ def unplaceable(cpus: float, gpus: float, nodes: list[dict[str, float]]) -> str 
         return None
     most_cpus = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
     most_gpus = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-    return (f"no node of the Ray cluster can hold a worker with {cpus:g} CPUs and {gpus:g} GPUs: its "
-            f"{len(nodes)} node{'s' if len(nodes) != 1 else ''} have at most {most_cpus:g} CPUs and "
-            f"{most_gpus:g} GPUs each")
+    return (f"no node of the Ray cluster can hold a worker with {cpus:g} CPUs and {gpus:g} GPUs: "
+            f"{len(nodes)} node{'s' if len(nodes) != 1 else ''}, at most {most_cpus:g} CPUs and {most_gpus:g} GPUs "
+            "on one")
 
 
 class Probe:

@@ -641,3 +641,31 @@ def test_registry_and_run_directories_are_private(serving, tmp_path):
                                                          state / "registry.sqlite")}
     assert modes == {state: 0o700, state / "runs": 0o700, Path(search.run_dir): 0o700,
                      state / "registry.sqlite": 0o600}
+
+
+def test_a_worker_no_node_can_hold_is_explained_by_the_largest_node():
+    from raynas.controller.cluster.resources import unplaceable
+
+    nodes = [{"CPU": 2.0}, {"CPU": 8.0, "GPU": 1.0}]
+    assert unplaceable(1, 1, nodes) is None and unplaceable(8, 0, nodes) is None
+    assert unplaceable(3, 1, [{"CPU": 2.0}]) == ("no node of the Ray cluster can hold a worker with 3 CPUs and 1 GPUs: "
+                                                 "1 node, at most 2 CPUs and 0 GPUs on one")
+    assert "2 nodes, at most 8 CPUs and 1 GPUs" in unplaceable(4, 2, nodes)
+
+
+def test_a_hung_cluster_query_counts_as_lost_and_is_not_repeated():
+    import threading
+
+    from raynas.controller.cluster.resources import Probe
+
+    release, calls = threading.Event(), []
+
+    def hangs():
+        calls.append(1)
+        release.wait()
+        return ["node"]
+
+    probe = Probe(hangs)
+    assert probe.ask(0.05) is None and probe.ask(0.05) is None and len(calls) == 1  # one query hangs, not two
+    release.set()
+    assert probe.ask(1) == ["node"]

@@ -97,3 +97,12 @@ def test_the_documented_limits_are_the_checked_ones():
     for field, limits in OPTION_LIMITS.items():
         for option, most in limits.items():
             assert re.search(rf"\| `{field}\.{option}` \| [^|]*{most:,}", text), f"{field}.{option}"
+
+
+def test_the_documented_space_bounds_are_the_spaces_own():
+    from raynas.search_spaces.macro import MAX_LAYERS
+    from raynas.search_spaces.rnn import MAX_STEPS
+
+    text = DOCS.read_text()
+    assert f"`space_options.num_layers`, `space_options.max_layers` (macro) | {MAX_LAYERS} |" in text
+    assert f"`space_options.steps` (rnn) | {MAX_STEPS} |" in text
