@@ -397,9 +397,10 @@ class SearchManager:
         self.launcher.check(checked)
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir = (self.state_dir / "runs" / search_id).resolve()
-        run_dir.mkdir(mode=0o700)
         with self._lock:
             self._check_capacity()
+            # Owner-only before the runner writes anything into it.
+            run_dir.mkdir(mode=0o700)
             record = self.registry.add(SearchRecord(id=search_id, name=name, state=PENDING, spec=checked.to_dict(),
                                                     run_dir=str(run_dir), owner=caller.name,
                                                     ray_namespace=cluster.job_namespace(run_dir)))
