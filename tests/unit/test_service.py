@@ -669,3 +669,19 @@ def test_a_hung_cluster_query_counts_as_lost_and_is_not_repeated():
     assert probe.ask(0.05) is None and probe.ask(0.05) is None and len(calls) == 1  # one query hangs, not two
     release.set()
     assert probe.ask(1) == ["node"]
+
+
+def test_a_registry_from_before_owners_opens_and_its_searches_are_the_admins(tmp_path):
+    path = tmp_path / "registry.sqlite"
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE searches (id TEXT PRIMARY KEY, name TEXT NOT NULL DEFAULT '', state TEXT NOT NULL, "
+                   "spec TEXT NOT NULL, created_at REAL NOT NULL, started_at REAL, finished_at REAL, "
+                   "run_dir TEXT NOT NULL, ray_namespace TEXT NOT NULL DEFAULT '', "
+                   "evaluations_done INTEGER NOT NULL DEFAULT 0, evaluations_failed INTEGER NOT NULL DEFAULT 0, "
+                   "best TEXT, error TEXT NOT NULL DEFAULT '', result TEXT)")
+        db.execute("INSERT INTO searches (id, state, spec, created_at, run_dir) "
+                   "VALUES ('old', 'succeeded', '{}', 0, '/r')")
+    registry = JobRegistry(path)
+    assert registry.get("old").owner == "" and [r.id for r in registry.list(10, owner="")] == ["old"]
+    assert registry.list(10, owner="alice") == []
+    registry.close()
