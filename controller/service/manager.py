@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -414,7 +414,8 @@ class SearchManager:
         return record
 
     def list(self, page_size: int = 20, page_token: str = "", state: str | None = None, caller: Client = LOCAL,
-             size_of=None, max_bytes: int | None = None) -> tuple[list[SearchRecord], str]:
+             size_of: Callable[[SearchRecord], int] | None = None,
+             max_bytes: int | None = None) -> tuple[list[SearchRecord], str]:
         """A page of the caller's searches, newest first: at most `page_size` of them and, when
         `size_of` measures a search, at most `max_bytes` of them (but always one)."""
         if page_size == 0:
