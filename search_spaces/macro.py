@@ -20,6 +20,10 @@ from raynas.search_spaces.types import MacroArch, MacroLayer
 FILTER_HEIGHTS = (1, 3, 5, 7)
 FILTER_WIDTHS = (1, 3, 5, 7)
 NUM_FILTERS = (24, 36, 48, 64)
+#: The deepest space that may be built: the decisions grow with the square of the depth
+#: (each layer's skips range over all earlier layers), so a request cannot be allowed to
+#: name any depth. Zoph & Le's deepest CIFAR network had 39 layers.
+MAX_LAYERS = 64
 
 _LAYER = re.compile(r"^(\d+)x(\d+)-(\d+)(?:<(\d+(?:,\d+)*))?$")
 
@@ -32,8 +36,8 @@ class MacroSpace(SearchSpace):
     capabilities = frozenset({"depth"})
 
     def __init__(self, num_layers: int = 6, max_layers: int = 24):
-        if type(max_layers) is not int or max_layers < 1:
-            raise ConfigError("max_layers", f"must be a positive integer, got {max_layers!r}")
+        if type(max_layers) is not int or not 1 <= max_layers <= MAX_LAYERS:
+            raise ConfigError("max_layers", f"got {max_layers!r}", f"an integer in 1..{MAX_LAYERS}")
         if type(num_layers) is not int or not 1 <= num_layers <= max_layers:
             raise ConfigError("num_layers", f"got {num_layers!r}", f"an integer in 1..{max_layers}")
         self.num_layers = num_layers

@@ -21,6 +21,9 @@ from raynas.search_spaces.types import RNNGenotype
 # DARTS' rnn PRIMITIVES without `none`, which derivation never keeps.
 ACTIVATIONS = ("tanh", "relu", "sigmoid", "identity")
 GENOTYPE_FIELDS = ("recurrent", "concat")
+#: The most steps a space may be built with: node i's input decision has i choices, so the
+#: decisions grow with the square of the steps. ENAS used 11, DARTS 8.
+MAX_STEPS = 32
 
 # quark0/darts@f276dd3 rnn/genotypes.py.
 GENOTYPES: dict[str, RNNGenotype] = {
@@ -58,8 +61,8 @@ class RNNSpace(SearchSpace):
     name = "rnn"
 
     def __init__(self, steps: int = 8):
-        if type(steps) is not int or steps < 1:
-            raise ConfigError("steps", f"must be a positive integer, got {steps!r}")
+        if type(steps) is not int or not 1 <= steps <= MAX_STEPS:
+            raise ConfigError("steps", f"got {steps!r}", f"an integer in 1..{MAX_STEPS}")
         self.steps = steps
         # Node i's input choices grow with i, so each node has its own input head.
         self._decisions = tuple(

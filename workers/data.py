@@ -6,10 +6,17 @@ worker processes, no per-sample Python (see benchmarks/train_throughput.py).
 
 Names: `digits` (scikit-learn's bundled 8x8 digits, the default), `mnist`,
 `cifar10` (image classification) and `ptb` (word-level language modelling).
+
+Data files are never unpickled freely: the CIFAR-10 python batches are read by an
+unpickler that builds nothing but the dicts, lists, bytes and numeric arrays they hold,
+and the search service reads datasets only under the roots its operator allows
+(`check_data_root`).
 """
 
 from __future__ import annotations
 
+import codecs
+import os
 import pickle
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
@@ -22,6 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError
+
+try:
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # numpy 1
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
 
 DATASETS = ("digits", "mnist", "cifar10", "ptb")
 #: Validation share of the official training set (Zoph & Le held out 5k of CIFAR-10's 50k).
@@ -174,6 +188,45 @@ class TextDataset(Dataset):
         return tokens[:rows * batch_size].view(batch_size, rows).t().contiguous().to(device)
 
 
+def check_data_root(path: str, roots: list[str]) -> str:
+    """The real path of `path` if it lies inside one of `roots` (a relative path is taken
+    inside the first root), else a ConfigError.
+
+    The refusal reads the same whether the path exists, is unreadable or is missing, and
+    never repeats it, so that a client cannot probe the server's file system with it.
+    A symbolic link inside a root that leads out of it is refused like any outside path.
+    """
+    if not roots:
+        raise ConfigError("data_path", "this service reads datasets only from its data roots, and it has none",
+                          "ask its operator to start nas serve with --data-root DIR")
+    real_roots = [os.path.realpath(r) for r in roots]
+    candidate = os.path.realpath(os.path.join(real_roots[0], path))
+    if not any(candidate == r or candidate.startswith(r.rstrip(os.sep) + os.sep) for r in real_roots):
+        raise ConfigError("data_path", "is not inside a data root of this service",
+                          f"a path inside {', '.join(real_roots)}")
+    return candidate
+
+
+def check_dataset_options(name: str, *, val_fraction: float | None = None, max_train: int | None = None,
+                          augment: bool | None = None) -> None:
+    """The dataset and its options, checked without reading anything (what `load_dataset`
+    refuses before it touches a file, so that a service can refuse it at submit)."""
+    if name not in DATASETS:
+        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
+    if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
+        raise ConfigError("max_train", f"must be a positive integer or None, got {max_train!r}")
+    if augment is not None and not isinstance(augment, bool):
+        raise ConfigError("augment", f"must be true or false, got {augment!r}")
+    if augment and name != "cifar10":
+        raise ConfigError("augment", f"random crop and flip apply to cifar10 only, not {name!r}", ("cifar10",))
+    if name == "ptb":
+        if val_fraction is not None:
+            raise ConfigError("val_fraction", "ptb has its own validation file; leave val_fraction unset")
+    elif val_fraction is not None and (isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float))
+                                       or not 0 < val_fraction < 1):
+        raise ConfigError("val_fraction", f"must be strictly between 0 and 1, got {val_fraction!r}")
+
+
 def load_dataset(
     name: str = "digits", path: str | Path | None = None, seed: int = 0, *,
     val_fraction: float | None = None, max_train: int | None = None, augment: bool | None = None,
@@ -188,12 +241,7 @@ def load_dataset(
     cifar10 only) applies random crop and flip to training batches.
     ptb keeps its own train/valid/test files; `max_train` caps its training tokens.
     """
-    if name not in DATASETS:
-        raise ConfigError("dataset", f"unknown dataset {name!r}", DATASETS)
-    if max_train is not None and (not isinstance(max_train, int) or isinstance(max_train, bool) or max_train < 1):
-        raise ConfigError("max_train", f"must be a positive integer or None, got {max_train!r}")
-    if augment and name != "cifar10":
-        raise ConfigError("augment", f"random crop and flip apply to cifar10 only, not {name!r}", ("cifar10",))
+    check_dataset_options(name, val_fraction=val_fraction, max_train=max_train, augment=augment)
     if name == "digits":
         if path is not None:
             raise ConfigError("data_path", "digits ships with scikit-learn and takes no --data path")
@@ -203,14 +251,10 @@ def load_dataset(
         raise ConfigError("data_path", f"not found: {path}; expected {EXPECTED_LAYOUT[name]}")
 
     if name == "ptb":
-        if val_fraction is not None:
-            raise ConfigError("val_fraction", "ptb has its own validation file; leave val_fraction unset")
         return _load_ptb(Path(path), max_train)
 
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION[name]
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-        raise ConfigError("val_fraction", f"must be strictly between 0 and 1, got {val_fraction!r}")
     if name == "digits":
         train, test = _read_digits(), None
     elif name == "mnist":
@@ -292,12 +336,62 @@ def _read_cifar10(path: Path):
     return train_pair, _read_cifar_batch(path / "test_batch")
 
 
+#: The numeric dtypes a CIFAR batch may hold: never `O` (objects) or structured types.
+_PLAIN_DTYPES = frozenset(np.dtype(c).str[1:] for c in ("b1", "u1", "u2", "u4", "u8", "i1", "i2", "i4", "i8",
+                                                        "f2", "f4", "f8"))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Builds only what the official batches contain (dicts, lists, ints, bytes and numeric
+    numpy arrays). Every other global a pickle names, the usual route to running code, is
+    refused; so are object arrays, whose elements would be arbitrary pickled objects."""
+
+    _NDARRAY = object()  # stands for numpy.ndarray, which must never be called directly
+
+    def find_class(self, module: str, name: str):
+        allowed = {
+            ("numpy", "ndarray"): self._NDARRAY,
+            ("numpy", "dtype"): _plain_dtype,
+            ("numpy.core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy._core.multiarray", "_reconstruct"): self._reconstruct,
+            ("numpy.core.numeric", "_frombuffer"): _frombuffer,
+            ("numpy._core.numeric", "_frombuffer"): _frombuffer,
+            # How Python 3 pickles bytes at protocol 2.
+            ("_codecs", "encode"): _latin1,
+        }
+        if (module, name) not in allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a CIFAR-10 batch")
+        return allowed[module, name]
+
+    @classmethod
+    def _reconstruct(cls, subtype, shape, dtype):
+        # numpy pickles every array as an empty one plus its state, which fills it in.
+        if subtype is not cls._NDARRAY or tuple(shape) != (0,):
+            raise pickle.UnpicklingError("only plain numpy arrays are allowed in a CIFAR-10 batch")
+        return _multiarray._reconstruct(np.ndarray, (0,), _plain_dtype(dtype))
+
+
+def _plain_dtype(spec, *args):
+    dtype = np.dtype(spec if isinstance(spec, str) else spec.decode("latin1") if isinstance(spec, bytes) else spec)
+    if dtype.str[1:] not in _PLAIN_DTYPES:
+        raise pickle.UnpicklingError(f"arrays of {dtype} are not allowed in a CIFAR-10 batch")
+    return dtype
+
+
+def _frombuffer(buffer, dtype, shape, order):
+    return _numeric._frombuffer(buffer, _plain_dtype(dtype), shape, order)
+
+
+def _latin1(text, encoding):
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError("only latin1 bytes are allowed in a CIFAR-10 batch")
+    return codecs.encode(text, "latin1")
+
+
 def _read_cifar_batch(path: Path):
-    # The official batches are pickled dicts; they are only ever read from a
-    # path the user named, like any other local data file.
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _BatchUnpickler(f, encoding="bytes").load()
         data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         labels = batch[b"labels"]
     except Exception as exc:  # noqa: BLE001 - whatever unpickling trips on, the file is unreadable

@@ -91,6 +91,9 @@ class SearchClient:
     def resume(self, search_id: str) -> pb.Search:
         return self._call("ResumeSearch", pb.ResumeSearchRequest(id=search_id))
 
+    def delete(self, search_id: str) -> pb.Search:
+        return self._call("DeleteSearch", pb.DeleteSearchRequest(id=search_id))
+
     def result(self, search_id: str) -> pb.SearchResult:
         return self._call("GetResult", pb.GetResultRequest(id=search_id))
 

@@ -1,14 +1,25 @@
 """The gRPC edge of the search service: translates `nas.v1` messages to and from
-`SearchManager` calls and maps the project's errors to status codes. No search
-logic lives here."""
+`SearchManager` calls, tells callers apart by their bearer token, and maps the project's
+errors to status codes. No search logic lives here.
+
+The server is grpc's asyncio server: a WatchSearch stream is a coroutine waiting on its
+search's files, not a thread, so watchers cannot starve unary calls and health checks.
+Manager calls (SQLite, file reads, validation) run in a small thread pool. Any error that
+is not one of the project's is logged with an incident number and answered INTERNAL with
+that number only, never with its text.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
-import hmac
 import inspect
 import json
+import logging
 import math
+import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,22 +27,35 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from google.protobuf import struct_pb2, timestamp_pb2
+from grpc_health.v1 import _async as health
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller.runtime.rundir import EVALUATIONS, PLOT, RESULT, SPEC
+from raynas.controller.service.access import Client, Tokens
 from raynas.controller.service.manager import SearchManager
 from raynas.controller.service.registry import SearchRecord
 from raynas.protos.nas.v1 import search_pb2 as pb
 from raynas.protos.nas.v1 import search_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["SearchService"].full_name
+HEALTH_SERVICE_NAME = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 #: Requests are specs and ids; anything near this size is a mistake, not a search.
 MAX_REQUEST_BYTES = 1 << 20
 MAX_RESPONSE_BYTES = 16 << 20
-_HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: ListSearches pages stay under this many bytes (clients receive 4 MiB by default).
+MAX_PAGE_BYTES = 1 << 20
+#: WatchSearch streams open at once; more are answered RESOURCE_EXHAUSTED.
+MAX_WATCHERS = 1024
+#: Threads that run manager calls (the event loop never blocks on SQLite or files).
+CALL_THREADS = 8
+#: Evaluation messages kept for the watchers of the same searches.
+EVALUATION_CACHE = 4096
+_HEALTH_PREFIX = f"/{HEALTH_SERVICE_NAME}/"
 _STRUCT_FIELDS = tuple(f.name for f in pb.SearchSpec.DESCRIPTOR.fields if f.message_type is not None)
 
 # -- messages <-> plain data ------------------------------------------------------------
@@ -71,8 +95,25 @@ def _struct(data: dict[str, Any] | None) -> struct_pb2.Struct:
     return s
 
 
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    return _integral(json_format.MessageToDict(s))
+def _from_value(value: struct_pb2.Value, field: str) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            # Struct carries NaN and infinities, JSON cannot: refuse them by name.
+            raise ConfigError(field, f"must be a finite number, got {number}")
+        return int(number) if number.is_integer() else number
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value, field)
+    if kind == "list_value":
+        return [_from_value(v, f"{field}[{i}]") for i, v in enumerate(value.list_value.values)]
+    return {"string_value": value.string_value, "bool_value": value.bool_value}.get(kind)
+
+
+def struct_to_dict(s: struct_pb2.Struct, field: str = "struct") -> dict[str, Any]:
+    """A Struct as plain data, integral numbers as ints; a NaN or infinity is a ConfigError
+    naming `field.<key>`."""
+    return {key: _from_value(value, f"{field}.{key}") for key, value in s.fields.items()}
 
 
 def _time(seconds: float | None) -> timestamp_pb2.Timestamp | None:
@@ -99,7 +140,7 @@ def spec_from_message(msg: pb.SearchSpec) -> dict[str, Any]:
     for f in msg.DESCRIPTOR.fields:
         if f.message_type is not None:
             if msg.HasField(f.name):
-                data[f.name] = struct_to_dict(getattr(msg, f.name))
+                data[f.name] = struct_to_dict(getattr(msg, f.name), f.name)
         elif msg.HasField(f.name):
             data[f.name] = getattr(msg, f.name)
     return data
@@ -121,14 +162,15 @@ def evaluation_to_message(record: dict[str, Any], space: str) -> pb.Evaluation:
 def search_to_message(record: SearchRecord, with_spec: bool = True) -> pb.Search:
     msg = pb.Search(id=record.id, state=STATE_TO_PB[record.state], run_dir=record.run_dir,
                     ray_namespace=record.ray_namespace, evaluations_done=record.evaluations_done,
-                    evaluations_failed=record.evaluations_failed, error=record.error)
+                    evaluations_failed=record.evaluations_failed, error=record.error, owner=record.owner,
+                    name=record.name)
     if with_spec:
         msg.spec.CopyFrom(spec_to_message(record.spec))
     for name in ("created_at", "started_at", "finished_at"):
         if getattr(record, name) is not None:
             getattr(msg, name).CopyFrom(_time(getattr(record, name)))
     if record.best:
-        msg.best.CopyFrom(evaluation_to_message(record.best, record.spec["space"]))
+        msg.best.CopyFrom(evaluation_to_message(record.best, record.spec.get("space", "")))
     return msg
 
 
@@ -146,14 +188,16 @@ def result_to_message(record: SearchRecord) -> pb.SearchResult:
     return msg
 
 
-def event_to_message(search_id: str, event: dict[str, Any], space: str) -> pb.SearchEvent:
+def event_to_message(search_id: str, event: dict[str, Any], space: str,
+                     evaluation: Callable[[dict[str, Any], str], pb.Evaluation] = evaluation_to_message
+                     ) -> pb.SearchEvent:
     msg = pb.SearchEvent(search_id=search_id)
     msg.time.GetCurrentTime()
     kind = event["kind"]
     if kind == "state":
         msg.state_change.CopyFrom(pb.StateChange(state=STATE_TO_PB[event["state"]], error=event["error"]))
     elif kind in ("evaluation", "new_best"):
-        getattr(msg, kind).CopyFrom(evaluation_to_message(event["record"], space))
+        getattr(msg, kind).CopyFrom(evaluation(event["record"], space))
     else:
         monitors = {k: v for k, v in event.items() if k not in ("kind", "run", "epoch")}
         msg.one_shot_epoch.CopyFrom(pb.OneShotEpoch(run=event.get("run", 0), epoch=event.get("epoch", 0),
@@ -176,24 +220,37 @@ def _status_of(exc: NasError) -> grpc.StatusCode:
     return next(code for kind, code in _CODES if isinstance(exc, kind))
 
 
-def _domain_errors(method: Callable) -> Callable:
-    """One place that turns the project's errors into status codes."""
+def _incident(method: str, exc: BaseException) -> str:
+    """Log an unexpected error in full and return what the client may see of it."""
+    incident = secrets.token_hex(4)
+    log.error("%s failed (incident %s)", method, incident, exc_info=exc)
+    return f"internal error in {method} (incident {incident} in the server's log)"
+
+
+def _handled(method: Callable) -> Callable:
+    """One place that turns errors into status codes: the project's own with their message,
+    anything else as INTERNAL with an incident number (its text may hold internals)."""
 
     @functools.wraps(method)
-    def unary(self, request, context):
+    async def unary(self, request, context):
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except NasError as exc:
-            context.abort(_status_of(exc), str(exc))
+            await context.abort(_status_of(exc), str(exc))
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            await context.abort(grpc.StatusCode.INTERNAL, _incident(method.__name__, exc))
 
     @functools.wraps(method)
-    def stream(self, request, context):
+    async def stream(self, request, context):
         try:
-            yield from method(self, request, context)
+            async for message in method(self, request, context):
+                yield message
         except NasError as exc:
-            context.abort(_status_of(exc), str(exc))
+            await context.abort(_status_of(exc), str(exc))
+        except Exception as exc:  # noqa: BLE001 - never a traceback to the client
+            await context.abort(grpc.StatusCode.INTERNAL, _incident(method.__name__, exc))
 
-    return stream if inspect.isgeneratorfunction(method) else unary
+    return stream if inspect.isasyncgenfunction(method) else unary
 
 
 def _state_filter(value: int) -> str | None:
@@ -204,69 +261,189 @@ def _state_filter(value: int) -> str | None:
     return STATE_FROM_PB[value]
 
 
+def _authorization(metadata) -> str:
+    values = [value for key, value in metadata or () if key == "authorization"]
+    # Two authorization headers are a confused or hostile client: neither is believed.
+    return values[0] if len(values) == 1 and isinstance(values[0], str) else ""
+
+
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, manager: SearchManager):
+    def __init__(self, manager: SearchManager, tokens: Tokens, *, max_watchers: int = MAX_WATCHERS):
         self.manager = manager
+        self.tokens = tokens
+        self.max_watchers = max_watchers
+        self.watchers = 0
+        self._pool = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
+        self._cache_lock = threading.Lock()
+        self._evaluations: OrderedDict[tuple, pb.Evaluation] = OrderedDict()
 
-    @_domain_errors
-    def SubmitSearch(self, request, context):
-        return search_to_message(self.manager.submit(spec_from_message(request.spec), request.name))
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
-    @_domain_errors
-    def GetSearch(self, request, context):
-        return search_to_message(self.manager.get(request.id))
+    def _evaluation(self, record: dict[str, Any], space: str) -> pb.Evaluation:
+        """The message of one logged evaluation, built once for all the watchers that send it
+        (a logged evaluation never changes; the conversion is most of a watcher's cost)."""
+        key = (record.get("id"), record.get("finished_at"), space)
+        with self._cache_lock:
+            msg = self._evaluations.get(key)
+        if msg is None:
+            msg = evaluation_to_message(record, space)
+            with self._cache_lock:
+                self._evaluations[key] = msg
+                while len(self._evaluations) > EVALUATION_CACHE:
+                    self._evaluations.popitem(last=False)
+        return msg
 
-    @_domain_errors
-    def ListSearches(self, request, context):
-        page, token = self.manager.list(request.page_size, request.page_token, _state_filter(request.state))
+    def _events(self, watch) -> list[pb.SearchEvent]:
+        return [event_to_message(watch.id, e, watch.space, self._evaluation) for e in watch.poll()]
+
+    async def _run(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+
+    def _caller(self, context) -> Client:
+        client = self.tokens.identify(_authorization(context.invocation_metadata()))
+        if client is None:  # TokenAuth let the call through, so only a bug gets here
+            raise NasError("the caller has no identity")
+        return client
+
+    @_handled
+    async def SubmitSearch(self, request, context):
+        caller = self._caller(context)
+        spec = spec_from_message(request.spec)
+        return search_to_message(await self._run(self.manager.submit, spec, request.name, caller))
+
+    @_handled
+    async def GetSearch(self, request, context):
+        return search_to_message(await self._run(self.manager.get, request.id, self._caller(context)))
+
+    @_handled
+    async def ListSearches(self, request, context):
+        def size(record: SearchRecord) -> int:
+            return search_to_message(record, with_spec=False).ByteSize()
+
+        page, token = await self._run(
+            functools.partial(self.manager.list, request.page_size, request.page_token, _state_filter(request.state),
+                              self._caller(context), size_of=size, max_bytes=MAX_PAGE_BYTES))
         return pb.ListSearchesResponse(searches=[search_to_message(r, with_spec=False) for r in page],
                                        next_page_token=token)
 
-    @_domain_errors
-    def WatchSearch(self, request, context):
-        space = self.manager.get(request.id).spec["space"]
-        for event in self.manager.watch(request.id, request.skip_evaluations, active=context.is_active):
-            yield event_to_message(request.id, event, space)
+    @_handled
+    async def WatchSearch(self, request, context):
+        caller = self._caller(context)
+        if self.watchers >= self.max_watchers:
+            raise Busy(f"the service already streams to its maximum of {self.max_watchers} watchers; retry later")
+        self.watchers += 1
+        try:
+            watch = await self._run(self.manager.watch, request.id, request.skip_evaluations, caller)
+            while not self.manager.closed:
+                if watch.pending():
+                    for message in await self._run(self._events, watch):
+                        yield message
+                if watch.done:
+                    return
+                await asyncio.sleep(self.manager.watch_poll_s)
+        finally:
+            self.watchers -= 1
 
-    @_domain_errors
-    def CancelSearch(self, request, context):
-        return search_to_message(self.manager.cancel(request.id))
+    @_handled
+    async def CancelSearch(self, request, context):
+        return search_to_message(await self._run(self.manager.cancel, request.id, self._caller(context)))
 
-    @_domain_errors
-    def ResumeSearch(self, request, context):
-        return search_to_message(self.manager.resume(request.id))
+    @_handled
+    async def ResumeSearch(self, request, context):
+        return search_to_message(await self._run(self.manager.resume, request.id, self._caller(context)))
 
-    @_domain_errors
-    def GetResult(self, request, context):
-        return result_to_message(self.manager.result(request.id))
+    @_handled
+    async def DeleteSearch(self, request, context):
+        return search_to_message(await self._run(self.manager.delete, request.id, self._caller(context)))
+
+    @_handled
+    async def GetResult(self, request, context):
+        return result_to_message(await self._run(self.manager.result, request.id, self._caller(context)))
 
 
-class TokenAuth(grpc.ServerInterceptor):
-    """Every call but health checks needs `authorization: Bearer <token>`."""
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Every call but health checks needs `authorization: Bearer <token>` with a known token."""
 
-    def __init__(self, token: str):
-        self._expected = f"Bearer {token}".encode()
+    def __init__(self, tokens: Tokens):
+        self.tokens = tokens
 
-    def intercept_service(self, continuation, details):
+    async def intercept_service(self, continuation, details):
         if details.method.startswith(_HEALTH_PREFIX):
-            return continuation(details)
-        given = dict(details.invocation_metadata).get("authorization", "")
-        if hmac.compare_digest(given.encode(), self._expected):
-            return continuation(details)
-        handler = continuation(details)
+            return await continuation(details)
+        handler = await continuation(details)
+        if handler is None or self.tokens.identify(_authorization(details.invocation_metadata)) is not None:
+            return handler
         return _refusal(handler)
 
 
-def _refusal(handler):
-    def deny(request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                      "missing or wrong token: send 'authorization: Bearer <token>' "
-                      "(nas: --token-file FILE or NAS_TOKEN)")
+class SafeDecoding(grpc.aio.ServerInterceptor):
+    """Requests whose bytes are not a message of their type are answered INVALID_ARGUMENT;
+    left to grpc, they would be UNKNOWN with the parser's exception text."""
 
-    if handler is not None and handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(deny, handler.request_deserializer, handler.response_serializer)
-    return grpc.unary_unary_rpc_method_handler(
-        deny, handler.request_deserializer if handler else None, handler.response_serializer if handler else None)
+    async def intercept_service(self, continuation, details):
+        handler = await continuation(details)
+        if handler is None or handler.request_streaming:
+            return handler
+        return _decoding_guarded(handler)
+
+
+_UNDECODABLE = object()
+
+
+def _decoding_guarded(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    decode = handler.request_deserializer
+
+    def safe_decode(raw: bytes):
+        try:
+            return decode(raw) if decode else raw
+        except Exception:  # noqa: BLE001 - whatever the parser raises, the bytes are not a request
+            return _UNDECODABLE
+
+    async def refuse(context):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a valid message of its type")
+
+    if not handler.response_streaming:
+        async def unary(request, context):
+            if request is _UNDECODABLE:
+                await refuse(context)
+            return await handler.unary_unary(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=safe_decode,
+                                                   response_serializer=handler.response_serializer)
+
+    behavior = handler.unary_stream
+
+    async def stream(request, context):
+        if request is _UNDECODABLE:
+            await refuse(context)
+        if inspect.isasyncgenfunction(behavior):
+            async for message in behavior(request, context):
+                yield message
+        else:  # a streaming handler that writes through context.write (the health service's Watch)
+            await behavior(request, context)
+
+    return grpc.unary_stream_rpc_method_handler(stream, request_deserializer=safe_decode,
+                                                response_serializer=handler.response_serializer)
+
+
+_DENIED = ("missing or wrong token: send 'authorization: Bearer <token>' "
+           "(nas: --token-file FILE or NAS_TOKEN)")
+
+
+def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    async def deny(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+
+    async def deny_stream(request, context):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+        yield  # unreachable: makes this a streaming handler
+
+    kind = {(False, False): grpc.unary_unary_rpc_method_handler, (False, True): grpc.unary_stream_rpc_method_handler,
+            (True, False): grpc.stream_unary_rpc_method_handler, (True, True): grpc.stream_stream_rpc_method_handler}
+    make = kind[bool(handler.request_streaming), bool(handler.response_streaming)]
+    return make(deny_stream if handler.response_streaming else deny,
+                request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
 
 
 @dataclass(frozen=True)
@@ -282,43 +459,85 @@ class TLS:
         return grpc.ssl_server_credentials([(Path(self.key).read_bytes(), Path(self.cert).read_bytes())])
 
 
-@dataclass
 class Server:
-    server: grpc.Server
-    port: int
-    manager: SearchManager
-    health: health.HealthServicer
+    """The running server: its event loop runs in a thread of its own, so callers (the
+    CLI, tests, benchmarks) stay plain blocking code."""
+
+    def __init__(self, manager: SearchManager, tokens: Tokens, address: str, tls: TLS | None, max_watchers: int,
+                 health_poll_s: float):
+        self.manager = manager
+        self.servicer = SearchServicer(manager, tokens, max_watchers=max_watchers)
+        self.health_poll_s = health_poll_s
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
+        self._thread.start()
+        try:
+            self.port = asyncio.run_coroutine_threadsafe(self._start(tokens, address, tls), self._loop).result()
+        except BaseException:
+            self._close_loop()
+            raise
+
+    async def _start(self, tokens: Tokens, address: str, tls: TLS | None) -> int:
+        self._server = grpc.aio.server(
+            interceptors=[TokenAuth(tokens), SafeDecoding()],
+            options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                     ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+                     # Refuse a port another server already holds instead of sharing it with it.
+                     ("grpc.so_reuseport", 0)],
+        )
+        pb_grpc.add_SearchServiceServicer_to_server(self.servicer, self._server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection((SERVICE_NAME, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),
+                                            self._server)
+        try:
+            bound = (self._server.add_secure_port(address, tls.credentials()) if tls
+                     else self._server.add_insecure_port(address))
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise ConfigError("port", f"cannot listen on {address} (in use?)")
+        await self._server.start()
+        self._health_task = asyncio.get_running_loop().create_task(self._follow_health())
+        return bound
+
+    async def _follow_health(self) -> None:
+        """Health follows the manager: NOT_SERVING while it has lost its cluster."""
+        shown = None
+        while True:
+            status = (health_pb2.HealthCheckResponse.SERVING if self.manager.healthy
+                      else health_pb2.HealthCheckResponse.NOT_SERVING)
+            if status != shown:
+                for name in ("", SERVICE_NAME):
+                    await self.health.set(name, status)
+                shown = status
+            await asyncio.sleep(self.health_poll_s)
 
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop answering calls; running searches go on (their runners are independent)."""
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        async def shutdown():
+            self._health_task.cancel()
+            await self.health.enter_graceful_shutdown()
+            await self._server.stop(grace)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result()
+        self._close_loop()
+        self.servicer.close()
         self.manager.close()
 
+    def _close_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
 
-def serve(manager: SearchManager, token: str, *, host: str = "[::]", port: int = 0, tls: TLS | None = None,
-          max_workers: int = 32) -> Server:
-    """Start the gRPC server (port 0: any free port) and return it with its bound port."""
-    if not token:
-        raise ConfigError("token", "empty token", "a non-empty secret from --token-file or NAS_TOKEN")
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[TokenAuth(token)],
-        options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
-                 ("grpc.max_send_message_length", MAX_RESPONSE_BYTES)],
-    )
-    pb_grpc.add_SearchServiceServicer_to_server(SearchServicer(manager), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    address = f"{host}:{port}"
-    bound = server.add_secure_port(address, tls.credentials()) if tls else server.add_insecure_port(address)
-    if bound == 0:
-        raise ConfigError("port", f"cannot listen on {address} (in use?)")
-    server.start()
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Server(server, bound, manager, health_servicer)
+
+def serve(manager: SearchManager, tokens: Tokens | str, *, host: str = "127.0.0.1", port: int = 0,
+          tls: TLS | None = None, max_watchers: int = MAX_WATCHERS, health_poll_s: float = 0.5) -> Server:
+    """Start the gRPC server (port 0: any free port) and return it with its bound port.
+    `tokens` is the clients' tokens, or one token (single-token mode)."""
+    if isinstance(tokens, str):
+        tokens = Tokens.single(tokens)
+    return Server(manager, tokens, f"{host}:{port}", tls, max_watchers, health_poll_s)
 
 
 __all__ = ["Server", "SearchServicer", "TLS", "TokenAuth", "serve", "spec_from_message", "spec_to_message"]

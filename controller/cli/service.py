@@ -1,4 +1,4 @@
-"""`nas serve` and its client commands: submit, status, watch, cancel, resume, result."""
+"""`nas serve` and its client commands: submit, status, watch, cancel, resume, result, delete."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raynas.common import ConfigError
-from raynas.controller.service.manager import DEFAULT_PORT
+from raynas.controller.service.manager import CANCEL_GRACE_S, DEFAULT_PORT, PLACEMENT_TIMEOUT_S
+
+#: WatchSearch streams `nas serve` keeps open at once (the servicer's default; kept here so
+#: that `nas --help` needs no grpc import).
+MAX_WATCHERS = 1024
 
 FINAL_EXIT = {"succeeded": 0, "cancelled": 130, "interrupted": 3, "failed": 1}
 
@@ -23,16 +27,30 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
 
     s = sub.add_parser("serve", help="run the search service (gRPC) on the Ray head node")
     s.add_argument("--address", help="Ray cluster to join: auto, or HOST:PORT (default: an embedded single-node Ray)")
-    s.add_argument("--host", default="[::]", help="interface to listen on (default all)")
+    s.add_argument("--host", help="interface to listen on (default: loopback only, all interfaces with TLS)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"gRPC port (default {DEFAULT_PORT}; 0: any free)")
     s.add_argument("--state-dir", default="nas-state",
-                   help="registry database and run directories (default ./nas-state)")
-    s.add_argument("--token-file", help="file holding the bearer token clients must send "
-                                        "(default: $NAS_TOKEN, else one is generated into STATE_DIR/token)")
+                   help="registry database and run directories, owner-only (default ./nas-state)")
+    tokens = s.add_mutually_exclusive_group()
+    tokens.add_argument("--token-file", help="file holding the one bearer token clients must send "
+                                             "(default: $NAS_TOKEN, else one is generated into STATE_DIR/token)")
+    tokens.add_argument("--tokens-file", help="one client per line: NAME TOKEN [admin]; each client sees and "
+                                              "controls only its own searches unless admin (docs/service.md)")
+    s.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                   help="a folder datasets may be read from (repeatable); without one, only the bundled digits")
     s.add_argument("--tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--max-jobs", type=int, default=4, help="searches running at once (default 4)")
+    s.add_argument("--max-watchers", type=int, default=MAX_WATCHERS,
+                   help=f"WatchSearch streams open at once (default {MAX_WATCHERS})")
+    s.add_argument("--cancel-grace", type=float, default=CANCEL_GRACE_S, metavar="SECONDS",
+                   help=f"time a cancelled search has to stop before it is force-stopped (default {CANCEL_GRACE_S:g})")
+    s.add_argument("--autoscaling", action="store_true",
+                   help="nodes may join the cluster: accept workers no node can hold yet, and fail the search if "
+                        "none can after --placement-timeout")
+    s.add_argument("--placement-timeout", type=float, default=PLACEMENT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"with --autoscaling (default {PLACEMENT_TIMEOUT_S:g})")
 
     commands = {"serve": cmd_serve}
     clients = {
@@ -42,6 +60,7 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
         "cancel": ("stop a search at its next safe point (resumable)", cmd_cancel),
         "resume": ("continue a cancelled or interrupted search", cmd_resume),
         "result": ("the best architecture and top-k of a finished search", cmd_result),
+        "delete": ("forget an ended search and remove its run directory", cmd_delete),
     }
     for name, (help_text, fn) in clients.items():
         p = sub.add_parser(name, help=help_text)
@@ -78,30 +97,52 @@ def server_token(token_file: str | None, state_dir: Path) -> tuple[str, str]:
         return token, token_file or f"${TOKEN_ENV}"
     path = state_dir / "token"
     if not path.exists():
-        state_dir.mkdir(parents=True, exist_ok=True)
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_urlsafe(32) + "\n")
     return read_token(str(path)), str(path)
 
 
+def listen_host(host: str | None, tls: bool) -> str:
+    """Where to listen: the explicit --host, else all interfaces with TLS and loopback
+    without, so that no token crosses a network in plaintext unless asked to."""
+    if host:
+        return host
+    return "[::]" if tls else "127.0.0.1"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from raynas.controller.api.servicer import TLS, serve
     from raynas.controller.cluster import connect, shutdown
+    from raynas.controller.service.access import Tokens
     from raynas.controller.service.manager import RayLauncher, SearchManager
 
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ConfigError("tls_key" if args.tls_cert else "tls_cert", "TLS needs both --tls-cert and --tls-key")
+    for root in args.data_root:
+        if not Path(root).is_dir():
+            raise ConfigError("data_root", f"not a folder: {root}")
     state_dir = Path(args.state_dir)
-    token, source = server_token(args.token_file, state_dir)
+    if args.tokens_file:
+        tokens, source = Tokens.load(args.tokens_file), f"the clients in {args.tokens_file}"
+    else:
+        token, where = server_token(args.token_file, state_dir)
+        tokens, source = Tokens.single(token), f"one token from {where}"
     tls = TLS(args.tls_cert, args.tls_key) if args.tls_cert else None
     if tls:
         tls.credentials()  # a missing file fails here, before Ray starts
+    host = listen_host(args.host, tls is not None)
     started = connect(args.address)
-    manager = SearchManager(state_dir, RayLauncher(), max_jobs=args.max_jobs)
-    server = serve(manager, token, host=args.host, port=args.port, tls=tls)
-    print(f"nas serve: listening on {args.host}:{server.port} ({'TLS' if tls else 'plaintext'}); "
-          f"token from {source}; state in {state_dir}", file=sys.stderr, flush=True)
+    manager = SearchManager(state_dir, RayLauncher(autoscaling=args.autoscaling), max_jobs=args.max_jobs,
+                            data_roots=tuple(args.data_root), cancel_grace_s=args.cancel_grace,
+                            placement_timeout_s=args.placement_timeout)
+    server = serve(manager, tokens, host=host, port=args.port, tls=tls, max_watchers=args.max_watchers)
+    print(f"nas serve: listening on {host}:{server.port} ({'TLS' if tls else 'plaintext'}); {source}; "
+          f"state in {state_dir}; data roots: {', '.join(manager.data_roots) or 'none'}", file=sys.stderr, flush=True)
+    if not tls and host not in ("127.0.0.1", "::1", "[::1]", "localhost"):
+        print("nas serve: warning: tokens cross the network in plaintext; serve TLS (--tls-cert, --tls-key) "
+              "or keep the port on a private network", file=sys.stderr, flush=True)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -160,7 +201,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(_as_json(search))
             else:
                 print(_line(search))
-                print(f"run directory: {search.run_dir}\nRay namespace: {search.ray_namespace}")
+                print(f"owner: {search.owner or '-'}\nrun directory: {search.run_dir}\n"
+                      f"Ray namespace: {search.ray_namespace}")
                 if search.error:
                     print(f"error: {search.error}")
             return 0
@@ -213,6 +255,13 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     with _client(args) as client:
         print(_line(client.resume(args.id)))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        search = client.delete(args.id)
+        print(f"{search.id}: deleted, with its run directory {search.run_dir}")
     return 0
 
 

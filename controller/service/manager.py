@@ -1,19 +1,28 @@
-"""The search service's domain logic, free of gRPC: submit, inspect, watch, cancel
-and resume searches, each one a `SearchJob` started by a launcher.
+"""The search service's domain logic, free of gRPC: submit, inspect, watch, cancel,
+resume and delete searches, each one a `SearchJob` started by a launcher.
 
 `SearchManager` owns the job registry (SQLite in the state directory) and one
 monitor thread that follows running searches through their run directories and
 their runners. With the Ray launcher each search runs in a detached actor
-(`search-<id>` in the `nas-service` namespace), so it outlives a restart of the
-service, which reattaches to it on start; a search whose runner is gone is marked
+(`search-<id>-by-<owner>` in the `nas-service` namespace), so it outlives a restart of
+the service, which reattaches to it on start; a search whose runner is gone is marked
 interrupted and can be resumed from its checkpoints.
+
+It is built to face clients it cannot trust: every call names its caller, who sees and
+controls only their own searches (admins see all); a request is checked against the job
+limit first, then against the spec's bounds, the operator's data roots and what the
+cluster can ever place, before anything is started; a search whose run directory cannot
+be read fails alone, with a one-line reason, while the others go on; and a cancelled
+search that does not reach a safe point within the cancel grace is force-stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
+import shutil
 import threading
 import time
 import traceback
@@ -21,10 +30,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from raynas.common import Busy, ConfigError, NasError, NotReady
+from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller import cluster
+from raynas.controller.cluster import resources
 from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RESULT, LogTail, RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.service.access import SINGLE_CLIENT, Client
 from raynas.controller.service.registry import (
     ACTIVE,
     CANCELLED,
@@ -38,6 +49,7 @@ from raynas.controller.service.registry import (
     JobRegistry,
     SearchRecord,
 )
+from raynas.workers.data import check_data_root
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +59,23 @@ DEFAULT_PORT = 50051
 SERVICE_NAMESPACE = "nas-service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 MAX_PAGE = 100
+#: Seconds a cancelled search has to reach a safe point before it is force-stopped.
+CANCEL_GRACE_S = 30.0
+#: Seconds a search on an autoscaling cluster may wait for a node that can place its workers.
+PLACEMENT_TIMEOUT_S = 600.0
+#: In-process callers (tests, scripts) act as the single-token client, an admin.
+LOCAL = Client(SINGLE_CLIENT, admin=True)
 
 
 def state_of_result(result: dict[str, Any]) -> str:
     """The registry state a finished SearchJob's result.json stands for."""
     return {"done": SUCCEEDED, "stopped": CANCELLED}.get(result.get("state"), INTERRUPTED)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one line of text: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 class JobRunner:
@@ -85,54 +109,101 @@ class JobRunner:
 
 
 class Launcher(Protocol):
-    """Starts runners and finds them again; `status` answers None for a runner that is gone."""
+    """Starts runners and finds them again; `status` answers None for a runner that is gone.
 
-    def start(self, search_id: str, spec: dict, run_dir: str, resume: bool) -> Any: ...
-    def find(self, search_id: str) -> Any | None: ...
+    `check` refuses (ConfigError) a spec the cluster can never run; `stuck` says why a
+    running search cannot start (None while it can); `kill` force-stops a runner that did
+    not stop when asked; `healthy` says whether the launcher still reaches its cluster.
+    """
+
+    def check(self, spec: SearchSpec) -> None: ...
+    def start(self, record: SearchRecord, resume: bool) -> Any: ...
+    def find(self, record: SearchRecord) -> Any | None: ...
     def status(self, handle: Any) -> tuple[str, str] | None: ...
+    def stuck(self, spec: dict[str, Any]) -> str | None: ...
     def cancel(self, handle: Any) -> None: ...
+    def kill(self, handle: Any) -> None: ...
     def release(self, handle: Any) -> None: ...
+    def healthy(self) -> bool: ...
 
 
 class ThreadLauncher:
     """Runners as threads of the service process: for tests and benchmarks without a
-    cluster (searches must use runtime "local"); they do not outlive the service."""
+    cluster (searches must use runtime "local"); they do not outlive the service. A thread
+    cannot be killed: a force-stopped runner is abandoned to finish its current child."""
 
     def __init__(self):
         self._runners: dict[str, JobRunner] = {}
 
-    def start(self, search_id, spec, run_dir, resume):
-        self._runners[search_id] = JobRunner(spec, run_dir, resume)
-        return self._runners[search_id]
+    def check(self, spec):
+        pass
 
-    def find(self, search_id):
-        return self._runners.get(search_id)
+    def start(self, record, resume):
+        self._runners[record.id] = JobRunner(record.spec, record.run_dir, resume)
+        return self._runners[record.id]
+
+    def find(self, record):
+        return self._runners.get(record.id)
 
     def status(self, handle):
         return handle.status()
 
+    def stuck(self, spec):
+        return None
+
     def cancel(self, handle):
+        handle.cancel()
+
+    def kill(self, handle):
         handle.cancel()
 
     def release(self, handle):
         pass
 
+    def healthy(self):
+        return True
+
 
 class RayLauncher:
-    """Runners as detached Ray actors pinned to this node (the run directories live here)."""
+    """Runners as detached Ray actors pinned to this node (the run directories live here),
+    named for their search and its owner so the dashboard shows whose search runs.
 
-    def __init__(self, namespace: str = SERVICE_NAMESPACE):
+    `autoscaling`: nodes may join the cluster, so a worker no node can hold now is not
+    refused at submit; the search fails instead if no node can hold it after
+    `placement_timeout_s`.
+    """
+
+    def __init__(self, namespace: str = SERVICE_NAMESPACE, *, autoscaling: bool = False,
+                 probe_timeout_s: float = 5.0):
         self.namespace = namespace
+        self.autoscaling = autoscaling
+        self.probe_timeout_s = probe_timeout_s
+        self._probe = resources.Probe()
 
-    def _name(self, search_id: str) -> str:
-        return f"search-{search_id}"
+    @staticmethod
+    def actor_name(record: SearchRecord) -> str:
+        return f"search-{record.id}" + (f"-by-{record.owner}" if record.owner else "")
 
-    def start(self, search_id, spec, run_dir, resume):
-        return cluster.start_actor(JobRunner, spec, run_dir, resume, name=self._name(search_id),
+    def _nodes(self) -> list[dict[str, float]]:
+        nodes = self._probe.ask(self.probe_timeout_s)
+        if nodes is None:
+            raise Busy(f"the service does not reach its Ray cluster (no answer within {self.probe_timeout_s:g} s); "
+                       "retry later")
+        return nodes
+
+    def check(self, spec):
+        if spec.runtime == "ray" and not self.autoscaling:
+            reason = resources.unplaceable(spec.cpus_per_child, spec.gpus_per_child, self._nodes())
+            if reason:
+                field = "gpus_per_child" if spec.gpus_per_child else "cpus_per_child"
+                raise ConfigError(field, reason, "what one node of the cluster has")
+
+    def start(self, record, resume):
+        return cluster.start_actor(JobRunner, record.spec, record.run_dir, resume, name=self.actor_name(record),
                                    namespace=self.namespace, detached=True, pin_here=True)
 
-    def find(self, search_id):
-        return cluster.find_actor(self._name(search_id), self.namespace)
+    def find(self, record):
+        return cluster.find_actor(self.actor_name(record), self.namespace)
 
     def status(self, handle):
         try:
@@ -143,11 +214,23 @@ class RayLauncher:
             # The constructor raising (e.g. a resume with no checkpoint) is a failure, not a loss.
             return (FAILED, str(exc.cause)) if isinstance(exc.cause, NasError) else None
 
+    def stuck(self, spec):
+        if spec["runtime"] != "ray":
+            return None
+        return resources.unplaceable(spec["cpus_per_child"], spec["gpus_per_child"], self._nodes())
+
     def cancel(self, handle):
         cluster.send(handle, "cancel")
 
+    def kill(self, handle):
+        # The job's own actors (workers, shards, replicas) are owned by the runner and die with it.
+        cluster.kill(handle)
+
     def release(self, handle):
         cluster.kill(handle)
+
+    def healthy(self):
+        return self._probe.ask(self.probe_timeout_s) is not None
 
 
 class _Progress:
@@ -169,26 +252,128 @@ class _Progress:
         return bool(fresh)
 
 
+class SearchWatch:
+    """One client following one search: `poll` returns the events since the last poll
+    (state changes, evaluations, new bests, one-shot epochs; each a dict with a `kind`), and
+    `done` turns true after the event of a final state. `pending` is a cheap test (two file
+    sizes and a counter) of whether `poll` would find anything, so that many watchers can
+    wait without reading anything."""
+
+    def __init__(self, manager: SearchManager, record: SearchRecord, skip: int):
+        self.manager = manager
+        self.id = record.id
+        self.space = record.spec.get("space", "")
+        self.done = False
+        self._skip = skip
+        self._state: str | None = None
+        self._generation = -1
+        self._logs = [(LogTail(Path(record.run_dir) / log_name), Path(record.run_dir) / log_name, log_name)
+                      for log_name in (EVALUATIONS, ONE_SHOT_LOG)]
+        self._sizes = {log_name: -1 for log_name in (EVALUATIONS, ONE_SHOT_LOG)}
+        self._best: float | None = None
+        self._seen = 0
+
+    def pending(self) -> bool:
+        if self.done:
+            return False
+        if self.manager.generation(self.id) != self._generation:
+            return True
+        return any(_size(path) != self._sizes[name] for _, path, name in self._logs)
+
+    def poll(self) -> list[dict[str, Any]]:
+        if self.done:
+            return []
+        # The state is read before the logs: a search marked ended has written every line.
+        generation = self.manager.generation(self.id)
+        state = error = None
+        if generation != self._generation:
+            self._generation = generation
+            record = self.manager.registry.get(self.id)
+            state, error = record.state, record.error
+        events: list[dict[str, Any]] = []
+        if self._state is None:
+            self._state = state
+            events.append({"kind": "state", "state": state, "error": error})
+        try:
+            events += self._read_logs()
+        except Exception as exc:  # noqa: BLE001 - whatever the run directory holds, the watcher gets a state
+            record = self.manager.broken(self.manager.registry.get(self.id), exc)
+            self._generation, state, error = self.manager.generation(self.id), record.state, record.error
+        if state is not None and state != self._state:
+            self._state = state
+            events.append({"kind": "state", "state": state, "error": error})
+        self.done = self._state not in ACTIVE
+        return events
+
+    def _read_logs(self) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        (evaluations, path, name), (epochs, epochs_path, epochs_name) = self._logs
+        self._sizes[name], self._sizes[epochs_name] = _size(path), _size(epochs_path)
+        for r in evaluations.read_new():
+            improved = r.get("status") == "ok" and r.get("reward") is not None and (
+                self._best is None or r["reward"] > self._best)
+            if improved:
+                self._best = r["reward"]
+            self._seen += 1
+            if self._seen > self._skip:
+                events.append({"kind": "evaluation", "record": r})
+                if improved:
+                    events.append({"kind": "new_best", "record": r})
+        events += [{"kind": "one_shot_epoch", **e} for e in epochs.read_new()]
+        return events
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """Every event until the search ends, waiting in this thread (in-process callers)."""
+        while not self.manager.closed:
+            if self.pending():
+                yield from self.poll()
+            if self.done:
+                return
+            time.sleep(self.manager.watch_poll_s)
+
+
+def _size(path: Path) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
+
+
 class SearchManager:
     def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4, poll_s: float = 0.5,
-                 watch_poll_s: float = 0.05):
+                 watch_poll_s: float = 0.05, data_roots: tuple[str, ...] = (), cancel_grace_s: float = CANCEL_GRACE_S,
+                 placement_timeout_s: float = PLACEMENT_TIMEOUT_S):
         if max_jobs < 1:
             raise ConfigError("max_jobs", f"must be at least 1, got {max_jobs}")
         self.state_dir = Path(state_dir)
-        (self.state_dir / "runs").mkdir(parents=True, exist_ok=True)
+        # Owner-only: run directories hold specs, data paths and results of every client.
+        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.state_dir / "runs").mkdir(mode=0o700, exist_ok=True)
         self.registry = JobRegistry(self.state_dir / "registry.sqlite")
         self.launcher = launcher
         self.max_jobs = max_jobs
+        self.data_roots = tuple(str(Path(r).resolve()) for r in data_roots)
+        self.cancel_grace_s = cancel_grace_s
+        self.placement_timeout_s = placement_timeout_s
         #: Runner status checks are remote calls; log tails are cheap file reads, so watchers poll faster.
         self.poll_s = poll_s
         self.watch_poll_s = watch_poll_s
+        #: Whether the launcher reached its cluster at the last check (health checks report it).
+        self.healthy = True
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, _Progress] = {}
-        self._lock = threading.Lock()
+        self._cancel_requested: dict[str, float] = {}
+        #: Bumped when a search's state or error changes, so watchers re-read the registry only then.
+        self._generations: dict[str, int] = {}
+        self._lock = threading.RLock()
         self._closed = threading.Event()
         self._reattach()
         self._monitor = threading.Thread(target=self._watch_runners, name="search-monitor", daemon=True)
         self._monitor.start()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
 
     def close(self) -> None:
         """Stop serving; running searches keep running (their runners are independent)."""
@@ -196,90 +381,113 @@ class SearchManager:
         self._monitor.join(timeout=5)
         self.registry.close()
 
+    def generation(self, search_id: str) -> int:
+        return self._generations.get(search_id, 0)
+
     # -- the API --------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any], name: str = "") -> SearchRecord:
-        if not NAME_PATTERN.match(name):
-            raise ConfigError("name", f"{name!r} is not a valid search name", "letters, digits, - and _; at most 64")
-        validated = SearchSpec.from_dict(spec).validate().to_dict()
+    def submit(self, spec: dict[str, Any], name: str = "", caller: Client = LOCAL) -> SearchRecord:
+        if not isinstance(name, str) or not NAME_PATTERN.match(name):
+            raise ConfigError("name", "is not a valid search name", "letters, digits, - and _; at most 64")
+        # The job limit first: a full service refuses without spending anything on the request.
+        self._check_capacity()
+        checked = SearchSpec.from_dict(spec).validate()
+        if checked.data_path is not None:
+            checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
+        self.launcher.check(checked)
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-        run_dir = str((self.state_dir / "runs" / search_id).resolve())
+        run_dir = (self.state_dir / "runs" / search_id).resolve()
         with self._lock:
             self._check_capacity()
-            record = self.registry.add(SearchRecord(id=search_id, name=name, state=PENDING, spec=validated,
-                                                    run_dir=run_dir, ray_namespace=cluster.job_namespace(run_dir)))
+            # Owner-only before the runner writes anything into it.
+            run_dir.mkdir(mode=0o700)
+            record = self.registry.add(SearchRecord(id=search_id, name=name, state=PENDING, spec=checked.to_dict(),
+                                                    run_dir=str(run_dir), owner=caller.name,
+                                                    ray_namespace=cluster.job_namespace(run_dir)))
             return self._start(record, resume=False)
 
-    def get(self, search_id: str) -> SearchRecord:
-        return self.registry.get(search_id)
+    def get(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
+        record = self.registry.get(search_id)
+        if not caller.sees(record.owner):
+            # The same answer as for an id that does not exist: ids are not to be probed.
+            raise NotFound(f"no search with id {search_id!r} (nas status lists them)")
+        return record
 
-    def list(self, page_size: int = 20, page_token: str = "",
-             state: str | None = None) -> tuple[list[SearchRecord], str]:
+    def list(self, page_size: int = 20, page_token: str = "", state: str | None = None, caller: Client = LOCAL,
+             size_of: Callable[[SearchRecord], int] | None = None,
+             max_bytes: int | None = None) -> tuple[list[SearchRecord], str]:
+        """A page of the caller's searches, newest first: at most `page_size` of them and, when
+        `size_of` measures a search, at most `max_bytes` of them (but always one)."""
         if page_size == 0:
             page_size = 20
         if not 1 <= page_size <= MAX_PAGE:
             raise ConfigError("page_size", f"must be between 1 and {MAX_PAGE}, got {page_size}")
         if state is not None and state not in STATES:
             raise ConfigError("state", f"unknown state {state!r}", STATES)
-        page = self.registry.list(page_size + 1, page_token or None, state)
-        more = len(page) > page_size
-        page = page[:page_size]
-        return page, (page[-1].id if more else "")
+        if len(page_token) > 64:
+            raise ConfigError("page_token", "is not a token this service gave out")
+        page = self.registry.list(page_size + 1, page_token or None, state, None if caller.admin else caller.name)
+        kept, total = [], 0
+        for record in page[:page_size]:
+            total += size_of(record) if size_of else 0
+            if kept and max_bytes is not None and total > max_bytes:
+                break
+            kept.append(record)
+        return kept, (kept[-1].id if len(kept) < len(page) else "")
 
-    def cancel(self, search_id: str) -> SearchRecord:
-        record = self.registry.get(search_id)
-        handle = self._handles.get(search_id)
-        if record.state in ACTIVE and handle is not None:
-            self.launcher.cancel(handle)
+    def cancel(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
+        """Ask the search to stop at its next safe point; the monitor force-stops it if it has
+        not stopped `cancel_grace_s` later."""
+        with self._lock:
+            record = self.get(search_id, caller)
+            if record.state not in ACTIVE:
+                return record
+            handle = self._handles.get(search_id)
+            if handle is None:
+                return self._finish(record, CANCELLED, "cancelled before its runner started")
+            self._cancel_requested.setdefault(search_id, time.monotonic())
+        self.launcher.cancel(handle)
         return record
 
-    def resume(self, search_id: str) -> SearchRecord:
+    def resume(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
         with self._lock:
-            record = self.registry.get(search_id)
+            record = self.get(search_id, caller)
             if record.state not in RESUMABLE:
                 raise NotReady(f"search {search_id} is {record.state}; only {', '.join(RESUMABLE)} searches resume")
             self._check_capacity()
-            record = self.registry.update(search_id, state=PENDING, error="", finished_at=None, result=None)
+            spec = SearchSpec.from_dict(record.spec)
+            if spec.data_path is not None:
+                # The operator may have narrowed the data roots since the search was submitted.
+                check_data_root(spec.data_path, list(self.data_roots))
+            record = self._update(search_id, state=PENDING, error="", finished_at=None, result=None)
             # A search that failed before its run directory was written starts afresh.
             return self._start(record, resume=(Path(record.run_dir) / "spec.json").exists())
 
-    def result(self, search_id: str) -> SearchRecord:
-        record = self.registry.get(search_id)
+    def result(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
+        record = self.get(search_id, caller)
         if record.result is None:
             raise NotReady(f"search {search_id} is {record.state} and has no result yet (nas watch {search_id})")
         return record
 
-    def watch(self, search_id: str, skip: int = 0,
-              active: Callable[[], bool] = lambda: True) -> Iterator[dict[str, Any]]:
-        """Events of one search until it ends: state changes, evaluations, new bests,
-        one-shot epochs. Each is a dict with a `kind` key."""
-        record = self.registry.get(search_id)
-        state = record.state
-        yield {"kind": "state", "state": state, "error": record.error}
-        evaluations = LogTail(Path(record.run_dir) / EVALUATIONS)
-        epochs = LogTail(Path(record.run_dir) / ONE_SHOT_LOG)
-        best, seen = None, 0
-        while active() and not self._closed.is_set():
-            # The state is read before the logs: a search marked ended has written every line.
-            record = self.registry.get(search_id)
-            for r in evaluations.read_new():
-                improved = r.get("status") == "ok" and r.get("reward") is not None and (
-                    best is None or r["reward"] > best)
-                if improved:
-                    best = r["reward"]
-                seen += 1
-                if seen > skip:
-                    yield {"kind": "evaluation", "record": r}
-                    if improved:
-                        yield {"kind": "new_best", "record": r}
-            for e in epochs.read_new():
-                yield {"kind": "one_shot_epoch", **e}
-            if record.state != state:
-                state = record.state
-                yield {"kind": "state", "state": state, "error": record.error}
-            if state not in ACTIVE:
-                return
-            time.sleep(self.watch_poll_s)
+    def delete(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
+        """Forget an ended search and remove its run directory."""
+        with self._lock:
+            record = self.get(search_id, caller)
+            if record.state in ACTIVE:
+                raise NotReady(f"search {search_id} is {record.state}; cancel it first (nas cancel {search_id})")
+            run_dir, runs = Path(record.run_dir).resolve(), (self.state_dir / "runs").resolve()
+            # Only what the service made: a run directory inside its own state directory.
+            if run_dir.parent == runs and run_dir.exists():
+                shutil.rmtree(run_dir)
+            self.registry.delete(search_id)
+            self._generations.pop(search_id, None)
+        return record
+
+    def watch(self, search_id: str, skip: int = 0, caller: Client = LOCAL) -> SearchWatch:
+        """A cursor over one search's events (see SearchWatch); iterate it to wait for them here."""
+        if skip < 0:
+            raise ConfigError("skip_evaluations", f"must not be negative, got {skip}")
+        return SearchWatch(self, self.get(search_id, caller), skip)
 
     # -- runners --------------------------------------------------------------------
 
@@ -288,27 +496,54 @@ class SearchManager:
             raise Busy(f"the service already runs its maximum of {self.max_jobs} searches; "
                        "wait for one to end or cancel one")
 
+    def _update(self, search_id: str, **changes: Any) -> SearchRecord:
+        record = self.registry.update(search_id, **changes)
+        if "state" in changes or "error" in changes:
+            # What watchers report; progress counts they read from the logs themselves.
+            self._generations[search_id] = self._generations.get(search_id, 0) + 1
+        return record
+
     def _start(self, record: SearchRecord, resume: bool) -> SearchRecord:
         try:
-            handle = self.launcher.start(record.id, record.spec, record.run_dir, resume)
+            handle = self.launcher.start(record, resume)
         except NasError as exc:
-            return self.registry.update(record.id, state=FAILED, error=str(exc), finished_at=time.time())
+            return self._update(record.id, state=FAILED, error=str(exc), finished_at=time.time())
         self._handles[record.id] = handle
         self._progress[record.id] = _Progress(record.run_dir)
-        return self.registry.update(record.id, state=RUNNING, started_at=time.time())
+        return self._update(record.id, state=RUNNING, started_at=time.time())
 
     def _reattach(self) -> None:
         for record in self.registry.in_states(ACTIVE):
-            handle = self.launcher.find(record.id)
-            if handle is not None:
-                self._handles[record.id] = handle
-                self._progress[record.id] = _Progress(record.run_dir)
-                log.info("reattached to running search %s", record.id)
-            else:
-                self._finish(record, INTERRUPTED, "its runner was lost (service or cluster restart); "
-                                                  f"resume it with: nas resume {record.id}")
+            try:
+                handle = self.launcher.find(record)
+                if handle is not None:
+                    self._handles[record.id] = handle
+                    self._progress[record.id] = _Progress(record.run_dir)
+                    log.info("reattached to running search %s", record.id)
+                else:
+                    self._finish(record, INTERRUPTED, "its runner was lost (service or cluster restart); "
+                                                      f"resume it with: nas resume {record.id}")
+            except Exception as exc:  # noqa: BLE001 - one broken search must not keep the service down
+                self.broken(record, exc)
 
-    def _finish(self, record: SearchRecord, state: str, error: str) -> None:
+    def broken(self, record: SearchRecord, exc: BaseException) -> SearchRecord:
+        """Mark a search whose run directory or runner cannot be read failed, with a one-line
+        reason, and let go of its runner; every other search goes on."""
+        log.error("search %s is broken:\n%s", record.id, "".join(traceback.format_exception(exc)))
+        with self._lock:
+            handle = self._handles.pop(record.id, None)
+            self._progress.pop(record.id, None)
+            self._cancel_requested.pop(record.id, None)
+            error = f"its run directory {record.run_dir} cannot be read: {one_line(exc)}"
+            record = self._update(record.id, state=FAILED, error=error, finished_at=time.time())
+        if handle is not None:
+            try:
+                self.launcher.kill(handle)
+            except NasError as kill_error:
+                log.warning("could not stop the runner of %s: %s", record.id, kill_error)
+        return record
+
+    def _finish(self, record: SearchRecord, state: str, error: str) -> SearchRecord:
         result_path = Path(record.run_dir) / RESULT
         result = RunDirectory(record.run_dir).result() if result_path.exists() else None
         if result is not None and state == INTERRUPTED and record.state in ACTIVE:
@@ -316,34 +551,55 @@ class SearchManager:
             state, error = state_of_result(result), ""
         progress = self._progress.pop(record.id, None) or _Progress(record.run_dir)
         progress.update()
-        self.registry.update(record.id, state=state, error=error, finished_at=time.time(), result=result,
-                             evaluations_done=progress.done, evaluations_failed=progress.failed,
-                             best=progress.best)
+        record = self._update(record.id, state=state, error=error, finished_at=time.time(), result=result,
+                              evaluations_done=progress.done, evaluations_failed=progress.failed,
+                              best=progress.best)
+        self._cancel_requested.pop(record.id, None)
         handle = self._handles.pop(record.id, None)
         if handle is not None:
             self.launcher.release(handle)
+        return record
 
     def _watch_runners(self) -> None:
         while not self._closed.wait(self.poll_s):
             try:
+                self.healthy = self.launcher.healthy()
                 self._poll()
             except Exception:  # noqa: BLE001 - the monitor must outlive one bad poll
                 log.exception("monitor poll failed")
 
     def _poll(self) -> None:
         for record in self.registry.in_states(ACTIVE):
-            handle = self._handles.get(record.id)
-            if handle is None:
-                continue
-            status = self.launcher.status(handle)
-            if status is None:
-                self._finish(record, INTERRUPTED, f"its runner died; resume it with: nas resume {record.id}")
-                continue
-            state, error = status
-            if state in ACTIVE:
-                progress = self._progress[record.id]
-                if progress.update():
-                    self.registry.update(record.id, evaluations_done=progress.done,
-                                         evaluations_failed=progress.failed, best=progress.best)
-            else:
-                self._finish(record, state, error)
+            try:
+                self._poll_one(record)
+            except Exception as exc:  # noqa: BLE001 - one broken search must not stop the others' monitoring
+                self.broken(record, exc)
+
+    def _poll_one(self, record: SearchRecord) -> None:
+        handle = self._handles.get(record.id)
+        if handle is None:
+            return
+        asked = self._cancel_requested.get(record.id)
+        if asked is not None and time.monotonic() - asked > self.cancel_grace_s:
+            self.launcher.kill(handle)
+            self._finish(record, CANCELLED, f"force-stopped: it did not reach a safe point within "
+                                            f"{self.cancel_grace_s:g} s of the cancel request")
+            return
+        status = self.launcher.status(handle)
+        if status is None:
+            self._finish(record, INTERRUPTED, f"its runner died; resume it with: nas resume {record.id}")
+            return
+        state, error = status
+        if state not in ACTIVE:
+            self._finish(record, state, error)
+            return
+        progress = self._progress[record.id]
+        if progress.update():
+            self._update(record.id, evaluations_done=progress.done, evaluations_failed=progress.failed,
+                         best=progress.best)
+        elif progress.done == 0 and record.started_at is not None \
+                and time.time() - record.started_at > self.placement_timeout_s:
+            reason = self.launcher.stuck(record.spec)
+            if reason:
+                self.launcher.kill(handle)
+                self._finish(record, FAILED, f"not placed within {self.placement_timeout_s:g} s: {reason}")

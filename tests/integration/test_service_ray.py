@@ -16,8 +16,8 @@ from raynas.protos.nas.v1 import search_pb2 as pb
 TOKEN = "integration-token"
 
 
-def start(state_dir):
-    return serve(SearchManager(state_dir, RayLauncher(), poll_s=0.1), TOKEN, host="127.0.0.1", port=0)
+def start(state_dir, **options):
+    return serve(SearchManager(state_dir, RayLauncher(), poll_s=0.1, **options), TOKEN, host="127.0.0.1", port=0)
 
 
 def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
@@ -41,7 +41,8 @@ def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
                     break
     finally:
         srv.stop(grace=None)
-    assert ray_cluster.get_actor(f"search-{search.id}", namespace=SERVICE_NAMESPACE)
+    # The runner is named for its search and its owner (the single-token client).
+    assert ray_cluster.get_actor(f"search-{search.id}-by-default", namespace=SERVICE_NAMESPACE)
 
     srv = start(state)
     try:
@@ -62,7 +63,7 @@ def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
     deadline = time.time() + 10
     while time.time() < deadline:
         try:
-            ray_cluster.get_actor(f"search-{search.id}", namespace=SERVICE_NAMESPACE)
+            ray_cluster.get_actor(f"search-{search.id}-by-default", namespace=SERVICE_NAMESPACE)
             time.sleep(0.2)
         except ValueError:
             break
@@ -92,3 +93,56 @@ def test_darts_search_end_to_end_through_the_service(ray_cluster, tmp_path):
             assert struct_to_dict(result.summary)["runtime"] == "ray"
     finally:
         srv.stop(grace=None)
+
+
+@pytest.mark.parametrize("resources, field", [({"gpus_per_child": 1}, "gpus_per_child"),
+                                              ({"cpus_per_child": 3}, "cpus_per_child")])
+def test_workers_no_node_can_hold_are_refused_at_submit(ray_cluster, tmp_path, resources, field):
+    srv = start(tmp_path / "state")
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c, pytest.raises(RemoteError) as refused:
+            c.submit({"space": "nb201", "evaluator": "table", "strategy": "random", "evaluations": 2, **resources})
+        assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in str(refused.value)
+        assert "no node of the Ray cluster" in str(refused.value)
+    finally:
+        srv.stop(grace=None)
+
+
+def test_cancel_force_stops_a_hung_evaluator(ray_cluster, tmp_path):
+    """A child that sleeps for hours never lets the search reach a safe point: after the
+    grace, its runner (and with it the job's workers) is killed and the search is cancelled."""
+    srv = start(tmp_path / "state", cancel_grace_s=1.0)
+    spec = {"space": "nb201", "evaluator": "table", "strategy": "random", "evaluations": 4, "workers": 1,
+            "cpus_per_child": 0.5, "table": {"sleep": 100}}
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            search = c.submit(spec)
+            namespace = search.ray_namespace
+            deadline = time.time() + 60
+            while time.time() < deadline and not _actors(ray_cluster, namespace):
+                time.sleep(0.2)  # the job has started its worker, which now hangs in its child
+            assert _actors(ray_cluster, namespace)
+            c.cancel(search.id)
+            deadline = time.time() + 60
+            while time.time() < deadline and c.get(search.id).state == pb.STATE_RUNNING:
+                time.sleep(0.2)
+            stopped = c.get(search.id)
+            assert stopped.state == pb.STATE_CANCELLED and "force-stopped" in stopped.error
+            deadline = time.time() + 30
+            while time.time() < deadline and (_actors(ray_cluster, namespace) or _runner(ray_cluster, search.id)):
+                time.sleep(0.2)
+            assert not _actors(ray_cluster, namespace) and not _runner(ray_cluster, search.id)
+    finally:
+        srv.stop(grace=None)
+
+
+def _actors(ray, namespace):
+    """The job's named actors still alive (its workers)."""
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+
+
+def _runner(ray, search_id):
+    try:
+        return ray.get_actor(f"search-{search_id}-by-default", namespace=SERVICE_NAMESPACE)
+    except ValueError:
+        return None

@@ -1,6 +1,7 @@
 """In-memory datasets: digits from scikit-learn, and mnist / cifar10 / ptb from
 tiny files generated here in the official layouts."""
 
+import os
 import pickle
 
 import numpy as np
@@ -169,3 +170,65 @@ def test_bad_files_name_the_expected_layout(tmp_path):
     (tmp_path / "ptb" / "ptb.train.txt").write_text("a b\n")
     with pytest.raises(ConfigError, match="not found: .*ptb.valid.txt"):
         load_dataset("ptb", tmp_path / "ptb")
+
+
+class _Planted:
+    """What an attacker plants: unpickling it creates `marker` (in real life: any command)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (str(self.marker),)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_batches_load_through_the_restricted_unpickler(tmp_path, protocol):
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "cifar"
+    folder.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"batch_label": b"training batch", b"data": _images(rng, 4, (3072,)), b"labels": [1, 2, 3, 4],
+                 b"filenames": [b"a.png", b"b.png", b"c.png", b"d.png"]}
+        raw = pickle.dumps(batch, protocol=protocol)
+        if protocol == 2:
+            # The published files were written by numpy 1 and name numpy.core (a text line at protocol 2).
+            raw = raw.replace(b"numpy._core", b"numpy.core")
+        (folder / name).write_bytes(raw)
+    data = load_dataset("cifar10", folder, val_fraction=0.25)
+    assert data.sizes == {"train": 15, "val": 5, "test": 4}
+
+
+@pytest.mark.parametrize("payload", [
+    lambda marker: {b"data": _Planted(marker), b"labels": [0]},
+    lambda marker: {b"data": np.array([_Planted(marker)], dtype=object), b"labels": [0]},
+])
+def test_a_planted_pickle_never_runs(tmp_path, payload):
+    folder = _write_cifar_batches(tmp_path / "cifar", np.random.default_rng(0))
+    marker = tmp_path / "owned"
+    (folder / "data_batch_2").write_bytes(pickle.dumps(payload(marker), protocol=2))
+    with pytest.raises(ConfigError, match="cannot read .*data_batch_2.*not allowed"):
+        load_dataset("cifar10", folder)
+    assert not marker.exists()
+
+
+def test_data_paths_outside_the_roots_are_refused_alike(tmp_path):
+    from raynas.workers.data import check_data_root
+
+    root = tmp_path / "data"
+    (root / "cifar").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "unreadable").mkdir(mode=0)
+    (root / "escape").symlink_to(tmp_path / "secret")
+    inside = os.path.realpath(root / "cifar")
+    assert check_data_root(str(root / "cifar"), [str(root)]) == check_data_root("cifar", [str(root)]) == inside
+    messages = set()
+    for probe in (tmp_path / "secret", tmp_path / "secret" / "unreadable", tmp_path / "missing", root / "escape",
+                  root / ".." / "secret", "../secret", "/etc"):
+        with pytest.raises(ConfigError) as refused:
+            check_data_root(str(probe), [str(root)])
+        assert refused.value.field == "data_path"
+        messages.add(refused.value.problem)
+    assert len(messages) == 1 and "secret" not in messages.pop()  # nothing tells an existing path from a missing one
+    with pytest.raises(ConfigError, match="--data-root"):
+        check_data_root(str(root / "cifar"), [])

@@ -264,6 +264,20 @@ def test_launcher_head_runs_the_service_after_ray_with_auth_everywhere(parser):
     assert f":{args.state_dir}" in " ".join(config["docker"]["head_run_options"])
 
 
+def test_services_on_autoscaling_clusters_wait_for_nodes_instead_of_refusing(parser):
+    """Both clusters start GPU workers only when a search asks for them: a service that refused
+    workers no current node can hold would refuse every GPU search."""
+    launcher = docs(LAUNCHER)[0]
+    assert any(t.get("max_workers", 0) > t.get("min_workers", 0) for t in launcher["available_node_types"].values())
+    kuberay = next(o for _, o in k8s_objects() if o["kind"] == "RayCluster")
+    assert kuberay["spec"]["enableInTreeAutoscaling"]
+    for path in (LAUNCHER, DEPLOY / "kuberay" / "raycluster.yaml"):
+        args = serve_args(parser, path)
+        assert args.autoscaling, f"{path.name}: nas serve needs --autoscaling"
+        # Listening beyond the pod or node is asked for explicitly (the default is loopback).
+        assert args.host == "0.0.0.0"
+
+
 # -- images and versions -------------------------------------------------------------------
 
 def build_commands():

@@ -21,8 +21,8 @@ def test_generated_code_is_up_to_date(tmp_path):
     for fresh in generate.generate(tmp_path):
         committed = generate.PROTO_DIR / fresh.name
         assert committed.exists(), f"{fresh.name} is not committed: run python -m raynas.protos.generate"
-        assert committed.read_text() == fresh.read_text(), \
-            f"{fresh.name} is stale: run python -m raynas.protos.generate"
+        stale = f"{fresh.name} is stale: run python -m raynas.protos.generate"
+        assert committed.read_text() == fresh.read_text(), stale
 
 
 def test_every_rpc_message_field_and_enum_value_is_commented(tmp_path):

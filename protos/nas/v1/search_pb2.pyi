@@ -109,7 +109,7 @@ class Evaluation(_message.Message):
     def __init__(self, id: _Optional[str] = ..., index: _Optional[int] = ..., architecture: _Optional[_Union[Architecture, _Mapping]] = ..., reward: _Optional[float] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., metrics: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Search(_message.Message):
-    __slots__ = ("id", "state", "spec", "created_at", "started_at", "finished_at", "run_dir", "ray_namespace", "evaluations_done", "evaluations_failed", "best", "error")
+    __slots__ = ("id", "state", "spec", "created_at", "started_at", "finished_at", "run_dir", "ray_namespace", "evaluations_done", "evaluations_failed", "best", "error", "owner", "name")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,8 @@ class Search(_message.Message):
     EVALUATIONS_FAILED_FIELD_NUMBER: _ClassVar[int]
     BEST_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     id: str
     state: State
     spec: SearchSpec
@@ -134,7 +136,9 @@ class Search(_message.Message):
     evaluations_failed: int
     best: Evaluation
     error: str
-    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_dir: _Optional[str] = ..., ray_namespace: _Optional[str] = ..., evaluations_done: _Optional[int] = ..., evaluations_failed: _Optional[int] = ..., best: _Optional[_Union[Evaluation, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    owner: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., state: _Optional[_Union[State, str]] = ..., spec: _Optional[_Union[SearchSpec, _Mapping]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., run_dir: _Optional[str] = ..., ray_namespace: _Optional[str] = ..., evaluations_done: _Optional[int] = ..., evaluations_failed: _Optional[int] = ..., best: _Optional[_Union[Evaluation, _Mapping]] = ..., error: _Optional[str] = ..., owner: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class SubmitSearchRequest(_message.Message):
     __slots__ = ("spec", "name")
@@ -217,6 +221,12 @@ class CancelSearchRequest(_message.Message):
     def __init__(self, id: _Optional[str] = ...) -> None: ...
 
 class ResumeSearchRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteSearchRequest(_message.Message):
     __slots__ = ("id",)
     ID_FIELD_NUMBER: _ClassVar[int]
     id: str

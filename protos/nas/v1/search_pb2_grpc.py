@@ -26,10 +26,15 @@ if _version_not_supported:
 
 
 class SearchServiceStub:
-    """Accepts, runs, reports on and cancels architecture searches on a Ray cluster.
-    Every call needs the metadata `authorization: Bearer <token>`; without it the
-    server answers UNAUTHENTICATED. Bad requests get INVALID_ARGUMENT with a message
-    naming the field and its allowed values; unknown ids get NOT_FOUND.
+    """Accepts, runs, reports on, cancels and deletes architecture searches on a Ray cluster.
+    Every call needs the metadata `authorization: Bearer <token>`; without a token the
+    server knows, it answers UNAUTHENTICATED. Each token belongs to one client (or, in
+    single-token mode, to the one client, an admin); a client sees and controls only the
+    searches it submitted, unless it is an admin: another client's search is NOT_FOUND,
+    like an id that does not exist. Bad requests get INVALID_ARGUMENT with a message
+    naming the field and its allowed values; a request the server cannot take now gets
+    RESOURCE_EXHAUSTED; errors that are not the request's get INTERNAL with an incident
+    number only (the details are in the server's log). docs/service.md lists the limits.
     """
 
     def __init__(self, channel):
@@ -68,6 +73,11 @@ class SearchServiceStub:
                 request_serializer=nas_dot_v1_dot_search__pb2.ResumeSearchRequest.SerializeToString,
                 response_deserializer=nas_dot_v1_dot_search__pb2.Search.FromString,
                 _registered_method=True)
+        self.DeleteSearch = channel.unary_unary(
+                '/nas.v1.SearchService/DeleteSearch',
+                request_serializer=nas_dot_v1_dot_search__pb2.DeleteSearchRequest.SerializeToString,
+                response_deserializer=nas_dot_v1_dot_search__pb2.Search.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_unary(
                 '/nas.v1.SearchService/GetResult',
                 request_serializer=nas_dot_v1_dot_search__pb2.GetResultRequest.SerializeToString,
@@ -76,15 +86,22 @@ class SearchServiceStub:
 
 
 class SearchServiceServicer:
-    """Accepts, runs, reports on and cancels architecture searches on a Ray cluster.
-    Every call needs the metadata `authorization: Bearer <token>`; without it the
-    server answers UNAUTHENTICATED. Bad requests get INVALID_ARGUMENT with a message
-    naming the field and its allowed values; unknown ids get NOT_FOUND.
+    """Accepts, runs, reports on, cancels and deletes architecture searches on a Ray cluster.
+    Every call needs the metadata `authorization: Bearer <token>`; without a token the
+    server knows, it answers UNAUTHENTICATED. Each token belongs to one client (or, in
+    single-token mode, to the one client, an admin); a client sees and controls only the
+    searches it submitted, unless it is an admin: another client's search is NOT_FOUND,
+    like an id that does not exist. Bad requests get INVALID_ARGUMENT with a message
+    naming the field and its allowed values; a request the server cannot take now gets
+    RESOURCE_EXHAUSTED; errors that are not the request's get INTERNAL with an incident
+    number only (the details are in the server's log). docs/service.md lists the limits.
     """
 
     def SubmitSearch(self, request, context):
         """Validate a search spec and start the search. Answers RESOURCE_EXHAUSTED when
-        the server already runs its maximum number of searches.
+        the server already runs its maximum number of searches (checked before anything
+        else), INVALID_ARGUMENT for a spec beyond its limits, a data_path outside the
+        server's data roots, or workers no node of the cluster can ever hold.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,7 +115,7 @@ class SearchServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListSearches(self, request, context):
-        """Searches, newest first, one page at a time.
+        """The caller's searches (an admin's: everyone's), newest first, one page at a time.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,7 +123,8 @@ class SearchServiceServicer:
 
     def WatchSearch(self, request, context):
         """Follow a search: its state, then every finished evaluation, new best and
-        one-shot epoch report as it lands, until the search ends.
+        one-shot epoch report as it lands, until the search ends. RESOURCE_EXHAUSTED
+        when the server already streams to its maximum number of watchers.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -114,14 +132,25 @@ class SearchServiceServicer:
 
     def CancelSearch(self, request, context):
         """Ask a search to stop at its next safe point; it keeps its checkpoints and
-        can be resumed. Cancelling a finished search changes nothing.
+        can be resumed. A search that has not stopped within the server's cancel grace
+        (nas serve --cancel-grace, 30 s by default) is force-stopped: its runner and
+        the search's actors are killed; it is CANCELLED either way, and the evaluations
+        it recorded stay. Cancelling a finished search changes nothing.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeSearch(self, request, context):
-        """Continue a cancelled or interrupted search from its checkpoints.
+        """Continue a cancelled, failed or interrupted search from its checkpoints.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSearch(self, request, context):
+        """Forget a search that has ended and remove its run directory; answers the search
+        as it was. FAILED_PRECONDITION while it is pending or running (cancel it first).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,6 +197,11 @@ def add_SearchServiceServicer_to_server(servicer, server):
                     request_deserializer=nas_dot_v1_dot_search__pb2.ResumeSearchRequest.FromString,
                     response_serializer=nas_dot_v1_dot_search__pb2.Search.SerializeToString,
             ),
+            'DeleteSearch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSearch,
+                    request_deserializer=nas_dot_v1_dot_search__pb2.DeleteSearchRequest.FromString,
+                    response_serializer=nas_dot_v1_dot_search__pb2.Search.SerializeToString,
+            ),
             'GetResult': grpc.unary_unary_rpc_method_handler(
                     servicer.GetResult,
                     request_deserializer=nas_dot_v1_dot_search__pb2.GetResultRequest.FromString,
@@ -182,10 +216,15 @@ def add_SearchServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SearchService:
-    """Accepts, runs, reports on and cancels architecture searches on a Ray cluster.
-    Every call needs the metadata `authorization: Bearer <token>`; without it the
-    server answers UNAUTHENTICATED. Bad requests get INVALID_ARGUMENT with a message
-    naming the field and its allowed values; unknown ids get NOT_FOUND.
+    """Accepts, runs, reports on, cancels and deletes architecture searches on a Ray cluster.
+    Every call needs the metadata `authorization: Bearer <token>`; without a token the
+    server knows, it answers UNAUTHENTICATED. Each token belongs to one client (or, in
+    single-token mode, to the one client, an admin); a client sees and controls only the
+    searches it submitted, unless it is an admin: another client's search is NOT_FOUND,
+    like an id that does not exist. Bad requests get INVALID_ARGUMENT with a message
+    naming the field and its allowed values; a request the server cannot take now gets
+    RESOURCE_EXHAUSTED; errors that are not the request's get INTERNAL with an incident
+    number only (the details are in the server's log). docs/service.md lists the limits.
     """
 
     @staticmethod
@@ -339,6 +378,33 @@ class SearchService:
             target,
             '/nas.v1.SearchService/ResumeSearch',
             nas_dot_v1_dot_search__pb2.ResumeSearchRequest.SerializeToString,
+            nas_dot_v1_dot_search__pb2.Search.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSearch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nas.v1.SearchService/DeleteSearch',
+            nas_dot_v1_dot_search__pb2.DeleteSearchRequest.SerializeToString,
             nas_dot_v1_dot_search__pb2.Search.FromString,
             options,
             channel_credentials,
