@@ -29,7 +29,7 @@ PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFOR
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
-    ps_shards: int = 1, workers: int | None = None,
+    ps_shards: int = 1, workers: int | None = None, batching: str = "barrier",
 ) -> dict[str, Any]:
     """Any registered strategy, run in this process by the proposer loop. `controllers` set: a
     strategy with a shared policy (rl) runs as the asynchronous distributed scheme (K replicas
@@ -53,7 +53,7 @@ def bench_nb201(
             run_loop(cls(space, seed=seed, options=options), InProcessExecutor(evaluator), ledger)
         else:
             ledger, figures = simulate_scheme(space, evaluator, evaluations, seed, controllers, children, ps_shards,
-                                              strategy, strategy_options, workers=workers)
+                                              strategy, strategy_options, workers=workers, batching=batching)
             simulated.append(figures)
         if not any(r["reward"] is not None for r in ledger.records):
             raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
@@ -62,9 +62,10 @@ def bench_nb201(
     scheme = {} if controllers is None else {
         "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards,
                    "workers": simulated[0]["workers"], "workers_requested": workers,
-                   "dispatch": simulated[0]["dispatch"]},
+                   "dispatch": simulated[0]["dispatch"], "replica_batch": batching},
         "simulated_wall_time_s_mean": statistics.fmean(s["simulated_wall_time_s"] for s in simulated),
         "worker_utilization": statistics.fmean(s["worker_utilization"] for s in simulated),
+        "worker_utilization_steady": statistics.fmean(s["worker_utilization_steady"] for s in simulated),
         "updates_per_simulated_hour": statistics.fmean(s["updates_per_simulated_hour"] for s in simulated),
         "staleness_mean": statistics.fmean(s["staleness_mean"] for s in simulated),
     }
@@ -86,9 +87,11 @@ def bench_nb201(
 def format_bench(result: dict[str, Any]) -> str:
     scheme = result.get("scheme")
     where = (f" as K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} "
-             f"shards, W={scheme['workers']} workers ({scheme['dispatch']}; simulated wall time "
+             f"shards, W={scheme['workers']} workers ({scheme['dispatch']}, {scheme['replica_batch']} batches; "
+             "simulated wall time "
              f"{result['simulated_wall_time_s_mean']:.0f} s, worker utilisation "
-             f"{result['worker_utilization']:.1%})" if scheme else "")
+             f"{result['worker_utilization']:.1%}, {result['worker_utilization_steady']:.1%} until the last child "
+             "started)" if scheme else "")
     lines = [
         f"NAS-Bench-201 {result['dataset']}: {result['strategy']}{where}, {result['evaluations']} evaluations, "
         f"{result['seeds']} seeds ({result['wall_time_s']:.1f} s)",

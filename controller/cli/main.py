@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--workers", type=int,
                    help="W workers (with --controllers; default one per child): fewer share one queue")
+    b.add_argument("--replica-batch", default="barrier",
+                   help="with --controllers: barrier (the paper's) or rolling (each replica keeps its m workers busy)")
     b.add_argument("--json", action="store_true")
 
     COMMANDS.update(model.add_parsers(sub))
@@ -150,7 +152,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
                          strategy_options=dict(args.strategy_option), controllers=args.controllers,
-                         children=args.children, ps_shards=args.ps_shards, workers=args.workers)
+                         children=args.children, ps_shards=args.ps_shards, workers=args.workers,
+                         batching=args.replica_batch)
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 

@@ -74,6 +74,9 @@ class RecorderHost:
     def start(self, replica: str, n: int):
         return self.ledger.start(replica, n)
 
+    def claim(self, claimant: str, n: int):
+        return self.ledger.claim(claimant, n)
+
     def record_update(self, entries, replica: str, n: int, cycle: int, synced: int, state: dict):
         fresh = {task.id for task, _, _ in entries if task.id not in self.ledger.recorded}
         receipt = self.ledger.record_update(entries, replica, n, cycle, synced, state)
@@ -162,15 +165,19 @@ class ReplicaHost:
         self.shards = RemoteShards([find_actor(f"ps-{i}", namespace) for i in range(shards)],
                                    ShardMap.from_dict(shard_map))
         self.ledger = Remote(find_actor("recorder", namespace))
-        if workers is None:
-            self.evaluate = Remote(find_actor("dispatcher", namespace)).run_all
-        else:
-            self.evaluate = worker_executor([find_actor(w, namespace) for w in workers], max_retries,
-                                            on_retry=lambda task, reason: metrics.report_retry(job)).run_all
+        self.rolling = spec["replica_batch"] == "rolling"
+        self.executor = None if workers is None else worker_executor(
+            [find_actor(w, namespace) for w in workers], max_retries,
+            on_retry=lambda task, reason: metrics.report_retry(job))
+        self.evaluate = (Remote(find_actor("dispatcher", namespace)).run_all if workers is None
+                         else self.executor.run_all)
 
     def ready(self) -> bool:
         return True
 
     def run(self) -> dict[str, Any]:
-        cycles = self.replica.run(self.shards, self.ledger, self.evaluate)
+        if self.rolling:
+            cycles = self.replica.run_rolling(self.shards, self.ledger, self.executor)
+        else:
+            cycles = self.replica.run(self.shards, self.ledger, self.evaluate)
         return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings}

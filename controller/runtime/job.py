@@ -284,7 +284,8 @@ class SearchJob:
                                      "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,
                                      "staleness_policy": spec.staleness_policy,
                                      "workers_per_replica": None if own is None else spec.children,
-                                     "dispatch": "shared" if own is None else "dedicated"})
+                                     "dispatch": "shared" if own is None else "dedicated",
+                                     "replica_batch": spec.replica_batch})
         self.extra["parameter_servers"] = shard_stats
         self.extra["gradients"] = gradients
         self.extra["replicas"] = {k: {"cycles": v["cycles"], "timings_s": v["timings_s"]}

@@ -28,7 +28,7 @@ from raynas.controller.strategies import SharedPolicy
 from raynas.controller.strategies.reinforce import reward_of
 from raynas.param_server import ShardMap
 from raynas.workers.evaluation import EvalResult
-from raynas.workers.execution import Task
+from raynas.workers.execution import Executor, Task
 
 
 class Shards(Protocol):
@@ -41,6 +41,8 @@ class Shards(Protocol):
 class LedgerClient(Protocol):
     def start(self, replica: str, n: int) -> Start: ...
 
+    def claim(self, claimant: str, n: int) -> list[Claim]: ...
+
     def record_update(self, entries: list[tuple[Task, EvalResult, dict[str, Any]]], replica: str, n: int,
                       cycle: int, synced: int, state: dict[str, Any]) -> Receipt: ...
 
@@ -49,11 +51,18 @@ class LedgerClient(Protocol):
 
 @dataclass
 class Batch:
-    """m sampled architectures in flight: their tasks, decision values and the shard versions they came from."""
+    """Sampled architectures in flight: their tasks, decision values and the shard versions each
+    was sampled at."""
 
     tasks: list[Task]
     values: list[tuple]
-    versions: list[int]
+    versions: list[list[int]]
+
+
+#: How a replica batches its children: the paper's barrier (sample m, wait for all m, push), or
+#: rolling (keep its m workers busy, sampling from the latest weights whenever one frees up, and
+#: push after every m results).
+BATCHING = ("barrier", "rolling")
 
 
 class ControllerReplica:
@@ -71,12 +80,17 @@ class ControllerReplica:
         self.baseline: float | None = None
         self.staleness: list[int] = []
         self.timings: dict[str, float] = {}
+        #: Weights the shards answered with, not yet loaded into the policy.
         self._pulled: tuple[list[int], dict[str, torch.Tensor]] | None = None
+        self._versions: list[int] | None = None
+        # Rolling batches: claims not yet sampled, and finished children not yet learned from.
+        self._stock: list[Claim] = []
+        self._done: list[tuple[Task, tuple, list[int], EvalResult]] = []
 
     def run(self, shards: Shards, ledger: LedgerClient,
             evaluate: Callable[[list[Task]], list[EvalResult]]) -> int:
-        """Cycle until the ledger hands out no more work; returns the cycles this replica ran
-        in all its lives."""
+        """The paper's barrier: cycle until the ledger hands out no more work; returns the cycles
+        this replica ran in all its lives."""
         claims = self.resume(ledger.start(self.name, self.children), shards)
         while claims:
             batch = self.begin(claims, shards)
@@ -84,6 +98,26 @@ class ControllerReplica:
                 results = evaluate(batch.tasks)
             claims = self.finish(batch, results, shards, ledger)
         return self.cycle
+
+    def run_rolling(self, shards: Shards, ledger: LedgerClient, executor: Executor) -> int:
+        """Rolling batches over the replica's own workers (`executor`, capacity m): a worker that
+        frees up gets the next child at once, sampled from the latest weights; every m results
+        make one gradient. The last results of the budget make a smaller one."""
+        self.start_rolling(shards, ledger)
+        in_flight: dict[str, tuple[Task, tuple, list[int]]] = {}
+        while True:
+            batch = self.refill(shards, ledger, self.children - len(in_flight))
+            for task, values in zip(batch.tasks, batch.values):
+                executor.submit(task)
+                in_flight[task.id] = (task, values, batch.versions[0])
+            if not in_flight:
+                self.flush(shards, ledger)
+                return self.cycle
+            with self._timed("evaluate"):
+                finished = executor.wait()
+            for task, result in finished:
+                _, values, versions = in_flight.pop(task.id)
+                self.child_done(task, values, versions, result, shards, ledger)
 
     def resume(self, start: Start, shards: Shards) -> list[Claim]:
         """Take up where a previous life left off: its counters and RNG, and the gradient it may
@@ -104,28 +138,75 @@ class ControllerReplica:
         if self._pulled is None:
             with self._timed("pull"):
                 self._pulled = shards.pull()
-        versions, weights = self._pulled
-        self._pulled = None
+        self._load()
+        return self._sample(claims)
+
+    def _load(self) -> None:
+        """Load the weights the shards last answered with, if they are new."""
+        if self._pulled is not None:
+            self._versions, weights = self._pulled
+            self._pulled = None
+            with self._timed("sample"):
+                self.core.load_weights(weights)
+
+    def _sample(self, claims: list[Claim]) -> Batch:
         with self._timed("sample"):
-            self.core.load_weights(weights)
             sampled = self.core.sample(len(claims), claims[0].index)
-        return Batch([c.task(arch) for c, (arch, _) in zip(claims, sampled)], [v for _, v in sampled], versions)
+        return Batch([c.task(arch) for c, (arch, _) in zip(claims, sampled)], [v for _, v in sampled],
+                     [list(self._versions)] * len(claims))
+
+    def start_rolling(self, shards: Shards, ledger: LedgerClient) -> None:
+        """(Re)start with rolling batches: the first claims wait to be sampled by `refill`."""
+        self._stock = self.resume(ledger.start(self.name, self.children), shards)
+
+    def refill(self, shards: Shards, ledger: LedgerClient, free: int) -> Batch:
+        """Children for `free` idle workers, sampled from the latest weights (rolling batches)."""
+        if len(self._stock) < free:
+            with self._timed("record"):
+                self._stock += ledger.claim(self.name, free - len(self._stock))
+        claims, self._stock = self._stock[:free], self._stock[free:]
+        if not claims:
+            return Batch([], [], [])
+        if self._versions is None and self._pulled is None:
+            with self._timed("pull"):
+                self._pulled = shards.pull()
+        self._load()
+        return self._sample(claims)
+
+    def child_done(self, task: Task, values: tuple, versions: list[int], result: EvalResult, shards: Shards,
+                   ledger: LedgerClient) -> None:
+        """A rolling batch's child finished: learn once m of them are in."""
+        self._done.append((task, values, versions, result))
+        if len(self._done) >= self.children:
+            self.flush(shards, ledger)
+
+    def flush(self, shards: Shards, ledger: LedgerClient) -> None:
+        """Learn from the finished children not learned from yet (at most m at a time)."""
+        while self._done:
+            done, self._done = self._done[:self.children], self._done[self.children:]
+            tasks, values, versions, results = (list(x) for x in zip(*done))
+            self._update(Batch(tasks, values, versions), results, shards, ledger, claim=0)
 
     def finish(self, batch: Batch, results: list[EvalResult], shards: Shards, ledger: LedgerClient) -> list[Claim]:
         """Compute the batch's gradient, record the results with it (and claim the next batch),
         then push it; returns the next claims."""
+        return self._update(batch, results, shards, ledger, claim=self.children)
+
+    def _update(self, batch: Batch, results: list[EvalResult], shards: Shards, ledger: LedgerClient,
+                claim: int) -> list[Claim]:
         with self._timed("gradient"):
-            # This replica's policy still holds the weights the batch was sampled with: the
-            # gradient is taken there, against the shared baseline as the ledger last gave it.
+            # Taken at the policy's current weights: in a barrier batch, those it was sampled with;
+            # a rolling batch may hold children sampled one push earlier (slightly off-policy, as any
+            # asynchronous sample is). Against the shared baseline as the ledger last gave it.
             grads = self.core.gradients(batch.values, [reward_of(r) for r in results], self.baseline)
         finite = all(bool(torch.isfinite(g).all()) for g in grads.values())
         state = {"core": self.core.state_dict(), "synced": self.synced, "staleness": list(self.staleness),
                  "pending": {"grads": grads} if finite else None}
         with self._timed("record"):
             # Durable before anything learns from it; the ledger keeps the gradient until it is applied.
-            receipt = ledger.record_update([(t, r, {"policy_versions": batch.versions})
-                                            for t, r in zip(batch.tasks, results)],
-                                           self.name, self.children, self.cycle, self.synced, state)
+            receipt = ledger.record_update([(t, r, {"policy_versions": v})
+                                            for t, r, v in zip(batch.tasks, results, batch.versions)],
+                                           self.name, claim, self.cycle, self.synced, state)
         self.baseline = receipt.baseline
         if finite:
             self._push(grads, receipt.staleness, self.cycle, receipt.number, shards)

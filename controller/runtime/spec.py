@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, check_choice, check_int, check_number
+from raynas.controller.runtime.replica import BATCHING
 from raynas.controller.strategies import Strategy, strategy_class
 from raynas.param_server import ShardConfig
 from raynas.search_spaces import get_space, space_names
@@ -133,6 +134,9 @@ class SearchSpec:
     ps_accumulate: int = _field(1, "gradients a shard accumulates per update (default 1, {most})", most=1000)
     #: What shards do with stale gradients: none, drop (beyond max_staleness) or scale (by 1/(1+staleness)).
     staleness_policy: str = _field("none", "none, drop or scale: what shards do with stale gradients")
+    #: How a replica batches its m children (runtime/replica.py BATCHING).
+    replica_batch: str = _field("barrier", "barrier (the paper's: sample m, wait for all m, push) or rolling (keep "
+                                           "each replica's own m workers busy; needs --workers >= K x m)")
     max_staleness: int | None = _field(None, "staleness bound in versions (drop/scale; {most})", most=1_000_000)
     #: Shard checkpoint interval, in applied updates.
     checkpoint_every: int = _field(10, "parameter-shard checkpoint interval, in applied updates (default 10, {most})",
@@ -164,6 +168,10 @@ class SearchSpec:
         check_choice("dataset", self.dataset, DATASETS)
         ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy,
                     max_staleness=self.max_staleness)
+        check_choice("replica_batch", self.replica_batch, BATCHING)
+        if self.replica_batch == "rolling" and self.workers < self.controllers * self.children:
+            raise ConfigError("replica_batch", f"rolling batches keep each replica's own workers busy: "
+                              f"give --workers {self.controllers * self.children} (K x m) or more, or use barrier")
         if self.evaluator == "train":
             self._check_train_options()
         else:

@@ -73,10 +73,12 @@ def run_with_kills(tmp_path: Path, spec: SearchSpec, plan, ray_cluster) -> tuple
     return job.run(), done
 
 
-def test_each_replica_sends_its_children_to_its_own_workers(tmp_path):
+@pytest.mark.parametrize("batching", ["barrier", "rolling"])
+def test_each_replica_sends_its_children_to_its_own_workers(tmp_path, batching):
     out = tmp_path / "run"
-    result = SearchJob(scheme_spec(evaluations=24), out, progress=False).run()
-    assert result["scheme"]["dispatch"] == "dedicated"
+    result = SearchJob(scheme_spec(evaluations=24, replica_batch=batching), out, progress=False).run()
+    assert result["scheme"]["dispatch"] == "dedicated" and result["scheme"]["replica_batch"] == batching
+    check_invariants(out, 24)
     used = {}
     for r in records(out):
         used.setdefault(r["replica"], set()).add(r["metrics"]["worker"])

@@ -173,7 +173,7 @@ def test_bench_distributed_scheme_in_simulated_time(capsys):
     assert code == 0
     result = json.loads(out)
     assert result["scheme"] == {"controllers": 2, "children": 4, "ps_shards": 2, "workers": 8,
-                                "workers_requested": None, "dispatch": "dedicated"}
+                                "workers_requested": None, "dispatch": "dedicated", "replica_batch": "barrier"}
     assert result["simulated_wall_time_s_mean"] > 0 and 0 < result["worker_utilization"] <= 1
     code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "1",
                            "--controllers", "2", "--children", "4", "--workers", "3", "--json")

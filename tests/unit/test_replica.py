@@ -4,10 +4,12 @@ REINFORCE math as the single-process strategy, sharded."""
 import pytest
 import torch
 
+from raynas.common import ConfigError
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
 from raynas.controller.runtime.rundir import RunDirectory
+from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import get_strategy
 from raynas.controller.strategies.reinforce import PolicyCore
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
@@ -110,3 +112,29 @@ def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_p
     assert [r["arch"] for r in straight_run.evaluations()] == [r["arch"] for r in records]
     for a, b in zip(straight_shards, parameter_shards):
         torch.testing.assert_close(a.pull()[1], b.pull()[1])
+
+
+def test_rolling_batches_keep_every_replica_worker_busy_until_the_budget_runs_out():
+    space = get_space("nb201")
+    ledger, figures = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
+                                      workers=16, batching="rolling")
+    assert sorted(r["id"] for r in ledger.records) == [f"e{i:06d}" for i in range(96)]
+    assert figures["worker_utilization_steady"] == pytest.approx(1.0)
+    barrier = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
+                              workers=16)[1]
+    assert barrier["worker_utilization_steady"] < 0.9 < figures["worker_utilization_steady"]
+    # Every m results made one gradient and every shard applied each of them.
+    # (The budget's last results make smaller batches: each replica flushes what it has.)
+    assert figures["shard_versions"] == [ledger.updates] * 2 and 96 // 4 <= ledger.updates <= 96 // 4 + 4
+    again, _ = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
+                               workers=16, batching="rolling")
+    assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
+
+
+def test_rolling_batches_need_each_replica_to_own_its_workers():
+    with pytest.raises(ConfigError, match="^replica_batch:"):
+        simulate_scheme(get_space("nb201"), table(), budget=8, seed=0, controllers=2, children=4, ps_shards=1,
+                        workers=4, batching="rolling")
+    with pytest.raises(ConfigError, match="^replica_batch:"):
+        SearchSpec(space="nb201", evaluator="table", controllers=2, children=4, workers=4,
+                   replica_batch="rolling").validate()
