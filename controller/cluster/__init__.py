@@ -1,6 +1,6 @@
 """The controller's Ray wiring, and its only importer of Ray: joining a cluster, placing,
-finding, calling and killing actors, worker pools, and metrics for the dashboard. Ray is
-imported when a function needs it, so `--runtime local` never loads it."""
+finding, calling and killing actors, worker pools and their placement groups, and metrics for
+the dashboard. Ray is imported when a function needs it, so `--runtime local` never loads it."""
 
 from raynas.controller.cluster.launch import (
                                               ActorLost,
@@ -12,6 +12,7 @@ from raynas.controller.cluster.launch import (
                                               find_actor,
                                               job_namespace,
                                               kill,
+                                              remove_group,
                                               result,
                                               send,
                                               shutdown,
@@ -19,7 +20,9 @@ from raynas.controller.cluster.launch import (
                                               start_workers,
                                               wait_any,
                                               worker_executor,
+                                              worker_group,
 )
 
 __all__ = ["ActorLost", "CallTimeout", "Remote", "call", "call_all", "connect", "find_actor", "job_namespace", "kill",
-           "result", "send", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor"]
+           "remove_group", "result", "send", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor",
+           "worker_group"]

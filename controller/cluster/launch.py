@@ -166,11 +166,34 @@ class Remote:
 
 
 def start_workers(make_evaluator, size: int, namespace: str, cpus_per_child: float, gpus_per_child: float,
-                  first: int = 0) -> list:
-    """`size` worker actors (`worker-{first}` ...) that evaluate with `make_evaluator()`."""
+                  first: int = 0, group: Any = None) -> list:
+    """`size` worker actors (`worker-{first}` ...) that evaluate with `make_evaluator()`; with a
+    placement `group`, worker j takes its bundle j."""
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     from raynas.workers.execution.ray_pool import start_workers as start
 
-    return start(make_evaluator, size, namespace, cpus_per_child, gpus_per_child, first)
+    slots = None if group is None else [
+        PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=j) for j in range(size)]
+    return start(make_evaluator, size, namespace, cpus_per_child, gpus_per_child, first, slots)
+
+
+def worker_group(size: int, cpus_per_child: float, gpus_per_child: float) -> Any | None:
+    """A placement group that keeps `size` workers together on one node where it can (PACK):
+    one replica's m children, so that a lost node takes out whole replicas' batches rather than a
+    part of every replica's (with the paper's barrier a replica waits for all of its m). None
+    when a worker reserves nothing (a bundle must hold some resource). Ray reschedules the
+    bundles of a lost node; a group that cannot be placed yet waits (an autoscaler can add nodes)."""
+    from ray.util import placement_group
+
+    bundle = {k: v for k, v in (("CPU", cpus_per_child), ("GPU", gpus_per_child)) if v > 0}
+    return placement_group([dict(bundle) for _ in range(size)], strategy="PACK") if bundle else None
+
+
+def remove_group(group: Any) -> None:
+    from ray.util import remove_placement_group
+
+    remove_placement_group(group)
 
 
 def worker_executor(handles: list, max_retries: int, on_retry=None, on_report=None):

@@ -148,6 +148,9 @@ class DispatcherHost:
     def run_all(self, tasks: list[Task]) -> list[EvalResult]:
         return self.dispatcher.run_all(tasks)
 
+    def retries(self) -> int:
+        return self.dispatcher.executor.retries
+
 
 class ReplicaHost:
     """Controller replica k: its copy of the shared policy and its loop, its children sent to
@@ -180,4 +183,5 @@ class ReplicaHost:
             cycles = self.replica.run_rolling(self.shards, self.ledger, self.executor)
         else:
             cycles = self.replica.run(self.shards, self.ledger, self.evaluate)
-        return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings}
+        return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings,
+                "retries": 0 if self.executor is None else self.executor.retries}

@@ -183,34 +183,47 @@ class SearchJob:
         started_ray = cluster.connect(self.address)
         ns = self.namespace
         actors: list = []
+        groups: list = []
         interrupted = False
         try:
             scheme = spec.runs_scheme(strategy)
             # The scheme uses at most K x m workers at once; more would only idle.
             count = min(spec.workers, spec.controllers * spec.children) if scheme else spec.workers
-            workers = cluster.start_workers(factory, count, ns, spec.cpus_per_child, spec.gpus_per_child)
-            actors += workers
+            own = assign_workers(spec.controllers, spec.children, count) if scheme else None
+            if own is None:
+                actors += cluster.start_workers(factory, count, ns, spec.cpus_per_child, spec.gpus_per_child)
+            else:
+                # Each replica's m workers in one placement group, packed on one node where they fit.
+                for mine in own:
+                    group = cluster.worker_group(len(mine), spec.cpus_per_child, spec.gpus_per_child)
+                    groups += [group] if group is not None else []
+                    actors += cluster.start_workers(factory, len(mine), ns, spec.cpus_per_child, spec.gpus_per_child,
+                                                    first=mine[0], group=group)
+            workers = list(actors)
             self.extra["scheme"] = {"workers": count, "cpus_per_child": spec.cpus_per_child,
                                     "gpus_per_child": spec.gpus_per_child, "namespace": ns}
             if scheme:
-                interrupted = self._run_scheme(run, deadline, actors, strategy, options)
+                interrupted = self._run_scheme(run, deadline, actors, strategy, options, own)
             else:
                 executor = cluster.worker_executor(workers, spec.max_retries,
                                                    on_retry=lambda task, reason: metrics.report_retry(ns),
                                                    on_report=self._reporter(run, strategy))
                 self._run_proposer(run, executor, strategy, options, deadline)
+                self.extra["retries"] = executor.retries
         except KeyboardInterrupt:
             interrupted = True
             print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
         finally:
             for a in actors:
                 cluster.kill(a)
+            for group in groups:
+                cluster.remove_group(group)
             if started_ray:
                 cluster.shutdown()
         return interrupted
 
     def _run_scheme(self, run: RunDirectory, deadline: float | None, actors: list, strategy: type[Strategy],
-                    options: Any) -> bool:
+                    options: Any, own: list[list[int]] | None) -> bool:
         """Zoph & Le's scheme: S shards hold the policy, K replicas sample m children each.
 
         With W >= K x m workers each replica owns m of them (the paper's layout); with fewer,
@@ -244,12 +257,13 @@ class SearchJob:
                                        settings.baseline_decay, str(checkpoints), name="recorder", namespace=ns,
                                        restartable=True, pin_here=True)
         actors.append(recorder)
-        workers = min(spec.workers, spec.controllers * spec.children)
-        own = assign_workers(spec.controllers, spec.children, workers)
+        dispatcher = None
         if own is None:
-            actors.append(cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(workers)],
-                                              spec.max_retries, name="dispatcher", namespace=ns, restartable=True,
-                                              max_concurrency=spec.controllers + 1, spread=True))
+            workers = min(spec.workers, spec.controllers * spec.children)
+            dispatcher = cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(workers)],
+                                             spec.max_retries, name="dispatcher", namespace=ns, restartable=True,
+                                             max_concurrency=spec.controllers + 1, spread=True)
+            actors.append(dispatcher)
         replicas = [
             cluster.start_actor(ReplicaHost, ns, k, spec.to_dict(), shard_map.to_dict(), ns, spec.ps_shards,
                                 None if own is None else [f"worker-{w}" for w in own[k]], spec.max_retries,
@@ -276,6 +290,8 @@ class SearchJob:
                 print("\nstopping: replicas finish their current children (Ctrl-C again to abort)", file=sys.stderr)
                 self._stop.set()
         self._show(recorder, seen)
+        self.extra["retries"] = sum(st["retries"] for st in replica_stats.values()) + (
+            cluster.call(dispatcher, "retries") if dispatcher is not None else 0)
         cluster.call_all((s, "checkpoint", ()) for s in shards)
         shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
         gradients = cluster.call(recorder, "scheme_stats")

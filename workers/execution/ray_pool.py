@@ -11,6 +11,7 @@ worker a second call while one is running.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -65,8 +66,9 @@ class Worker:
             with self._busy:
                 started = time.time()
                 result = self.evaluator.evaluate(task.arch, task.seed, task.budget, report, task.checkpoint)
-            # Where and when it ran: the dashboard's view of a child, and proof that no worker ran two at once.
-            result.metrics.update(worker=self.name, started_at=started)
+            # Where and when it ran: the dashboard's view of a child, and the proof that no worker ran
+            # two at once and that a child saw only the GPUs Ray gave it.
+            result.metrics.update(worker=self.name, started_at=started, **placement())
             items.put(("result", task.id, result))
 
         threading.Thread(target=evaluate, name=f"evaluate-{task.id}", daemon=True).start()
@@ -84,15 +86,26 @@ class Worker:
         return True
 
 
+def placement() -> dict[str, Any]:
+    """The node this process runs on and the GPUs Ray assigned it (what CUDA will show it)."""
+    context = ray.get_runtime_context()
+    return {"node": context.get_node_id(), "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
 def start_workers(make_evaluator: Callable[[], Evaluator], size: int, namespace: str,
-                  cpus_per_child: float = 1.0, gpus_per_child: float = 0.0, first: int = 0) -> list:
-    """`size` named worker actors (`worker-{first}` ...); Ray restarts any that dies."""
+                  cpus_per_child: float = 1.0, gpus_per_child: float = 0.0, first: int = 0,
+                  slots: list | None = None) -> list:
+    """`size` named worker actors (`worker-{first}` ...); Ray restarts any that dies. `slots`
+    gives each its scheduling strategy (e.g. a bundle of a placement group)."""
     actor = ray.remote(Worker)
     # Two concurrent calls: the running evaluation and a cancel that must reach it.
     options = dict(num_cpus=cpus_per_child, num_gpus=gpus_per_child, max_restarts=-1, max_task_retries=0,
                    max_concurrency=2, namespace=namespace)
-    return [actor.options(name=f"worker-{i}", **options).remote(make_evaluator, f"worker-{i}")
-            for i in range(first, first + size)]
+    return [actor.options(name=f"worker-{first + j}", **options,
+                          **({"scheduling_strategy": slots[j]} if slots else {})).remote(make_evaluator,
+                                                                                        f"worker-{first + j}")
+            for j in range(size)]
 
 
 @dataclass
@@ -120,6 +133,8 @@ class RayExecutor(Executor):
         # Workers being restarted by Ray: a ping that returns when they are back.
         self._recovering: dict[ray.ObjectRef, Any] = {}
         self._cancelled: set[str] = set()
+        #: Evaluations re-sent after their worker died (result.json counts them).
+        self.retries = 0
         #: Results ready for the next `wait` (cancelled queued tasks; results `run_all` did not ask for).
         self._ready: list[tuple[Task, EvalResult]] = []
 
@@ -217,6 +232,7 @@ class RayExecutor(Executor):
             elif attempt >= self.max_retries:
                 done.append((task, EvalResult.failure(str(task.arch), f"{reason} (after {attempt + 1} attempts)")))
             else:
+                self.retries += 1
                 self.on_retry(task, reason)
                 self._queue.append((task, attempt + 1))
         return done

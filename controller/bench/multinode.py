@@ -1,0 +1,147 @@
+"""Searches on a multi-node Ray cluster simulated on this machine (controller/cluster/local_cluster.py),
+each scenario in a process of its own (one Ray per process): GPU placement, node loss, waiting
+for GPUs, and the GPU timeline of benchmarks/multinode.py. tests/integration/test_multinode.py
+checks what they record.
+
+    python -m raynas.controller.bench.multinode SCENARIO OUT_DIR     # writes OUT_DIR/SCENARIO.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+from raynas.controller.cluster.local_cluster import LocalCluster, actor_placements
+from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.spec import SearchSpec
+
+
+def table_spec(**changes) -> SearchSpec:
+    base = dict(space="nb201", evaluator="table", seed=1, table={"sleep": 0.2 / 120})
+    return SearchSpec(**{**base, **changes})
+
+
+def records(out: Path) -> list[dict]:
+    path = out / "evaluations.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_job(spec: SearchSpec, out: Path, during=None) -> dict:
+    """Run the search in a thread; `during(job)` runs in this (the main) thread meanwhile, as Ray
+    adds nodes only from the main thread. Returns what a test needs."""
+    job = SearchJob(spec, out, progress=False)
+    done: dict = {}
+    placements: dict = {}
+
+    def run():
+        try:
+            done["result"] = job.run()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            done["error"] = exc
+
+    def watch():
+        # Where the job's actors run, sampled while they live.
+        while "result" not in done and "error" not in done:
+            try:
+                placements.update(actor_placements(job.namespace))
+            except Exception:  # noqa: BLE001 - the state API answers once the dashboard is up
+                pass
+            time.sleep(0.5)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    threading.Thread(target=watch, daemon=True).start()
+    if during:
+        during(job)
+    runner.join()
+    if "error" in done:
+        raise done["error"]
+    return {"result": done["result"], "records": records(out), "placements": placements}
+
+
+def gpu_placement(out: Path) -> dict:
+    """Children on GPU nodes only, each seeing its own device; replicas, shards and the recorder
+    take no GPU; each replica's workers packed on one node."""
+    with LocalCluster({"num_cpus": 2}, [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}]) as c:
+        gpu_nodes = list(c.nodes)
+        whole = run_job(table_spec(strategy="rl", evaluations=24, controllers=2, children=2, ps_shards=2,
+                                   workers=4, cpus_per_child=0.5, gpus_per_child=1), out / "whole")
+        # Children that train: on a node whose GPUs are only declared, CUDA shows the assigned
+        # device but torch finds no GPU, so the trainer falls back to the CPU.
+        half = run_job(SearchSpec(space="nb201", strategy="random", evaluations=8, workers=8, cpus_per_child=0.25,
+                                  gpus_per_child=0.5, seed=1,
+                                  train={"epochs": 1, "channels": 4, "layers": 1, "max_train": 128}),
+                       out / "half")
+        return {"head": c.head_id, "gpu_nodes": gpu_nodes, "whole": whole, "half": half}
+
+
+def node_loss(out: Path) -> dict:
+    """A worker node dies mid-search, with the children it ran; a replacement joins (as an autoscaler
+    would add one) and the lost children run again there. The head holds no CPU: children run on
+    the two worker nodes only, two on each."""
+    with LocalCluster({"num_cpus": 0}) as c:
+        runs = {}
+        for name, spec in (("proposer", table_spec(strategy="evolution", evaluations=40, workers=4, cpus_per_child=0.5,
+                                                   table={"sleep": 0.5 / 120})),
+                           ("scheme", table_spec(strategy="rl", evaluations=40, controllers=2, children=2,
+                                                 ps_shards=2, workers=4, cpus_per_child=0.5,
+                                                 table={"sleep": 0.5 / 120}))):
+            for node in list(c.nodes):
+                c.remove_node(node)
+            doomed, _ = c.add_node(num_cpus=1), c.add_node(num_cpus=1)
+            lost: dict = {"node": doomed}
+
+            def kill_when(job, lost=lost):
+                while len(records(job.out)) < 8:
+                    time.sleep(0.05)
+                lost["at"], lost["records"] = time.time(), len(records(job.out))
+                c.remove_node(lost["node"])
+                lost["replacement"] = c.add_node(num_cpus=1)
+
+            runs[name] = {**run_job(spec, out / name, during=kill_when), "lost": lost}
+        return {"head": c.head_id, **runs}
+
+
+def waits_for_gpus(out: Path) -> dict:
+    """No GPU node yet: the search waits (an autoscaler would add one), then runs when one joins."""
+    seen: dict = {}
+    with LocalCluster({"num_cpus": 2}) as c:
+        def add_later(job):
+            time.sleep(8)
+            seen["records_before"] = len(records(job.out))
+            seen["added"] = c.add_node(num_cpus=2, num_gpus=2)
+
+        run = run_job(table_spec(strategy="random", evaluations=8, workers=2, cpus_per_child=0.5, gpus_per_child=1),
+                      out / "run", during=add_later)
+        return {**run, **seen}
+
+
+def gpu_timeline(out: Path) -> dict:
+    """K=4 replicas x m=4 children on 2 nodes x 8 declared GPUs, one GPU per child; one node is
+    lost mid-search and a replacement joins. What benchmarks/multinode.py plots and times."""
+    with LocalCluster({"num_cpus": 2}) as c:
+        doomed = c.add_node(num_cpus=4, num_gpus=8)
+        c.add_node(num_cpus=4, num_gpus=8)
+        lost: dict = {"node": doomed}
+
+        def lose_a_node(job):
+            while len(records(job.out)) < 64:
+                time.sleep(0.05)
+            lost["at"], lost["records"] = time.time(), len(records(job.out))
+            c.remove_node(doomed)
+            lost["replacement"] = c.add_node(num_cpus=4, num_gpus=8)
+            lost["replaced_at"] = time.time()
+
+        run = run_job(table_spec(strategy="rl", evaluations=192, controllers=4, children=4, ps_shards=4, workers=16,
+                                 cpus_per_child=0.25, gpus_per_child=1, table={"sleep": 1.0 / 120}),
+                      out / "run", during=lose_a_node)
+        return {**run, "lost": lost, "gpus": 16, "head": c.head_id}
+
+
+if __name__ == "__main__":
+    # To a file: Ray copies its processes' logs to this one's stdout.
+    name, out = sys.argv[1], Path(sys.argv[2])
+    (out / f"{name}.json").write_text(json.dumps(globals()[name](out), default=str))
