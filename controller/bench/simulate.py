@@ -21,7 +21,8 @@ from typing import Any
 
 from raynas.common import ConfigError, check_choice, check_int
 from raynas.controller.runtime.ledger import Ledger
-from raynas.controller.runtime.replica import BATCHING, ControllerReplica, LocalShards
+from raynas.controller.runtime.replica import ControllerReplica, LocalShards
+from raynas.controller.runtime.spec import BATCHING
 from raynas.controller.strategies import strategy_class, strategy_names
 from raynas.controller.strategies.reinforce import replica_seed
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap

@@ -59,12 +59,6 @@ class Batch:
     versions: list[list[int]]
 
 
-#: How a replica batches its children: the paper's barrier (sample m, wait for all m, push), or
-#: rolling (keep its m workers busy, sampling from the latest weights whenever one frees up, and
-#: push after every m results).
-BATCHING = ("barrier", "rolling")
-
-
 class ControllerReplica:
     """One of K replicas. `children` is Zoph & Le's m."""
 

@@ -23,16 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, check_choice, check_int, check_number
-from raynas.controller.runtime.replica import BATCHING
 from raynas.controller.strategies import Strategy, strategy_class
-from raynas.param_server import ShardConfig
 from raynas.search_spaces import get_space, space_names
-from raynas.workers.data import DATASETS, check_dataset_options
 from raynas.workers.evaluation import DATASET_OPTIONS, EVALUATORS, TABLE_OPTIONS
 from raynas.workers.evaluation.table import TABLE_DATASETS
-from raynas.workers.training import TrainConfig
 
 RUNTIMES = ("ray", "local")
+#: How a replica batches its children: the paper's barrier (sample m, wait for all m, push), or
+#: rolling (keep its m workers busy, sampling from the latest weights whenever one frees up, and
+#: push after every m results).
+BATCHING = ("barrier", "rolling")
 #: The mapping fields: options passed on to a space, strategy or evaluator.
 OPTION_FIELDS = ("space_options", "strategy_options", "train", "table")
 #: Bounds of each option mapping: entries, name length, text length, list length.
@@ -134,7 +134,7 @@ class SearchSpec:
     ps_accumulate: int = _field(1, "gradients a shard accumulates per update (default 1, {most})", most=1000)
     #: What shards do with stale gradients: none, drop (beyond max_staleness) or scale (by 1/(1+staleness)).
     staleness_policy: str = _field("none", "none, drop or scale: what shards do with stale gradients")
-    #: How a replica batches its m children (runtime/replica.py BATCHING).
+    #: How a replica batches its m children (BATCHING).
     replica_batch: str = _field("barrier", "barrier (the paper's: sample m, wait for all m, push) or rolling (keep "
                                            "each replica's own m workers busy; needs --workers >= K x m)")
     max_staleness: int | None = _field(None, "staleness bound in versions (drop/scale; {most})", most=1_000_000)
@@ -165,6 +165,11 @@ class SearchSpec:
         check_choice("space", self.space, space_names())
         check_choice("evaluator", self.evaluator, EVALUATORS)
         check_choice("runtime", self.runtime, RUNTIMES)
+        # Imported here, not at the top: a worker unpickling a spec to build a table evaluator need
+        # not load torch (seconds per process at start-up).
+        from raynas.param_server import ShardConfig
+        from raynas.workers.data import DATASETS
+
         check_choice("dataset", self.dataset, DATASETS)
         ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy,
                     max_staleness=self.max_staleness)
@@ -203,6 +208,9 @@ class SearchSpec:
             _check_options(name, getattr(self, name))
 
     def _check_train_options(self) -> None:
+        from raynas.workers.data import check_dataset_options
+        from raynas.workers.training import TrainConfig
+
         known = TrainConfig.field_names() + DATASET_OPTIONS
         unknown = sorted(set(self.train) - set(known))
         if unknown:
