@@ -17,7 +17,8 @@ from raynas.common.errors import (
                                   check_choice,
                                   check_int,
                                   check_number,
+                                  prefixed_errors,
 )
 
 __all__ = ["Busy", "ConfigError", "DataError", "EvaluationError", "InvalidArchitecture", "NasError", "NotFound",
-           "NotReady", "check_choice", "check_int", "check_number"]
+           "NotReady", "check_choice", "check_int", "check_number", "prefixed_errors"]

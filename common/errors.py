@@ -7,8 +7,9 @@ to status codes.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 
@@ -82,6 +83,17 @@ def check_number(field: str, value: object, low: float = -math.inf, high: float 
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise ConfigError(field, f"must be a number in {interval}{' or None' if optional else ''}, got {value!r}")
     return float(value)
+
+
+@contextlib.contextmanager
+def prefixed_errors(prefix: str, names: Iterable[str]) -> Iterator[None]:
+    """Errors about one of `names` (the keys of an options mapping) name it `<prefix>.<name>`."""
+    try:
+        yield
+    except ConfigError as exc:
+        if exc.field not in names:
+            raise
+        raise ConfigError(f"{prefix}.{exc.field}", exc.problem, exc.allowed) from None
 
 
 def check_choice(field: str, value: Any, choices: Iterable[Any]) -> Any:

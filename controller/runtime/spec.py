@@ -12,17 +12,15 @@ strategy's options against it) is bounded by those checks.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
 import tomllib
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raynas.common import ConfigError, check_choice, check_int, check_number
+from raynas.common import ConfigError, check_choice, check_int, check_number, prefixed_errors
 from raynas.controller.strategies import Strategy, strategy_class
 from raynas.search_spaces import get_space, space_names
 from raynas.workers.evaluation import DATASET_OPTIONS, EVALUATORS, TABLE_OPTIONS
@@ -61,17 +59,6 @@ def _field(default: Any, help: str, flag: str | None = None, most: int | None = 
     if callable(default):
         return field(default_factory=default, metadata=metadata, **kw)
     return field(default=default, metadata=metadata, **kw)
-
-
-@contextlib.contextmanager
-def _prefixed(prefix: str, names: Iterable[str]) -> Iterator[None]:
-    """Errors about one of the options `names` name it as `<prefix>.<name>`."""
-    try:
-        yield
-    except ConfigError as exc:
-        if exc.field not in names:
-            raise
-        raise ConfigError(f"{prefix}.{exc.field}", exc.problem, exc.allowed) from None
 
 
 def _check_most(name: str, value: Any, most: int) -> None:
@@ -215,7 +202,7 @@ class SearchSpec:
         unknown = sorted(set(self.train) - set(known))
         if unknown:
             raise ConfigError(f"train.{unknown[0]}", "unknown option", sorted(known))
-        with _prefixed("train", known):
+        with prefixed_errors("train", known):
             TrainConfig(**{k: v for k, v in self.train.items() if k not in DATASET_OPTIONS})
             check_dataset_options(self.dataset, **{k: v for k, v in self.train.items() if k in DATASET_OPTIONS})
 
@@ -228,7 +215,7 @@ class SearchSpec:
 
     def strategy_config(self) -> tuple[type[Strategy], Any]:
         """The strategy's class and its typed options."""
-        with _prefixed("space_options", self.space_options):
+        with prefixed_errors("space_options", self.space_options):
             space = get_space(self.space, **self.space_options)
         cls = strategy_class(self.strategy)
         return cls, cls.parse_options(space, self.strategy_options)

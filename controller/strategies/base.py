@@ -13,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
-from raynas.common import ConfigError
+from raynas.common import ConfigError, prefixed_errors
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
 
@@ -91,15 +91,9 @@ class Proposal:
     resume: str | None = None
 
 
-@contextlib.contextmanager
-def option_errors(names: Iterable[str]) -> Iterator[None]:
+def option_errors(names: Iterable[str]) -> contextlib.AbstractContextManager:
     """Errors about one of the options `names` name it as `strategy_options.<name>`."""
-    try:
-        yield
-    except ConfigError as exc:
-        if exc.field not in names:
-            raise
-        raise ConfigError(f"strategy_options.{exc.field}", exc.problem, exc.allowed) from None
+    return prefixed_errors("strategy_options", names)
 
 
 class Strategy(ABC):

@@ -3,6 +3,7 @@ the package data, the `nas` entry point; and the code imports from the wheel alo
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,8 +17,14 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
-                    str(ROOT)], check=True, capture_output=True, text=True)
+    # setuptools builds in the source tree's build/; leave the tree as it was.
+    existed = (ROOT / "build").exists()
+    try:
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(out), str(ROOT)], check=True, capture_output=True, text=True)
+    finally:
+        if not existed:
+            shutil.rmtree(ROOT / "build", ignore_errors=True)
     (path,) = out.glob("raynas-*.whl")
     return path
 
