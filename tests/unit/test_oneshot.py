@@ -223,7 +223,7 @@ def _run(digits, space, algorithm, seed, layers=1, epochs=2, batches=3):
 @pytest.mark.slow
 def test_search_reports_monitors_each_epoch_and_is_seeded(digits):
     first = _run(digits, "nb201", "noisy-darts", seed=3)
-    assert [r["epoch"] for r in first] == [0, 1]
+    assert [r["epoch"] for r in first] == [1, 2] and first[-1]["candidates"] == [first[-1]["genotype"]]
     for r in first:
         assert len(r["alpha_entropy"]) == 6 and 0 <= r["skip_count"] <= 6 and r["val_acc"] >= 0
         assert len(r["alphas"]) == 1 and len(r["alphas"][0]) == 6
