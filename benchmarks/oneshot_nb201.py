@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {"algorithm": algorithm, "seed": seed, "status": result.status, "reason": result.reason,
                       "arch": result.arch, "test_acc_200ep": result.metrics.get("test_acc_200ep"),
                       "skip_count": one_shot.get("skip_count"), "supernet_val_acc": one_shot.get("val_acc"),
+                      "alpha_entropy_fraction": one_shot.get("alpha_entropy_fraction"),
                       "search_time_s": one_shot.get("search_time_s"), "wall_s": round(time.perf_counter() - start, 1),
                       "config": {k: v for k, v in vars(cfg.resolved("nb201")).items() if k != "arch_betas"}}
             done.append(record)
@@ -95,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         out[algorithm] = {
             "test_acc_200ep_mean": round(statistics.fmean(accs), 2) if accs else None,
             "test_acc_200ep_std": round(statistics.stdev(accs), 2) if len(accs) > 1 else None,
-            "runs": [{k: r[k] for k in ("seed", "test_acc_200ep", "skip_count", "arch", "wall_s")} for r in runs],
+            "runs": [{k: r.get(k) for k in ("seed", "test_acc_200ep", "skip_count", "alpha_entropy_fraction", "arch",
+                                            "wall_s")} for r in runs],
         }
     print(json.dumps(out, indent=2))
     return 0

@@ -24,7 +24,7 @@ from raynas.workers.oneshot.search import OneShotConfig, SupernetConfig, search_
 SearchRun = Callable[[SearchSpace, Dataset, Any, int, "str | None"], Iterator[dict]]
 #: Figures of the search's last epoch repeated in the evaluation's metrics (every report goes to
 #: the run's oneshot.jsonl).
-SUMMARY = ("skip_count", "val_acc", "val_loss")
+SUMMARY = ("skip_count", "val_acc", "val_loss", "alpha_entropy_fraction")
 
 
 class OneShotSearch(Evaluator):
