@@ -118,6 +118,17 @@ class ImageDataset(Dataset):
         tensors = {f.name: getattr(self, f.name) for f in fields(self) if f.name[:2] in ("x_", "y_")}
         return replace(self, **{k: None if v is None else v.to(device) for k, v in tensors.items()})
 
+    def whole_training_set(self) -> ImageDataset:
+        """The final training's data, as DARTS' train.py has it: the official training set whole
+        (this dataset's train and validation splits together) trains, and the test set is what
+        every epoch reports (`x_val` holds it). Normalisation stays that of the train split. A
+        dataset without a test split (digits) is returned as it is: its validation split stays
+        held out."""
+        if self.x_test is None:
+            return self
+        return replace(self, x_train=torch.cat([self.x_train, self.x_val]),
+                       y_train=torch.cat([self.y_train, self.y_val]), x_val=self.x_test, y_val=self.y_test)
+
     def train_batches(
         self, batch_size: int, generator: torch.Generator, max_batches: int | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -1,5 +1,11 @@
 """Retrain an architecture from scratch with its evaluation recipe: what a user does with
-the architecture a search found (`nas train`).
+the architecture a search found (`nas train`), and DARTS' final evaluation.
+
+As DARTS' train.py does: the whole official training set trains (no validation hold-out), every
+epoch reports the test accuracy, and the network trains in fp32 (bf16 autocast on CUDA only when
+asked for). A dataset without a test split (digits) keeps its validation split held out and
+reports that. `retrain_seeds` repeats the training over seeds and reports the mean and standard
+deviation, the figure DARTS' tables give.
 
 The loop is the one every child trains with (`TrainingRun`), with a checkpoint after every epoch (weights,
 optimizer, RNG states, curves; written atomically) so an interrupted run continues where
@@ -10,6 +16,7 @@ goes to OUT/result.json.
 from __future__ import annotations
 
 import json
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +31,7 @@ from raynas.search_spaces import get_space
 from raynas.workers.data import ImageDataset
 from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_params
-from raynas.workers.training import TrainConfig, TrainingRun, pick_device
+from raynas.workers.training import TrainConfig, TrainingRun, check_cutout, pick_device
 
 #: DARTS' CIFAR-10 evaluation (Liu et al., ICLR 2019, sec. A.2): 600 epochs, batch 96, C=36, 20 cells,
 #: SGD 0.025 (plain momentum 0.9, wd 3e-4) on a cosine to 0, clip 5, auxiliary 0.4, drop-path 0.2
@@ -35,17 +42,30 @@ CELL_RECIPE: dict[str, Any] = {"epochs": 600, "batch_size": 96, "lr": 0.025, "mo
 #: NAS-Bench-201's training: 200 epochs, batch 256, Nesterov SGD 0.1 cosine, wd 5e-4.
 NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
 RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE}
+#: How long DARTS' selection protocol trains each searched cell from scratch before keeping the best
+#: by validation accuracy (Liu et al., sec. 3.3: 100 epochs on CIFAR-10); on nb201 the benchmark's
+#: own short schedule, the 12 epochs its search protocol scores by.
+SELECTION_EPOCHS = {"darts": 100, "nb201": 12}
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
 
 def recipe(space: str, **overrides: Any) -> TrainConfig:
-    """The space's evaluation recipe with `overrides` (None values ignored) applied."""
-    fields = {**RECIPES.get(space, {}), **{k: v for k, v in overrides.items() if v is not None}}
+    """The space's evaluation recipe, in fp32, with `overrides` (None values ignored) applied."""
+    fields = {"autocast": False, **RECIPES.get(space, {}), **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(fields) - set(TrainConfig.field_names()))
     if unknown:
         raise ConfigError(unknown[0], "not a training option", TrainConfig.field_names())
     return TrainConfig(**fields)
+
+
+def selection_recipe(space: str) -> dict[str, Any]:
+    """The training options of DARTS' selection protocol on `space` (its evaluation recipe cut to
+    SELECTION_EPOCHS, scored by the last epoch's validation accuracy); empty for a space without a
+    recipe."""
+    if space not in SELECTION_EPOCHS:
+        return {}
+    return {"autocast": False, **RECIPES[space], "epochs": SELECTION_EPOCHS[space], "reward": "last"}
 
 
 def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:
@@ -80,11 +100,10 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
         raise ConfigError("out", f"{out} already holds a training run; use --resume or a new --out")
     out.mkdir(parents=True, exist_ok=True)
     config = config.resolved("image")
-    if config.cutout >= dataset.image_size:
-        raise ConfigError("cutout", f"a {config.cutout}-pixel square hides the whole {dataset.image_size}x"
-                          f"{dataset.image_size} image (DARTS' 16 is for 32x32 CIFAR-10); pass --cutout 0 or smaller")
+    check_cutout(config, dataset)
     device = pick_device(config.device)
-    data = dataset.to(device)
+    split = "test" if dataset.x_test is not None else "val"
+    data = dataset.whole_training_set().to(device)
     arch_value = get_space(space).parse(arch)
     net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
                     channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0,
@@ -109,15 +128,15 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
                          "run": run.state_dict()},
                         checkpoint, durable=False)
             log(f"epoch {epoch + 1}/{config.epochs}: train loss {run.train_loss_curve[-1]:.4f}, "
-                f"val acc {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
+                f"{split} acc {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
 
         failure = run.fit_images(data, start_epoch, on_epoch)
-        split = "test" if data.x_test is not None else "val"
         result = {
             "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
             "state": "failed" if failure else "done", "reason": failure,
-            "params": count_params(model), "test_split": split,
-            "test_acc": None if failure else run.accuracy(data, split),
+            "params": count_params(model), "test_split": split, "train_samples": len(data.y_train),
+            "test_acc": None if failure else run.accuracy(data),
+            # Each epoch's accuracy on the test split (the validation split where there is none).
             "val_curve": run.val_curve, "train_loss_curve": run.train_loss_curve,
             "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
             "checkpoint": str(checkpoint),
@@ -126,4 +145,39 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
     return result
 
 
-__all__ = ["CELL_RECIPE", "RECIPES", "recipe", "resolve_source", "retrain"]
+def retrain_seeds(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, out: str | Path,
+                  seeds: list[int], resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """`retrain` once per seed, in OUT/seed-<s>/, and the mean and standard deviation (over the
+    runs, n - 1 in the denominator) of their test accuracy in OUT/result.json. Resuming skips the
+    finished runs and continues the interrupted one."""
+    out = Path(out)
+    if not resume and (out / RESULT).exists():
+        raise ConfigError("out", f"{out} already holds a training run; use --resume or a new --out")
+    runs = []
+    for seed in seeds:
+        folder = out / f"seed-{seed}"
+        if resume and (folder / RESULT).is_file():
+            done = json.loads((folder / RESULT).read_text())
+            if done.get("state") == "done":
+                runs.append(done)
+                continue
+        log(f"seed {seed} ({len(runs) + 1} of {len(seeds)})")
+        runs.append(retrain(space, arch, dataset, config, folder, seed=seed,
+                            resume=resume and (folder / CHECKPOINT).exists(), log=log))
+    accuracies = [r["test_acc"] for r in runs if r["state"] == "done"]
+    result = {
+        "space": space, "arch": arch, "dataset": dataset.name, "seeds": list(seeds), "epochs": config.epochs,
+        "state": "done" if len(accuracies) == len(runs) else "failed",
+        "reason": next((r["reason"] for r in runs if r["state"] != "done"), None),
+        "test_split": runs[0]["test_split"], "params": runs[0]["params"],
+        "test_acc": statistics.mean(accuracies) if accuracies else None,
+        "test_acc_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
+        "runs": [{"seed": r["seed"], "state": r["state"], "test_acc": r["test_acc"],
+                  "train_time_s": r["train_time_s"], "out": str(out / f"seed-{r['seed']}")} for r in runs],
+    }
+    write_json_atomic(out / RESULT, result)
+    return result
+
+
+__all__ = ["CELL_RECIPE", "RECIPES", "SELECTION_EPOCHS", "recipe", "resolve_source", "retrain", "retrain_seeds",
+           "selection_recipe"]

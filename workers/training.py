@@ -116,6 +116,14 @@ class TrainConfig:
         return tuple(f.name for f in fields(cls))
 
 
+def check_cutout(config: TrainConfig, data: ImageDataset) -> None:
+    """Refuse a cutout square that hides every pixel of the dataset's images."""
+    if config.cutout >= data.image_size:
+        raise ConfigError("cutout", f"a {config.cutout}-pixel square hides the whole {data.image_size}x"
+                          f"{data.image_size} image (DARTS' 16 is for 32x32 CIFAR-10)",
+                          f"0 (none) or fewer than {data.image_size} pixels")
+
+
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ConfigError("device", "CUDA is not available on this machine", ("auto", "cpu"))

@@ -14,6 +14,7 @@ from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.runtime.work import EvaluatorFactory
+from raynas.controller.strategies import strategy_class
 from raynas.search_spaces import get_space
 from raynas.workers.execution import InProcessExecutor
 
@@ -39,6 +40,9 @@ def bench_nb201(
         raise ConfigError("workers", "places the distributed scheme's children: give --controllers too")
     check_int("evaluations", evaluations)
     check_int("seeds", seeds)
+    if strategy_class(strategy).needs.search is not None:
+        raise ConfigError("strategy", f"{strategy} trains a supernet on images; nas bench nb201 reads the table only",
+                          "benchmarks/oneshot_nb201.py --data CIFAR10 for the one-shot strategies")
     spec = SearchSpec(space="nb201", evaluator="table", table={"dataset": dataset}, strategy=strategy,
                       strategy_options=dict(strategy_options or {}), runtime="local").validate()
     cls, options = spec.strategy_config()

@@ -50,6 +50,9 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
         if f.name in OPTION_FIELDS:
             p.add_argument(_flag(f), dest=f.name, action="append", type=key_value, default=[], metavar="KEY=VALUE",
                            help=f.metadata["help"])
+        elif hints[f.name] is bool:
+            # --flag / --no-flag; unset (None) keeps the config file's value or the default.
+            p.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
         else:
             p.add_argument(_flag(f), dest=f.name, type=_scalar_type(hints[f.name]), help=f.metadata["help"])
     for name, help_text in TRAIN_SHORTCUTS.items():

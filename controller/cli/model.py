@@ -17,7 +17,11 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10)")
     t.add_argument("--out", required=True, help="output directory: checkpoint.pt and result.json")
     t.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0, help="training seed (with --seeds: the first)")
+    t.add_argument("--seeds", type=int, default=1,
+                   help="train N times (seeds --seed .. --seed+N-1, each in OUT/seed-S/) and report the mean and "
+                        "standard deviation of the test accuracy, as DARTS' final evaluation does")
+    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default: fp32, as DARTS trains)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--channels", int), ("--layers", int),
                        ("--lr", float), ("--auxiliary-weight", float), ("--drop-path", float), ("--cutout", int),
                        ("--max-train-batches-per-epoch", int), ("--num-threads", int)):
@@ -35,23 +39,39 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from raynas.common import ConfigError
     from raynas.workers.data import load_dataset
-    from raynas.workers.retrain import recipe, resolve_source, retrain
+    from raynas.workers.retrain import recipe, resolve_source, retrain, retrain_seeds
 
+    if args.seeds < 1:
+        raise ConfigError("seeds", f"must be a positive number of runs, got {args.seeds}")
     space, arch = resolve_source(args.run or args.arch, args.space)
     config = recipe(space, epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
                     layers=args.layers, lr=args.lr, auxiliary_weight=args.auxiliary_weight,
                     drop_path=args.drop_path, cutout=args.cutout, device=args.device,
-                    max_train_batches_per_epoch=args.max_train_batches_per_epoch, num_threads=args.num_threads)
+                    max_train_batches_per_epoch=args.max_train_batches_per_epoch, num_threads=args.num_threads,
+                    autocast=True if args.bf16 else None)
+    # The split's seed stays the first training seed's whatever the number of runs.
     dataset = load_dataset(args.dataset, args.data_path, seed=args.seed)
-    print(f"training {space} {arch} on {args.dataset} for {config.epochs} epochs -> {args.out}", file=sys.stderr)
-    result = retrain(space, arch, dataset, config, args.out, seed=args.seed, resume=args.resume,
-                     log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"training {space} {arch} on {args.dataset} for {config.epochs} epochs"
+          f"{f' x {args.seeds} seeds' if args.seeds > 1 else ''} -> {args.out}", file=sys.stderr)
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    if args.seeds > 1:
+        seeds = list(range(args.seed, args.seed + args.seeds))
+        result = retrain_seeds(space, arch, dataset, config, args.out, seeds, resume=args.resume, log=log)
+    else:
+        result = retrain(space, arch, dataset, config, args.out, seed=args.seed, resume=args.resume, log=log)
     if args.json:
         print(json.dumps(result, indent=2, sort_keys=True, default=str))
+    elif result["state"] != "done":
+        print(f"training failed: {result['reason']}")
     else:
-        print(f"{result['test_split']} accuracy {result['test_acc']:.4f} ({result['params']:,} params); "
-              f"{args.out}/result.json" if result["state"] == "done" else f"training failed: {result['reason']}")
+        spread = f" +- {result['test_acc_std']:.4f} over {args.seeds} seeds" if args.seeds > 1 else ""
+        print(f"{result['test_split']} accuracy {result['test_acc']:.4f}{spread} ({result['params']:,} params); "
+              f"{args.out}/result.json")
     return 0 if result["state"] == "done" else 1
 
 

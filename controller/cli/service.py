@@ -234,8 +234,10 @@ def _follow(client, search_id: str, skip: int) -> int:
             print(f"  new best {event.new_best.reward:.4f} ({event.new_best.id})", flush=True)
         else:
             m = struct_to_dict(event.one_shot_epoch.monitors)
-            print(f"  one-shot run {event.one_shot_epoch.run} epoch {event.one_shot_epoch.epoch}: "
-                  f"skip-connections {m.get('skip_count')}, val_acc {m.get('val_acc')}, {m.get('genotype')}",
+            stage = m.get("stage", "epoch")
+            shown = (f"train loss {m.get('train_loss')}" if stage == "train" else
+                     f"skip-connections {m.get('skip_count')}, val_acc {m.get('val_acc')}, {m.get('genotype')}")
+            print(f"  one-shot run {event.one_shot_epoch.run} {stage} {event.one_shot_epoch.epoch}: {shown}",
                   flush=True)
     return FINAL_EXIT.get(state, 0)
 

@@ -107,13 +107,20 @@ class SearchJob:
             **summarize(records),
             "state": "done" if spent else ("stopped" if interrupted or self._stop.is_set() else "incomplete"),
             "space": spec.space, "strategy": spec.strategy, "evaluator": spec.evaluator,
-            "dataset": spec.dataset if spec.evaluator == "train" else spec.table.get("dataset", "cifar10"),
+            "dataset": spec.scoring_dataset(), **self._search_data(strategy),
             "seed": spec.seed, "budget": spec.evaluations, "runtime": spec.runtime,
             "wall_time_s": time.perf_counter() - start, "run_dir": str(run.path), **self.extra,
         }
         run.write_result(result)
         run.write_plot(records)
         return result
+
+    def _search_data(self, strategy: type[Strategy]) -> dict[str, Any]:
+        """A one-shot search's own training data beside the scoring data, and whether it was a proxy."""
+        if strategy.needs.search is None:
+            return {}
+        spec = self.spec
+        return {"search_dataset": spec.dataset, "proxy_dataset": spec.dataset != spec.scoring_dataset()}
 
     def _record(self, record: dict) -> None:
         self.progress.update(record)
@@ -122,13 +129,21 @@ class SearchJob:
     def _reporter(self, run: RunDirectory, strategy: type[Strategy]):
         """Where intermediate reports go: a weight-sharing search's epochs (its collapse
         monitors) to oneshot.jsonl and the dashboard; other evaluations' epochs stay in
-        their results' curves."""
+        their results' curves. Each (run, stage, epoch) is logged once: a search continued
+        from its checkpoint (a resumed job, a task retried on another worker) replays the
+        epochs it already reported."""
         if strategy.needs.search is None:
             return None
         job = self.namespace
+        run.repair_log(ONE_SHOT_LOG)
+        logged = {(r.get("run"), r.get("stage"), r.get("epoch")) for r in run.records(ONE_SHOT_LOG)}
 
         def report(task: Task, data: dict) -> None:
             index = int(task.id[1:])
+            key = (index, data.get("stage"), data.get("epoch"))
+            if key in logged:
+                return
+            logged.add(key)
             run.append({"run": index, **data}, ONE_SHOT_LOG)
             metrics.report_oneshot_epoch(job, index, data.get("skip_count"), data.get("val_acc"))
 

@@ -29,7 +29,8 @@ def task_from_dict(data: dict[str, Any], space) -> Task:
 
 class _Tasks:
     """Turns a strategy's proposals into tasks: budgets, and a checkpoint file per line of
-    evaluations (a promotion continues the file of the evaluation it resumes)."""
+    evaluations (a promotion continues the file of the evaluation it resumes; an evaluation
+    run again after a stop or a worker's death continues its own)."""
 
     def __init__(self, ledger: Ledger, checkpoints: Path | None):
         self.checkpoints = checkpoints
@@ -37,7 +38,9 @@ class _Tasks:
 
     def make(self, claim: Claim, proposal: Any) -> Task:
         if not isinstance(proposal, Proposal):
-            return claim.task(proposal)
+            if self.checkpoints is None:
+                return claim.task(proposal)
+            proposal = Proposal(proposal)
         checkpoint = None
         if self.checkpoints is not None:
             checkpoint = self.files.get(proposal.resume) or str(self.checkpoints / f"{claim.id}.ckpt")
@@ -63,9 +66,11 @@ def run_loop(
     resumed loop (passing those tasks as `resume_in_flight`) repeats nothing:
     a task that finished meanwhile is observed from the log, the rest re-run.
     `checkpoints` is the folder for the evaluations' own checkpoints (strategies
-    that propose budgets continue an evaluation from them).
+    that propose budgets continue an evaluation from them; a weight-sharing search, a
+    day-long evaluation, continues from its last epoch).
     """
-    tasks = _Tasks(ledger, checkpoints if strategy.needs.budgets else None)
+    needs = strategy.needs
+    tasks = _Tasks(ledger, checkpoints if needs.budgets or needs.search is not None else None)
     in_flight: dict[str, Task] = {}
     logged = {r["id"]: r for r in ledger.records}
     resumed = list(resume_in_flight)

@@ -55,9 +55,13 @@ class RunDirectory:
             os.fsync(f.fileno())
 
     def evaluations(self) -> list[dict[str, Any]]:
-        """Every whole record of the log. A torn last line (a crash mid-append) is left out; a
+        """Every whole record of the evaluation log (see `records`)."""
+        return self.records(EVALUATIONS)
+
+    def records(self, log: str) -> list[dict[str, Any]]:
+        """Every whole record of a log. A torn last line (a crash mid-append) is left out; a
         damaged line before the end is a DataError naming it, never silently the end of the log."""
-        records, _ = _read_log(self.path / EVALUATIONS)
+        records, _ = _read_log(self.path / log)
         return records
 
     def repair_log(self, log: str = EVALUATIONS) -> int:

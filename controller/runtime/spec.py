@@ -43,7 +43,8 @@ OPTION_LIMITS: dict[str, dict[str, int]] = {
               "max_train": 10_000_000},
     "strategy_options": {"epochs": 1000, "batch_size": 4096, "channels": 1024, "layers": 64,
                          "max_batches_per_epoch": 1_000_000, "num_threads": 256, "population_size": 10_000,
-                         "sample_size": 10_000},
+                         "sample_size": 10_000, "archs": 1_000_000, "score_batches": 10_000, "block": 100_000,
+                         "rescore_top": 1000, "candidates": 100, "warmup_epochs": 1000},
     "table": {"sleep": 100},
 }
 
@@ -99,9 +100,15 @@ def _check_options(name: str, options: Any) -> None:
 class SearchSpec:
     space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
     strategy: str = _field("rl", "random, evolution, rl (default), or one-shot: darts, darts2 (second order), "
-                                 "noisy-darts; options via --strategy-option")
+                                 "noisy-darts, rsws (random search with weight sharing); options via "
+                                 "--strategy-option")
     evaluator: str = _field("train", "train (train each child) or table (NAS-Bench-201 lookup)")
-    dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb")
+    dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb; a one-shot strategy also "
+                                    "trains its supernet on it")
+    #: A one-shot search scored by the table trains its supernet on `dataset`; unless this is set,
+    #: that must be the table's own dataset.
+    proxy_dataset: bool = _field(False, "let a one-shot search scored by the table train its supernet on --dataset "
+                                        "although the table holds another dataset's figures (result.json says so)")
     data_path: str | None = _field(None, "path to the dataset's files (mnist, cifar10, ptb; {most} characters)",
                                    flag="--data", most=4096)
     evaluations: int = _field(24, "number of architectures to evaluate (default 24, {most})", most=1_000_000)
@@ -171,7 +178,25 @@ class SearchSpec:
         cls, options = self.strategy_config()
         if self.runs_scheme(cls):
             cls.scheme(options)
+        self._check_search_data(cls)
         return self
+
+    def scoring_dataset(self) -> str:
+        """The dataset whose figures score the architectures: the training data, or the table's."""
+        return self.dataset if self.evaluator == "train" else self.table.get("dataset", TABLE_DATASETS[0])
+
+    def _check_search_data(self, cls: type[Strategy]) -> None:
+        """A supernet trained on other data than the table scores is a proxy, allowed only when asked for."""
+        if not isinstance(self.proxy_dataset, bool):
+            raise ConfigError("proxy_dataset", f"must be true or false, got {self.proxy_dataset!r}")
+        searches = cls.needs.search is not None
+        if self.proxy_dataset and not (searches and self.evaluator == "table"):
+            raise ConfigError("proxy_dataset", "applies only to a one-shot strategy scored by the table evaluator")
+        scored = self.scoring_dataset()
+        if searches and self.dataset != scored and not self.proxy_dataset:
+            raise ConfigError("dataset", f"the supernet would train on {self.dataset} while the table scores its "
+                              f"architectures by {scored} figures",
+                              f"--dataset {scored} (with --data), or --proxy-dataset to score a proxy search")
 
     def _check_sizes(self) -> None:
         hints = {f.name: f for f in dataclasses.fields(self)}

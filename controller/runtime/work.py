@@ -13,12 +13,18 @@ from raynas.search_spaces import get_space
 from raynas.workers.evaluation import Evaluator, get_evaluator
 
 
-def base_evaluator(spec: SearchSpec) -> Evaluator:
-    """The spec's evaluator (training or table lookup) for its space."""
+def base_evaluator(spec: SearchSpec, one_shot: bool = False) -> Evaluator:
+    """The spec's evaluator (training or table lookup) for its space. What a one-shot search
+    derives is trained as DARTS' selection protocol trains it: the space's `nas train` recipe,
+    shortened (workers/retrain.py `selection_recipe`); the spec's training options override it."""
     space = get_space(spec.space, **spec.space_options)
     if spec.evaluator == "table":
         return get_evaluator("table", space, **spec.table)
     train = dict(spec.train)
+    if one_shot:
+        from raynas.workers.retrain import selection_recipe  # torch: not for table-only processes
+
+        train = {**selection_recipe(spec.space), **train}
     if spec.runtime == "ray":
         # A worker's share of the machine: more intra-op threads than reserved CPUs
         # only makes concurrent children fight over cores.
@@ -44,7 +50,7 @@ class EvaluatorFactory:
         return cls(spec, strategy.needs.search, options) if strategy.needs.search else cls(spec)
 
     def __call__(self) -> Evaluator:
-        evaluator = base_evaluator(self.spec)
+        evaluator = base_evaluator(self.spec, one_shot=self.search is not None)
         if self.search is None:
             return evaluator
         from raynas.workers.data import load_dataset

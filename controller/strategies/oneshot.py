@@ -1,7 +1,9 @@
-"""One-shot strategies (DARTS first and second order, NoisyDARTS): each evaluation is one
-supernet search with its own seed, then the ordinary evaluation of the genotype it
-derived. DARTS' own selection protocol (run the search several times, train each derived
-cell, keep the best) is a search of R evaluations, run in parallel on the cluster.
+"""One-shot strategies (DARTS first and second order, NoisyDARTS, random search with weight
+sharing): each evaluation is one supernet search with its own seed, then the ordinary
+evaluation of the architecture(s) it names. DARTS' selection protocol (run the search several
+times, train each derived cell briefly, keep the best) is a job of R evaluations, run in
+parallel on the cluster, whose child training is the space's shortened `nas train` recipe
+(controller/runtime/work.py).
 
 They declare `Needs(search=...)`, so the runtime puts the search in front of the
 evaluator (workers/oneshot/evaluator.py); the strategy itself has nothing to propose
@@ -19,7 +21,7 @@ from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Needs, Strategy, option_errors
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
-from raynas.workers.oneshot import SPACES, OneShotConfig, search_evaluator
+from raynas.workers.oneshot import SPACES, OneShotConfig, RSWSConfig, SupernetConfig, rsws_evaluator, search_evaluator
 
 
 class OneShotStrategy(Strategy):
@@ -27,25 +29,30 @@ class OneShotStrategy(Strategy):
     the algorithm being the strategy's name."""
 
     needs = Needs(search=search_evaluator)
-    Options = OneShotConfig
+    Options: type[SupernetConfig] = OneShotConfig
 
     @classmethod
-    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> OneShotConfig:
+    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
+        return OneShotConfig(algorithm=cls.name, **options)
+
+    @classmethod
+    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> SupernetConfig:
         if not isinstance(options, Mapping):
             raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
-        known = {f.name for f in dataclasses.fields(OneShotConfig)} - {"algorithm"}
+        known = {f.name for f in dataclasses.fields(cls.Options)} - {"algorithm"}
         unknown = sorted(set(options) - known)
         if unknown:
             raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of {cls.name}", sorted(known))
         with option_errors(known):
-            config = OneShotConfig(algorithm=cls.name, **options)
-        cls.check_space(space, config)
+            config = cls._config(options)
+            cls.check_space(space, config)
         return config
 
     @classmethod
-    def check_space(cls, space: SearchSpace, options: OneShotConfig) -> None:
+    def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:
         if space.name not in SPACES:
             raise ConfigError("space", f"{cls.name} needs a space with a supernet, not {space.name!r}", SPACES)
+        options.resolved(space.name)  # what only the space decides (a darts supernet's depth)
 
     def propose(self, n: int = 1) -> list[None]:
         return [None] * n
@@ -73,3 +80,18 @@ class NoisyDarts(OneShotStrategy):
     """NoisyDARTS: unbiased Gaussian noise on the skip connection's output while training."""
 
     name = "noisy-darts"
+
+
+@register
+class RandomWeightSharing(OneShotStrategy):
+    """Random search with weight sharing (Li & Talwalkar): shared weights trained one uniformly
+    sampled architecture per minibatch, many architectures ranked with them, the best handed to
+    the evaluator. Options: `RSWSConfig`'s fields."""
+
+    name = "rsws"
+    needs = Needs(search=rsws_evaluator)
+    Options = RSWSConfig
+
+    @classmethod
+    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
+        return RSWSConfig(**options)

@@ -13,7 +13,7 @@ import pytest
 from raynas.search_spaces import get_space
 from raynas.workers.data import load_dataset
 from raynas.workers.evaluation import CANCELLED, FAILED, Cancelled, Evaluator, get_evaluator
-from raynas.workers.oneshot import OneShotConfig, search_evaluator
+from raynas.workers.oneshot import OneShotConfig, RSWSConfig, rsws_evaluator, search_evaluator
 
 TINY_TRAIN = {"epochs": 3, "batch_size": 64, "channels": 4, "layers": 1, "max_train_batches_per_epoch": 3,
               "max_train": 256}
@@ -33,14 +33,21 @@ def one_shot() -> Evaluator:
     return search_evaluator(config, space, load_dataset("digits", max_train=256), table())
 
 
-EVALUATORS = {"table": table, "train": train, "one-shot": one_shot}
+def rsws() -> Evaluator:
+    config = RSWSConfig(epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2, archs=4,
+                        score_batches=1, block=2, rescore_top=1)
+    return rsws_evaluator(config, get_space("nb201"), load_dataset("digits", max_train=256), table())
+
+
+EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws}
+ONE_SHOT = ("one-shot", "rsws")
 
 
 @pytest.fixture(scope="module", params=sorted(EVALUATORS))
 def case(request):
     evaluator = EVALUATORS[request.param]()
     # A one-shot search derives its own architecture; the others take one of the space's.
-    arch = None if request.param == "one-shot" else get_space("nb201").sample(np.random.default_rng(3))
+    arch = None if request.param in ONE_SHOT else get_space("nb201").sample(np.random.default_rng(3))
     return evaluator, arch
 
 
@@ -56,8 +63,11 @@ def test_reports_every_epoch_up_to_the_budget(case):
     evaluator, arch = case
     reports = []
     result = evaluator.evaluate(arch, seed=1, report=reports.append)
-    epochs = [r["epoch"] for r in reports]
+    # A staged search (rsws) numbers the reports of its later stages within each stage.
+    epochs = [r["epoch"] for r in reports if r.get("stage", "train") == "train"]
     assert epochs and epochs == sorted(set(epochs)) and epochs[-1] == result.metrics["budget"]
+    staged = [(r["stage"], r["epoch"]) for r in reports if r.get("stage", "train") != "train"]
+    assert len(staged) == len(set(staged))
 
 
 @pytest.mark.parametrize("budget", [0, -1, 10**6, "3", 2.5])

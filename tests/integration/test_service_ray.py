@@ -75,7 +75,8 @@ def test_submit_restart_reattach_watch_and_result(ray_cluster, tmp_path):
 def test_darts_search_end_to_end_through_the_service(ray_cluster, tmp_path):
     """R one-shot searches as Ray tasks streaming their epochs, their genotypes scored on the table."""
     srv = start(tmp_path / "state")
-    spec = {"space": "nb201", "strategy": "darts", "evaluator": "table", "evaluations": 2, "workers": 2,
+    spec = {"space": "nb201", "strategy": "darts", "evaluator": "table", "proxy_dataset": True, "evaluations": 2,
+            "workers": 2,
             "cpus_per_child": 0.5, "strategy_options": {"epochs": 2, "channels": 4, "layers": 1, "batch_size": 32,
                                                         "max_batches_per_epoch": 2}}
     try:

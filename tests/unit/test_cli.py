@@ -37,6 +37,12 @@ def run_cli(capsys, *argv):
         (["bench", "nb201", "--strategy", "nope", "--seeds", "1"], "strategy", "random"),
         (["bench", "nb201", "--strategy", "evolution", "--controllers", "2"], "controllers", "rl"),
         (["bench", "nb201", "--strategy", "random", "--evaluations", "0"], "evaluations", "positive"),
+        (["bench", "nb201", "--strategy", "rsws", "--seeds", "1"], "strategy", "benchmarks/oneshot_nb201.py"),
+        (["search", "--space", "nb201", "--strategy", "darts", "--evaluator", "table"], "dataset", "--proxy-dataset"),
+        (["search", "--space", "darts", "--strategy", "darts", "--strategy-option", "layers=2"],
+         "strategy_options.layers", "at least 3"),
+        (["train", "--space", "nb201", "--arch", "|none~0|+|none~0|none~1|+|none~0|none~1|none~2|", "--seeds", "0",
+          "--out", "unused"], "seeds", "positive"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_field(capsys, tmp_path, argv, field, allowed):

@@ -30,7 +30,8 @@ VALID = [
     {"space": "macro", "strategy": "rl", "evaluations": 8, "controllers": 2, "children": 2,
      "space_options": {"num_layers": 4}, "train": {"epochs": 1, "channels": 8}},
     {"space": "darts", "strategy": "random", "dataset": "digits", "train": {"layers": 2, "batch_size": 32}},
-    {"space": "nb201", "strategy": "darts", "evaluator": "table", "strategy_options": {"epochs": 2, "channels": 4}},
+    {"space": "nb201", "strategy": "darts", "evaluator": "table", "proxy_dataset": True,
+     "strategy_options": {"epochs": 2, "channels": 4}},
     {"space": "rnn", "strategy": "evolution", "dataset": "ptb", "space_options": {"steps": 4}},
 ]
 FIELDS = {f.name: f for f in pb.SearchSpec.DESCRIPTOR.fields}

@@ -25,7 +25,14 @@ from raynas.workers.data import DATASETS, Dataset, ImageDataset, TextDataset
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, resolve_arch
 from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_flops, count_params
-from raynas.workers.training import PPL_REWARD_CONSTANT, REWARD_WINDOW, TrainConfig, TrainingRun, pick_device
+from raynas.workers.training import (
+    PPL_REWARD_CONSTANT,
+    REWARD_WINDOW,
+    TrainConfig,
+    TrainingRun,
+    check_cutout,
+    pick_device,
+)
 
 
 class TrainEvaluator(Evaluator):
@@ -57,6 +64,7 @@ class TrainEvaluator(Evaluator):
         self.fidelity = Fidelity(maximum=self.config.epochs, default=self.config.epochs)
         self.device = pick_device(self.config.device)
         if isinstance(dataset, ImageDataset):
+            check_cutout(self.config, dataset)
             self.dataset = dataset.to(self.device)
             self.net_config = NetConfig(
                 in_channels=dataset.in_channels, num_classes=dataset.num_classes, image_size=dataset.image_size,

@@ -1,15 +1,18 @@
-"""Gradient-based one-shot search (DARTS first and second order, NoisyDARTS): supernets,
-the bilevel search loop, genotype derivation and collapse monitors. Plain PyTorch."""
+"""One-shot search: gradient-based (DARTS first and second order, NoisyDARTS) and random search
+with weight sharing (rsws); supernets, the search loops, genotype derivation and collapse
+monitors. Plain PyTorch."""
 
 from __future__ import annotations
 
-from raynas.workers.oneshot.derive import derive, edge_entropy, skip_count
+from raynas.workers.oneshot.derive import derive, edge_entropy, single_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch, search_evaluator
+from raynas.workers.oneshot.rsws import RSWSConfig, rsws_epochs, rsws_evaluator
 from raynas.workers.oneshot.search import (
     ALGORITHMS,
     SPACES,
     Architect,
     OneShotConfig,
+    SupernetConfig,
     finite_difference_hvp,
     primitives_for,
     search_epochs,
@@ -30,5 +33,6 @@ def describe_supernet(space: str, channels: int | None = None, layers: int | Non
 
 
 __all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "OneShotSearch",
-           "Supernet", "build_supernet", "derive", "describe_supernet", "edge_entropy", "finite_difference_hvp",
-           "primitives_for", "search_epochs", "search_evaluator", "skip_count"]
+           "RSWSConfig", "Supernet", "SupernetConfig", "build_supernet", "derive", "describe_supernet", "edge_entropy",
+           "finite_difference_hvp", "primitives_for", "rsws_epochs", "rsws_evaluator", "search_epochs",
+           "search_evaluator", "single_path", "skip_count"]

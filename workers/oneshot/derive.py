@@ -11,7 +11,7 @@ from raynas.common import ConfigError
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import NB201_OPS, NB201Arch
 from raynas.search_spaces.types import Genotype
-from raynas.workers.oneshot.supernet import SKIP
+from raynas.workers.oneshot.supernet import SKIP, Path
 
 
 def derive_darts(weights: Sequence[torch.Tensor], primitives: Sequence[str], steps: int = 4,
@@ -54,6 +54,35 @@ def derive(space: str, weights: Sequence[torch.Tensor], primitives: Sequence[str
     if space == "nb201":
         return derive_nb201(weights, primitives or NB201_OPS)
     raise ConfigError("space", f"no derivation rule for {space!r}", ("darts", "nb201"))
+
+
+def single_path(space: str, arch: Genotype | NB201Arch, primitives: Sequence[str] | None = None) -> Path:
+    """The supernet path of a discrete architecture (the inverse of derivation): per alpha
+    matrix, per edge, the column of the op the architecture puts there, None where it has none.
+    Raises ConfigError for an op the supernet lacks or two ops on one edge."""
+    if space == "nb201":
+        names = list(primitives or NB201_OPS)
+        return [[_column(names, op) for op in arch.ops]]
+    if space != "darts":
+        raise ConfigError("space", f"no supernet path for {space!r}", ("darts", "nb201"))
+    names = list(primitives or PRIMITIVES)
+    path = []
+    for cell in (arch.normal, arch.reduce):
+        edges: list[int | None] = [None] * sum(2 + node for node in range(len(cell) // 2))
+        for i, (op, source) in enumerate(cell):
+            node = i // 2
+            e = sum(2 + n for n in range(node)) + source
+            if edges[e] is not None:
+                raise ConfigError("arch", f"node {node + 2} reads input {source} twice; a supernet edge runs one op")
+            edges[e] = _column(names, op)
+        path.append(edges)
+    return path
+
+
+def _column(names: list[str], op: str) -> int:
+    if op not in names:
+        raise ConfigError("arch", f"op {op!r} is not in the supernet", names)
+    return names.index(op)
 
 
 def skip_count(arch: Genotype | NB201Arch) -> int:

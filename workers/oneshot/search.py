@@ -1,60 +1,85 @@
 """The bilevel search: network weights on one half of the training data, alphas on the
-other (DARTS), first order or with the unrolled second-order step, and NoisyDARTS.
+other (DARTS), first order or with the unrolled second-order step, and NoisyDARTS; and
+what every one-shot search shares (the data split, the weights' schedule, checkpoints,
+its own RNG), which random search with weight sharing (rsws.py) reuses.
 
 Settings follow the papers (Liu et al., DARTS, ICLR 2019, sec. A.1; Chu et al., NoisyDARTS):
 DARTS' CIFAR search (50 epochs, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4,
 clip 5; alphas Adam 3e-4, betas (0.5, 0.999), wd 1e-3; xi = the weights' learning rate; eps = 0.01 / ||grad||), and
-NoisyDARTS' own search settings (batch 128, lr 0.05, `none` removed, lambda 0.2).
-On nb201 the weights follow AutoDL-Projects' DARTS-on-NB201 recipe instead (wd 5e-4,
-Nesterov momentum). NoisyDARTS' NB201 settings are not known to us, so noisy-darts
-uses its DARTS-space batch and learning rate there too, on top of the NB201 recipe.
+NoisyDARTS' own search settings (batch 128, lr 0.05, `none` removed, lambda 0.2, drop-path 0.3
+on the skip branch). On nb201 the weights follow AutoDL-Projects' NB201 config instead (wd 5e-4,
+Nesterov momentum, the cosine stepped every iteration). NoisyDARTS' NB201 settings are not known
+to us, so noisy-darts uses its DARTS-space batch and learning rate there too, on top of the NB201
+recipe.
+
+Data as the papers use it: the whole official training set (our loader's train and validation
+splits together) is halved, the first `train_portion` trains the weights and the rest the alphas
+(CIFAR-10: 25k/25k), and batches of both halves get the dataset's augmentation (random crop with
+padding 4 and horizontal flip on cifar10), as the DARTS code applies its training transform to both.
 
 Where the papers' code and text differ we follow the code: the weights' cosine ends at
-lr_min = 0.001 (DARTS' text: 0) and alphas start at 1e-3 * N(0, 1) (text: zeros). Batches
-of both halves get the dataset's augmentation (random crop and flip on cifar10), as the
-DARTS code applies its training transform to both.
+lr_min = 0.001 (DARTS' text: 0) and alphas start at 1e-3 * N(0, 1) (text: zeros).
+
+The collapse monitors can act (all off by default, as in the papers): `warmup_epochs` train the
+weights with frozen alphas first (NoisyDARTS' --frozen-epochs), `early_stop_skips` stops the
+search once the derived normal cell holds that many skip-connections (DARTS+: 2), and
+`keep_best` answers the genotype of the epoch with the best supernet validation accuracy
+instead of the last one.
+
+A search given a checkpoint file saves its whole state there after every epoch (weights,
+alphas, both optimizers, the schedule's position, every RNG, the epoch reports) and, started
+again with the same file, seed and settings, replays the reports it holds and continues as if
+it had never stopped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
 from raynas.common import ConfigError, check_int, check_number
+from raynas.common.files import atomic_save
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.workers.data import ImageDataset
 from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fraction, skip_count
-from raynas.workers.oneshot.supernet import Supernet, build_supernet
+from raynas.workers.oneshot.supernet import Path, Supernet, build_supernet
 from raynas.workers.training import pick_device
 
 ALGORITHMS = ("darts", "darts2", "noisy-darts")
 SPACES = ("darts", "nb201")
 DEVICES = ("auto", "cpu", "cuda")
+#: The weights' cosine steps once per epoch (DARTS) or every iteration (AutoDL-Projects on NB201).
+SCHEDULES = ("epoch", "step")
+#: DARTS' search network reduces at cells layers//3 and 2*layers//3; below 3 cells no normal cell is left.
+MIN_DARTS_LAYERS = 3
 
 #: Where NoisyDARTS' published search settings differ from DARTS'.
-NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2}
-DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0}
+NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2, "skip_drop_path": 0.3}
+DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0, "skip_drop_path": 0.0}
 #: How each space's supernet weights are trained: DARTS' CIFAR search, AutoDL-Projects' NB201 config.
-SPACE_DEFAULTS = {"darts": {"layers": 8, "weight_decay": 3e-4, "nesterov": False},
-                  "nb201": {"layers": 5, "weight_decay": 5e-4, "nesterov": True}}
+SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_decay": 3e-4, "nesterov": False,
+                            "lr_schedule": "epoch", "grad_clip": 5.0},
+                  "nb201": {"epochs": 50, "channels": 16, "layers": 5, "weight_decay": 5e-4, "nesterov": True,
+                            "lr_schedule": "step", "grad_clip": 5.0}}
 
 
 @dataclass(frozen=True)
-class OneShotConfig:
-    """One one-shot search. Fields left None take the published default of the algorithm
-    and space (`resolved`)."""
+class SupernetConfig:
+    """What every one-shot search sets: the supernet's size and how its weights train. Fields
+    left None take the published default of the search and space (`resolved`)."""
 
-    algorithm: str = "darts"
-    epochs: int = 50
+    epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
     lr_min: float = 0.001
@@ -63,27 +88,25 @@ class OneShotConfig:
     #: Nesterov momentum for the weights. The second-order virtual step is DARTS' heavy-ball
     #: formula either way, as in AutoDL-Projects' DARTS-V2 on NB201.
     nesterov: bool | None = None
-    grad_clip: float = 5.0
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
-    arch_weight_decay: float = 1e-3
-    #: Share of the training split that trains the weights; the rest trains the alphas.
+    #: epoch or step: when the weights' cosine moves.
+    lr_schedule: str | None = None
+    grad_clip: float | None = None
+    #: Share of the whole training set that trains the weights; the rest trains the alphas
+    #: (or, for rsws, scores the sampled architectures).
     train_portion: float = 0.5
     #: Supernet width and depth (cells for darts, cells per stage for nb201).
-    channels: int = 16
+    channels: int | None = None
     layers: int | None = None
-    #: NoisyDARTS' lambda: noise std = lambda * std(skip output). None: 0.2 for noisy-darts, else 0.
-    noise_lambda: float | None = None
     max_batches_per_epoch: int | None = None
     device: str = "auto"
     num_threads: int | None = None
 
+    #: The search's name in reports and results.
+    algorithm: ClassVar[str] = ""
+
     def __post_init__(self):
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError("algorithm", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
-        for name in ("epochs", "channels"):
-            check_int(name, getattr(self, name))
-        for name in ("batch_size", "layers", "max_batches_per_epoch", "num_threads"):
+        check_int("epochs", self.epochs, optional=True)
+        for name in ("batch_size", "channels", "layers", "max_batches_per_epoch", "num_threads"):
             check_int(name, getattr(self, name), optional=True)
         check_number("lr", self.lr, 0, low_open=True, optional=True)
         check_number("lr_min", self.lr_min, 0)
@@ -93,25 +116,80 @@ class OneShotConfig:
             raise ConfigError("nesterov", f"must be true, false or None, got {self.nesterov!r}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov", "needs momentum > 0")
-        check_number("grad_clip", self.grad_clip, 0)
+        if self.lr_schedule is not None and self.lr_schedule not in SCHEDULES:
+            raise ConfigError("lr_schedule", f"unknown schedule {self.lr_schedule!r}", SCHEDULES)
+        check_number("grad_clip", self.grad_clip, 0, optional=True)
+        check_number("train_portion", self.train_portion, 0, 1, low_open=True, high_open=True)
+        if self.device not in DEVICES:
+            raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+
+    def defaults(self, space: str) -> dict[str, Any]:
+        """The published settings of this search on `space`, for the fields left None."""
+        return dict(SPACE_DEFAULTS[space])
+
+    def resolved(self, space: str) -> SupernetConfig:
+        """This config with every None field set for `space` (darts or nb201)."""
+        if space not in SPACES:
+            raise ConfigError("space", f"no supernet for {space!r}", SPACES)
+        defaults = self.defaults(space)
+        defaults["nesterov"] = defaults["nesterov"] and self.momentum > 0  # torch's SGD refuses it otherwise
+        config = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+        if space == "darts" and config.layers < MIN_DARTS_LAYERS:
+            raise ConfigError("layers", f"a darts supernet of {config.layers} cells has no normal cell (reductions "
+                              f"sit at cells layers//3 and 2*layers//3), so its normal alphas never learn",
+                              f"at least {MIN_DARTS_LAYERS}")
+        return config
+
+    def identity(self) -> dict[str, Any]:
+        """What a checkpoint must have been written with to be continued by this search: every
+        setting but where it runs."""
+        settings = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "num_threads")}
+        return {"algorithm": self.algorithm, **settings}
+
+
+@dataclass(frozen=True)
+class OneShotConfig(SupernetConfig):
+    """One gradient-based search (darts, darts2, noisy-darts)."""
+
+    algorithm: str = "darts"
+    arch_lr: float = 3e-4
+    arch_betas: tuple[float, float] = (0.5, 0.999)
+    arch_weight_decay: float = 1e-3
+    #: NoisyDARTS' lambda: noise std = lambda * std(skip output). None: 0.2 for noisy-darts, else 0.
+    noise_lambda: float | None = None
+    #: Drop-path probability of the skip branch, in training and evaluation (NoisyDARTS' search
+    #: code). None: 0.3 for noisy-darts, else 0.
+    skip_drop_path: float | None = None
+    #: Epochs that train the weights with frozen alphas before the alphas move (NoisyDARTS' frozen epochs).
+    warmup_epochs: int = 0
+    #: Stop once the derived normal cell (nb201: the cell) holds this many skip-connections (DARTS+: 2).
+    early_stop_skips: int | None = None
+    #: Answer the genotype of the epoch with the best supernet validation accuracy, not the last.
+    keep_best: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.algorithm not in ALGORITHMS:
+            raise ConfigError("algorithm", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
         check_number("arch_lr", self.arch_lr, 0, low_open=True)
         check_number("arch_weight_decay", self.arch_weight_decay, 0)
-        check_number("train_portion", self.train_portion, 0, 1, low_open=True, high_open=True)
         check_number("noise_lambda", self.noise_lambda, 0, optional=True)
+        check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True, optional=True)
+        check_int("warmup_epochs", self.warmup_epochs, 0)
+        check_int("early_stop_skips", self.early_stop_skips, optional=True)
+        if not isinstance(self.keep_best, bool):
+            raise ConfigError("keep_best", f"must be true or false, got {self.keep_best!r}")
         betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ConfigError("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas!r}")
         object.__setattr__(self, "arch_betas", betas)
-        if self.device not in DEVICES:
-            raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+        if self.epochs is not None and self.warmup_epochs >= self.epochs:
+            raise ConfigError("warmup_epochs", f"{self.warmup_epochs} frozen epochs leave the alphas none of "
+                              f"the {self.epochs}", f"fewer than epochs ({self.epochs})")
 
-    def resolved(self, space: str) -> OneShotConfig:
-        """This config with every None field set for `space` (darts or nb201)."""
-        if space not in SPACES:
-            raise ConfigError("space", f"no supernet for {space!r}", SPACES)
-        defaults = {**SPACE_DEFAULTS[space], **(NOISY_DEFAULTS if self.algorithm == "noisy-darts" else DARTS_DEFAULTS)}
-        defaults["nesterov"] = defaults["nesterov"] and self.momentum > 0  # torch's SGD refuses it otherwise
-        return dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+    def defaults(self, space: str) -> dict[str, Any]:
+        return {**super().defaults(space),
+                **(NOISY_DEFAULTS if self.algorithm == "noisy-darts" else DARTS_DEFAULTS)}
 
     @property
     def second_order(self) -> bool:
@@ -132,8 +210,7 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict
 
 
 def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Gradients, zeros for inputs the loss does not use (a supernet too shallow for a
-    normal cell never reads the normal alphas)."""
+    """Gradients, zeros for inputs the loss does not use."""
     grads = torch.autograd.grad(loss, inputs, allow_unused=True)
     return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
 
@@ -145,14 +222,20 @@ def finite_difference_hvp(model: Supernet, vector: list[torch.Tensor], x: torch.
 
     `vector` follows `model.named_network_parameters()`. The shifted weights are passed to a
     functional call, so the model's own weights are never modified (quark0/darts shifts them
-    in place and back, which leaves rounding residue in w)."""
+    in place and back, which leaves rounding residue in w). Both passes draw the same random
+    numbers (NoisyDARTS' noise, the skip branch's drop-path): with independent draws the
+    difference of the two gradients is dominated by the difference of the noise, divided by
+    2 eps, and the product is noise."""
     named = model.named_network_parameters()
     weights = [p.detach() for _, p in named]
     norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(vector)))
     eps = r / max(norm.item(), 1e-12)
     alphas = model.arch_parameters()
+    device = weights[0].device
+    randomness = get_rng(device)
     grads = []
     for sign in (1.0, -1.0):
+        set_rng(randomness, device)
         # One fused multiply-add over all tensors per shift (torch.optim's multi-tensor path).
         shifted = dict(zip((n for n, _ in named), torch._foreach_add(weights, vector, alpha=sign * eps)))
         grads.append(_grad(_loss(model, x, y, shifted), alphas))
@@ -208,113 +291,206 @@ class Architect:
         return [da - xi * h for da, h in zip(d_alpha, hvp)]
 
 
-def _evaluate(model: Supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int) -> tuple[float, float]:
+# -- what every one-shot search shares ----------------------------------------------------------
+
+
+def evaluate(model: Supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int, path: Path | None = None
+             ) -> tuple[float, float]:
+    """Mean loss and accuracy of the supernet (or of one path through it) in eval mode."""
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(y), batch_size):
-            logits = model(x[start:start + batch_size])
+            logits = model(x[start:start + batch_size], path)
             loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
             correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
     model.train()
     return loss / len(y), correct / len(y)
 
 
-def _endless(data: ImageDataset, batch_size: int,
-             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def endless(data: ImageDataset, batch_size: int,
+            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches, reshuffled whenever the split runs out: the alphas' half may hold one
     sample fewer than the weights' half, and it must not run dry before it."""
     while True:
         yield from data.train_batches(batch_size, generator)
 
 
-def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConfig, seed: int) -> Iterator[dict]:
-    """Run the search; yield one JSON-ready report per epoch. The last report's genotype is the answer.
+def search_halves(dataset: ImageDataset, train_portion: float) -> tuple[ImageDataset, ImageDataset]:
+    """The whole training set (the loader's train and validation splits, both drawn from the
+    official training set) cut in two: the first `train_portion` trains the weights, the rest
+    the architecture. Both keep the dataset's augmentation."""
+    x = torch.cat([dataset.x_train, dataset.x_val])
+    y = torch.cat([dataset.y_train, dataset.y_val])
+    n_w = int(len(y) * train_portion)
+    if not 0 < n_w < len(y):
+        raise ConfigError("train_portion", f"leaves an empty half of {len(y)} training samples")
+    return (dataclasses.replace(dataset, x_train=x[:n_w], y_train=y[:n_w]),
+            dataclasses.replace(dataset, x_train=x[n_w:], y_train=y[n_w:]))
 
-    Each step updates the alphas on a batch of the second half of the training split, then
-    the weights on a batch of the first half (DARTS' order). `val_loss` and `val_acc` are the
-    supernet's, in eval mode, on that second half: DARTS' search-time validation.
 
-    The search draws from torch's global RNG (initialisation, NoisyDARTS' noise) seeded with
-    `seed`, and that state is its own: it is swapped out at every yield, so neither does the
-    caller's RNG move nor can the caller's work between two epochs change the search.
-    """
-    if space.name not in SPACES:
-        raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
-    if not isinstance(dataset, ImageDataset):
-        raise ConfigError("dataset", f"one-shot search needs an image dataset, not {dataset.name!r}")
-    cfg = config.resolved(space.name)
-    device = pick_device(cfg.device)
-    epochs = _search(space, dataset, cfg, seed, device)
+def steps_per_epoch(data: ImageDataset, cfg: SupernetConfig) -> int:
+    steps = -(-len(data.y_train) // cfg.batch_size)
+    return min(steps, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else steps
+
+
+def cosine_lr(cfg: SupernetConfig, epoch: int, step: int, steps: int) -> float:
+    """The weights' learning rate at `step` of `epoch`: cosine from lr to lr_min over the epochs,
+    moved once per epoch or every step (`lr_schedule`)."""
+    progress = epoch + (step / steps if cfg.lr_schedule == "step" else 0.0)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress / cfg.epochs))
+
+
+def weight_optimizer(model: Supernet, cfg: SupernetConfig) -> torch.optim.SGD:
+    return torch.optim.SGD(model.network_parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+
+
+def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig, lr: float, x: torch.Tensor,
+                y: torch.Tensor, path: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step of the weights (of the whole supernet, or of one path); returns the
+    batch's loss and its number of correct predictions, on the device (no host sync)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    logits = model(x, path)
+    loss = F.cross_entropy(logits, y)
+    loss.backward(inputs=model.network_parameters())
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.network_parameters(), cfg.grad_clip)
+    optimizer.step()
+    return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
+def get_rng(device: torch.device) -> tuple:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def set_rng(state: tuple, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if device.type == "cuda" and state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def load_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int) -> dict[str, Any] | None:
+    """The state a search saved in `checkpoint`, None when there is none yet. A file written by
+    another search (settings or seed) is refused rather than continued."""
+    if not checkpoint or not os.path.exists(checkpoint):
+        return None
+    state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if state.get("identity") != cfg.identity() or state.get("seed") != seed:
+        raise ConfigError("checkpoint", f"{checkpoint} holds another search (its settings or seed differ); "
+                          "remove it to start this one afresh")
+    return state
+
+
+def save_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int, device: torch.device, **state: Any
+                    ) -> None:
+    """Everything to continue the search exactly: `state` plus the search's RNG (the global
+    one is the search's own while it runs). Not fsynced: a lost file costs a re-run, never a
+    wrong result."""
+    if checkpoint:
+        atomic_save({"identity": cfg.identity(), "seed": seed, "rng": get_rng(device), **state}, checkpoint,
+                     durable=False)
+
+
+def own_rng(run: Callable[[], Iterator[dict]], device: torch.device) -> Iterator[dict]:
+    """Run the search generator `run()` on an RNG of its own: torch's global RNG (which the
+    search seeds and draws from: initialisation, noise, drop-path) is swapped in for each step
+    of the generator and out at every yield, so neither does the caller's RNG move nor can the
+    caller's work between two reports change the search."""
+    epochs = run()
     own = None
     while True:
         with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
             if own is not None:
-                _set_rng(own, device)
+                set_rng(own, device)
             try:
                 report = next(epochs)
             except StopIteration:
                 return
-            own = _get_rng(device)
+            own = get_rng(device)
         yield report
 
 
-def _get_rng(device: torch.device) -> tuple:
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+def check_search(space: SearchSpace, dataset: ImageDataset) -> None:
+    if space.name not in SPACES:
+        raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
+    if not isinstance(dataset, ImageDataset):
+        raise ConfigError("dataset", f"one-shot search needs an image dataset, not {dataset.name!r}")
 
 
-def _set_rng(state: tuple, device: torch.device) -> None:
-    torch.set_rng_state(state[0])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state[1], device)
+# -- the DARTS family -----------------------------------------------------------------------------
 
 
-def _search(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: int, device: torch.device
-            ) -> Iterator[dict]:
+def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConfig, seed: int,
+                  checkpoint: str | None = None) -> Iterator[dict]:
+    """Run the search; yield one JSON-ready report per epoch (`epoch` counts from 1). The last
+    report names the answer: `candidates`, a list of one genotype.
+
+    Each step updates the alphas on a batch of the architecture half, then the weights on a
+    batch of the weights' half (DARTS' order). `val_loss` and `val_acc` are the supernet's, in
+    eval mode, on the architecture half: DARTS' search-time validation.
+
+    With `checkpoint`, the state after each epoch is saved there, and a search started on a
+    file that holds one first replays the reports saved with it, then continues.
+    """
+    check_search(space, dataset)
+    cfg = config.resolved(space.name)
+    device = pick_device(cfg.device)
+    return own_rng(lambda: _darts(space, dataset, cfg, seed, device, checkpoint), device)
+
+
+def _selected(history: list[dict], cfg: OneShotConfig) -> str:
+    if cfg.keep_best:
+        return max(history, key=lambda r: r["val_acc"])["genotype"]  # the first of equals: the earliest
+    return history[-1]["genotype"]
+
+
+def _darts(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: int, device: torch.device,
+           checkpoint: str | None) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        data = dataset.to(device)
-        # DARTS' split: the first train_portion of the (already shuffled) training split trains
-        # the weights, the rest the alphas.
-        n_w = int(len(data.y_train) * cfg.train_portion)
-        if not 0 < n_w < len(data.y_train):
-            raise ConfigError("train_portion", f"leaves an empty half of {len(data.y_train)} training samples")
-        w_half = dataclasses.replace(data, x_train=data.x_train[:n_w], y_train=data.y_train[:n_w])
-        a_half = dataclasses.replace(data, x_train=data.x_train[n_w:], y_train=data.y_train[n_w:])
-        model = build_supernet(space.name, cfg.channels, cfg.layers, data.in_channels, data.num_classes,
-                               noise_lambda=cfg.noise_lambda,
+        w_half, a_half = search_halves(dataset.to(device), cfg.train_portion)
+        model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels, w_half.num_classes,
+                               noise_lambda=cfg.noise_lambda, skip_drop_path=cfg.skip_drop_path,
                                primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
-        w_optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+        w_optimizer = weight_optimizer(model, cfg)
         architect = Architect(model, cfg)
+        history: list[dict] = []
+        state = load_checkpoint(checkpoint, cfg, seed)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            w_optimizer.load_state_dict(state["w_optimizer"])
+            architect.optimizer.load_state_dict(state["a_optimizer"])
+            generator.set_state(state["generator"])
+            set_rng(state["rng"], device)
+            history = state["history"]
+        yield from history
+        if history and "candidates" in history[-1]:
+            return
         model.train()
-        for epoch in range(cfg.epochs):
-            # Cosine from lr to lr_min over the epochs, per epoch as in DARTS.
-            lr = cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * epoch / cfg.epochs))
-            for group in w_optimizer.param_groups:
-                group["lr"] = lr
+        steps = steps_per_epoch(w_half, cfg)
+        for epoch in range(len(history), cfg.epochs):
+            lr = cosine_lr(cfg, epoch, 0, steps)
             start, losses, correct, seen = time.perf_counter(), [], 0, 0
-            a_batches = _endless(a_half, cfg.batch_size, generator)
-            for x, y in w_half.train_batches(cfg.batch_size, generator, cfg.max_batches_per_epoch):
-                x_a, y_a = next(a_batches)
-                architect.step(x, y, x_a, y_a, lr, w_optimizer)
-                w_optimizer.zero_grad(set_to_none=True)
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-                loss.backward(inputs=model.network_parameters())
-                if cfg.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.network_parameters(), cfg.grad_clip)
-                w_optimizer.step()
-                losses.append(loss.detach())
-                correct += (logits.detach().argmax(1) == y).sum()
+            a_batches = endless(a_half, cfg.batch_size, generator)
+            for step, (x, y) in enumerate(w_half.train_batches(cfg.batch_size, generator, steps)):
+                step_lr = cosine_lr(cfg, epoch, step, steps)
+                if epoch >= cfg.warmup_epochs:
+                    x_a, y_a = next(a_batches)
+                    architect.step(x, y, x_a, y_a, step_lr, w_optimizer)
+                loss, right = weight_step(model, w_optimizer, cfg, step_lr, x, y)
+                losses.append(loss)
+                correct += right
                 seen += len(y)
             wall = time.perf_counter() - start
-            val_loss, val_acc = _evaluate(model, a_half.x_train, a_half.y_train, 2 * cfg.batch_size)
+            val_loss, val_acc = evaluate(model, a_half.x_train, a_half.y_train, 2 * cfg.batch_size)
             weights = model.arch_weights()
             arch = derive(space.name, weights, model.primitives)
-            yield {
-                "epoch": epoch, "algorithm": cfg.algorithm, "lr": lr,
+            report = {
+                "epoch": epoch + 1, "algorithm": cfg.algorithm, "lr": lr, "alphas_frozen": epoch < cfg.warmup_epochs,
                 "train_loss": float(torch.stack(losses).mean()), "train_acc": float(correct) / max(seen, 1),
                 "val_loss": val_loss, "val_acc": val_acc,
                 "genotype": str(arch), "skip_count": skip_count(arch),
@@ -322,3 +498,17 @@ def _search(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed:
                 "alphas": [w.detach().cpu().tolist() for w in weights],
                 "wall_time_s": wall, "images_per_s": seen / wall if wall else 0.0,
             }
+            history.append(report)
+            collapsed = (cfg.early_stop_skips is not None and epoch >= cfg.warmup_epochs
+                         and report["skip_count"] >= cfg.early_stop_skips)
+            if collapsed:
+                report["stopped_early"] = (f"{report['skip_count']} skip-connections in the derived cell "
+                                           f"(early_stop_skips={cfg.early_stop_skips})")
+            if collapsed or epoch + 1 == cfg.epochs:
+                report["candidates"] = [_selected(history, cfg)]
+            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(),
+                            w_optimizer=w_optimizer.state_dict(), a_optimizer=architect.optimizer.state_dict(),
+                            generator=generator.get_state(), history=history)
+            yield report
+            if collapsed:
+                return

@@ -15,7 +15,15 @@ NoisyDARTS: the skip op's output gets zero-mean Gaussian noise with standard
 deviation noise_lambda * std(output), only in training mode (both the alphas' and the
 weights' steps), before the alpha weighting; in reduction cells the skip is the
 stride-2 FactorizedReduce, noised too, as in NoisyDARTS' MixedOp. The std carries no
-gradient (NoisyDARTS draws it with torch.normal, which has none for std).
+gradient (NoisyDARTS draws it with torch.normal, which has none for std). NoisyDARTS'
+released search code also drops the (noised) skip branch per example with probability
+`skip_drop_path` (its search network's default 0.3), in training AND evaluation: its
+drop_path has no training check. Theirs scales in place, which in evaluation (no noise, the
+identity op) rescales the cell's input state itself; ours never writes its input.
+
+Single path (random search with weight sharing): `forward(x, path=...)` runs only the ops a
+discrete architecture names, one per chosen edge (`derive.single_path` builds the path), so
+autograd keeps the activations of one child, not of the supernet. The alphas are unused then.
 
 Speed without changing the function: the supernet runs NHWC (`channels_last`), MixedOp
 skips `none` and accumulates each node with fused multiply-adds, and the 1x1 and dilated
@@ -32,6 +40,7 @@ from torch import nn
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import EDGES
 from raynas.search_spaces.nb201 import NB201_OPS as NB201_OP_NAMES
+from raynas.workers.nets.cell import drop_path
 from raynas.workers.nets.nb201 import ResNetReduction
 from raynas.workers.ops import DARTS_OPS, NB201_OPS, FactorizedReduce, ReLUConvBN
 
@@ -41,24 +50,44 @@ SKIP = "skip_connect"
 ALPHA_INIT_SCALE = 1e-3
 
 
+#: One discrete architecture as the supernet runs it: per alpha matrix, per edge, the index of
+#: the op that edge runs (in the supernet's primitives), or None where the edge is not used.
+Path = list[list[int | None]]
+
+
 class MixedOp(nn.Module):
-    def __init__(self, names: tuple[str, ...], ops: list[nn.Module], noise_lambda: float = 0.0):
+    def __init__(self, names: tuple[str, ...], ops: list[nn.Module], noise_lambda: float = 0.0,
+                 skip_drop_path: float = 0.0):
         super().__init__()
         self.names = names
         self.ops = nn.ModuleList(ops)
         self.noise_lambda = noise_lambda
+        self.skip_drop_path = skip_drop_path
         # `none` adds w * 0: skipping it changes neither the output nor any gradient.
         self.active = tuple(i for i, n in enumerate(names) if n != "none")
+
+    def _skip(self, out: torch.Tensor) -> torch.Tensor:
+        """NoisyDARTS' treatment of the skip branch: noise in training, then drop-path always."""
+        if self.noise_lambda and self.training:
+            out = out + torch.randn_like(out) * (self.noise_lambda * out.detach().std())
+        if self.skip_drop_path:
+            out = drop_path(out, self.skip_drop_path)
+        return out
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor, total: torch.Tensor | None = None) -> torch.Tensor:
         """The weighted sum of the ops' outputs, added to `total` if given: a node accumulates all
         its edges with one fused multiply-add per op instead of a product, a sum and a copy."""
         for i in self.active:
-            out = self.ops[i](x)
-            if self.noise_lambda and self.training and self.names[i] == SKIP:
-                out = out + torch.randn_like(out) * (self.noise_lambda * out.detach().std())
+            out = self.single(x, i)
             total = weights[i] * out if total is None else torch.addcmul(total, weights[i], out)
         return total
+
+    def single(self, x: torch.Tensor, index: int, total: torch.Tensor | None = None) -> torch.Tensor:
+        """Op `index` alone (`none` gives its zeros), added to `total` if given: a single-path edge."""
+        out = self.ops[index](x)
+        if self.names[index] == SKIP:
+            out = self._skip(out)
+        return out if total is None else total + out
 
 
 def _darts_op(name: str, C: int, stride: int) -> nn.Module:
@@ -70,7 +99,7 @@ def _darts_op(name: str, C: int, stride: int) -> nn.Module:
 
 class DartsSearchCell(nn.Module):
     def __init__(self, primitives: tuple[str, ...], steps: int, multiplier: int, C_prev_prev: int, C_prev: int,
-                 C: int, reduction: bool, reduction_prev: bool, noise_lambda: float):
+                 C: int, reduction: bool, reduction_prev: bool, noise_lambda: float, skip_drop_path: float):
         super().__init__()
         self.reduction = reduction
         self.steps = steps
@@ -79,18 +108,22 @@ class DartsSearchCell(nn.Module):
                             else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedOp(primitives, [_darts_op(p, C, 2 if reduction and j < 2 else 1) for p in primitives], noise_lambda)
+            MixedOp(primitives, [_darts_op(p, C, 2 if reduction and j < 2 else 1) for p in primitives], noise_lambda,
+                    skip_drop_path)
             for i in range(steps) for j in range(2 + i)
         )
 
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None,
+                path: list[int | None] | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
             node = None
             for j, h in enumerate(states):
-                node = self.edges[offset + j](h, weights[offset + j], node)
+                node = _edge(self.edges[offset + j], h, weights, path, offset + j, node)
             offset += len(states)
+            if node is None:
+                raise ValueError(f"the path gives node {len(states)} of a cell no input")
             states.append(node)
         return torch.cat(states[-self.multiplier:], dim=1)
 
@@ -100,8 +133,17 @@ def num_edges(steps: int) -> int:
     return sum(2 + i for i in range(steps))
 
 
+def _edge(edge: MixedOp, h: torch.Tensor, weights: torch.Tensor | None, path: list[int | None] | None, e: int,
+          total: torch.Tensor | None) -> torch.Tensor | None:
+    """Edge `e` added to `total`: mixed by `weights`, or only its path op (unused edges add nothing)."""
+    if path is None:
+        return edge(h, weights[e], total)
+    return total if path[e] is None else edge.single(h, path[e], total)
+
+
 class Supernet(nn.Module):
-    """What the search loop needs of a supernet."""
+    """What the search loop needs of a supernet. `forward(x)` mixes every op by the alphas;
+    `forward(x, path)` runs one discrete architecture's ops only."""
 
     primitives: tuple[str, ...]
 
@@ -128,7 +170,7 @@ class Supernet(nn.Module):
 class DartsSupernet(Supernet):
     def __init__(self, C: int = 16, layers: int = 8, steps: int = 4, multiplier: int = 4, stem_multiplier: int = 3,
                  in_channels: int = 3, num_classes: int = 10, primitives: tuple[str, ...] = PRIMITIVES,
-                 noise_lambda: float = 0.0):
+                 noise_lambda: float = 0.0, skip_drop_path: float = 0.0):
         super().__init__()
         self.primitives = tuple(primitives)
         self.steps = steps
@@ -143,7 +185,7 @@ class DartsSupernet(Supernet):
             if reduction:
                 C_curr *= 2
             self.cells.append(DartsSearchCell(self.primitives, steps, multiplier, C_prev_prev, C_prev, C_curr,
-                                              reduction, reduction_prev, noise_lambda))
+                                              reduction, reduction_prev, noise_lambda, skip_drop_path))
             reduction_prev = reduction
             C_prev_prev, C_prev = C_prev, multiplier * C_curr
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -153,36 +195,39 @@ class DartsSupernet(Supernet):
         self.alphas = nn.ParameterList(nn.Parameter(ALPHA_INIT_SCALE * torch.randn(shape)) for _ in range(2))
         _fast_convs(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normal, reduce = self.arch_weights()
+    def forward(self, x: torch.Tensor, path: Path | None = None) -> torch.Tensor:
+        normal, reduce = self.arch_weights() if path is None else (None, None)
         s0 = s1 = self.stem(_nhwc(x, self.stem[0].weight))
         for cell in self.cells:
-            s0, s1 = s1, cell(s0, s1, reduce if cell.reduction else normal)
+            k = int(cell.reduction)
+            s0, s1 = s1, cell(s0, s1, reduce if k else normal, None if path is None else path[k])
         return self.classifier(self.pool(s1).flatten(1))
 
 
 class NB201SearchCell(nn.Module):
-    def __init__(self, C: int, noise_lambda: float):
+    def __init__(self, C: int, noise_lambda: float, skip_drop_path: float):
         super().__init__()
         # affine=False, tracked BN statistics: AutoDL-Projects' DARTS-on-NB201 setting.
         self.edges = nn.ModuleList(
-            MixedOp(NB201_OP_NAMES, [NB201_OPS[n](C, C, 1, False, True) for n in NB201_OP_NAMES], noise_lambda)
+            MixedOp(NB201_OP_NAMES, [NB201_OPS[n](C, C, 1, False, True) for n in NB201_OP_NAMES], noise_lambda,
+                    skip_drop_path)
             for _ in EDGES)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, path: list[int | None] | None = None
+                ) -> torch.Tensor:
         nodes = [x]
         for node in (1, 2, 3):
             total = None
             for e, ((target, source), edge) in enumerate(zip(EDGES, self.edges)):
                 if target == node:
-                    total = edge(nodes[source], weights[e], total)
+                    total = _edge(edge, nodes[source], weights, path, e, total)
             nodes.append(total)
         return nodes[-1]
 
 
 class NB201Supernet(Supernet):
     def __init__(self, C: int = 16, N: int = 5, in_channels: int = 3, num_classes: int = 10,
-                 noise_lambda: float = 0.0):
+                 noise_lambda: float = 0.0, skip_drop_path: float = 0.0):
         super().__init__()
         self.primitives = NB201_OP_NAMES
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))
@@ -192,18 +237,21 @@ class NB201Supernet(Supernet):
             if stage:
                 blocks.append(ResNetReduction(width, 2 * width))
                 width *= 2
-            blocks += [NB201SearchCell(width, noise_lambda) for _ in range(N)]
+            blocks += [NB201SearchCell(width, noise_lambda, skip_drop_path) for _ in range(N)]
         self.cells = nn.ModuleList(blocks)
         self.head = nn.Sequential(nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.classifier = nn.Linear(width, num_classes)
         self.alphas = nn.ParameterList([nn.Parameter(ALPHA_INIT_SCALE * torch.randn(len(EDGES), len(NB201_OP_NAMES)))])
         _fast_convs(self)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (weights,) = self.arch_weights()
+    def forward(self, x: torch.Tensor, path: Path | None = None) -> torch.Tensor:
+        (weights,) = self.arch_weights() if path is None else (None,)
         x = self.stem(_nhwc(x, self.stem[0].weight))
         for block in self.cells:
-            x = block(x, weights) if isinstance(block, NB201SearchCell) else block(x)
+            if isinstance(block, NB201SearchCell):
+                x = block(x, weights, None if path is None else path[0])
+            else:
+                x = block(x)
         return self.classifier(self.head(x))
 
 
@@ -264,9 +312,11 @@ def _nhwc(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 
 def build_supernet(space: str, C: int, layers: int, in_channels: int, num_classes: int, noise_lambda: float = 0.0,
-                   primitives: tuple[str, ...] | None = None) -> Supernet:
+                   primitives: tuple[str, ...] | None = None, skip_drop_path: float = 0.0) -> Supernet:
     """`layers`: cells for darts, cells per stage for nb201."""
     if space == "darts":
         return DartsSupernet(C, layers, in_channels=in_channels, num_classes=num_classes,
-                             primitives=primitives or PRIMITIVES, noise_lambda=noise_lambda)
-    return NB201Supernet(C, layers, in_channels=in_channels, num_classes=num_classes, noise_lambda=noise_lambda)
+                             primitives=primitives or PRIMITIVES, noise_lambda=noise_lambda,
+                             skip_drop_path=skip_drop_path)
+    return NB201Supernet(C, layers, in_channels=in_channels, num_classes=num_classes, noise_lambda=noise_lambda,
+                         skip_drop_path=skip_drop_path)

@@ -29,7 +29,7 @@ STATE_CANCELLED: State
 STATE_INTERRUPTED: State
 
 class SearchSpec(_message.Message):
-    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "train", "table", "replica_batch")
+    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "train", "table", "replica_batch", "proxy_dataset")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     EVALUATOR_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class SearchSpec(_message.Message):
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROXY_DATASET_FIELD_NUMBER: _ClassVar[int]
     space: str
     strategy: str
     evaluator: str
@@ -80,7 +81,8 @@ class SearchSpec(_message.Message):
     train: _struct_pb2.Struct
     table: _struct_pb2.Struct
     replica_batch: str
-    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., train: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., table: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ...) -> None: ...
+    proxy_dataset: bool
+    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., train: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., table: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ..., proxy_dataset: _Optional[bool] = ...) -> None: ...
 
 class Architecture(_message.Message):
     __slots__ = ("space", "arch")
