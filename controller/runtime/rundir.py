@@ -3,6 +3,7 @@
     spec.json           the validated spec
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
     oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
+    rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
 """
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, DataError
-from raynas.common.files import write_json_atomic
+from raynas.common.files import json_default, write_json_atomic
 
 SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
 ONE_SHOT_LOG = "oneshot.jsonl"
+RUNG_LOG = "rungs.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 
@@ -48,7 +50,7 @@ class RunDirectory:
         """Append records with one write and one fsync: a batch costs one trip to the disk."""
         if not records:
             return
-        lines = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records)
+        lines = "".join(json.dumps(r, sort_keys=True, default=json_default) + "\n" for r in records)
         with open(self.path / log, "a") as f:
             f.write(lines)
             f.flush()
@@ -58,6 +60,11 @@ class RunDirectory:
         """Every whole record of the log. A torn last line (a crash mid-append) is left out; a
         damaged line before the end is a DataError naming it, never silently the end of the log."""
         records, _ = _read_log(self.path / EVALUATIONS)
+        return records
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        """Every whole record of another of the run's logs (oneshot.jsonl, rungs.jsonl)."""
+        records, _ = _read_log(self.path / name)
         return records
 
     def repair_log(self, log: str = EVALUATIONS) -> int:
@@ -134,17 +141,18 @@ class LogTail:
         return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def rank(record: dict[str, Any]) -> tuple[float, float]:
+    """How successful evaluations compare: the budget reached first, then the reward. A child a
+    scheduler stopped after 1 epoch never outranks one trained to the full budget; when every
+    evaluation has the same budget (most searches), the reward alone decides."""
+    return (record.get("metrics", {}).get("budget") or 0, record["reward"])
 
 
 def summarize(records: Iterable[dict[str, Any]], top_k: int = 5) -> dict[str, Any]:
     """Best, top-k and counts over evaluation records."""
     records = list(records)
     ok = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
-    ranked = sorted(ok, key=lambda r: (-r["reward"], r["index"]))
+    ranked = sorted(ok, key=lambda r: (*(-x for x in rank(r)), r["index"]))
     top = [
         {"id": r["id"], "arch": r["arch"], "reward": r["reward"], "metrics": _headline(r.get("metrics", {}))}
         for r in ranked[:top_k]

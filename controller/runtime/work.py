@@ -19,6 +19,9 @@ def base_evaluator(spec: SearchSpec) -> Evaluator:
     if spec.evaluator == "table":
         return get_evaluator("table", space, **spec.table)
     train = dict(spec.train)
+    if spec.scheduler != "none":
+        # Under a scheduler a child's schedule spans R epochs, wherever it is stopped.
+        train["epochs"] = spec.ladder().maximum
     if spec.runtime == "ray":
         # A worker's share of the machine: more intra-op threads than reserved CPUs
         # only makes concurrent children fight over cores.
