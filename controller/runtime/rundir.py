@@ -171,19 +171,31 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
-    """Reward per evaluation (dots) and best so far (line), as a standalone SVG."""
+    """Reward per evaluation (dots) and best so far (line), as a standalone SVG.
+
+    When a scheduler stopped children early (evaluations of several budgets), a dot's shade is
+    the budget it reached (hollow: stopped at a rung, labelled with it; filled: the full budget)
+    and the line is the best of the full-budget children, the ones a search's result is chosen from.
+    """
     pad = 40
-    rewards = [(r["index"], r["reward"]) for r in records if r.get("reward") is not None]
+    rewards = [(r["index"], r["reward"], r.get("metrics", {}).get("budget")) for r in records
+               if r.get("reward") is not None]
+    full = max((b for _, _, b in rewards if b is not None), default=None)
+    staged = len({b for _, _, b in rewards}) > 1
+    title = "reward per evaluation (dots) and best so far (line)"
+    if staged:
+        title = (f"reward per evaluation (filled: the full {full} epochs; hollow: stopped at a rung, "
+                 "at its epochs) and best full-budget so far (line)")
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{pad}" y="16">reward per evaluation (dots) and best so far (line)</text>',
+        f'<text x="{pad}" y="16">{title}</text>',
     ]
     if rewards:
-        n = max(max(i for i, _ in rewards) + 1, 2)
-        lo = min(v for _, v in rewards)
-        hi = max(v for _, v in rewards)
+        n = max(max(i for i, _, _ in rewards) + 1, 2)
+        lo = min(v for _, v, _ in rewards)
+        hi = max(v for _, v, _ in rewards)
         if math.isclose(lo, hi):
             lo, hi = lo - 0.5, hi + 0.5
 
@@ -196,11 +208,17 @@ def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 
             f'<text x="2" y="{pad + 4}">{hi:.3g}</text><text x="2" y="{height - pad}">{lo:.3g}</text>'
             f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">evaluation {n - 1}</text>'
         )
-        for i, v in rewards:
+        for i, v, b in rewards:
             x, y = xy(i, v)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
+            if staged and b != full:
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="none" stroke="#7f7f7f"/>'
+                             f'<text x="{x + 4:.1f}" y="{y + 3:.1f}" font-size="8" fill="#7f7f7f">{b}</text>')
+            else:
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
         best, points = -math.inf, []
-        for i, v in sorted(rewards):
+        for i, v, b in sorted(rewards):
+            if staged and b != full:
+                continue
             best = max(best, v)
             points.append("{:.1f},{:.1f}".format(*xy(i, best)))
         parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')

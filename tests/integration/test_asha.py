@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from raynas.controller.api.servicer import event_to_message
 from raynas.controller.cli import main
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.rundir import RUNG_LOG, RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.service.manager import SearchManager, ThreadLauncher
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 
@@ -66,7 +68,8 @@ def test_table_asha_stops_at_the_rungs_asha_gives(tmp_path):
     assert summary["rungs"][0]["rung"] == 12 and summary["rungs"][0]["reached"] == 24
     assert summary["full_budget"] + summary["stopped_early"] == 24
     assert result["best"]["metrics"]["budget"] == 200
-    assert "<svg" in (out / "progress.svg").read_text()
+    svg = (out / "progress.svg").read_text()
+    assert "stopped at a rung" in svg and svg.count('stroke="#7f7f7f"') == summary["stopped_early"]
 
 
 @pytest.mark.slow
@@ -87,8 +90,9 @@ def test_train_asha_on_digits_stops_at_epoch_rungs(tmp_path):
 
 
 def table_spec(**changes) -> SearchSpec:
-    return SearchSpec(space="nb201", strategy="evolution", evaluator="table", scheduler="asha", evaluations=30,
-                      workers=1, seed=5, strategy_options={"population_size": 5, "sample_size": 2}, **changes)
+    return SearchSpec(**{**dict(space="nb201", strategy="evolution", evaluator="table", scheduler="asha",
+                                evaluations=30, workers=1, seed=5,
+                                strategy_options={"population_size": 5, "sample_size": 2}), **changes})
 
 
 def test_a_stopped_search_resumes_into_the_same_search(tmp_path):
@@ -132,3 +136,28 @@ def test_spec_and_config_file_reach_the_tuner(tmp_path):
     result = RunDirectory(out).result()
     assert result["scheduler"]["reduction_factor"] == 3 and result["evaluations"] == 10
     check_rungs(RunDirectory(out), 3.0, 200)
+
+
+def test_the_service_streams_rung_decisions_and_cancels_a_tune_search(tmp_path):
+    """Through the service the job runs in a thread (no signal handler for Tune): its rung
+    decisions reach the watchers, and a cancel stops it resumably."""
+    manager = SearchManager(tmp_path / "state", ThreadLauncher(), poll_s=0.02)
+    try:
+        record = manager.submit(table_spec(evaluations=12, workers=2).to_dict())
+        events = list(manager.watch(record.id))
+        rungs = [e for e in events if e["kind"] == "rung"]
+        assert len(rungs) == 12 and events[-1]["state"] == "succeeded"
+        message = event_to_message(record.id, rungs[-1], "nb201")
+        assert message.rung_decision.rung == 12 and message.rung_decision.evaluation == rungs[-1]["evaluation"]
+        assert message.rung_decision.promoted == (rungs[-1]["decision"] == "continue")
+
+        slow = manager.submit(table_spec(evaluations=400, workers=1, table={"sleep": 0.0005}).to_dict())
+        for event in manager.watch(slow.id):
+            if event["kind"] == "evaluation" and event["record"]["index"] >= 3:
+                manager.cancel(slow.id)
+        state = manager.get(slow.id).state
+        assert state == "cancelled", state
+        done = RunDirectory(manager.get(slow.id).run_dir).evaluations()
+        assert 3 <= len(done) < 400 and len({r["id"] for r in done}) == len(done)
+    finally:
+        manager.close()
