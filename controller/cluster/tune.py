@@ -243,7 +243,8 @@ def _evaluator(make_evaluator: Callable[[], Any]) -> Any:
 
 
 def run_trial(config: dict[str, Any], make_evaluator: Callable[[], Any]) -> None:
-    """Evaluate `config["arch"]` at each of `config["budgets"]` in turn, reporting after each.
+    """Evaluate `config["arch"]` at each of `config["budgets"]` (the rungs and R) in turn: every
+    epoch's validation reaches Tune as it finishes, and each budget's whole evaluation with it.
 
     Each evaluation continues the evaluation checkpoint (`config["checkpoint"]`), so the trial
     costs one straight run. Beside it, a marker keeps the last result reported: a restarted
@@ -263,11 +264,20 @@ def run_trial(config: dict[str, Any], make_evaluator: Callable[[], Any]) -> None
     if last is not None:
         tune.report(last["report"])
     done = last["budget"] if last else 0
+    heard: list[dict] = []
     for budget in config["budgets"]:
         if budget <= done:
             continue
-        heard: list[dict] = []
-        result = evaluator.evaluate(arch, seed=seed, budget=budget, report=heard.append, checkpoint=checkpoint)
+        heard.clear()
+
+        def forward(data: dict, budget: int = budget) -> None:
+            # Epochs between two budgets reach Tune (and the scheduler, which decides nothing
+            # there) as they finish; the budget's own epoch is reported with its evaluation below.
+            heard.append(data)
+            if data.get("epoch", budget) < budget:
+                tune.report({time_attr: data["epoch"], metric: float(data.get(metric, float("nan")))})
+
+        result = evaluator.evaluate(arch, seed=seed, budget=budget, report=forward, checkpoint=checkpoint)
         value = heard[-1].get(metric) if result.ok and heard else None
         report = {time_attr: budget, metric: float("nan") if value is None else float(value),
                   EVALUATION: json.dumps(result.to_dict(), default=json_default)}

@@ -114,8 +114,8 @@ def _check_options(name: str, options: Any) -> None:
 
 @dataclass(frozen=True)
 class Ladder:
-    """A scheduler's budgets: the first rung r, the most a child reaches R, and every budget at
-    which a trial reports (each epoch for the train evaluator, the table's 12 and 200)."""
+    """A scheduler's budgets: the first rung r, the most a child reaches R, and the budgets at
+    which a trial stops to report a whole evaluation: its rungs and R (the table's 12 and 200)."""
 
     grace: int
     maximum: int
@@ -236,7 +236,10 @@ class SearchSpec:
         grace = self.grace_period or 1
         if grace > maximum:
             raise ConfigError("grace_period", f"r={grace} exceeds R={maximum}", f"1..{maximum}")
-        return Ladder(grace, maximum, tuple(range(1, maximum + 1)))
+        # Ray Tune's rungs, r * eta^k below R; a rung between two epochs is met at the next one.
+        count = int(math.log(maximum / grace) / math.log(self.reduction_factor) + 1)
+        rungs = {math.ceil(grace * self.reduction_factor ** k - 1e-9) for k in range(count)}
+        return Ladder(grace, maximum, tuple(sorted({b for b in rungs if b < maximum} | {maximum})))
 
     def _check_sizes(self) -> None:
         hints = {f.name: f for f in dataclasses.fields(self)}

@@ -85,8 +85,14 @@ def test_train_asha_on_digits_stops_at_epoch_rungs(tmp_path):
     assert len(records) == 8
     assert {e["rung"] for e in events} <= {1.0, 2.0}
     assert any(r["metrics"]["budget"] < 4 for r in records), "nothing was stopped"
-    # A child's record is its evaluation at the budget it reached: continued epoch by epoch.
-    assert all(r["metrics"]["continued_from_epoch"] == r["metrics"]["budget"] - 1 for r in records)
+    # A child's record is its evaluation at the budget it reached, continued from the rung before.
+    before = {1: 0, 2: 1, 4: 2}
+    assert all(r["metrics"]["continued_from_epoch"] == before[r["metrics"]["budget"]] for r in records)
+    # Tune heard every epoch: the trials' own results hold a line per epoch reached.
+    for r in records:
+        (trial,) = (out / "checkpoint" / "tune").glob(f"{r['id']}_*")
+        epochs = [json.loads(line)["epoch"] for line in (trial / "result.json").read_text().splitlines()]
+        assert epochs == list(range(1, r["metrics"]["budget"] + 1))
 
 
 def table_spec(**changes) -> SearchSpec:

@@ -142,7 +142,9 @@ def test_bad_scheduler_fields_name_themselves(changes, field):
 
 def test_the_ladder_defaults_to_the_papers_and_the_tables_budgets():
     paper = SearchSpec(**BASE).validate().ladder()
-    assert (paper.grace, paper.maximum, paper.budgets) == (1, 300, tuple(range(1, 301)))
+    assert (paper.grace, paper.maximum, paper.budgets) == (1, 300, (1, 4, 16, 64, 256, 300))
+    odd = SearchSpec(**BASE, max_budget=10, reduction_factor=2.5).validate().ladder()
+    assert odd.budgets == (1, 3, 7, 10), "rungs 2.5 and 6.25 are met at the next epoch"
     table = SearchSpec(**BASE, evaluator="table").validate().ladder()
     assert (table.grace, table.maximum, table.budgets) == (12, 200, (12, 200))
     shrunk = SearchSpec(**BASE, train={"epochs": 6}).validate().ladder()
