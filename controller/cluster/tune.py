@@ -300,8 +300,14 @@ def fit(searcher: StrategySearcher, scheduler: RungScheduler, make_evaluator: Ca
         max_failures: int) -> bool:
     """Run (or resume, when `storage/name` holds Tune's state) the search as a Tuner; True if it
     was stopped before its end (asked to, or interrupted)."""
+    import ray
     from ray.tune import FailureConfig, RunConfig, TuneConfig, Tuner
     from ray.tune.error import TuneError
+
+    if ray.util.client.ray.is_connected():
+        # Through Ray Client the Tuner runs in an actor, away from this job's ledger and logs.
+        raise ConfigError("address", "a search with a scheduler drives Ray Tune from its own process, "
+                          "which Ray Client (ray://) moves elsewhere", "auto (on a cluster node) or none")
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, make_evaluator=make_evaluator), resources)
     path = str(Path(storage).resolve() / name)

@@ -136,12 +136,16 @@ def test_a_stopped_search_resumes_into_the_same_search(tmp_path):
 def test_spec_and_config_file_reach_the_tuner(tmp_path):
     config = tmp_path / "spec.json"
     config.write_text(json.dumps({"space": "nb201", "strategy": "rl", "evaluator": "table", "scheduler": "asha",
-                                  "evaluations": 10, "workers": 2, "reduction_factor": 3}))
+                                  "evaluations": 16, "workers": 2, "reduction_factor": 3, "brackets": 2}))
     out = tmp_path / "run"
     assert main(["search", "--config", str(config), "--out", str(out), "--quiet"]) == 0
     result = RunDirectory(out).result()
-    assert result["scheduler"]["reduction_factor"] == 3 and result["evaluations"] == 10
-    check_rungs(RunDirectory(out), 3.0, 200)
+    assert result["scheduler"]["reduction_factor"] == 3 and result["evaluations"] == 16
+    # Asynchronous Hyperband: the second bracket starts at r*eta, past the table's 12 epochs, so
+    # its children run to 200; the first bracket's meet the rung at 12.
+    assert result["scheduler"]["rungs_per_bracket"] == [[12, 36, 108], [36, 108]]
+    _, events = check_rungs(RunDirectory(out), 3.0, 200)
+    assert 0 < len(events) < 16
 
 
 def test_the_service_streams_rung_decisions_and_cancels_a_tune_search(tmp_path):
