@@ -87,20 +87,22 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{m} {r[-1]['epochs']} epochs {r[-1]['wall_s']:.0f} s best "
                                            f"{r[-1]['best']:.4f}" for m, r in runs.items()), flush=True)
 
-    def stat(values: list[float]) -> str:
-        values = [v for v in values if v is not None]
-        if not values:
+    def stat(values: list[float], digits: int = 4) -> str:
+        """Mean ± standard deviation; a seed with no child finished yet is counted out, and said so."""
+        seen = [v for v in values if v is not None]
+        if not seen:
             return "-"
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        return f"{statistics.fmean(values):.4f} ± {sd:.4f}"
+        sd = statistics.stdev(seen) if len(seen) > 1 else 0.0
+        text = f"{statistics.fmean(seen):.{digits}f} ± {sd:.{digits}f}"
+        return text if len(seen) == len(values) else f"{text} ({len(seen)}/{len(values)} seeds)"
 
     print(f"\n{args.dataset}: {args.seeds} seeds, r={args.grace_period} R={args.max_budget} "
           f"eta={args.reduction_factor:g}, {args.trials} ASHA children, {args.workers} workers, train {train}")
     header = ["method", "children", "epochs", "wall s"] + [f"best @{f:.0%} time" for f in FRACTIONS]
     print(" | ".join(header))
     for method, rs in runs.items():
-        cells = [method, stat([r["children"] for r in rs]), stat([r["epochs"] for r in rs]),
-                 stat([r["wall_s"] for r in rs])]
+        cells = [method, stat([r["children"] for r in rs], 1), stat([r["epochs"] for r in rs], 1),
+                 stat([r["wall_s"] for r in rs], 0)]
         for f in FRACTIONS:
             # The same instants for every method: fractions of the slowest run of that seed.
             cells.append(stat([best_by(r["points"], f * max(x[seed]["wall_s"] for x in runs.values()))

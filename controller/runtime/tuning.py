@@ -59,8 +59,8 @@ class LedgerBook(TrialBook):
             self.halt()
             return None
         claims = self.ledger.claim(CLAIMANT, 1)
-        if not claims:
-            return None if self.ledger.stopping else FINISHED
+        if not claims:  # the budget is spent, or its time
+            return FINISHED
         claim = claims[0]
         (arch,) = self.strategy.propose(1)
         text = self.strategy.space.format(arch)
