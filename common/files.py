@@ -47,6 +47,13 @@ def atomic_save(obj: Any, path: str | os.PathLike, durable: bool = True) -> None
     atomic_write(path, lambda f: torch.save(obj, f), durable)
 
 
+def json_default(value: Any) -> Any:
+    """JSON for what `json` cannot write itself: numpy scalars as numbers, anything else as text."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
 def write_json_atomic(path: str | os.PathLike, data: Any, durable: bool = True) -> None:
     """`data` as indented JSON; readers see the old file or the new one, never half of one."""
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"

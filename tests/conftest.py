@@ -6,7 +6,10 @@ def ray_context():
     """One local Ray for the whole session: `ray.init()` costs seconds."""
     ray = pytest.importorskip("ray")
     # The dashboard serves the Ray Jobs API (tests/integration/test_ray_job.py).
-    context = ray.init(num_cpus=2, include_dashboard=True, logging_level="warning", log_to_driver=False)
+    # "local": a Ray of this session's own; without it ray.init joins the last cluster started on
+    # this machine (someone else's, on a shared host).
+    context = ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="warning",
+                       log_to_driver=False)
     yield context
     ray.shutdown()
 

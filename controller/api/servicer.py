@@ -198,6 +198,12 @@ def event_to_message(search_id: str, event: dict[str, Any], space: str,
         msg.state_change.CopyFrom(pb.StateChange(state=STATE_TO_PB[event["state"]], error=event["error"]))
     elif kind in ("evaluation", "new_best"):
         getattr(msg, kind).CopyFrom(evaluation(event["record"], space))
+    elif kind == "rung":
+        decision = pb.RungDecision(evaluation=event["evaluation"] or "", rung=event["rung"], budget=event["budget"],
+                                   value=event["value"], promoted=event["decision"] == "continue")
+        if event.get("cutoff") is not None:
+            decision.cutoff = event["cutoff"]
+        msg.rung_decision.CopyFrom(decision)
     else:
         monitors = {k: v for k, v in event.items() if k not in ("kind", "run", "epoch")}
         msg.one_shot_epoch.CopyFrom(pb.OneShotEpoch(run=event.get("run", 0), epoch=event.get("epoch", 0),

@@ -232,6 +232,11 @@ def _follow(client, search_id: str, skip: int) -> int:
             print(f"  {e.id:>6}  {shown}  {e.architecture.arch}", flush=True)
         elif kind == "new_best":
             print(f"  new best {event.new_best.reward:.4f} ({event.new_best.id})", flush=True)
+        elif kind == "rung_decision":
+            d = event.rung_decision
+            print(f"  {d.evaluation:>6}  rung {d.rung:g}: {d.value:.4f} "
+                  f"{'promoted' if d.promoted else 'stopped'}"
+                  + (f" (cutoff {d.cutoff:.4f})" if d.HasField("cutoff") else ""), flush=True)
         else:
             m = struct_to_dict(event.one_shot_epoch.monitors)
             stage = m.get("stage", "epoch")

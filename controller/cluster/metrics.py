@@ -38,6 +38,10 @@ def _metrics():
         "retries": metrics.Counter("nas_worker_retries", "Evaluations re-sent after a worker died", tag_keys=job),
         "skips": metrics.Gauge("nas_oneshot_skip_connections", "Skip-connections in a one-shot run's derived genotype",
                                tag_keys=job + ("run",)),
+        "rung_decisions": metrics.Counter("nas_rung_decisions", "ASHA's decisions at each rung: promoted or stopped",
+                                          tag_keys=job + ("rung", "decision")),
+        "rung_cutoff": metrics.Gauge("nas_rung_cutoff", "The value a child must reach at a rung to be promoted",
+                                     tag_keys=job + ("rung",)),
         "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
                                       tag_keys=job + ("run",)),
     }
@@ -90,3 +94,14 @@ def report_oneshot_epoch(job: str, run: int, skip_count: int | None, val_acc: fl
         m["skips"].set(skip_count, tags=tags)
     if val_acc is not None:
         m["supernet_acc"].set(val_acc, tags=tags)
+
+
+def report_rung(job: str, rung: float, decision: str, cutoff: float | None) -> None:
+    """ASHA at work on the dashboard: promotions and stops per rung, and each rung's bar."""
+    m = _metrics()
+    if m is None:
+        return
+    tags = {"job": job, "rung": f"{rung:g}"}
+    m["rung_decisions"].inc(1, tags={**tags, "decision": "promoted" if decision == "continue" else "stopped"})
+    if cutoff is not None:
+        m["rung_cutoff"].set(cutoff, tags=tags)

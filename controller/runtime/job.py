@@ -7,7 +7,10 @@ name), and every path submits its evaluations through an `Executor`:
   (random, evolution, one-shot searches, budgeted strategies), over W worker actors;
 - Zoph & Le's scheme on Ray for strategies with a shared policy (rl): S parameter shards,
   K controller replicas with m children each, a recorder; each replica's executor sends
-  its children to the workers.
+  its children to the workers;
+- with a scheduler (`--scheduler asha`), a Ray Tune experiment: the strategy as Tune's
+  searcher, each child a trial, Tune's ASHAScheduler stopping them at rungs
+  (controller/runtime/tuning.py).
 Ray is an embedded single-node cluster unless an address is given.
 """
 
@@ -31,8 +34,9 @@ from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, Replic
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
 from raynas.controller.runtime.progress import Progress
-from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, summarize
+from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, rank, summarize
 from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.runtime.tuning import run_tune
 from raynas.controller.runtime.work import EvaluatorFactory
 from raynas.controller.strategies import Strategy
 from raynas.param_server import ShardConfig, ShardMap
@@ -165,19 +169,7 @@ class SearchJob:
             state = torch.load(path, weights_only=False)
             strategy.load_state_dict(state["strategy"])
             in_flight = [task_from_dict(t, space) for t in state["in_flight"]]
-        for record in ledger.records:
-            self.progress.update(record)
-        job = self.namespace
-        best = ledger.summary()["best"]
-
-        def on_record(record: dict) -> None:
-            nonlocal best
-            if record.get("reward") is not None and (best is None or record["reward"] > best["reward"]):
-                best = record
-            metrics.report_evaluation(job, record["status"], record.get("reward"),
-                                      record["metrics"].get("wall_time_s"), best["reward"] if best else None)
-            metrics.report_queue(job, executor.queued)
-            self._record(record)
+        on_record = self._recorder(ledger, lambda: executor.queued)
 
         def checkpoint(tasks: list[Task]) -> None:
             atomic_save({"strategy": strategy.state_dict(), "in_flight": [task_to_dict(t) for t in tasks]},
@@ -190,6 +182,42 @@ class SearchJob:
         finally:
             executor.close()
 
+    def _recorder(self, ledger: Ledger, queued: Callable[[], int] | None = None) -> Callable[[dict], None]:
+        """What happens to each new record: progress, and the dashboard's counts, reward and best."""
+        for record in ledger.records:
+            self.progress.update(record)
+        job = self.namespace
+        best = ledger.summary()["best"]
+
+        def on_record(record: dict) -> None:
+            nonlocal best
+            if record.get("reward") is not None and (best is None or rank(record) > rank(best)):
+                best = record
+            metrics.report_evaluation(job, record["status"], record.get("reward"),
+                                      record["metrics"].get("wall_time_s"), best["reward"] if best else None)
+            if queued is not None:
+                metrics.report_queue(job, queued())
+            self._record(record)
+
+        return on_record
+
+    # -- Ray Tune ----------------------------------------------------------------------
+
+    def _run_tune(self, run: RunDirectory, factory: EvaluatorFactory, strategy_cls: type[Strategy], options: Any,
+                  deadline: float | None) -> bool:
+        """The strategy as Ray Tune's searcher, Tune's scheduler stopping children at rungs."""
+        spec = self.spec
+        strategy = strategy_cls(get_space(spec.space, **spec.space_options), seed=spec.seed, options=options)
+        self.ledger = ledger = Ledger(run, spec.evaluations, spec.seed, deadline)
+        if self._stop.is_set():
+            ledger.stop()
+        job = self.namespace
+        interrupted, self.extra["scheduler"] = run_tune(
+            spec, run, ledger, strategy, factory, job, on_record=self._recorder(ledger),
+            on_rung=lambda e: metrics.report_rung(job, e["rung"], e["decision"], e["cutoff"]),
+            stop_requested=self._stop.is_set)
+        return interrupted
+
     # -- the Ray runtime -------------------------------------------------------------
 
     def _run_on_ray(self, run: RunDirectory, factory: EvaluatorFactory, strategy: type[Strategy], options: Any,
@@ -201,6 +229,8 @@ class SearchJob:
         groups: list = []
         interrupted = False
         try:
+            if spec.scheduler != "none":
+                return self._run_tune(run, factory, strategy, options, deadline)
             scheme = spec.runs_scheme(strategy)
             # The scheme uses at most K x m workers at once; more would only idle.
             count = min(spec.workers, spec.controllers * spec.children) if scheme else spec.workers

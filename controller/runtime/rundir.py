@@ -3,6 +3,7 @@
     spec.json           the validated spec
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
     oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
+    rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
 """
@@ -17,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, DataError
-from raynas.common.files import write_json_atomic
+from raynas.common.files import json_default, write_json_atomic
 
 SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
 ONE_SHOT_LOG = "oneshot.jsonl"
+RUNG_LOG = "rungs.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 
@@ -48,7 +50,7 @@ class RunDirectory:
         """Append records with one write and one fsync: a batch costs one trip to the disk."""
         if not records:
             return
-        lines = "".join(json.dumps(r, sort_keys=True, default=_json_default) + "\n" for r in records)
+        lines = "".join(json.dumps(r, sort_keys=True, default=json_default) + "\n" for r in records)
         with open(self.path / log, "a") as f:
             f.write(lines)
             f.flush()
@@ -62,6 +64,11 @@ class RunDirectory:
         """Every whole record of a log. A torn last line (a crash mid-append) is left out; a
         damaged line before the end is a DataError naming it, never silently the end of the log."""
         records, _ = _read_log(self.path / log)
+        return records
+
+    def log(self, name: str) -> list[dict[str, Any]]:
+        """Every whole record of another of the run's logs (oneshot.jsonl, rungs.jsonl)."""
+        records, _ = _read_log(self.path / name)
         return records
 
     def repair_log(self, log: str = EVALUATIONS) -> int:
@@ -138,17 +145,18 @@ class LogTail:
         return [json.loads(line) for line in chunk[:end].splitlines() if line.strip()]
 
 
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
+def rank(record: dict[str, Any]) -> tuple[float, float]:
+    """How successful evaluations compare: the budget reached first, then the reward. A child a
+    scheduler stopped after 1 epoch never outranks one trained to the full budget; when every
+    evaluation has the same budget (most searches), the reward alone decides."""
+    return (record.get("metrics", {}).get("budget") or 0, record["reward"])
 
 
 def summarize(records: Iterable[dict[str, Any]], top_k: int = 5) -> dict[str, Any]:
     """Best, top-k and counts over evaluation records."""
     records = list(records)
     ok = [r for r in records if r.get("status") == "ok" and r.get("reward") is not None]
-    ranked = sorted(ok, key=lambda r: (-r["reward"], r["index"]))
+    ranked = sorted(ok, key=lambda r: (*(-x for x in rank(r)), r["index"]))
     top = [
         {"id": r["id"], "arch": r["arch"], "reward": r["reward"], "metrics": _headline(r.get("metrics", {}))}
         for r in ranked[:top_k]
@@ -167,19 +175,31 @@ def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 
 def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
-    """Reward per evaluation (dots) and best so far (line), as a standalone SVG."""
+    """Reward per evaluation (dots) and best so far (line), as a standalone SVG.
+
+    When a scheduler stopped children early (evaluations of several budgets), a dot's shade is
+    the budget it reached (hollow: stopped at a rung, labelled with it; filled: the full budget)
+    and the line is the best of the full-budget children, the ones a search's result is chosen from.
+    """
     pad = 40
-    rewards = [(r["index"], r["reward"]) for r in records if r.get("reward") is not None]
+    rewards = [(r["index"], r["reward"], r.get("metrics", {}).get("budget")) for r in records
+               if r.get("reward") is not None]
+    full = max((b for _, _, b in rewards if b is not None), default=None)
+    staged = len({b for _, _, b in rewards}) > 1
+    title = "reward per evaluation (dots) and best so far (line)"
+    if staged:
+        title = (f"reward per evaluation (filled: the full {full} epochs; hollow: stopped at a rung, "
+                 "at its epochs) and best full-budget so far (line)")
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         'font-family="sans-serif" font-size="11">',
         f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{pad}" y="16">reward per evaluation (dots) and best so far (line)</text>',
+        f'<text x="{pad}" y="16">{title}</text>',
     ]
     if rewards:
-        n = max(max(i for i, _ in rewards) + 1, 2)
-        lo = min(v for _, v in rewards)
-        hi = max(v for _, v in rewards)
+        n = max(max(i for i, _, _ in rewards) + 1, 2)
+        lo = min(v for _, v, _ in rewards)
+        hi = max(v for _, v, _ in rewards)
         if math.isclose(lo, hi):
             lo, hi = lo - 0.5, hi + 0.5
 
@@ -192,11 +212,17 @@ def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 
             f'<text x="2" y="{pad + 4}">{hi:.3g}</text><text x="2" y="{height - pad}">{lo:.3g}</text>'
             f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">evaluation {n - 1}</text>'
         )
-        for i, v in rewards:
+        for i, v, b in rewards:
             x, y = xy(i, v)
-            parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
+            if staged and b != full:
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="none" stroke="#7f7f7f"/>'
+                             f'<text x="{x + 4:.1f}" y="{y + 3:.1f}" font-size="8" fill="#7f7f7f">{b}</text>')
+            else:
+                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
         best, points = -math.inf, []
-        for i, v in sorted(rewards):
+        for i, v, b in sorted(rewards):
+            if staged and b != full:
+                continue
             best = max(best, v)
             points.append("{:.1f},{:.1f}".format(*xy(i, best)))
         parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')

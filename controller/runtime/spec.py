@@ -24,6 +24,7 @@ from raynas.common import ConfigError, check_choice, check_int, check_number, pr
 from raynas.controller.strategies import Strategy, strategy_class
 from raynas.search_spaces import get_space, space_names
 from raynas.workers.evaluation import DATASET_OPTIONS, EVALUATORS, TABLE_OPTIONS
+from raynas.workers.evaluation.table import BUDGETS as TABLE_BUDGETS
 from raynas.workers.evaluation.table import TABLE_DATASETS
 
 RUNTIMES = ("ray", "local")
@@ -31,6 +32,10 @@ RUNTIMES = ("ray", "local")
 #: rolling (keep its m workers busy, sampling from the latest weights whenever one frees up, and
 #: push after every m results).
 BATCHING = ("barrier", "rolling")
+#: "asha": Ray Tune's ASHAScheduler stops unpromising children at rungs (Li & Talwalkar's baseline).
+SCHEDULERS = ("none", "asha")
+#: Li & Talwalkar's ASHA: R = 300 epochs (r = 1 epoch and eta = 4 are the fields' defaults).
+ASHA_MAX_EPOCHS = 300
 #: The mapping fields: options passed on to a space, strategy or evaluator.
 OPTION_FIELDS = ("space_options", "strategy_options", "train", "table")
 #: Bounds of each option mapping: entries, name length, text length, list length.
@@ -97,6 +102,16 @@ def _check_options(name: str, options: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Ladder:
+    """A scheduler's budgets: the first rung r, the most a child reaches R, and the budgets at
+    which a trial stops to report a whole evaluation: its rungs and R (the table's 12 and 200)."""
+
+    grace: int
+    maximum: int
+    budgets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class SearchSpec:
     space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
     strategy: str = _field("rl", "random, evolution, rl (default), or one-shot: darts, darts2 (second order), "
@@ -151,6 +166,19 @@ class SearchSpec:
         dict, f"table-evaluator option, e.g. dataset=cifar100 (repeatable, at most {MAX_OPTIONS})",
         flag="--table-option")
 
+    #: Ray Tune's scheduler; the strategy proposes, Tune's ASHAScheduler stops children at rungs.
+    scheduler: str = _field("none", "none (default) or asha: Ray Tune's ASHAScheduler stops unpromising children "
+                                    "early (random, evolution, rl; --runtime ray)")
+    grace_period: int | None = _field(None, "ASHA's r, the first rung, in epochs (default 1, the paper's; 12 for "
+                                            "the table; {most})", most=1000)
+    max_budget: int | None = _field(None, "ASHA's R, the epochs a child may reach; the train evaluator's schedule "
+                                          "spans R (default train.epochs if set, else the paper's 300; 200 for the "
+                                          "table; {most})", most=1000)
+    reduction_factor: float = _field(4.0, "ASHA's eta: each rung keeps the best 1/eta (default 4, the paper's; "
+                                          "{most})", most=100)
+    brackets: int = _field(1, "Hyperband-style brackets of asynchronous successive halving (default 1: ASHA; "
+                              "{most})", most=16)
+
     def validate(self) -> SearchSpec:
         """Check every field without building anything heavy; returns self so callers can chain.
 
@@ -179,6 +207,7 @@ class SearchSpec:
         if self.runs_scheme(cls):
             cls.scheme(options)
         self._check_search_data(cls)
+        self._check_scheduler(cls)
         return self
 
     def scoring_dataset(self) -> str:
@@ -198,6 +227,45 @@ class SearchSpec:
                               f"architectures by {scored} figures",
                               f"--dataset {scored} (with --data), or --proxy-dataset to score a proxy search")
 
+    def _check_scheduler(self, cls: type[Strategy]) -> None:
+        check_choice("scheduler", self.scheduler, SCHEDULERS)
+        if self.scheduler == "none":
+            return
+        if self.runtime != "ray":
+            raise ConfigError("scheduler", "Ray Tune's schedulers run on Ray, not in the local runtime",
+                              "--runtime ray (an embedded single-node Ray without --address)")
+        if cls.needs.search is not None or cls.needs.budgets:
+            raise ConfigError("scheduler", f"the {cls.name} strategy runs its own evaluations; a scheduler "
+                              "stops the children of multi-trial strategies", "random, evolution, rl")
+        ladder = self.ladder()
+        rungs = int(math.log(ladder.maximum / ladder.grace) / math.log(self.reduction_factor) + 1e-9) + 1
+        if self.brackets > rungs:
+            raise ConfigError("brackets", f"{self.brackets} brackets need more rungs than the {rungs} between "
+                              f"r={ladder.grace} and R={ladder.maximum} at eta={self.reduction_factor:g}",
+                              f"1..{rungs}")
+
+    def ladder(self) -> Ladder:
+        """The scheduler's budgets, in epochs: r, R and the budgets a trial reports at."""
+        if self.evaluator == "table":
+            low, high = TABLE_BUDGETS
+            if self.grace_period not in (None, low):
+                raise ConfigError("grace_period", f"the table has no {self.grace_period}-epoch results", (low,))
+            if self.max_budget not in (None, high):
+                raise ConfigError("max_budget", f"the table has no {self.max_budget}-epoch results", (high,))
+            return Ladder(low, high, TABLE_BUDGETS)
+        epochs = self.train.get("epochs")
+        if self.max_budget is not None and epochs is not None and epochs != self.max_budget:
+            raise ConfigError("max_budget", f"{self.max_budget} differs from train.epochs={epochs}: under a "
+                              "scheduler the children's schedule is max_budget epochs", "one of the two")
+        maximum = self.max_budget or epochs or ASHA_MAX_EPOCHS
+        grace = self.grace_period or 1
+        if grace > maximum:
+            raise ConfigError("grace_period", f"r={grace} exceeds R={maximum}", f"1..{maximum}")
+        # Ray Tune's rungs, r * eta^k below R; a rung between two epochs is met at the next one.
+        count = int(math.log(maximum / grace) / math.log(self.reduction_factor) + 1)
+        rungs = {math.ceil(grace * self.reduction_factor ** k - 1e-9) for k in range(count)}
+        return Ladder(grace, maximum, tuple(sorted({b for b in rungs if b < maximum} | {maximum})))
+
     def _check_sizes(self) -> None:
         hints = {f.name: f for f in dataclasses.fields(self)}
         check_int("evaluations", self.evaluations)
@@ -209,6 +277,10 @@ class SearchSpec:
         check_number("cpus_per_child", self.cpus_per_child, 0)
         check_number("gpus_per_child", self.gpus_per_child, 0)
         check_number("max_wall_time_s", self.max_wall_time_s, 0, low_open=True, optional=True)
+        check_int("grace_period", self.grace_period, optional=True)
+        check_int("max_budget", self.max_budget, optional=True)
+        check_number("reduction_factor", self.reduction_factor, 1.0, low_open=True)
+        check_int("brackets", self.brackets)
         if self.data_path is not None:
             if not isinstance(self.data_path, str) or not self.data_path or "\0" in self.data_path:
                 raise ConfigError("data_path", "must be a path: non-empty text without NUL characters")

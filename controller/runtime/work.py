@@ -25,6 +25,9 @@ def base_evaluator(spec: SearchSpec, one_shot: bool = False) -> Evaluator:
         from raynas.workers.retrain import selection_recipe  # torch: not for table-only processes
 
         train = {**selection_recipe(spec.space), **train}
+    if spec.scheduler != "none":
+        # Under a scheduler a child's schedule spans R epochs, wherever it is stopped.
+        train["epochs"] = spec.ladder().maximum
     if spec.runtime == "ray":
         # A worker's share of the machine: more intra-op threads than reserved CPUs
         # only makes concurrent children fight over cores.

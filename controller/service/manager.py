@@ -33,7 +33,15 @@ from typing import Any, Protocol
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller import cluster
 from raynas.controller.cluster import resources
-from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RESULT, LogTail, RunDirectory
+from raynas.controller.runtime.rundir import (
+    EVALUATIONS,
+    ONE_SHOT_LOG,
+    RESULT,
+    RUNG_LOG,
+    LogTail,
+    RunDirectory,
+    rank,
+)
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service.access import SINGLE_CLIENT, Client
 from raynas.controller.service.registry import (
@@ -247,14 +255,14 @@ class _Progress:
             self.done += 1
             if r.get("status") != "ok" or r.get("reward") is None:
                 self.failed += 1
-            elif self.best is None or r["reward"] > self.best["reward"]:
+            elif self.best is None or rank(r) > rank(self.best):
                 self.best = r
         return bool(fresh)
 
 
 class SearchWatch:
     """One client following one search: `poll` returns the events since the last poll
-    (state changes, evaluations, new bests, one-shot epochs; each a dict with a `kind`), and
+    (state changes, evaluations, new bests, one-shot epochs, rung decisions; each a dict with a `kind`), and
     `done` turns true after the event of a final state. `pending` is a cheap test (two file
     sizes and a counter) of whether `poll` would find anything, so that many watchers can
     wait without reading anything."""
@@ -268,9 +276,9 @@ class SearchWatch:
         self._state: str | None = None
         self._generation = -1
         self._logs = [(LogTail(Path(record.run_dir) / log_name), Path(record.run_dir) / log_name, log_name)
-                      for log_name in (EVALUATIONS, ONE_SHOT_LOG)]
-        self._sizes = {log_name: -1 for log_name in (EVALUATIONS, ONE_SHOT_LOG)}
-        self._best: float | None = None
+                      for log_name in (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG)]
+        self._sizes = {log_name: -1 for log_name in (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG)}
+        self._best: tuple[float, float] | None = None
         self._seen = 0
 
     def pending(self) -> bool:
@@ -307,19 +315,21 @@ class SearchWatch:
 
     def _read_logs(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        (evaluations, path, name), (epochs, epochs_path, epochs_name) = self._logs
-        self._sizes[name], self._sizes[epochs_name] = _size(path), _size(epochs_path)
+        (evaluations, path, name), (epochs, _, _), (rungs, _, _) = self._logs
+        for _, log_path, log_name in self._logs:
+            self._sizes[log_name] = _size(log_path)
         for r in evaluations.read_new():
             improved = r.get("status") == "ok" and r.get("reward") is not None and (
-                self._best is None or r["reward"] > self._best)
+                self._best is None or rank(r) > self._best)
             if improved:
-                self._best = r["reward"]
+                self._best = rank(r)
             self._seen += 1
             if self._seen > self._skip:
                 events.append({"kind": "evaluation", "record": r})
                 if improved:
                     events.append({"kind": "new_best", "record": r})
         events += [{"kind": "one_shot_epoch", **e} for e in epochs.read_new()]
+        events += [{"kind": "rung", **e} for e in rungs.read_new()]
         return events
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -107,6 +107,9 @@ class Strategy(ABC):
     name: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
     Options: ClassVar[type] = NoOptions
+    #: The budget a whole evaluation reaches when a scheduler (Ray Tune's ASHA) may stop
+    #: children before it: set by whoever runs the strategy so; None, every result is whole.
+    full_budget: int | None = None
 
     def __init__(self, space: SearchSpace, seed: int = 0, options: Any = None):
         self.space = space
@@ -141,6 +144,14 @@ class Strategy(ABC):
     @abstractmethod
     def observe(self, arch: Hashable, result: EvalResult) -> None:
         """Learn from one finished evaluation of an architecture this strategy proposed."""
+
+    def fidelity(self, result: EvalResult) -> float:
+        """The share of the full budget `result` reached (its `metrics["budget"]`): 1.0 unless a
+        scheduler stopped the child early, so that a 1-epoch accuracy never passes for a 300-epoch one."""
+        budget = result.metrics.get("budget")
+        if self.full_budget is None or budget is None:
+            return 1.0
+        return min(1.0, budget / self.full_budget)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this strategy is (JSON/pickle-able)."""

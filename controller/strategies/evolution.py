@@ -46,6 +46,11 @@ class EvolutionStrategy(Strategy):
 
     Proposals read the population as it stands, so several may go out before
     any result comes back (asynchronous workers).
+
+    Under a scheduler that stops children early (ASHA), a member that reached more of the
+    full budget wins a tournament against one that reached less, whatever their rewards
+    (it outlasted its peers at every rung it passed); rewards decide between members of
+    the same fidelity. Early-stopped members join and age like any other.
     """
 
     name = "evolution"
@@ -57,6 +62,9 @@ class EvolutionStrategy(Strategy):
         self.sample_size = self.options.sample_size
         #: (architecture, reward), oldest first.
         self.population: deque[tuple[Hashable, float]] = deque(maxlen=self.population_size)
+        #: The share of the full budget each member reached, in the population's order.
+        self.fidelities: deque[float] = deque(maxlen=self.population_size)
+
     def propose(self, n: int = 1) -> list[Hashable]:
         return [self._child() for _ in range(n)]
 
@@ -64,17 +72,20 @@ class EvolutionStrategy(Strategy):
         if len(self.population) < self.population_size:
             return self.space.sample(self.rng)
         picks = self.rng.integers(len(self.population), size=self.sample_size)
-        parent, _ = max((self.population[i] for i in picks), key=lambda member: member[1])
+        best = max(picks, key=lambda i: (self.fidelities[i], self.population[i][1]))
+        parent, _ = self.population[best]
         return self.space.mutate(parent, self.rng)
 
     def observe(self, arch: Hashable, result: EvalResult) -> None:
         if result.ok and result.reward is not None:
             # The deque's maxlen drops the oldest member.
             self.population.append((arch, result.reward))
+            self.fidelities.append(self.fidelity(result))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         state["population"] = [[self.space.format(arch), reward] for arch, reward in self.population]
+        state["fidelities"] = list(self.fidelities)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -82,3 +93,5 @@ class EvolutionStrategy(Strategy):
         self.population = deque(
             ((self.space.parse(text), reward) for text, reward in state["population"]), maxlen=self.population_size
         )
+        # States written before fidelities were kept hold whole results only.
+        self.fidelities = deque(state.get("fidelities", [1.0] * len(self.population)), maxlen=self.population_size)

@@ -95,7 +95,7 @@ class RLStrategy(Strategy):
         values = queue.pop(0)
         if not queue:
             del self._pending[arch]
-        self._batch.append((values, reward_of(result)))
+        self._batch.append((values, reward_of(result) * self.fidelity(result)))
         if len(self._batch) == self.batch_size:
             values_batch, rewards = zip(*self._batch)
             grads = self.core.gradients(values_batch, rewards, self.baseline.value)

@@ -29,7 +29,7 @@ STATE_CANCELLED: State
 STATE_INTERRUPTED: State
 
 class SearchSpec(_message.Message):
-    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "train", "table", "replica_batch", "proxy_dataset")
+    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "train", "table", "replica_batch", "proxy_dataset", "scheduler", "grace_period", "max_budget", "reduction_factor", "brackets")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     EVALUATOR_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,11 @@ class SearchSpec(_message.Message):
     TABLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_BATCH_FIELD_NUMBER: _ClassVar[int]
     PROXY_DATASET_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    GRACE_PERIOD_FIELD_NUMBER: _ClassVar[int]
+    MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FACTOR_FIELD_NUMBER: _ClassVar[int]
+    BRACKETS_FIELD_NUMBER: _ClassVar[int]
     space: str
     strategy: str
     evaluator: str
@@ -82,7 +87,12 @@ class SearchSpec(_message.Message):
     table: _struct_pb2.Struct
     replica_batch: str
     proxy_dataset: bool
-    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., train: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., table: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ..., proxy_dataset: _Optional[bool] = ...) -> None: ...
+    scheduler: str
+    grace_period: int
+    max_budget: int
+    reduction_factor: float
+    brackets: int
+    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., train: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., table: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ..., proxy_dataset: _Optional[bool] = ..., scheduler: _Optional[str] = ..., grace_period: _Optional[int] = ..., max_budget: _Optional[int] = ..., reduction_factor: _Optional[float] = ..., brackets: _Optional[int] = ...) -> None: ...
 
 class Architecture(_message.Message):
     __slots__ = ("space", "arch")
@@ -202,21 +212,39 @@ class OneShotEpoch(_message.Message):
     monitors: _struct_pb2.Struct
     def __init__(self, run: _Optional[int] = ..., epoch: _Optional[int] = ..., monitors: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
+class RungDecision(_message.Message):
+    __slots__ = ("evaluation", "rung", "budget", "value", "cutoff", "promoted")
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    RUNG_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    CUTOFF_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    evaluation: str
+    rung: float
+    budget: int
+    value: float
+    cutoff: float
+    promoted: bool
+    def __init__(self, evaluation: _Optional[str] = ..., rung: _Optional[float] = ..., budget: _Optional[int] = ..., value: _Optional[float] = ..., cutoff: _Optional[float] = ..., promoted: _Optional[bool] = ...) -> None: ...
+
 class SearchEvent(_message.Message):
-    __slots__ = ("search_id", "time", "state_change", "evaluation", "new_best", "one_shot_epoch")
+    __slots__ = ("search_id", "time", "state_change", "evaluation", "new_best", "one_shot_epoch", "rung_decision")
     SEARCH_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
     EVALUATION_FIELD_NUMBER: _ClassVar[int]
     NEW_BEST_FIELD_NUMBER: _ClassVar[int]
     ONE_SHOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    RUNG_DECISION_FIELD_NUMBER: _ClassVar[int]
     search_id: str
     time: _timestamp_pb2.Timestamp
     state_change: StateChange
     evaluation: Evaluation
     new_best: Evaluation
     one_shot_epoch: OneShotEpoch
-    def __init__(self, search_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., new_best: _Optional[_Union[Evaluation, _Mapping]] = ..., one_shot_epoch: _Optional[_Union[OneShotEpoch, _Mapping]] = ...) -> None: ...
+    rung_decision: RungDecision
+    def __init__(self, search_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., new_best: _Optional[_Union[Evaluation, _Mapping]] = ..., one_shot_epoch: _Optional[_Union[OneShotEpoch, _Mapping]] = ..., rung_decision: _Optional[_Union[RungDecision, _Mapping]] = ...) -> None: ...
 
 class CancelSearchRequest(_message.Message):
     __slots__ = ("id",)
