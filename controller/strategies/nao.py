@@ -61,6 +61,8 @@ class NAOStrategy(Strategy):
         #: Successes observed since the last training.
         self.fresh: list[Hashable] = []
         self.proposed = 0
+        #: Results the model was last trained on.
+        self.fit_size = 0
         self.rounds: list[dict[str, Any]] = []
         self._seen: set[tuple[int, ...]] = set()
 
@@ -98,7 +100,8 @@ class NAOStrategy(Strategy):
         if not self.pool:
             return
         signal: dict[str, Any] = {"round": len(self.rounds) + 1, "proposed": self.proposed,
-                                  "new_results": len(self.fresh), "predictor_mae": None, "predictor_tau": None}
+                                  "new_results": len(self.fresh), "predictor_trained_on": self.fit_size,
+                                  "predictor_mae": None, "predictor_tau": None}
         if self.fresh and nao.fitted:
             predicted = nao.predict(self.fresh)
             actual = [self.pool[a] for a in self.fresh]
@@ -110,6 +113,7 @@ class NAOStrategy(Strategy):
             rebuilt = nao.reconstruct(archs)
             signal["reconstruction_acc"] = float(np.mean([a == b for a, b in zip(archs, rebuilt)]))
             self.fresh = []
+            self.fit_size = len(archs)
         signal["trained_on"] = len(self.pool)
         parents = sorted(self.pool, key=self.pool.__getitem__, reverse=True)[:self.config.top_k]
         new, step = nao.propose(parents, self.config.new_archs, self._seen)
@@ -143,6 +147,7 @@ class NAOStrategy(Strategy):
             "queue": [fmt(a) for a in self.queue],
             "fresh": [fmt(a) for a in self.fresh],
             "proposed": self.proposed,
+            "fit_size": self.fit_size,
             "rounds": [dict(r) for r in self.rounds],
         })
         return state
@@ -157,6 +162,7 @@ class NAOStrategy(Strategy):
         self.queue = [parse(a) for a in state["queue"]]
         self.fresh = [parse(a) for a in state["fresh"]]
         self.proposed = state["proposed"]
+        self.fit_size = state["fit_size"]
         self.rounds = [dict(r) for r in state["rounds"]]
         encode = self.controller.codec.encode
         self._seen = {encode(a) for a in [*self.pool, *self.failed, *self.in_flight, *self.queue]}
