@@ -295,7 +295,7 @@ class NAOController:
         values = torch.tensor([t for _, t in data], dtype=torch.float32)
         self.model.train()
         mse = nll = torch.zeros(())
-        with self._own_rng():
+        with self._own_rng(), torch.enable_grad():
             for _ in range(cfg.epochs):
                 for batch in torch.randperm(len(data)).split(cfg.batch_size):
                     x, y = tokens[batch], values[batch]
@@ -333,7 +333,7 @@ class NAOController:
         """The predicted score (in [0, 1]) of each architecture's embedding, and of that embedding
         moved by `step_size` along the predictor's gradient."""
         self.model.eval()
-        with self._own_rng():
+        with self._own_rng(), torch.enable_grad():
             outputs, embedding = self.model.encode(self._tokens(archs))
             grad = self._gradient(outputs)
             with torch.no_grad():
@@ -341,8 +341,9 @@ class NAOController:
 
     def _gradient(self, outputs: torch.Tensor) -> torch.Tensor:
         """d predicted score / d encoder outputs (through their normalised mean)."""
-        embedding = F.normalize(outputs.mean(1), dim=-1)
-        return torch.autograd.grad(self.model.predict(embedding).sum(), outputs)[0].detach()
+        with torch.enable_grad():
+            embedding = F.normalize(outputs.mean(1), dim=-1)
+            return torch.autograd.grad(self.model.predict(embedding).sum(), outputs)[0].detach()
 
     def propose(self, parents: Sequence[Hashable], count: int, known: set[tuple[int, ...]]
                 ) -> tuple[list[Hashable], int]:
@@ -354,7 +355,7 @@ class NAOController:
         self.model.eval()
         found: dict[tuple[int, ...], None] = {}
         size = 0
-        with self._own_rng():
+        with self._own_rng(), torch.enable_grad():
             outputs, _ = self.model.encode(self._tokens(parents))
             grad = self._gradient(outputs)
             outputs = outputs.detach()

@@ -232,6 +232,10 @@ def _follow(client, search_id: str, skip: int) -> int:
             print(f"  {e.id:>6}  {shown}  {e.architecture.arch}", flush=True)
         elif kind == "new_best":
             print(f"  new best {event.new_best.reward:.4f} ({event.new_best.id})", flush=True)
+        elif kind == "strategy_signal":
+            m = struct_to_dict(event.strategy_signal.signals)
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(m.items()))
+            print(f"  strategy iteration {event.strategy_signal.iteration}: {shown}", flush=True)
         else:
             m = struct_to_dict(event.one_shot_epoch.monitors)
             print(f"  one-shot run {event.one_shot_epoch.run} epoch {event.one_shot_epoch.epoch}: "

@@ -40,6 +40,8 @@ def _metrics():
                                tag_keys=job + ("run",)),
         "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
                                       tag_keys=job + ("run",)),
+        "signal": metrics.Gauge("nas_strategy_signal", "A strategy's own figure at its latest iteration",
+                                tag_keys=job + ("signal",)),
     }
 
 
@@ -90,3 +92,14 @@ def report_oneshot_epoch(job: str, run: int, skip_count: int | None, val_acc: fl
         m["skips"].set(skip_count, tags=tags)
     if val_acc is not None:
         m["supernet_acc"].set(val_acc, tags=tags)
+
+
+def report_strategy_signals(job: str, signals: dict) -> None:
+    """A strategy's figures of its latest iteration (NAO: predictor error and rank correlation on
+    new results, reconstruction accuracy, new proposals), one gauge series per figure."""
+    m = _metrics()
+    if m is None:
+        return
+    for name, value in signals.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            m["signal"].set(value, tags={"job": job, "signal": name})

@@ -32,6 +32,7 @@ from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, summarize
+from raynas.controller.runtime.signals import SignalLog
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.runtime.work import EvaluatorFactory
 from raynas.controller.strategies import Strategy
@@ -164,7 +165,10 @@ class SearchJob:
             metrics.report_queue(job, executor.queued)
             self._record(record)
 
+        signals = SignalLog(run, job)
+
         def checkpoint(tasks: list[Task]) -> None:
+            signals.update(strategy.signals())
             atomic_save({"strategy": strategy.state_dict(), "in_flight": [task_to_dict(t) for t in tasks]},
                         path, durable=False)
 

@@ -3,6 +3,7 @@
     spec.json           the validated spec
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
     oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
+    strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
 """
@@ -22,6 +23,7 @@ from raynas.common.files import write_json_atomic
 SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
 ONE_SHOT_LOG = "oneshot.jsonl"
+STRATEGY_LOG = "strategy.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 
@@ -57,7 +59,11 @@ class RunDirectory:
     def evaluations(self) -> list[dict[str, Any]]:
         """Every whole record of the log. A torn last line (a crash mid-append) is left out; a
         damaged line before the end is a DataError naming it, never silently the end of the log."""
-        records, _ = _read_log(self.path / EVALUATIONS)
+        return self.records(EVALUATIONS)
+
+    def records(self, log: str) -> list[dict[str, Any]]:
+        """Every whole record of one of the run's logs, read as `evaluations` reads its own."""
+        records, _ = _read_log(self.path / log)
         return records
 
     def repair_log(self, log: str = EVALUATIONS) -> int:

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller import cluster
 from raynas.controller.cluster import resources
-from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RESULT, LogTail, RunDirectory
+from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RESULT, STRATEGY_LOG, LogTail, RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service.access import SINGLE_CLIENT, Client
 from raynas.controller.service.registry import (
@@ -252,11 +252,15 @@ class _Progress:
         return bool(fresh)
 
 
+#: The run's logs a watcher follows, in this order: evaluations, one-shot epochs, strategy signals.
+WATCHED_LOGS = (EVALUATIONS, ONE_SHOT_LOG, STRATEGY_LOG)
+
+
 class SearchWatch:
     """One client following one search: `poll` returns the events since the last poll
-    (state changes, evaluations, new bests, one-shot epochs; each a dict with a `kind`), and
-    `done` turns true after the event of a final state. `pending` is a cheap test (two file
-    sizes and a counter) of whether `poll` would find anything, so that many watchers can
+    (state changes, evaluations, new bests, one-shot epochs, strategy signals; each a dict with a
+    `kind`), and `done` turns true after the event of a final state. `pending` is a cheap test (the
+    logs' sizes and a counter) of whether `poll` would find anything, so that many watchers can
     wait without reading anything."""
 
     def __init__(self, manager: SearchManager, record: SearchRecord, skip: int):
@@ -268,8 +272,8 @@ class SearchWatch:
         self._state: str | None = None
         self._generation = -1
         self._logs = [(LogTail(Path(record.run_dir) / log_name), Path(record.run_dir) / log_name, log_name)
-                      for log_name in (EVALUATIONS, ONE_SHOT_LOG)]
-        self._sizes = {log_name: -1 for log_name in (EVALUATIONS, ONE_SHOT_LOG)}
+                      for log_name in WATCHED_LOGS]
+        self._sizes = {log_name: -1 for log_name in WATCHED_LOGS}
         self._best: float | None = None
         self._seen = 0
 
@@ -307,8 +311,9 @@ class SearchWatch:
 
     def _read_logs(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        (evaluations, path, name), (epochs, epochs_path, epochs_name) = self._logs
-        self._sizes[name], self._sizes[epochs_name] = _size(path), _size(epochs_path)
+        for _, path, name in self._logs:
+            self._sizes[name] = _size(path)
+        (evaluations, _, _), (epochs, _, _), (signals, _, _) = self._logs
         for r in evaluations.read_new():
             improved = r.get("status") == "ok" and r.get("reward") is not None and (
                 self._best is None or r["reward"] > self._best)
@@ -320,6 +325,7 @@ class SearchWatch:
                 if improved:
                     events.append({"kind": "new_best", "record": r})
         events += [{"kind": "one_shot_epoch", **e} for e in epochs.read_new()]
+        events += [{"kind": "strategy_signal", **e} for e in signals.read_new()]
         return events
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

@@ -23,7 +23,8 @@ training and the number of new proposals are the round's signals (`signals()`).
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+import dataclasses
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from raynas.controller.strategies.base import Needs, Strategy
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.nao import NAOConfig, NAOController, kendall_tau
-from raynas.workers.oneshot.nao_ws import NAOWSConfig, nao_ws_evaluator
+from raynas.workers.oneshot.nao_ws import NAO_PREFIX, NAOWSConfig, nao_ws_evaluator
 
 #: Uniform samples tried for one unseen architecture before a repeat is accepted (a tiny space).
 SAMPLE_TRIES = 100
@@ -173,11 +174,30 @@ class NAOWS(Strategy):
     """NAO-WS: each evaluation is one NAO search whose candidates are scored with the shared
     weights of a supernet trained on NAO's current pool; its best cell is then evaluated
     like any architecture. Several evaluations are independent searches (seeds) in
-    parallel, as for the DARTS family. Options: `NAOWSConfig`."""
+    parallel, as for the DARTS family. Options: `NAOWSConfig`'s, and NAO's as `nao.<field>`."""
 
     name = "nao-ws"
     needs = Needs(search=nao_ws_evaluator)
     Options = NAOWSConfig
+
+    @classmethod
+    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> NAOWSConfig:
+        """NAOWSConfig's fields, and NAO's own options as `nao.<field>` (nao.epochs=200)."""
+        if not isinstance(options, Mapping):
+            raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
+        nao = {k: v for k, v in options.items() if isinstance(k, str) and k.startswith(NAO_PREFIX)}
+        known = {f.name for f in dataclasses.fields(NAOWSConfig)} - {"controller"}
+        unknown = sorted(set(options) - set(nao) - known)
+        if unknown:
+            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of {cls.name}",
+                              sorted(known) + [NAO_PREFIX + "<an option of nao>"])
+        try:
+            config = NAOWSConfig(**{k: v for k, v in options.items() if k not in nao},
+                                 controller={k[len(NAO_PREFIX):]: v for k, v in nao.items()})
+        except ConfigError as exc:
+            raise ConfigError(f"strategy_options.{exc.field}", exc.problem, exc.allowed) from None
+        cls.check_space(space, config)
+        return config
 
     @classmethod
     def check_space(cls, space: SearchSpace, options: NAOWSConfig) -> None:

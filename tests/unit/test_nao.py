@@ -241,9 +241,11 @@ def test_options_are_checked_and_nao_ws_takes_the_darts_space_only():
         get_strategy("nao-ws", get_space("nb201"))
     assert bad.value.field == "space"
     with pytest.raises(ConfigError) as bad:
-        get_strategy("nao-ws", get_space("darts"), controller={"epochs": 0})
-    assert bad.value.field == "strategy_options.controller" and "epochs" in bad.value.problem
-    with pytest.raises(ConfigError) as bad:
-        get_strategy("nao-ws", get_space("darts"), controller={"epoch": 3})
-    assert bad.value.field == "strategy_options.controller"
-    assert get_strategy("nao-ws", get_space("darts"), controller={"epochs": 3}).options.controller.epochs == 3
+        get_strategy("nao-ws", get_space("darts"), **{"nao.epochs": 0})
+    assert bad.value.field == "strategy_options.nao.epochs"
+    for option in ("nao.epoch", "epoch", "controller"):
+        with pytest.raises(ConfigError) as bad:
+            get_strategy("nao-ws", get_space("darts"), **{option: 3})
+        assert bad.value.field == f"strategy_options.{option}"
+    options = get_strategy("nao-ws", get_space("darts"), **{"nao.epochs": 3, "epochs": 6}).options
+    assert (options.controller.epochs, options.controller.seed_archs, options.epochs) == (3, 1000, 6)
