@@ -23,7 +23,7 @@ import shlex
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any
 
 import numpy as np
@@ -95,7 +95,12 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(one_search, s, options.get(s, {}), args.evaluations, seed)
                    for s in strategies for seed in seeds]
-        runs = [f.result() for f in futures]
+        runs = []
+        for future in as_completed(futures):
+            runs.append(future.result())
+            r = runs[-1]
+            print(f"  [{len(runs)}/{len(futures)}] {r['strategy']} seed {r['seed']}: {r['test_acc']:.2f} "
+                  f"({r['wall_time_s']:.0f} s)", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     print(f"NAS-Bench-201 cifar10, {args.evaluations} evaluations, seeds {seeds.start}..{seeds.stop - 1}, "
           f"{args.jobs} processes, {wall:.0f} s in all")

@@ -110,8 +110,8 @@ def _check_options(name: str, options: Any) -> None:
 @dataclass(frozen=True)
 class SearchSpec:
     space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
-    strategy: str = _field("rl", "random, evolution, rl (default), or one-shot: darts, darts2 (second order), "
-                                 "noisy-darts; options via --strategy-option")
+    strategy: str = _field("rl", "random, evolution, rl (default), nao, or one-shot: darts, darts2 (second order), "
+                                 "noisy-darts, nao-ws; options via --strategy-option")
     evaluator: str = _field("train", "train (train each child) or table (NAS-Bench-201 lookup)")
     dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb")
     data_path: str | None = _field(None, "path to the dataset's files (mnist, cifar10, ptb; {most} characters)",
