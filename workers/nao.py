@@ -19,7 +19,8 @@ The model follows renqianluo/NAO_pytorch@418ff71 (NAO_V1, NAO_V2):
   outputs, trained with teacher forcing; loss = lambda x MSE + (1 - lambda) x NLL, lambda 0.8;
 - new architectures: the predictor's gradient with respect to the encoder's outputs, a step
   of size s along it (normalised again, the embedding taken as their mean), decoded
-  greedily; s = 1, 2, ... until enough new architectures came out (NAO_pytorch: up to 50).
+  greedily; s = 1, 2, ... until enough new architectures came out (NAO_pytorch: up to 50;
+  `step_increment` makes the steps finer).
 
 Where we differ, and why:
 - the decoder picks each token among those the space allows at that position
@@ -77,8 +78,11 @@ class NAOConfig:
     new_archs: int | None = None
     #: The best architectures of the pool that the steps start from.
     top_k: int = 100
-    #: Step sizes 1, 2, ... up to this until `new_archs` new architectures are found.
+    #: Step sizes step_increment x (1, 2, ... max_step_size) are tried in turn until `new_archs`
+    #: new architectures are found (NAO_pytorch: 1, 2, ... 50). A smaller increment visits more
+    #: points between a parent and where the gradient leads, hence more distinct neighbours.
     max_step_size: int = 50
+    step_increment: float = 1.0
     #: Encoder (and decoder) LSTM width, token embedding width; layers of each LSTM.
     hidden_size: int | None = None
     embedding_size: int | None = None
@@ -116,6 +120,7 @@ class NAOConfig:
         check_number("lr", self.lr, 0, low_open=True)
         check_number("weight_decay", self.weight_decay, 0)
         check_number("grad_bound", self.grad_bound, 0)
+        check_number("step_increment", self.step_increment, 0, low_open=True)
 
     def resolved(self) -> NAOConfig:
         return dataclasses.replace(self, **{k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None})
@@ -346,21 +351,22 @@ class NAOController:
             return torch.autograd.grad(self.model.predict(embedding).sum(), outputs)[0].detach()
 
     def propose(self, parents: Sequence[Hashable], count: int, known: set[tuple[int, ...]]
-                ) -> tuple[list[Hashable], int]:
+                ) -> tuple[list[Hashable], float]:
         """Up to `count` architectures, none of whose sequences is in `known`, decoded from the
-        parents' embeddings moved by step sizes 1, 2, ... `max_step_size`; and the last step size
-        used. Parents first, in their order, at each step size."""
+        parents' embeddings moved by step sizes `step_increment` x (1, 2, ... `max_step_size`); and
+        the last step size used. Parents first, in their order, at each step size."""
         if not parents or count <= 0:
-            return [], 0
+            return [], 0.0
         self.model.eval()
         found: dict[tuple[int, ...], None] = {}
-        size = 0
+        size = 0.0
         with self._own_rng(), torch.enable_grad():
             outputs, _ = self.model.encode(self._tokens(parents))
             grad = self._gradient(outputs)
             outputs = outputs.detach()
             with torch.no_grad():
-                for size in range(1, self.config.max_step_size + 1):
+                for k in range(1, self.config.max_step_size + 1):
+                    size = k * self.config.step_increment
                     for seq in self.model.greedy(*_moved(outputs, grad, size)).tolist():
                         key = tuple(seq)
                         if key not in known and key not in found:

@@ -6,7 +6,10 @@ NAO-WS search on a supernet, workers/oneshot/nao_ws.py).
 - the first `seed_archs` proposals are distinct uniform samples;
 - then each round trains the encoder, predictor and decoder on every result observed so
   far (the pool) and queues up to `new_archs` new architectures, decoded from the top_k
-  best of the pool moved along the predictor's gradient (workers/nao.py);
+  best of the pool moved along the predictor's gradient (workers/nao.py). Moved far
+  enough, every parent decodes to the few architectures the predictor likes best, so the
+  top_k may run dry before `new_archs` are found: then the next top_k of the pool are
+  stepped from (NAO_pytorch proposes fewer instead);
 - `propose` hands out the queue one architecture at a time; the next round starts when the
   queue is empty, trained on whatever results have come back by then. With W workers, up
   to W of the last round's proposals are thus still in flight when the next is trained:
@@ -116,9 +119,16 @@ class NAOStrategy(Strategy):
             self.fresh = []
             self.fit_size = len(archs)
         signal["trained_on"] = len(self.pool)
-        parents = sorted(self.pool, key=self.pool.__getitem__, reverse=True)[:self.config.top_k]
-        new, step = nao.propose(parents, self.config.new_archs, self._seen)
-        self._seen.update(nao.codec.encode(a) for a in new)
+        ranked = sorted(self.pool, key=self.pool.__getitem__, reverse=True)
+        new: list[Hashable] = []
+        step = 0.0
+        for start in range(0, len(ranked), self.config.top_k):
+            more, step = nao.propose(ranked[start:start + self.config.top_k], self.config.new_archs - len(new),
+                                     self._seen)
+            self._seen.update(nao.codec.encode(a) for a in more)
+            new += more
+            if len(new) >= self.config.new_archs:
+                break
         self.queue = list(new)
         while len(self.queue) < self.config.new_archs:
             self.queue.append(self._sample())
