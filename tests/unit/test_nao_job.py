@@ -116,3 +116,19 @@ def test_nao_ws_searches_the_darts_space_end_to_end_and_its_cell_retrains(tmp_pa
                  "--max-train-batches-per-epoch", "2", "--json"]) == 0
     retrained = json.loads((trained / "result.json").read_text())
     assert retrained["arch"] == record["arch"] and retrained["state"] == "done"
+
+
+def test_nas_watch_prints_strategy_signals(capsys):
+    from raynas.controller.cli.service import _follow
+
+    event = {"kind": "strategy_signal", "iteration": 3, "new_proposals": 10, "predictor_tau": 0.4213,
+             "predictor_mae": None}
+
+    class Client:
+        def watch(self, search_id, skip):
+            yield event_to_message(search_id, event, "nb201")
+
+    _follow(Client(), "s1", 0)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("  strategy iteration 3:".strip()) and "new_proposals 10" in line
+    assert "predictor_tau 0.4213" in line
