@@ -38,7 +38,7 @@ from raynas.workers.execution import InProcessExecutor
 from raynas.workers.nao import NAOConfig, NAOController, kendall_tau
 
 #: NAO's settings for budgets of a few hundred evaluations (the defaults are NAO_pytorch's, for 1,000s).
-NAO_SMALL = {"seed_archs": 20, "new_archs": 10, "top_k": 10, "epochs": 200, "batch_size": 50}
+NAO_SMALL = {"seed_archs": 10, "new_archs": 10, "top_k": 10, "epochs": 100, "batch_size": 100, "max_step_size": 100}
 BASELINES = {"random": {}, "evolution": {}, "rl": {"lr": 0.01, "batch_size": 1, "baseline_decay": 0.9}}
 #: tau is grouped by the training pool's size in bins of this many architectures.
 BIN = 50
