@@ -181,6 +181,18 @@ class SearchSpace(ABC):
     def vocab_size(self) -> int:
         return self._token_offsets(with_total=True)[1]
 
+    def token_choices(self) -> list[tuple[int, ...]]:
+        """The tokens `decode` accepts at each position of `encode`'s sequence: a sequence model
+        that picks every token among these always yields an architecture of the space."""
+        offsets = self._token_offsets()
+        choices: list[tuple[int, ...]] = []
+        for d in self.decisions():
+            if isinstance(d, Categorical):
+                choices.append(tuple(offsets[d.group] + i for i in range(len(d.choices))))
+            else:
+                choices += [(offsets[d.group], offsets[d.group] + 1)] * len(d.candidates)
+        return choices
+
     def _token_offsets(self, with_total: bool = False):
         offsets: dict[str, int] = {}
         total = 0

@@ -204,6 +204,9 @@ def event_to_message(search_id: str, event: dict[str, Any], space: str,
         if event.get("cutoff") is not None:
             decision.cutoff = event["cutoff"]
         msg.rung_decision.CopyFrom(decision)
+    elif kind == "strategy_signal":
+        signals = {k: v for k, v in event.items() if k not in ("kind", "iteration")}
+        msg.strategy_signal.CopyFrom(pb.StrategySignal(iteration=event.get("iteration", 0), signals=_struct(signals)))
     else:
         monitors = {k: v for k, v in event.items() if k not in ("kind", "run", "epoch")}
         msg.one_shot_epoch.CopyFrom(pb.OneShotEpoch(run=event.get("run", 0), epoch=event.get("epoch", 0),

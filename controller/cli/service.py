@@ -237,6 +237,10 @@ def _follow(client, search_id: str, skip: int) -> int:
             print(f"  {d.evaluation:>6}  rung {d.rung:g}: {d.value:.4f} "
                   f"{'promoted' if d.promoted else 'stopped'}"
                   + (f" (cutoff {d.cutoff:.4f})" if d.HasField("cutoff") else ""), flush=True)
+        elif kind == "strategy_signal":
+            m = struct_to_dict(event.strategy_signal.signals)
+            shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(m.items()))
+            print(f"  strategy iteration {event.strategy_signal.iteration}: {shown}", flush=True)
         else:
             m = struct_to_dict(event.one_shot_epoch.monitors)
             stage = m.get("stage", "epoch")

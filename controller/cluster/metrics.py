@@ -44,6 +44,8 @@ def _metrics():
                                      tag_keys=job + ("rung",)),
         "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
                                       tag_keys=job + ("run",)),
+        "signal": metrics.Gauge("nas_strategy_signal", "A strategy's own figure at its latest iteration",
+                                tag_keys=job + ("signal",)),
     }
 
 
@@ -105,3 +107,14 @@ def report_rung(job: str, rung: float, decision: str, cutoff: float | None) -> N
     m["rung_decisions"].inc(1, tags={**tags, "decision": "promoted" if decision == "continue" else "stopped"})
     if cutoff is not None:
         m["rung_cutoff"].set(cutoff, tags=tags)
+
+
+def report_strategy_signals(job: str, signals: dict) -> None:
+    """A strategy's figures of its latest iteration (NAO: predictor error and rank correlation on
+    new results, reconstruction accuracy, new proposals), one gauge series per figure."""
+    m = _metrics()
+    if m is None:
+        return
+    for name, value in signals.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            m["signal"].set(value, tags={"job": job, "signal": name})

@@ -35,6 +35,7 @@ from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, rank, summarize
+from raynas.controller.runtime.signals import SignalLog
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.runtime.tuning import run_tune
 from raynas.controller.runtime.work import EvaluatorFactory
@@ -171,7 +172,10 @@ class SearchJob:
             in_flight = [task_from_dict(t, space) for t in state["in_flight"]]
         on_record = self._recorder(ledger, lambda: executor.queued)
 
+        signals = SignalLog(run, self.namespace)
+
         def checkpoint(tasks: list[Task]) -> None:
+            signals.update(strategy.signals())
             atomic_save({"strategy": strategy.state_dict(), "in_flight": [task_to_dict(t) for t in tasks]},
                         path, durable=False)
 

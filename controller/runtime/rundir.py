@@ -4,6 +4,7 @@
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
     oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
     rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
+    strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
 """
@@ -24,6 +25,7 @@ SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
 ONE_SHOT_LOG = "oneshot.jsonl"
 RUNG_LOG = "rungs.jsonl"
+STRATEGY_LOG = "strategy.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 
@@ -64,11 +66,6 @@ class RunDirectory:
         """Every whole record of a log. A torn last line (a crash mid-append) is left out; a
         damaged line before the end is a DataError naming it, never silently the end of the log."""
         records, _ = _read_log(self.path / log)
-        return records
-
-    def log(self, name: str) -> list[dict[str, Any]]:
-        """Every whole record of another of the run's logs (oneshot.jsonl, rungs.jsonl)."""
-        records, _ = _read_log(self.path / name)
         return records
 
     def repair_log(self, log: str = EVALUATIONS) -> int:

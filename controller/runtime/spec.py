@@ -114,8 +114,8 @@ class Ladder:
 @dataclass(frozen=True)
 class SearchSpec:
     space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
-    strategy: str = _field("rl", "random, evolution, rl (default), or one-shot: darts, darts2 (second order), "
-                                 "noisy-darts, rsws (random search with weight sharing); options via "
+    strategy: str = _field("rl", "random, evolution, rl (default), nao, or one-shot: darts, darts2 (second order), "
+                                 "noisy-darts, rsws (random search with weight sharing), nao-ws; options via "
                                  "--strategy-option")
     evaluator: str = _field("train", "train (train each child) or table (NAS-Bench-201 lookup)")
     dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb; a one-shot strategy also "

@@ -126,7 +126,7 @@ def run_tune(spec: SearchSpec, run: RunDirectory, ledger: Ledger, strategy: Stra
     evaluations = checkpoints / "evaluations"
     evaluations.mkdir(parents=True, exist_ok=True)
     book = LedgerBook(strategy, ledger, ladder, metric, mode, evaluations, on_record)
-    events = run.log(RUNG_LOG)
+    events = run.records(RUNG_LOG)
     seen = {(e["evaluation"], e["rung"]) for e in events}
 
     def rung(event: dict) -> None:

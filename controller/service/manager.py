@@ -38,6 +38,7 @@ from raynas.controller.runtime.rundir import (
     ONE_SHOT_LOG,
     RESULT,
     RUNG_LOG,
+    STRATEGY_LOG,
     LogTail,
     RunDirectory,
     rank,
@@ -260,11 +261,16 @@ class _Progress:
         return bool(fresh)
 
 
+#: The run's logs a watcher follows, in this order: evaluations, one-shot epochs, rung decisions,
+#: strategy signals.
+WATCHED_LOGS = (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG)
+
+
 class SearchWatch:
     """One client following one search: `poll` returns the events since the last poll
-    (state changes, evaluations, new bests, one-shot epochs, rung decisions; each a dict with a `kind`), and
-    `done` turns true after the event of a final state. `pending` is a cheap test (two file
-    sizes and a counter) of whether `poll` would find anything, so that many watchers can
+    (state changes, evaluations, new bests, one-shot epochs, rung decisions, strategy signals; each
+    a dict with a `kind`), and `done` turns true after the event of a final state. `pending` is a
+    cheap test (the logs' sizes and a counter) of whether `poll` would find anything, so that many watchers can
     wait without reading anything."""
 
     def __init__(self, manager: SearchManager, record: SearchRecord, skip: int):
@@ -276,8 +282,8 @@ class SearchWatch:
         self._state: str | None = None
         self._generation = -1
         self._logs = [(LogTail(Path(record.run_dir) / log_name), Path(record.run_dir) / log_name, log_name)
-                      for log_name in (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG)]
-        self._sizes = {log_name: -1 for log_name in (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG)}
+                      for log_name in WATCHED_LOGS]
+        self._sizes = {log_name: -1 for log_name in WATCHED_LOGS}
         self._best: tuple[float, float] | None = None
         self._seen = 0
 
@@ -315,9 +321,9 @@ class SearchWatch:
 
     def _read_logs(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
-        (evaluations, path, name), (epochs, _, _), (rungs, _, _) = self._logs
-        for _, log_path, log_name in self._logs:
-            self._sizes[log_name] = _size(log_path)
+        for _, path, name in self._logs:
+            self._sizes[name] = _size(path)
+        (evaluations, _, _), (epochs, _, _), (rungs, _, _), (signals, _, _) = self._logs
         for r in evaluations.read_new():
             improved = r.get("status") == "ok" and r.get("reward") is not None and (
                 self._best is None or rank(r) > self._best)
@@ -330,6 +336,7 @@ class SearchWatch:
                     events.append({"kind": "new_best", "record": r})
         events += [{"kind": "one_shot_epoch", **e} for e in epochs.read_new()]
         events += [{"kind": "rung", **e} for e in rungs.read_new()]
+        events += [{"kind": "strategy_signal", **e} for e in signals.read_new()]
         return events
 
     def __iter__(self) -> Iterator[dict[str, Any]]:

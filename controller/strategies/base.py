@@ -153,6 +153,13 @@ class Strategy(ABC):
             return 1.0
         return min(1.0, budget / self.full_budget)
 
+    def signals(self) -> list[dict[str, Any]]:
+        """The strategy's own figures, one dict of numbers per iteration, oldest first (NAO: its
+        predictor's error on new results, reconstruction accuracy, new proposals). Part of the
+        state, so a resumed strategy has them all; the job appends those it has not written yet
+        to the run's strategy.jsonl and the `nas_strategy_signal` gauges. Most strategies have none."""
+        return []
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly where this strategy is (JSON/pickle-able)."""
         return {"rng": self.rng.bit_generator.state}

@@ -35,7 +35,7 @@ def replay_asha(events: list[dict], eta: float) -> list[str]:
 
 
 def check_rungs(run: RunDirectory, eta: float, maximum: int) -> tuple[list[dict], list[dict]]:
-    records, events = run.evaluations(), run.log(RUNG_LOG)
+    records, events = run.evaluations(), run.records(RUNG_LOG)
     ids = [r["id"] for r in records]
     assert len(ids) == len(set(ids)), "an evaluation was recorded twice"
     assert [e["decision"] for e in events] == replay_asha(events, eta)
@@ -128,8 +128,8 @@ def test_a_stopped_search_resumes_into_the_same_search(tmp_path):
         return r["id"], r["arch"], r["metrics"]["budget"], r["reward"]
 
     assert sorted(map(key, other.evaluations())) == sorted(map(key, one.evaluations()))
-    assert [(e["evaluation"], e["decision"]) for e in other.log(RUNG_LOG)] == \
-        [(e["evaluation"], e["decision"]) for e in one.log(RUNG_LOG)]
+    assert [(e["evaluation"], e["decision"]) for e in other.records(RUNG_LOG)] == \
+        [(e["evaluation"], e["decision"]) for e in one.records(RUNG_LOG)]
     check_rungs(other, 4.0, 200)
 
 

@@ -228,8 +228,16 @@ class RungDecision(_message.Message):
     promoted: bool
     def __init__(self, evaluation: _Optional[str] = ..., rung: _Optional[float] = ..., budget: _Optional[int] = ..., value: _Optional[float] = ..., cutoff: _Optional[float] = ..., promoted: _Optional[bool] = ...) -> None: ...
 
+class StrategySignal(_message.Message):
+    __slots__ = ("iteration", "signals")
+    ITERATION_FIELD_NUMBER: _ClassVar[int]
+    SIGNALS_FIELD_NUMBER: _ClassVar[int]
+    iteration: int
+    signals: _struct_pb2.Struct
+    def __init__(self, iteration: _Optional[int] = ..., signals: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
 class SearchEvent(_message.Message):
-    __slots__ = ("search_id", "time", "state_change", "evaluation", "new_best", "one_shot_epoch", "rung_decision")
+    __slots__ = ("search_id", "time", "state_change", "evaluation", "new_best", "one_shot_epoch", "rung_decision", "strategy_signal")
     SEARCH_ID_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +245,7 @@ class SearchEvent(_message.Message):
     NEW_BEST_FIELD_NUMBER: _ClassVar[int]
     ONE_SHOT_EPOCH_FIELD_NUMBER: _ClassVar[int]
     RUNG_DECISION_FIELD_NUMBER: _ClassVar[int]
+    STRATEGY_SIGNAL_FIELD_NUMBER: _ClassVar[int]
     search_id: str
     time: _timestamp_pb2.Timestamp
     state_change: StateChange
@@ -244,7 +253,8 @@ class SearchEvent(_message.Message):
     new_best: Evaluation
     one_shot_epoch: OneShotEpoch
     rung_decision: RungDecision
-    def __init__(self, search_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., new_best: _Optional[_Union[Evaluation, _Mapping]] = ..., one_shot_epoch: _Optional[_Union[OneShotEpoch, _Mapping]] = ..., rung_decision: _Optional[_Union[RungDecision, _Mapping]] = ...) -> None: ...
+    strategy_signal: StrategySignal
+    def __init__(self, search_id: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., evaluation: _Optional[_Union[Evaluation, _Mapping]] = ..., new_best: _Optional[_Union[Evaluation, _Mapping]] = ..., one_shot_epoch: _Optional[_Union[OneShotEpoch, _Mapping]] = ..., rung_decision: _Optional[_Union[RungDecision, _Mapping]] = ..., strategy_signal: _Optional[_Union[StrategySignal, _Mapping]] = ...) -> None: ...
 
 class CancelSearchRequest(_message.Message):
     __slots__ = ("id",)
