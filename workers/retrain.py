@@ -50,22 +50,32 @@ CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
 
-def recipe(space: str, **overrides: Any) -> TrainConfig:
-    """The space's evaluation recipe, in fp32, with `overrides` (None values ignored) applied."""
-    fields = {"autocast": False, **RECIPES.get(space, {}), **{k: v for k, v in overrides.items() if v is not None}}
+def _recipe_for(space: str, dataset: str | None) -> dict[str, Any]:
+    """The space's recipe for `dataset`: its cutout of 16 pixels is DARTS' setting for 32x32
+    CIFAR-10, which would hide all of an 8x8 digit, so other datasets train without it unless asked."""
+    fields = dict(RECIPES.get(space, {}))
+    if dataset not in (None, "cifar10"):
+        fields.pop("cutout", None)
+    return fields
+
+
+def recipe(space: str, dataset: str | None = None, **overrides: Any) -> TrainConfig:
+    """The space's evaluation recipe for `dataset`, in fp32, with `overrides` (None values ignored) applied."""
+    fields = {"autocast": False, **_recipe_for(space, dataset),
+              **{k: v for k, v in overrides.items() if v is not None}}
     unknown = sorted(set(fields) - set(TrainConfig.field_names()))
     if unknown:
         raise ConfigError(unknown[0], "not a training option", TrainConfig.field_names())
     return TrainConfig(**fields)
 
 
-def selection_recipe(space: str) -> dict[str, Any]:
+def selection_recipe(space: str, dataset: str) -> dict[str, Any]:
     """The training options of DARTS' selection protocol on `space` (its evaluation recipe cut to
     SELECTION_EPOCHS, scored by the last epoch's validation accuracy); empty for a space without a
     recipe."""
     if space not in SELECTION_EPOCHS:
         return {}
-    return {"autocast": False, **RECIPES[space], "epochs": SELECTION_EPOCHS[space], "reward": "last"}
+    return {"autocast": False, **_recipe_for(space, dataset), "epochs": SELECTION_EPOCHS[space], "reward": "last"}
 
 
 def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:

@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError("seeds", f"must be a positive number of runs, got {args.seeds}")
     space, arch = resolve_source(args.run or args.arch, args.space)
-    config = recipe(space, epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
+    config = recipe(space, args.dataset, epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
                     layers=args.layers, lr=args.lr, auxiliary_weight=args.auxiliary_weight,
                     drop_path=args.drop_path, cutout=args.cutout, device=args.device,
                     max_train_batches_per_epoch=args.max_train_batches_per_epoch, num_threads=args.num_threads,

@@ -24,7 +24,7 @@ def base_evaluator(spec: SearchSpec, one_shot: bool = False) -> Evaluator:
     if one_shot:
         from raynas.workers.retrain import selection_recipe  # torch: not for table-only processes
 
-        train = {**selection_recipe(spec.space), **train}
+        train = {**selection_recipe(spec.space, spec.dataset), **train}
     if spec.scheduler != "none":
         # Under a scheduler a child's schedule spans R epochs, wherever it is stopped.
         train["epochs"] = spec.ladder().maximum

@@ -11,7 +11,7 @@ from raynas.search_spaces import get_space
 from raynas.workers.data import load_dataset
 from raynas.workers.export import export, load_trained
 from raynas.workers.nets import NetConfig, build_model
-from raynas.workers.retrain import CELL_RECIPE, recipe, resolve_source, retrain
+from raynas.workers.retrain import CELL_RECIPE, recipe, resolve_source, retrain, selection_recipe
 
 ARCH = "|nor_conv_3x3~0|+|skip_connect~0|nor_conv_1x1~1|+|skip_connect~0|avg_pool_3x3~1|nor_conv_3x3~2|"
 TINY = dict(epochs=3, channels=4, layers=1, batch_size=64, max_train_batches_per_epoch=3, device="cpu")
@@ -31,6 +31,14 @@ def test_darts_recipe_is_the_papers_evaluation_setting():
         600, 96, 36, 20, 16, 0.2, 0.4, 0.025, 0.9, 3e-4, 5.0, False)
     assert recipe("darts", epochs=10, lr=None).epochs == 10 and recipe("nasnet") == recipe("darts")
     assert CELL_RECIPE["cutout"] == 16
+    assert recipe("darts", "cifar10").cutout == 16
+
+
+def test_the_recipes_cutout_is_cifar10s_only():
+    # 16 pixels would hide a whole 8x8 digit: other datasets train without cutout unless asked.
+    assert recipe("darts", "digits").cutout == 0 and recipe("darts", "digits", cutout=3).cutout == 3
+    assert "cutout" not in selection_recipe("darts", "mnist")
+    assert selection_recipe("darts", "cifar10")["cutout"] == 16
 
 
 @pytest.mark.slow
