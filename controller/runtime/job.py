@@ -216,10 +216,17 @@ class SearchJob:
         if self._stop.is_set():
             ledger.stop()
         job = self.namespace
+        recorder, signals = self._recorder(ledger), SignalLog(run, job)
+
+        def on_record(record: dict) -> None:
+            recorder(record)
+            signals.update(strategy.signals())
+
         interrupted, self.extra["scheduler"] = run_tune(
-            spec, run, ledger, strategy, factory, job, on_record=self._recorder(ledger),
+            spec, run, ledger, strategy, factory, job, on_record=on_record,
             on_rung=lambda e: metrics.report_rung(job, e["rung"], e["decision"], e["cutoff"]),
             stop_requested=self._stop.is_set)
+        signals.update(strategy.signals())  # the last record is observed after it is logged
         return interrupted
 
     # -- the Ray runtime -------------------------------------------------------------

@@ -171,3 +171,17 @@ def test_the_service_streams_rung_decisions_and_cancels_a_tune_search(tmp_path):
         assert 3 <= len(done) < 400 and len({r["id"] for r in done}) == len(done)
     finally:
         manager.close()
+
+
+def test_nao_under_asha_writes_its_signals(tmp_path):
+    tiny = {"seed_archs": 6, "new_archs": 4, "top_k": 4, "epochs": 5, "batch_size": 16, "hidden_size": 8,
+            "embedding_size": 4, "mlp_layers": 1, "mlp_hidden_size": 8}
+    out = tmp_path / "run"
+    argv = ["search", "--space", "nb201", "--strategy", "nao", "--evaluator", "table", "--scheduler", "asha",
+            "--evaluations", "14", "--workers", "2", "--out", str(out), "--quiet"]
+    argv += [a for k, v in tiny.items() for a in ("--strategy-option", f"{k}={v}")]
+    assert main(argv) == 0
+    signals = RunDirectory(out).records("strategy.jsonl")
+    # One line per round NAO proposed (after the seed pool, 6 + 4 + 4 of the 14), numbered from 1.
+    assert [s["iteration"] for s in signals] == list(range(1, len(signals) + 1)) and len(signals) >= 2
+    assert all(s["new_proposals"] + s["random_fill"] == 4 for s in signals)
