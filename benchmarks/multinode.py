@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "raynas.controller.bench.multinode", "gpu_timeline", tmp], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         d = json.loads((Path(tmp) / "gpu_timeline.json").read_text())
-    records, lost = d["records"], d["lost"]
+    lost = d["lost"]
+    # A child that ran out of retries has no start on record: counted apart, not plotted.
+    records = [r for r in d["records"] if "started_at" in r["metrics"]]
     t0 = min(r["metrics"]["started_at"] for r in records)
     steps = in_flight(records, t0)
     on_replacement = [r["metrics"]["started_at"] for r in records if r["metrics"]["node"] == lost["replacement"]]
@@ -76,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     busy = sum((min(b, loss) - a) * n for (a, n), (b, _) in zip(steps, steps[1:]) if a < loss)
     figures = {
         "command": "python benchmarks/multinode.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "evaluations": len(records), "unique": len({r["id"] for r in records}), "gpus": d["gpus"],
+        "evaluations": len(d["records"]), "unique": len({r["id"] for r in d["records"]}), "gpus": d["gpus"],
+        "failed": sum(r["status"] != "ok" for r in d["records"]),
         "most_children_in_flight": max(n for _, n in steps),
         "mean_in_flight_before_the_loss": round(busy / loss, 2) if loss > 0 else 0.0,
         "lost_at_record": lost["records"], "retries": d["result"]["retries"],

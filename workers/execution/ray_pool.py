@@ -219,8 +219,13 @@ class RayExecutor(Executor):
 
     def _lost(self, call: _Call, exc: Exception) -> list[tuple[Task, EvalResult]]:
         """The worker died: cancelled tasks end as cancelled, the others go back to the queue
-        (to another worker, as this one is not idle until Ray has restarted it) or fail."""
-        self._recovering[call.worker.ping.remote()] = call.worker
+        (to another worker, as this one is not idle until Ray has restarted it) or fail. Deaths
+        come together (a lost node takes all of its workers), so the idle workers must answer a
+        ping before they get work again: a retry sent to one of them would die too and spend
+        the child's retries on a node that is gone."""
+        for worker in [call.worker, *self._idle]:
+            self._recovering[worker.ping.remote()] = worker
+        self._idle.clear()
         reason = f"worker died: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         done = []
         for task, attempt in call.tasks:
