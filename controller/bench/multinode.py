@@ -14,6 +14,7 @@ import threading
 import time
 from pathlib import Path
 
+from raynas.controller import cluster
 from raynas.controller.cluster.local_cluster import LocalCluster, actor_placements
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.spec import SearchSpec
@@ -27,6 +28,19 @@ def table_spec(**changes) -> SearchSpec:
 def records(out: Path) -> list[dict]:
     path = out / "evaluations.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def wait_for_a_child_on(node: str, namespace: str, workers: int, timeout: float = 60.0) -> None:
+    """Until a child trains on `node`: a node lost between two of its replica's batches would take
+    no child with it, and the test would prove nothing about re-sending them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        handles = [h for h in (cluster.find_actor(f"worker-{j}", namespace) for j in range(workers)) if h]
+        states = cluster.call_all((h, "state", ()) for h in handles)
+        if any(s["busy"] and s["node"] == node for s in states):
+            return
+        time.sleep(0.01)
+    raise TimeoutError(f"no child trained on node {node} within {timeout:.0f} s")
 
 
 def run_job(spec: SearchSpec, out: Path, during=None) -> dict:
@@ -94,9 +108,10 @@ def node_loss(out: Path) -> dict:
             doomed, _ = c.add_node(num_cpus=1), c.add_node(num_cpus=1)
             lost: dict = {"node": doomed}
 
-            def kill_when(job, lost=lost):
+            def kill_when(job, lost=lost, workers=spec.workers):
                 while len(records(job.out)) < 8:
                     time.sleep(0.05)
+                wait_for_a_child_on(lost["node"], job.namespace, workers)
                 lost["at"], lost["records"] = time.time(), len(records(job.out))
                 c.remove_node(lost["node"])
                 lost["replacement"] = c.add_node(num_cpus=1)

@@ -346,11 +346,12 @@ class SearchJob:
                 print("\nstopping: replicas finish their current children (Ctrl-C again to abort)", file=sys.stderr)
                 self._stop.set()
         self._show(recorder, seen)
-        self.extra["retries"] = sum(st["retries"] for st in replica_stats.values()) + (
-            cluster.call(dispatcher, "retries") if dispatcher is not None else 0)
         cluster.call_all((s, "checkpoint", ()) for s in shards)
         shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
         gradients = cluster.call(recorder, "scheme_stats")
+        # Re-sent by the worker pools, and by the recorder for replicas that died holding children.
+        self.extra["retries"] = sum(st["retries"] for st in replica_stats.values()) + (
+            cluster.call(dispatcher, "retries") if dispatcher is not None else 0) + gradients.pop("resent")
         staleness = [x for st in replica_stats.values() for x in st["staleness"]]
         self.extra["scheme"].update({"controllers": spec.controllers, "children": spec.children,
                                      "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,

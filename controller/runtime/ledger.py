@@ -103,6 +103,9 @@ class Ledger:
         #: (replica, cycle) of every recorded batch -> its gradient's number.
         self._numbers: dict[tuple[str, int], int] = {}
         self.lost: list[dict[str, Any]] = []
+        #: Evaluations handed out again because the process holding them died (a replica that took
+        #: its children down with it, e.g. on a lost node): retries no worker pool saw.
+        self.resent = 0
         self._replay_updates()
 
     # -- claims ----------------------------------------------------------------------
@@ -135,6 +138,7 @@ class Ledger:
         lost = [eid for eid, who in self.claims.items() if who == claimant]
         for eid in lost:
             del self.claims[eid]
+        self.resent += len(lost)
         if lost:
             self._next = min(self._next, min(int(eid[1:]) for eid in lost))
             self._save_claims()
@@ -301,4 +305,4 @@ class Ledger:
     def scheme_stats(self) -> dict[str, Any]:
         """What result.json says of the gradients: how many were recorded and which were lost."""
         return {"gradients": self.updates, "lost": len(self.lost), "lost_detail": self.lost,
-                "torn_log_bytes_cut": self.torn_bytes}
+                "torn_log_bytes_cut": self.torn_bytes, "resent": self.resent}

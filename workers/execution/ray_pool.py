@@ -85,6 +85,10 @@ class Worker:
     def ping(self) -> bool:
         return True
 
+    def state(self) -> dict[str, Any]:
+        """Whether a child is training here now, and where this worker runs."""
+        return {"busy": self._busy.locked(), "name": self.name, **placement()}
+
 
 def placement() -> dict[str, Any]:
     """The node this process runs on and the GPUs Ray assigned it (what CUDA will show it)."""
