@@ -106,7 +106,7 @@ def main() -> None:
           f"{args.jobs} processes, {wall:.0f} s in all")
     print(f"NAO options: {json.dumps(nao_options, sort_keys=True)}")
     print(f"{'strategy':<12} {'test acc (200 ep)':>20} {'min':>7} {'max':>7} {'s per search':>13}")
-    for s in strategies:
+    for s in strategies if runs else ():  # --seeds 0 --curve ...: the predictor curve alone
         accs = [r["test_acc"] for r in runs if r["strategy"] == s]
         times = [r["wall_time_s"] for r in runs if r["strategy"] == s]
         print(f"{s:<12} {statistics.fmean(accs):>12.2f} ± {statistics.pstdev(accs):.2f} {min(accs):>7.2f} "
