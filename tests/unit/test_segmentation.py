@@ -1,0 +1,116 @@
+"""Segmentation data and training: the composed digits set, mean IoU, the ignore label, the
+Cityscapes and VOC folder layouts, training and retraining a decoded Auto-DeepLab network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raynas.common import ConfigError
+from raynas.search_spaces import get_space
+from raynas.search_spaces.autodeeplab import AUTODEEPLAB
+from raynas.search_spaces.types import AutoDeepLabArch
+from raynas.workers.data import load_dataset
+from raynas.workers.evaluation import get_evaluator
+from raynas.workers.evaluation.train import TrainEvaluator
+from raynas.workers.export import export
+from raynas.workers.retrain import recipe, retrain
+from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, SegmentationDataset, compose, mean_iou
+from raynas.workers.training import TrainConfig, TrainingRun
+
+
+@pytest.fixture(scope="module")
+def digits_seg():
+    return load_dataset("digits-seg", max_train=64)
+
+
+def test_composed_set_is_real_deterministic_and_labelled(digits_seg):
+    again = load_dataset("digits-seg", max_train=64)
+    assert isinstance(digits_seg, SegmentationDataset) and digits_seg.kind == "segmentation"
+    assert torch.equal(digits_seg.x_test, again.x_test) and torch.equal(digits_seg.y_train, again.y_train)
+    other_split = load_dataset("digits-seg", seed=1, max_train=64)
+    assert not torch.equal(other_split.y_train, digits_seg.y_train)
+    assert torch.equal(other_split.y_test, digits_seg.y_test)  # the test canvases do not depend on the seed
+    assert digits_seg.x_train.shape[1:] == (1, 32, 32) and digits_seg.y_train.shape[1:] == (32, 32)
+    labels = set(digits_seg.y_test.unique().tolist())
+    assert labels == set(range(11)) | {IGNORE_INDEX}
+    assert digits_seg.num_classes == 11
+
+
+def test_masks_follow_the_ink():
+    """Strong ink gets the digit's class, faint ink the ignore label, paper stays background."""
+    image = np.zeros((1, 8, 8), dtype=np.float32)
+    image[0, 2, 3], image[0, 5, 5] = 16, 3
+    x, y = compose(image, np.array([7]), 20, np.random.default_rng(0))
+    x = x[:, 0]
+    assert set(np.unique(y)) == {0, 8, IGNORE_INDEX}
+    assert (y[x == 0] == 0).all() and (y[x == 3] == IGNORE_INDEX).all() and (x[y == 8] == 16).all()
+
+
+def test_mean_iou_by_hand():
+    confusion = torch.tensor([[3, 1, 0], [1, 2, 0], [0, 0, 0]])
+    # class 0: 3 / (4 + 4 - 3) = 0.6; class 1: 2 / (3 + 3 - 2) = 0.5; class 2 absent from both.
+    assert mean_iou(confusion) == pytest.approx(0.55)
+    meter = MeanIoU(3)
+    y = torch.tensor([[[0, 0, 1, IGNORE_INDEX]]])
+    logits = torch.nn.functional.one_hot(torch.tensor([[[0, 1, 1, 2]]]), 3).permute(0, 3, 1, 2).float()
+    meter.add(logits, y)
+    # The ignored pixel predicted as class 2 does not count: class 0 IoU 1/2, class 1 IoU 1/2.
+    assert meter.value() == pytest.approx(0.5)
+
+
+def test_loss_leaves_ignored_pixels_out(digits_seg):
+    logits = torch.randn(2, 11, 4, 4, requires_grad=True)
+    y = torch.full((2, 4, 4), IGNORE_INDEX)
+    y[0, 0, 0] = 3
+    digits_seg.loss(logits, y).backward()
+    grad = logits.grad.clone()
+    assert grad[0, :, 0, 0].abs().sum() > 0
+    grad[0, :, 0, 0] = 0
+    assert not grad.any()
+
+
+def test_train_evaluator_scores_segmentation_by_miou(digits_seg):
+    space = get_space("autodeeplab", layers=2)
+    evaluator = TrainEvaluator(space, digits_seg, TrainConfig(epochs=1, batch_size=16, channels=2,
+                                                              max_train_batches_per_epoch=2, num_threads=1))
+    reports = []
+    arch = space.sample(np.random.default_rng(0))
+    result = evaluator.evaluate(arch, seed=0, report=reports.append)
+    assert result.ok and 0 <= result.reward <= 1
+    assert reports[0]["epoch"] == 1 and reports[0]["val_miou"] == result.reward
+    assert result.metrics["val_miou_best"] == result.reward
+
+
+def test_spaces_and_datasets_of_other_kinds_are_refused(digits_seg):
+    with pytest.raises(ConfigError, match="^dataset.*segmentation networks.*digits-seg"):
+        get_evaluator("train", get_space("autodeeplab"), dataset="digits")
+    with pytest.raises(ConfigError, match="^dataset.*image classifiers"):
+        TrainEvaluator(get_space("nb201"), digits_seg)
+    with pytest.raises(ConfigError, match="^data_path"):
+        load_dataset("digits-seg", path="/tmp")
+
+
+def test_poly_schedule():
+    run = TrainingRun(torch.nn.Linear(1, 1), None, TrainConfig(epochs=2, lr=0.1, lr_schedule="poly"),
+                      torch.device("cpu"), torch.Generator(), unit="images")
+    lrs = run._schedule(5)
+    assert lrs[0] == pytest.approx(0.1) and lrs[5] == pytest.approx(0.1 * 0.5 ** 0.9)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    with pytest.raises(ConfigError, match="^lr_schedule"):
+        TrainConfig(lr_schedule="step")
+
+
+def test_nas_train_and_export_a_decoded_network(digits_seg, tmp_path):
+    arch = str(AutoDeepLabArch(AUTODEEPLAB.cell, (0, 1)))
+    config = recipe("autodeeplab", "digits-seg", epochs=1, channels=2, max_train_batches_per_epoch=2, num_threads=1)
+    assert config.lr_schedule == "poly"
+    result = retrain("autodeeplab", arch, digits_seg, config, tmp_path / "train", log=lambda _: None)
+    assert result["state"] == "done" and result["metric"] == "miou" and 0 <= result["test_acc"] <= 1
+    info = export("autodeeplab", arch, "torch-export", tmp_path / "model.pt2", checkpoint=tmp_path / "train")
+    assert info["weights"] == "trained"
+    model = torch.export.load(tmp_path / "model.pt2").module()
+    assert model(digits_seg.x_test[:3]).shape == (3, 11, 32, 32)
+    with pytest.raises(ConfigError, match="^dataset"):
+        retrain("autodeeplab", arch, load_dataset("digits"), config, tmp_path / "other", log=lambda _: None)
