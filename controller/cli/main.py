@@ -141,6 +141,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"space: {report['space']}\narch:  {report['arch']}\n")
         print(report["drawing"])
         print(f"\nparams: {report['params']:,} ({report['params'] / 1e6:.3f} M)")
+        if report["published_params_M"]:
+            print(f"published: {report['published_params_M']} M (as counted in its paper)")
         if report["params_auxiliary"]:
             print(f"params of the auxiliary head (not counted above): {report['params_auxiliary']:,}")
         print(f"FLOPs (multiply-adds, one input): {report['flops']:,} ({report['flops'] / 1e6:.2f} M)")

@@ -132,3 +132,15 @@ def test_published_sizes_grow_with_the_filter_multiplier():
     counts = [sum(p.numel() for p in build_model("autodeeplab", AUTODEEPLAB, NetConfig(channels=f, num_classes=19))
                   .parameters()) for f, _ in PUBLISHED.values()]
     assert counts == sorted(counts)
+
+
+def test_inspect_builds_published_networks_at_their_width_and_shows_their_figure():
+    from raynas.workers.describe import inspect_arch
+
+    reports = {name: inspect_arch("autodeeplab", name, num_classes=19, image_size=64) for name in PUBLISHED}
+    for name, (filters, millions) in PUBLISHED.items():
+        assert reports[name]["config"]["channels"] == filters and reports[name]["published_params_M"] == millions
+    # Without DeepLabv3+'s decoder (and with a narrower ASPP) ours is smaller than the published counts.
+    assert all(r["params"] < r["published_params_M"] * 1e6 for r in reports.values())
+    assert inspect_arch("autodeeplab", "Auto-DeepLab-S", channels=8)["config"]["channels"] == 8
+    assert inspect_arch("darts", "DARTS_V2")["published_params_M"] is None
