@@ -160,7 +160,7 @@ def _pil():
 
 def _resized(image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """An HxWx3 uint8 image (bilinear) and its HxW label map (nearest) at `size`."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float()
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)[0]
     y = F.interpolate(torch.from_numpy(label.astype(np.int64))[None, None].float(), size=size, mode="nearest")
     return x.round().clamp(0, 255).to(torch.uint8).numpy(), y[0, 0].long().numpy()

@@ -114,3 +114,64 @@ def test_nas_train_and_export_a_decoded_network(digits_seg, tmp_path):
     assert model(digits_seg.x_test[:3]).shape == (3, 11, 32, 32)
     with pytest.raises(ConfigError, match="^dataset"):
         retrain("autodeeplab", arch, load_dataset("digits"), config, tmp_path / "other", log=lambda _: None)
+
+
+# -- Cityscapes and VOC folder layouts (tiny folders written here) ---------------------------------
+
+
+def _png(path, array, palette=False):
+    image_lib = pytest.importorskip("PIL.Image")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = image_lib.fromarray(array)
+    # VOC's masks are palette images whose indices are the classes; from 8-bit grey, PIL keeps the values.
+    (image.convert("P") if palette else image).save(path)
+
+
+def test_cityscapes_layout_and_official_train_ids(tmp_path):
+    pytest.importorskip("PIL")
+    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
+    rng = np.random.default_rng(0)
+    # Label ids 7 (road -> train id 0), 26 (car -> 13), 0 (unlabeled -> ignored).
+    ids = np.zeros((64, 128), dtype=np.uint8)
+    ids[:32], ids[32:, :64] = 7, 26
+    for split, cities in (("train", ("aachen", "bonn")), ("val", ("lindau",))):
+        for city in cities:
+            for frame in range(3):
+                stem = f"{city}_000000_{frame:06d}"
+                _png(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
+                     rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
+                _png(tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
+                     np.kron(ids, np.ones((2, 2), dtype=np.uint8)))
+    data = load_dataset("cityscapes", tmp_path, val_fraction=0.5)
+    assert data.kind == "segmentation" and data.num_classes == 19
+    assert data.sizes == {"train": 3, "val": 3, "test": 3}
+    assert data.x_train.shape[1:] == (3, 64, 128) and data.y_test.shape[1:] == (64, 128)
+    road, car = labels.name2label["road"].trainId, labels.name2label["car"].trainId
+    assert (data.y_test[:, :32] == road).all() and (data.y_test[:, 32:, :64] == car).all()
+    assert (data.y_test[:, 32:, 64:] == IGNORE_INDEX).all()
+    (tmp_path / "gtFine" / "val" / "lindau" / "lindau_000000_000000_gtFine_labelIds.png").unlink()
+    with pytest.raises(ConfigError, match="^data_path.*no label file"):
+        load_dataset("cityscapes", tmp_path)
+
+
+def test_voc_layout(tmp_path):
+    pytest.importorskip("PIL")
+    root = tmp_path / "VOCdevkit" / "VOC2012"
+    mask = np.zeros((100, 120), dtype=np.uint8)
+    mask[10:50, 20:80], mask[50:52] = 15, 255  # a person, and the boundary band
+    rng = np.random.default_rng(0)
+    for split, stems in (("train", ["2007_000032", "2007_000039"]), ("val", ["2007_000033"])):
+        (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(stems) + "\n")
+        for stem in stems:
+            image_lib = pytest.importorskip("PIL.Image")
+            (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+            image_lib.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(root / "JPEGImages" /
+                                                                                          f"{stem}.jpg")
+            _png(root / "SegmentationClass" / f"{stem}.png", mask, palette=True)
+    data = load_dataset("voc", tmp_path, val_fraction=0.5)
+    assert data.num_classes == 21 and data.sizes == {"train": 1, "val": 1, "test": 1}
+    assert data.x_train.shape[1:] == (3, 128, 128)
+    assert set(data.y_test.unique().tolist()) == {0, 15, IGNORE_INDEX}
+    with pytest.raises(ConfigError, match="^data_path"):
+        load_dataset("voc", tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages")
