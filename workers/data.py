@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError
+from raynas.workers import segdata
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -59,10 +60,7 @@ EXPECTED_LAYOUT = {
         f"{_NPZ_LAYOUT}; x_* of shape (N, 32, 32, 3) uint8"
     ),
     "ptb": "a folder with ptb.train.txt, ptb.valid.txt and ptb.test.txt",
-    "cityscapes": "a Cityscapes folder with leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
-                  "gtFine/{train,val}/<city>/*_gtFine_labelIds.png",
-    "voc": "VOCdevkit/VOC2012 (or a folder holding VOCdevkit) with JPEGImages/, SegmentationClass/ and "
-           "ImageSets/Segmentation/{train,val}.txt",
+    **segdata.EXPECTED_LAYOUT,
 }
 _PTB_FILES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -200,6 +198,23 @@ class ImageDataset(Dataset):
 
 
 @dataclass(frozen=True, eq=False)
+class SegmentationDataset(ImageDataset):
+    """Images [N, C, H, W] and label masks [N, H, W] (int64; `ignore_index` marks unlabelled
+    pixels), from workers/segdata.py."""
+
+    kind: ClassVar[str] = "segmentation"
+    metric: ClassVar[str] = "miou"
+
+    ignore_index: int = segdata.IGNORE_INDEX
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, ignore_index=self.ignore_index)
+
+    def meter(self) -> segdata.MeanIoU:
+        return segdata.MeanIoU(self.num_classes, self.ignore_index)
+
+
+@dataclass(frozen=True, eq=False)
 class TextDataset(Dataset):
     """Word-level corpus as 1-D int64 token streams; ids index `vocab`."""
 
@@ -301,9 +316,10 @@ def load_dataset(
     if name == "ptb":
         return _load_ptb(Path(path), max_train)
     if name in SEGMENTATION_DATASETS:
-        from raynas.workers.segdata import load_segmentation
-
-        return load_segmentation(name, path, seed, val_fraction, max_train)
+        train, test, num_classes = segdata.read_segmentation(name, None if path is None else Path(path))
+        return _split_and_normalise(name, train, test, seed,
+                                    segdata.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                                    max_train, augment=False, num_classes=num_classes, kind=SegmentationDataset)
 
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION[name]

@@ -1,4 +1,6 @@
-"""Semantic segmentation data: per-pixel labels, the ignore label, mean IoU.
+"""Semantic segmentation data: the sources (the composed set, Cityscapes and VOC folders), the
+ignore label, mean IoU. workers/data.py holds the dataset type (`SegmentationDataset`) and loads
+these through `load_dataset`.
 
 - `digits-seg`: a segmentation set composed from real images, with no download. One to three
   of scikit-learn's 8x8 handwritten digits, scaled x2, are placed on a 32x32 canvas; a pixel
@@ -23,19 +25,22 @@ test sets. Reading the image files needs Pillow (`pip install raynas[segmentatio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError
-from raynas.workers.data import EXPECTED_LAYOUT, ImageDataset, _split_and_normalise
 
 IGNORE_INDEX = 255
 DEFAULT_VAL_FRACTION = 0.2
+EXPECTED_LAYOUT = {
+    "cityscapes": "a Cityscapes folder with leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
+                  "gtFine/{train,val}/<city>/*_gtFine_labelIds.png",
+    "voc": "VOCdevkit/VOC2012 (or a folder holding VOCdevkit) with JPEGImages/, SegmentationClass/ and "
+           "ImageSets/Segmentation/{train,val}.txt",
+}
 #: (height, width) the images of each folder dataset are resized to: small enough to hold in memory.
 SIZES = {"cityscapes": (64, 128), "voc": (128, 128)}
 VOC_CLASSES = 21
@@ -81,35 +86,6 @@ def mean_iou(confusion: torch.Tensor) -> float:
     return float((hits[present] / union[present]).mean()) if present.any() else 0.0
 
 
-@dataclass(frozen=True, eq=False)
-class SegmentationDataset(ImageDataset):
-    """Images [N, C, H, W] and label masks [N, H, W] (int64; `ignore_index` marks unlabelled pixels)."""
-
-    kind: ClassVar[str] = "segmentation"
-    metric: ClassVar[str] = "miou"
-
-    ignore_index: int = IGNORE_INDEX
-
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, y, ignore_index=self.ignore_index)
-
-    def meter(self) -> MeanIoU:
-        return MeanIoU(self.num_classes, self.ignore_index)
-
-
-def load_segmentation(name: str, path: str | Path | None, seed: int, val_fraction: float | None,
-                      max_train: int | None) -> SegmentationDataset:
-    """A segmentation dataset (load_dataset has checked its options and path)."""
-    if name == "digits-seg":
-        train, test = compose_digits()
-        num_classes = 11
-    else:
-        read = _read_cityscapes if name == "cityscapes" else _read_voc
-        train, test, num_classes = read(Path(path), SIZES[name])
-    return _split_and_normalise(name, train, test, seed, DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
-                                max_train, augment=False, num_classes=num_classes, kind=SegmentationDataset)
-
-
 # -- the composed set --------------------------------------------------------------------------------
 
 
@@ -130,6 +106,14 @@ def compose(images: np.ndarray, digits: np.ndarray, count: int, rng: np.random.G
             mask[(ink > 0) & (ink < INK)] = IGNORE_INDEX
             mask[ink >= INK] = 1 + digits[i]
     return x, y
+
+
+def read_segmentation(name: str, path: Path | None) -> tuple[tuple, tuple, int]:
+    """(training images and masks, test images and masks, number of classes) of `name`."""
+    if name == "digits-seg":
+        return (*compose_digits(), 11)
+    read = _read_cityscapes if name == "cityscapes" else _read_voc
+    return read(path, SIZES[name])
 
 
 def compose_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:

@@ -11,12 +11,12 @@ from raynas.common import ConfigError
 from raynas.search_spaces import get_space
 from raynas.search_spaces.autodeeplab import AUTODEEPLAB
 from raynas.search_spaces.types import AutoDeepLabArch
-from raynas.workers.data import load_dataset
+from raynas.workers.data import SegmentationDataset, load_dataset
 from raynas.workers.evaluation import get_evaluator
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.export import export
 from raynas.workers.retrain import recipe, retrain
-from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, SegmentationDataset, compose, mean_iou
+from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, compose, mean_iou
 from raynas.workers.training import TrainConfig, TrainingRun
 
 
