@@ -9,12 +9,12 @@ fixed paths of the same size, and the search step's speed and memory.
 3. Compare, at one training budget (`nas train`'s loop and poly schedule, test mIoU), each
    searched network against networks with the same cell and depth on fixed paths: DeepLab-like
    (down to stride 16 as fast as the trellis allows, then constant) and a random path (drawn
-   per search seed); each trained with `--train-seeds` seeds. Prints one JSON line per run and
-   the mean +- std of each group.
+   per search seed); each trained with `--train-seeds` seeds on the whole composed training set.
+   Prints one JSON line per run and the mean +- std of each group.
 
     python benchmarks/autodeeplab.py [--layers 4] [--filters 4] [--epochs 6] [--batch 16]
-        [--steps-per-epoch 10] [--max-train 200] [--searches 2] [--train-seeds 2] [--train-epochs 4]
-        [--threads 1] [--device cpu]
+        [--steps-per-epoch 10] [--max-train 64] [--searches 2] [--train-seeds 2] [--train-epochs 8]
+        [--train-lr 0.05] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -98,17 +98,21 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="search epochs (alpha and beta from half of them)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps-per-epoch", type=int, default=10)
-    parser.add_argument("--max-train", type=int, default=200, help="training canvases kept (the search halves them)")
+    parser.add_argument("--max-train", type=int, default=64,
+                        help="training canvases the search keeps (it halves them with the validation canvases)")
     parser.add_argument("--searches", type=int, default=2)
     parser.add_argument("--train-seeds", type=int, default=2)
-    parser.add_argument("--train-epochs", type=int, default=4)
+    parser.add_argument("--train-epochs", type=int, default=8)
+    parser.add_argument("--train-lr", type=float, default=0.05)
     parser.add_argument("--steps", type=int, default=5, help="timed search steps")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--step-only", action="store_true", help="only the step figures")
     args = parser.parse_args()
     device = pick_device(args.device)
+    # The search reads the kept training canvases (halved); the comparison trains on all of them.
     data = load_dataset("digits-seg", max_train=args.max_train, val_fraction=0.1)
+    full = load_dataset("digits-seg", val_fraction=0.1)
     with torch_threads(args.threads):
         print(json.dumps(step_figures(data, args, device)), flush=True)
         if args.step_only:
@@ -118,7 +122,7 @@ def main() -> None:
                                    layers=args.layers, max_batches_per_epoch=args.steps_per_epoch, device=args.device)
         groups: dict[str, list[float]] = {"searched": [], "deeplab-like": [], "random": []}
         train = recipe("autodeeplab", "digits-seg", epochs=args.train_epochs, batch_size=32, channels=args.filters,
-                       device=args.device)
+                       lr=args.train_lr, device=args.device)
         with tempfile.TemporaryDirectory() as tmp:
             for s in range(args.searches):
                 start = time.perf_counter()
@@ -134,7 +138,7 @@ def main() -> None:
                 for group, arch in archs.items():
                     for t in range(args.train_seeds):
                         out = Path(tmp, f"{s}-{group}-{t}")
-                        result = retrain("autodeeplab", str(arch), data, train, out, seed=t, log=lambda _: None)
+                        result = retrain("autodeeplab", str(arch), full, train, out, seed=t, log=lambda _: None)
                         groups[group].append(result["test_acc"])
                         print(json.dumps({"part": "train", "search_seed": s, "group": group, "train_seed": t,
                                           "path": list(arch.path), "params": result["params"],

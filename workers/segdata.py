@@ -5,11 +5,13 @@ these through `load_dataset`.
 - `digits-seg`: a segmentation set composed from real images, with no download. One to three
   of scikit-learn's 8x8 handwritten digits, scaled x2, are placed on a 32x32 canvas; a pixel
   is labelled with its digit's class (1 + the digit; 0 is background) where the digit's ink is
-  at least half of full strength, and with the ignore label where it is fainter (the blurred
-  rim, like the boundary band of PASCAL VOC's masks); a digit placed later covers an earlier
-  one. The digits of the test canvases are never those of the training canvases. The
-  composition has its own fixed seed, so the set is the same for every run; `seed` draws the
-  train/validation split of the training canvases, as for the other datasets.
+  at least half of full strength or next to such ink (the stroke grown by one digit pixel, so
+  that a mask is a body a stride-4 network can resolve, not a 2-pixel line), and with the ignore
+  label on the ring one digit pixel wide around that body (like the boundary band of PASCAL
+  VOC's masks); a digit placed later covers an earlier one. The digits of the test canvases are
+  never those of the training canvases. The composition has its own fixed seed, so the set is the
+  same for every run; `seed` draws the train/validation split of the training canvases, as for
+  the other datasets.
 - `cityscapes`: a folder in the official layout, leftImg8bit/{train,val}/<city>/*_leftImg8bit.png
   and gtFine/{train,val}/<city>/*_gtFine_labelIds.png; label ids map to the 19 train ids by the
   table of the `cityscapesscripts` package (the official one, not a copy), every other id to the
@@ -49,7 +51,7 @@ VOC_CLASSES = 21
 CANVAS = 32
 DIGIT_SCALE = 2
 MAX_DIGITS = 3
-#: Ink (of scikit-learn's 16) from which a pixel belongs to its digit; fainter ink is ignored.
+#: Ink (of scikit-learn's 16) from which a pixel is a stroke of its digit.
 INK = 8
 TRAIN_CANVASES = 1200
 TEST_CANVASES = 300
@@ -89,6 +91,26 @@ def mean_iou(confusion: torch.Tensor) -> float:
 # -- the composed set --------------------------------------------------------------------------------
 
 
+def _grown(strong: np.ndarray) -> np.ndarray:
+    """`strong` grown by one pixel in each direction (a 3x3 maximum filter)."""
+    padded = np.pad(strong, 1)
+    h, w = strong.shape
+    return np.any([padded[i:i + h, j:j + w] for i in range(3) for j in range(3)], axis=0)
+
+
+def paint(canvas: np.ndarray, mask: np.ndarray, image: np.ndarray, digit: int, top: int, left: int) -> None:
+    """Place one digit (`image`, ink 0..16, 8x8) scaled x2 at (top, left) of `canvas` [H, W] and
+    `mask` [H, W]: ink by maximum, the label over whatever was there."""
+    scale = np.ones((DIGIT_SCALE, DIGIT_SCALE), dtype=np.float32)
+    side = image.shape[-1] * DIGIT_SCALE
+    window = (slice(top, top + side), slice(left, left + side))
+    canvas[window] = np.maximum(canvas[window], np.kron(image, scale))
+    body = _grown(image >= INK)
+    region = mask[window]
+    region[np.kron(_grown(body) & ~body, scale) > 0] = IGNORE_INDEX
+    region[np.kron(body, scale) > 0] = 1 + digit
+
+
 def compose(images: np.ndarray, digits: np.ndarray, count: int, rng: np.random.Generator
             ) -> tuple[np.ndarray, np.ndarray]:
     """`count` canvases of 1..MAX_DIGITS of `images` (ink 0..16, [N, 8, 8]) with their masks."""
@@ -98,13 +120,8 @@ def compose(images: np.ndarray, digits: np.ndarray, count: int, rng: np.random.G
     for n in range(count):
         for _ in range(int(rng.integers(1, MAX_DIGITS + 1))):
             i = int(rng.integers(len(images)))
-            ink = np.kron(images[i], np.ones((DIGIT_SCALE, DIGIT_SCALE), dtype=np.float32))
             top, left = (int(v) for v in rng.integers(0, CANVAS - side + 1, size=2))
-            window = (slice(top, top + side), slice(left, left + side))
-            x[n, 0][window] = np.maximum(x[n, 0][window], ink)
-            mask = y[n][window]
-            mask[(ink > 0) & (ink < INK)] = IGNORE_INDEX
-            mask[ink >= INK] = 1 + digits[i]
+            paint(x[n, 0], y[n], images[i], int(digits[i]), top, left)
     return x, y
 
 

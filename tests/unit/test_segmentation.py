@@ -16,7 +16,7 @@ from raynas.workers.evaluation import get_evaluator
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.export import export
 from raynas.workers.retrain import recipe, retrain
-from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, compose, mean_iou
+from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, compose, mean_iou, paint
 from raynas.workers.training import TrainConfig, TrainingRun
 
 
@@ -38,14 +38,29 @@ def test_composed_set_is_real_deterministic_and_labelled(digits_seg):
     assert digits_seg.num_classes == 11
 
 
-def test_masks_follow_the_ink():
-    """Strong ink gets the digit's class, faint ink the ignore label, paper stays background."""
-    image = np.zeros((1, 8, 8), dtype=np.float32)
-    image[0, 2, 3], image[0, 5, 5] = 16, 3
-    x, y = compose(image, np.array([7]), 20, np.random.default_rng(0))
-    x = x[:, 0]
-    assert set(np.unique(y)) == {0, 8, IGNORE_INDEX}
-    assert (y[x == 0] == 0).all() and (y[x == 3] == IGNORE_INDEX).all() and (x[y == 8] == 16).all()
+def test_masks_are_the_grown_strokes_with_an_ignored_band():
+    """A stroke (strong ink) and the digit pixels next to it get the digit's class, the ring
+    around that the ignore label, the rest (faint ink too) stays background."""
+    image = np.zeros((8, 8), dtype=np.float32)
+    image[3, 3], image[0, 7] = 16, 3
+    canvas, mask = np.zeros((32, 32), dtype=np.float32), np.zeros((32, 32), dtype=np.int64)
+    paint(canvas, mask, image, 7, top=4, left=8)
+    assert canvas[4 + 6, 8 + 6] == 16 and canvas[4, 8 + 14] == 3 and canvas.sum() == 4 * (16 + 3)
+    body = np.zeros((32, 32), dtype=bool)
+    body[4 + 4:4 + 10, 8 + 4:8 + 10] = True  # digit pixels 2..4, scaled x2
+    band = np.zeros((32, 32), dtype=bool)
+    band[4 + 2:4 + 12, 8 + 2:8 + 12] = True
+    band &= ~body
+    assert (mask[body] == 8).all() and (mask[band] == IGNORE_INDEX).all() and (mask[~body & ~band] == 0).all()
+    # A digit placed later covers an earlier one.
+    paint(canvas, mask, image, 2, top=4, left=8)
+    assert (mask[body] == 3).all()
+
+
+def test_composition_is_seeded():
+    images = np.random.default_rng(0).integers(0, 17, (5, 8, 8)).astype(np.float32)
+    first = compose(images, np.arange(5), 4, np.random.default_rng(1))
+    assert all(np.array_equal(a, b) for a, b in zip(first, compose(images, np.arange(5), 4, np.random.default_rng(1))))
 
 
 def test_mean_iou_by_hand():

@@ -1,6 +1,6 @@
 """One-shot search: gradient-based (DARTS first and second order, NoisyDARTS) and random search
 with weight sharing (rsws); supernets, the search loops, genotype derivation and collapse
-monitors. Plain PyTorch."""
+monitors; Auto-DeepLab's hierarchical search lives in autodeeplab.py. Plain PyTorch."""
 
 from __future__ import annotations
 
