@@ -119,12 +119,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.supernet:
         from raynas.workers.oneshot import describe_supernet
 
-        report = {"space": args.space, "algorithm": args.algorithm, **describe_supernet(
+        # The autodeeplab space has one search, Auto-DeepLab's, whatever --algorithm says.
+        algorithm = "autodeeplab" if args.space == "autodeeplab" else args.algorithm
+        report = {"space": args.space, "algorithm": algorithm, **describe_supernet(
             args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print(f"{args.space} supernet ({args.algorithm}): {report['params']:,} network parameters, "
+            print(f"{args.space} supernet ({algorithm}): {report['params']:,} network parameters, "
                   f"{report['arch_params']:,} architecture parameters")
         return 0
     if not args.arch:

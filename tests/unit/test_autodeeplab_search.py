@@ -59,6 +59,14 @@ def test_supernet_has_a_cell_on_every_transition_and_shapes_at_every_level():
     assert out.shape == (1, 5 * 2 * 2, 8, 8)
 
 
+def test_inspect_counts_the_supernet():
+    from raynas.workers.oneshot import describe_supernet
+
+    # 20 edges x 8 ops of alpha, 3 layers x 4 levels x 3 moves of beta.
+    assert describe_supernet("autodeeplab", 4, 3, num_classes=11, in_channels=1) == {"params": 816_300,
+                                                                                     "arch_params": 196}
+
+
 def test_beta_is_normalised_over_each_nodes_moves_on_the_trellis():
     torch.manual_seed(0)
     model = AutoDeepLabSupernet(filters=2, layers=4, in_channels=1, num_classes=3)
