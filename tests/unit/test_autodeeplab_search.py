@@ -154,6 +154,8 @@ def test_nas_search_end_to_end(tmp_path):
     assert [e["epoch"] for e in epochs] == [1] and "val_miou" in epochs[-1] and len(epochs[-1]["path"]) == 1
     assert record["arch"] == epochs[-1]["genotype"] == record["metrics"]["one_shot"]["genotype"]
     assert 0 <= record["reward"] <= 1 and "val_miou_best" in record["metrics"]
+    assert record["metrics"]["one_shot"]["path"] == epochs[-1]["path"]
+    assert record["metrics"]["one_shot"]["val_miou"] == epochs[-1]["val_miou"]
 
 
 @pytest.mark.slow
