@@ -93,6 +93,11 @@ class SearchSpace(ABC):
         self.check_values(values)
         return arch
 
+    def published_size(self, text: str) -> tuple[int, float] | None:
+        """(width, parameters in millions) of the published network named `text`, for `nas inspect`
+        to build it at its width and show its figure; None where the space records none."""
+        return None
+
     def draw(self, arch: Hashable) -> str:
         """A few lines picturing `arch` for people (`nas inspect`); by default its decision values."""
         return "\n".join(f"{d.name} = {v}" for d, v in zip(self.decisions(), self.to_values(arch)))

@@ -90,20 +90,21 @@ GENOTYPES["DARTS"] = GENOTYPES["DARTS_V2"]
 
 # -- reading and checking quark0/darts genotype text (shared with the rnn space) ------------
 
-def read_genotype_call(text: str, fields: Sequence[str], names: Sequence[str]) -> dict[str, object]:
-    """The keyword values of a `Genotype(field=..., ...)` repr, lists turned into tuples.
+def read_genotype_call(text: str, fields: Sequence[str], names: Sequence[str], function: str = "Genotype"
+                       ) -> dict[str, object]:
+    """The keyword values of a `Genotype(field=..., ...)` repr (or another `function`'s), lists turned into tuples.
 
     Read with `ast`, never eval, since the text comes from users and the wire.
     Besides literals, `range(a, b)` is accepted because quark0/darts prints concats
     that way. `names` are the published names the caller also accepts, for the error.
     """
-    expected = "Genotype(" + ", ".join(f"{f}=..." for f in fields) + ")"
+    expected = f"{function}(" + ", ".join(f"{f}=..." for f in fields) + ")"
     allowed = f"{expected} or a published name: {', '.join(names)}"
     try:
         call = ast.parse(text.strip(), mode="eval").body
     except SyntaxError as exc:
         raise InvalidArchitecture("arch", f"cannot read {text!r}: {exc.msg}", allowed) from None
-    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "Genotype"):
+    if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == function):
         raise InvalidArchitecture("arch", f"{text!r} is neither a genotype nor a published name", allowed)
     if call.args or any(keyword.arg is None for keyword in call.keywords):
         raise InvalidArchitecture("arch", "genotype fields must be given by keyword", expected)

@@ -86,3 +86,20 @@ class RNNGenotype:
         else:
             concat = "[" + ", ".join(str(i) for i in c) + "]"
         return f"Genotype(recurrent={pairs}, concat={concat})"
+
+
+@dataclass(frozen=True)
+class AutoDeepLabArch:
+    """An Auto-DeepLab network: one cell, repeated along a path through the L x 4 trellis.
+
+    `cell` lists (op, input) pairs, two per block; input 0 is h_{l-2}, input 1 is h_{l-1},
+    input j >= 2 is block j - 2 of the cell; the cell's output concatenates every block.
+    `path[l]` is the resolution level of layer l: 0..3 for output strides 4, 8, 16, 32.
+    """
+
+    cell: tuple[tuple[str, int], ...]
+    path: tuple[int, ...]
+
+    def __str__(self) -> str:
+        pairs = "[" + ", ".join(f"('{op}', {i})" for op, i in self.cell) + "]"
+        return f"AutoDeepLab(cell={pairs}, path=[{', '.join(str(s) for s in self.path)}])"

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError
+from raynas.workers import segdata
 
 try:
     from numpy._core import multiarray as _multiarray
@@ -37,7 +38,15 @@ except ImportError:  # numpy 1
     from numpy.core import multiarray as _multiarray
     from numpy.core import numeric as _numeric
 
-DATASETS = ("digits", "mnist", "cifar10", "ptb")
+#: Segmentation sets (workers/segdata.py): digits-seg (composed from the digits), cityscapes, voc.
+SEGMENTATION_DATASETS = ("digits-seg", "cityscapes", "voc")
+DATASETS = ("digits", "mnist", "cifar10", "ptb", *SEGMENTATION_DATASETS)
+
+
+def dataset_kind(name: str) -> str:
+    """What `name` holds: image (classification), segmentation or text."""
+    return "text" if name == "ptb" else "segmentation" if name in SEGMENTATION_DATASETS else "image"
+
 #: Validation share of the official training set (Zoph & Le held out 5k of CIFAR-10's 50k).
 DEFAULT_VAL_FRACTION = {"digits": 0.2, "mnist": 0.1, "cifar10": 0.1}
 CIFAR10_PADDING = 4
@@ -51,6 +60,7 @@ EXPECTED_LAYOUT = {
         f"{_NPZ_LAYOUT}; x_* of shape (N, 32, 32, 3) uint8"
     ),
     "ptb": "a folder with ptb.train.txt, ptb.valid.txt and ptb.test.txt",
+    **segdata.EXPECTED_LAYOUT,
 }
 _PTB_FILES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
 _CIFAR_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
@@ -72,12 +82,29 @@ class Dataset(ABC):
         """Plain-data description for logs and run directories."""
 
 
+class Accuracy:
+    """The share of right predictions, counted on the device; `value` is the one host sync."""
+
+    def __init__(self):
+        self.correct: torch.Tensor | int = 0
+        self.total = 0
+
+    def add(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.correct = self.correct + (logits.argmax(1) == y).sum()
+        self.total += y.numel()
+
+    def value(self) -> float:
+        return int(self.correct) / self.total if self.total else 0.0
+
+
 @dataclass(frozen=True, eq=False)
 class ImageDataset(Dataset):
     """Normalised float32 NCHW images and int64 labels; `x_test` is None when
     the source has no test set (digits)."""
 
     kind: ClassVar[str] = "image"
+    #: What `meter` measures, as reports name it (val_acc).
+    metric: ClassVar[str] = "acc"
 
     name: str
     x_train: torch.Tensor
@@ -95,6 +122,14 @@ class ImageDataset(Dataset):
     @property
     def in_channels(self) -> int:
         return self.x_train.shape[1]
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of a batch (segmentation datasets: per pixel, ignore label left out)."""
+        return F.cross_entropy(logits, y)
+
+    def meter(self) -> Accuracy:
+        """A fresh accumulator of this dataset's metric over batches (`add`, then `value`)."""
+        return Accuracy()
 
     @property
     def image_size(self) -> int:
@@ -160,6 +195,23 @@ class ImageDataset(Dataset):
             raise ConfigError("split", f"the {self.name} dataset has no {split} split", ("val",))
         for start in range(0, len(y), batch_size):
             yield x[start:start + batch_size], y[start:start + batch_size]
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentationDataset(ImageDataset):
+    """Images [N, C, H, W] and label masks [N, H, W] (int64; `ignore_index` marks unlabelled
+    pixels), from workers/segdata.py."""
+
+    kind: ClassVar[str] = "segmentation"
+    metric: ClassVar[str] = "miou"
+
+    ignore_index: int = segdata.IGNORE_INDEX
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, y, ignore_index=self.ignore_index)
+
+    def meter(self) -> segdata.MeanIoU:
+        return segdata.MeanIoU(self.num_classes, self.ignore_index)
 
 
 @dataclass(frozen=True, eq=False)
@@ -253,9 +305,9 @@ def load_dataset(
     ptb keeps its own train/valid/test files; `max_train` caps its training tokens.
     """
     check_dataset_options(name, val_fraction=val_fraction, max_train=max_train, augment=augment)
-    if name == "digits":
+    if name in ("digits", "digits-seg"):
         if path is not None:
-            raise ConfigError("data_path", "digits ships with scikit-learn and takes no --data path")
+            raise ConfigError("data_path", f"{name} ships with scikit-learn and takes no --data path")
     elif path is None:
         raise ConfigError("data_path", f"the {name} dataset needs --data PATH: {EXPECTED_LAYOUT[name]}")
     elif not Path(path).exists():
@@ -263,6 +315,11 @@ def load_dataset(
 
     if name == "ptb":
         return _load_ptb(Path(path), max_train)
+    if name in SEGMENTATION_DATASETS:
+        train, test, num_classes = segdata.read_segmentation(name, None if path is None else Path(path))
+        return _split_and_normalise(name, train, test, seed,
+                                    segdata.DEFAULT_VAL_FRACTION if val_fraction is None else val_fraction,
+                                    max_train, augment=False, num_classes=num_classes, kind=SegmentationDataset)
 
     if val_fraction is None:
         val_fraction = DEFAULT_VAL_FRACTION[name]
@@ -411,7 +468,10 @@ def _read_cifar_batch(path: Path):
     return data, _labels("cifar10", path, labels, len(data))
 
 
-def _split_and_normalise(name, train, test, seed, val_fraction, max_train, augment) -> ImageDataset:
+def _split_and_normalise(name, train, test, seed, val_fraction, max_train, augment, num_classes: int = 10,
+                         kind: type[ImageDataset] | None = None) -> ImageDataset:
+    """The training set split by `seed`, every split normalised by the training split's statistics,
+    as an ImageDataset (or `kind`: segmentation datasets, whose labels are masks)."""
     x, y = train
     n = len(y)
     n_val = int(round(n * val_fraction))
@@ -432,13 +492,13 @@ def _split_and_normalise(name, train, test, seed, val_fraction, max_train, augme
     def normalise(images: torch.Tensor) -> torch.Tensor:
         return (images - mean[:, None, None]) / std[:, None, None]
 
-    return ImageDataset(
+    return (kind or ImageDataset)(
         name=name,
         x_train=normalise(train_pixels), y_train=torch.from_numpy(y[train_idx]),
         x_val=normalise(floats(x[val_idx])), y_val=torch.from_numpy(y[val_idx]),
         x_test=None if test is None else normalise(floats(test[0])),
         y_test=None if test is None else torch.from_numpy(test[1]),
-        num_classes=10, mean=tuple(mean.tolist()), std=tuple(std.tolist()), augment=augment,
+        num_classes=num_classes, mean=tuple(mean.tolist()), std=tuple(std.tolist()), augment=augment,
     )
 
 

@@ -18,6 +18,9 @@ def inspect_arch(
 ) -> dict[str, Any]:
     space = get_space(space_name)
     arch = space.validate(space.parse(arch_text))
+    published = space.published_size(arch_text)
+    if published and channels is None:
+        channels = published[0]
     if space_name in LANGUAGE_SPACES:
         config = NetConfig(vocab_size=vocab_size, **_sizes(channels, layers))
         sample = torch.zeros(35, 1, dtype=torch.long)
@@ -33,6 +36,7 @@ def inspect_arch(
         "params": count_params(model),
         "params_auxiliary": count_aux_params(model),
         "flops": count_flops(model, sample),
+        "published_params_M": published[1] if published else None,
         "config": {k: v for k, v in vars(config).items()},
     }
 

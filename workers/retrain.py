@@ -1,6 +1,9 @@
 """Retrain an architecture from scratch with its evaluation recipe: what a user does with
 the architecture a search found (`nas train`), and DARTS' final evaluation.
 
+Segmentation networks (autodeeplab) train the same way on a segmentation dataset, per-pixel
+cross-entropy with the ignore label, scored by mean IoU, with DeepLab's poly learning rate.
+
 As DARTS' train.py does: the whole official training set trains (no validation hold-out), every
 epoch reports the test accuracy, and the network trains in fp32 (bf16 autocast on CUDA only when
 asked for). A dataset without a test split (digits) keeps its validation split held out and
@@ -28,8 +31,8 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save, write_json_atomic
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
-from raynas.workers.data import ImageDataset
-from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
+from raynas.workers.data import SEGMENTATION_DATASETS, ImageDataset
+from raynas.workers.nets import LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_params
 from raynas.workers.training import TrainConfig, TrainingRun, check_cutout, pick_device
 
@@ -41,11 +44,16 @@ CELL_RECIPE: dict[str, Any] = {"epochs": 600, "batch_size": 96, "lr": 0.025, "mo
                                "auxiliary_weight": 0.4, "drop_path": 0.2, "cutout": 16}
 #: NAS-Bench-201's training: 200 epochs, batch 256, Nesterov SGD 0.1 cosine, wd 5e-4.
 NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
-RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE}
+#: Auto-DeepLab's decoded network, DeepLab-style: momentum SGD with the poly schedule (power 0.9).
+#: REFERENCES holds the search's settings only; the rest (lr 0.05, wd 1e-4, batch 16, 30 epochs,
+#: F = 8) is ours, sized for the composed set on a CPU.
+AUTODEEPLAB_RECIPE: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "nesterov": False,
+                                      "weight_decay": 1e-4, "grad_clip": 5.0, "lr_schedule": "poly"}
+RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE, "autodeeplab": AUTODEEPLAB_RECIPE}
 #: How long DARTS' selection protocol trains each searched cell from scratch before keeping the best
 #: by validation accuracy (Liu et al., sec. 3.3: 100 epochs on CIFAR-10); on nb201 the benchmark's
 #: own short schedule, the 12 epochs its search protocol scores by.
-SELECTION_EPOCHS = {"darts": 100, "nb201": 12}
+SELECTION_EPOCHS = {"darts": 100, "nb201": 12, "autodeeplab": 10}
 CHECKPOINT = "checkpoint.pt"
 RESULT = "result.json"
 
@@ -102,6 +110,10 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
     if space in LANGUAGE_SPACES or not isinstance(dataset, ImageDataset):
         raise ConfigError("space", "nas train retrains image classifiers; language models are not supported yet",
                           tuple(RECIPES))
+    if (space in SEGMENTATION_SPACES) != (dataset.kind == "segmentation"):
+        raise ConfigError("dataset", f"the {space} networks and the {dataset.name} dataset do not match (segmentation "
+                          "networks train on segmentation datasets, classifiers on classification ones)",
+                          SEGMENTATION_DATASETS if space in SEGMENTATION_SPACES else ("digits", "mnist", "cifar10"))
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if resume and not checkpoint.exists():
@@ -124,7 +136,8 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov and config.momentum > 0,
                                     weight_decay=config.weight_decay)
-        run = TrainingRun(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images")
+        run = TrainingRun(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images",
+                          metric=data.metric)
         start_epoch = 0
         if resume:
             state = torch.load(checkpoint, weights_only=False)
@@ -138,15 +151,16 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
                          "run": run.state_dict()},
                         checkpoint, durable=False)
             log(f"epoch {epoch + 1}/{config.epochs}: train loss {run.train_loss_curve[-1]:.4f}, "
-                f"{split} acc {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
+                f"{split} {data.metric} {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
 
         failure = run.fit_images(data, start_epoch, on_epoch)
         result = {
             "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
             "state": "failed" if failure else "done", "reason": failure,
             "params": count_params(model), "test_split": split, "train_samples": len(data.y_train),
-            "test_acc": None if failure else run.accuracy(data),
-            # Each epoch's accuracy on the test split (the validation split where there is none).
+            # The dataset's metric (`metric`: acc, or miou for segmentation) on the test split.
+            "metric": data.metric, "test_acc": None if failure else run.accuracy(data),
+            # Each epoch's metric on the test split (the validation split where there is none).
             "val_curve": run.val_curve, "train_loss_curve": run.train_loss_curve,
             "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
             "checkpoint": str(checkpoint),
@@ -179,7 +193,7 @@ def retrain_seeds(space: str, arch: str, dataset: ImageDataset, config: TrainCon
         "space": space, "arch": arch, "dataset": dataset.name, "seeds": list(seeds), "epochs": config.epochs,
         "state": "done" if len(accuracies) == len(runs) else "failed",
         "reason": next((r["reason"] for r in runs if r["state"] != "done"), None),
-        "test_split": runs[0]["test_split"], "params": runs[0]["params"],
+        "test_split": runs[0]["test_split"], "params": runs[0]["params"], "metric": runs[0]["metric"],
         "test_acc": statistics.mean(accuracies) if accuracies else None,
         "test_acc_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
         "runs": [{"seed": r["seed"], "state": r["state"], "test_acc": r["test_acc"],

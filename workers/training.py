@@ -24,6 +24,9 @@ from raynas.workers.data import ImageDataset, TextDataset
 IMAGE_REWARDS = ("zoph", "last", "max")
 LANGUAGE_REWARDS = ("ppl",)
 DEVICES = ("auto", "cpu", "cuda")
+LR_SCHEDULES = ("cosine", "poly")
+#: DeepLab's poly schedule: lr * (1 - step / steps) ** POLY_POWER.
+POLY_POWER = 0.9
 #: Zoph & Le score a child by its best validation accuracy over this many final epochs.
 REWARD_WINDOW = 5
 #: Zoph & Le's PTB reward is PPL_REWARD_CONSTANT / ppl**2.
@@ -35,6 +38,9 @@ PPL_REWARD_CONSTANT = 80.0
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
     "image": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
               "eval_batch_size": 256, "reward": "zoph"},
+    # Segmentation: DeepLab's momentum SGD; the reward is the last epoch's validation mIoU.
+    "segmentation": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
+                     "eval_batch_size": 64, "reward": "last"},
     "text": {"lr": 20.0, "momentum": 0.0, "weight_decay": 5e-7, "grad_clip": 0.25,
              "eval_batch_size": 10, "reward": "ppl"},
 }
@@ -63,6 +69,8 @@ class TrainConfig:
     auxiliary_weight: float = 0.0
     #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
     drop_path: float = 0.0
+    #: The learning rate's decay per step: cosine to 0, or DeepLab's poly, lr * (1 - t/T)^0.9.
+    lr_schedule: str = "cosine"
     #: Side of the square cut out of each training image (DeVries & Taylor; DARTS: 16); 0: none.
     cutout: int = 0
     #: zoph (max val accuracy of the last 5 epochs, cubed), last, max; ppl (80 / ppl^2) for
@@ -91,6 +99,8 @@ class TrainConfig:
         check_number("auxiliary_weight", self.auxiliary_weight, 0.0, optional=True)
         check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         check_int("cutout", self.cutout, 0)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError("lr_schedule", f"unknown schedule {self.lr_schedule!r}", LR_SCHEDULES)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
         if self.reward not in rewards:
             raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
@@ -99,11 +109,11 @@ class TrainConfig:
 
     def resolved(self, kind: str) -> TrainConfig:
         """This config with every None / "auto" replaced by the default for `kind`
-        ("image" or "text"), and the reward checked against the task."""
+        ("image", "segmentation" or "text"), and the reward checked against the task."""
         defaults = TASK_DEFAULTS[kind]
         config = replace(self, **{k: v for k, v in defaults.items()
                                   if getattr(self, k) is None or getattr(self, k) == "auto"})
-        allowed = IMAGE_REWARDS if kind == "image" else LANGUAGE_REWARDS
+        allowed = LANGUAGE_REWARDS if kind == "text" else IMAGE_REWARDS
         if config.reward not in allowed:
             raise ConfigError("reward", f"{config.reward!r} does not apply to {kind} models", allowed)
         if kind == "text" and (config.auxiliary_weight or config.drop_path):
@@ -137,7 +147,7 @@ class TrainingRun:
     """The state of one child's training: its loop, curves and timings."""
 
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 device: torch.device, generator: torch.Generator, unit: str):
+                 device: torch.device, generator: torch.Generator, unit: str, metric: str = "acc"):
         self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
         self.generator = generator
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -145,26 +155,30 @@ class TrainingRun:
             (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and config.autocast
             else contextlib.nullcontext
         )
-        #: Image curves hold accuracies (higher is better), text curves perplexities (lower is better).
+        #: Image curves hold accuracies or, for segmentation (`metric` miou), mean IoUs (higher is
+        #: better); text curves perplexities (lower is better).
         self.val_curve: list[float] = []
         self.train_loss_curve: list[float] = []
         self.train_time_s = 0.0
         self.samples = 0
         self.unit = unit
+        self.metric = "ppl" if unit == "tokens" else metric
 
     def metrics(self) -> dict[str, Any]:
-        best_name, best = ("val_acc_best", max) if self.unit == "images" else ("val_ppl_best", min)
+        best = max if self.unit == "images" else min
         return {
             "val_curve": self.val_curve,
             "train_loss_curve": self.train_loss_curve,
-            best_name: best(self.val_curve) if self.val_curve else None,
+            f"val_{self.metric}_best": best(self.val_curve) if self.val_curve else None,
             "train_time_s": self.train_time_s,
             f"{self.unit}_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
         }
 
     def _schedule(self, steps_per_epoch: int) -> list[float]:
-        """Per-step cosine annealing from lr to 0, so even a 1-epoch run anneals."""
+        """Per-step annealing from lr to 0 (cosine, or poly), so even a 1-epoch run anneals."""
         total = self.config.epochs * steps_per_epoch
+        if self.config.lr_schedule == "poly":
+            return [self.config.lr * (1 - t / total) ** POLY_POWER for t in range(total)]
         return [0.5 * self.config.lr * (1 + math.cos(math.pi * t / total)) for t in range(total)]
 
     def _step(self, loss: torch.Tensor, lr: float) -> None:
@@ -215,9 +229,9 @@ class TrainingRun:
                     out = model(x)
                     if auxiliary:
                         logits, aux_logits = out
-                        loss = F.cross_entropy(logits, y) + c.auxiliary_weight * F.cross_entropy(aux_logits, y)
+                        loss = data.loss(logits, y) + c.auxiliary_weight * data.loss(aux_logits, y)
                     else:
-                        loss = F.cross_entropy(out, y)
+                        loss = data.loss(out, y)
                 self._step(loss, lrs[epoch * steps + step])
                 losses[step] = loss.detach()
                 self.samples += len(y)
@@ -231,14 +245,13 @@ class TrainingRun:
 
     @torch.inference_mode()
     def accuracy(self, data: ImageDataset, split: str = "val") -> float:
+        """The dataset's metric on `split`: accuracy, or mean IoU for segmentation."""
         self.model.eval()
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        total = 0
+        meter = data.meter()
         for x, y in data.eval_batches(split, self.config.eval_batch_size):
             with self.autocast():
-                correct += (self.model(x).argmax(1) == y).sum()
-            total += len(y)
-        return correct.item() / total
+                meter.add(self.model(x), y)
+        return meter.value()
 
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly (weights, optimizer, RNGs, curves)."""

@@ -119,12 +119,14 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.supernet:
         from raynas.workers.oneshot import describe_supernet
 
-        report = {"space": args.space, "algorithm": args.algorithm, **describe_supernet(
+        # The autodeeplab space has one search, Auto-DeepLab's, whatever --algorithm says.
+        algorithm = "autodeeplab" if args.space == "autodeeplab" else args.algorithm
+        report = {"space": args.space, "algorithm": algorithm, **describe_supernet(
             args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
         if args.json:
             print(json.dumps(report, indent=2))
         else:
-            print(f"{args.space} supernet ({args.algorithm}): {report['params']:,} network parameters, "
+            print(f"{args.space} supernet ({algorithm}): {report['params']:,} network parameters, "
                   f"{report['arch_params']:,} architecture parameters")
         return 0
     if not args.arch:
@@ -141,6 +143,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"space: {report['space']}\narch:  {report['arch']}\n")
         print(report["drawing"])
         print(f"\nparams: {report['params']:,} ({report['params'] / 1e6:.3f} M)")
+        if report["published_params_M"]:
+            print(f"published: {report['published_params_M']} M (as counted in its paper)")
         if report["params_auxiliary"]:
             print(f"params of the auxiliary head (not counted above): {report['params_auxiliary']:,}")
         print(f"FLOPs (multiply-adds, one input): {report['flops']:,} ({report['flops'] / 1e6:.2f} M)")

@@ -13,8 +13,9 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--run", help="a search's run directory: train its best architecture")
     t.add_argument("--space", help="search space of --arch")
     t.add_argument("--arch", help="architecture string or published name (e.g. DARTS_V2)")
-    t.add_argument("--dataset", default="digits", help="digits (bundled), mnist, cifar10")
-    t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10)")
+    t.add_argument("--dataset", default="digits",
+                   help="digits (bundled), mnist, cifar10; segmentation: digits-seg (bundled), cityscapes, voc")
+    t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10, cityscapes, voc)")
     t.add_argument("--out", required=True, help="output directory: checkpoint.pt and result.json")
     t.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
     t.add_argument("--seed", type=int, default=0, help="training seed (with --seeds: the first)")
@@ -70,7 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"training failed: {result['reason']}")
     else:
         spread = f" +- {result['test_acc_std']:.4f} over {args.seeds} seeds" if args.seeds > 1 else ""
-        print(f"{result['test_split']} accuracy {result['test_acc']:.4f}{spread} ({result['params']:,} params); "
+        metric = "mIoU" if result.get("metric") == "miou" else "accuracy"
+        print(f"{result['test_split']} {metric} {result['test_acc']:.4f}{spread} ({result['params']:,} params); "
               f"{args.out}/result.json")
     return 0 if result["state"] == "done" else 1
 

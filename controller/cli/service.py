@@ -245,7 +245,9 @@ def _follow(client, search_id: str, skip: int) -> int:
             m = struct_to_dict(event.one_shot_epoch.monitors)
             stage = m.get("stage", "epoch")
             shown = (f"train loss {m.get('train_loss')}" if stage == "train" else
-                     f"skip-connections {m.get('skip_count')}, val_acc {m.get('val_acc')}, {m.get('genotype')}")
+                     f"skip-connections {m.get('skip_count')}, "
+                     + (f"val_miou {m['val_miou']}" if "val_miou" in m else f"val_acc {m.get('val_acc')}")
+                     + f", {m.get('genotype')}")
             print(f"  one-shot run {event.one_shot_epoch.run} {stage} {event.one_shot_epoch.epoch}: {shown}",
                   flush=True)
     return FINAL_EXIT.get(state, 0)

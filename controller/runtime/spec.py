@@ -113,13 +113,14 @@ class Ladder:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
+    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn, autodeeplab (default macro)")
     strategy: str = _field("rl", "random, evolution, rl (default), nao, or one-shot: darts, darts2 (second order), "
-                                 "noisy-darts, rsws (random search with weight sharing), nao-ws; options via "
-                                 "--strategy-option")
+                                 "noisy-darts, rsws (random search with weight sharing), nao-ws, autodeeplab; "
+                                 "options via --strategy-option")
     evaluator: str = _field("train", "train (train each child) or table (NAS-Bench-201 lookup)")
-    dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb; a one-shot strategy also "
-                                    "trains its supernet on it")
+    dataset: str = _field("digits", "digits (default, bundled), mnist, cifar10, ptb, or for segmentation "
+                                    "digits-seg (bundled), cityscapes, voc; a one-shot strategy also trains its "
+                                    "supernet on it")
     #: A one-shot search scored by the table trains its supernet on `dataset`; unless this is set,
     #: that must be the table's own dataset.
     proxy_dataset: bool = _field(False, "let a one-shot search scored by the table train its supernet on --dataset "

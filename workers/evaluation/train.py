@@ -21,9 +21,9 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
-from raynas.workers.data import DATASETS, Dataset, ImageDataset, TextDataset
+from raynas.workers.data import DATASETS, Dataset, ImageDataset, dataset_kind
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, resolve_arch
-from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model
+from raynas.workers.nets import LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_flops, count_params
 from raynas.workers.training import (
     PPL_REWARD_CONSTANT,
@@ -52,12 +52,13 @@ class TrainEvaluator(Evaluator):
 
     def __init__(self, space: SearchSpace, dataset: Dataset, config: TrainConfig | None = None):
         config = config or TrainConfig()
-        language = space.name in LANGUAGE_SPACES
-        if language != isinstance(dataset, TextDataset):
-            wanted = ("ptb",) if language else tuple(d for d in DATASETS if d != "ptb")
-            raise ConfigError("dataset", f"the {space.name} space builds "
-                              f"{'language models' if language else 'image classifiers'}, "
-                              f"which cannot train on {dataset.name!r}", wanted)
+        kind = "text" if space.name in LANGUAGE_SPACES else "segmentation" if space.name in SEGMENTATION_SPACES \
+            else "image"
+        if dataset.kind != kind:
+            networks = {"text": "language models", "segmentation": "segmentation networks",
+                        "image": "image classifiers"}[kind]
+            raise ConfigError("dataset", f"the {space.name} space builds {networks}, which cannot train on "
+                              f"{dataset.name!r}", tuple(d for d in DATASETS if dataset_kind(d) == kind))
         self.space = space
         self._child: weakref.ref | None = None
         self.config = config.resolved(dataset.kind)
@@ -121,9 +122,9 @@ class TrainEvaluator(Evaluator):
             optimizer = torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
                                         nesterov=c.nesterov and c.momentum > 0, weight_decay=c.weight_decay)
             run = TrainingRun(model, optimizer, c, self.device, torch.Generator().manual_seed(seed),
-                              unit="images" if image else "tokens")
+                              unit="images" if image else "tokens", metric=self.dataset.metric if image else "ppl")
             start = self._restore(run, arch, seed, budget, checkpoint)
-            name = "val_acc" if image else "val_ppl"
+            name = f"val_{run.metric}"
 
             def on_epoch(epoch: int) -> None:
                 if checkpoint:

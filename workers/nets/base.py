@@ -6,7 +6,8 @@ Image models map images [B, C, H, W] to logits [B, num_classes]; built with
 `auxiliary=True` and in training mode they return `(logits, aux_logits)`, and
 their auxiliary head is the submodule `auxiliary_head` (left out of
 `workers.profile.count_params`). Networks with drop-path expose
-`drop_path_prob`, which the trainer may ramp per epoch.
+`drop_path_prob`, which the trainer may ramp per epoch. Segmentation models (SEGMENTATION_SPACES)
+map images to per-pixel logits [B, num_classes, H, W].
 
 Language models (space "rnn") map tokens [T, B] and a hidden state to logits
 [T, B, vocab_size] (unnormalised: apply log_softmax or cross_entropy) and the
@@ -24,6 +25,8 @@ from raynas.common import ConfigError, check_int, check_number
 
 #: Spaces whose children are language models (tokens in, next-token scores out).
 LANGUAGE_SPACES = ("rnn",)
+#: Spaces whose networks label every pixel: logits [B, num_classes, H, W].
+SEGMENTATION_SPACES = ("autodeeplab",)
 
 @dataclass(frozen=True)
 class NetConfig:

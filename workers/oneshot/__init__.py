@@ -1,6 +1,6 @@
 """One-shot search: gradient-based (DARTS first and second order, NoisyDARTS) and random search
 with weight sharing (rsws); supernets, the search loops, genotype derivation and collapse
-monitors. Plain PyTorch."""
+monitors; Auto-DeepLab's hierarchical search lives in autodeeplab.py. Plain PyTorch."""
 
 from __future__ import annotations
 
@@ -23,7 +23,15 @@ from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supern
 def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
                       in_channels: int = 3, algorithm: str = "darts") -> dict[str, int]:
     """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet;
-    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for nb201)."""
+    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for nb201;
+    autodeeplab: F = 8, L = 12)."""
+    if space == "autodeeplab":
+        from raynas.search_spaces.autodeeplab import LAYERS
+        from raynas.workers.oneshot.autodeeplab import ADL_DEFAULTS, AutoDeepLabSupernet
+
+        model = AutoDeepLabSupernet(channels or ADL_DEFAULTS["channels"], layers or LAYERS, in_channels, num_classes)
+        return {"params": sum(p.numel() for p in model.network_parameters()),
+                "arch_params": sum(a.numel() for a in model.arch_parameters())}
     cfg = OneShotConfig(algorithm=algorithm, channels=16 if channels is None else channels,
                         layers=layers).resolved(space)
     model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,

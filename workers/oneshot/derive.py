@@ -14,28 +14,31 @@ from raynas.search_spaces.types import Genotype
 from raynas.workers.oneshot.supernet import SKIP, Path
 
 
+def derive_cell(w: torch.Tensor, primitives: Sequence[str], steps: int) -> tuple[tuple[str, int], ...]:
+    """DARTS' rule for one cell's op weights [edges, ops]: each node keeps its 2 incoming edges
+    whose strongest non-`none` op weighs most, and on each kept edge that op (Auto-DeepLab
+    derives its cell the same way)."""
+    w = w.detach().cpu()
+    candidates = [i for i, p in enumerate(primitives) if p != "none"]
+    pairs, start = [], 0
+    for node in range(steps):
+        inputs = 2 + node
+        edges = w[start:start + inputs]
+        best = [(max(edges[j, k].item() for k in candidates), j) for j in range(inputs)]
+        for _, j in sorted(best, key=lambda t: (-t[0], t[1]))[:2]:
+            k = max(candidates, key=lambda k: edges[j, k].item())
+            pairs.append((primitives[k], j))
+        start += inputs
+    return tuple(pairs)
+
+
 def derive_darts(weights: Sequence[torch.Tensor], primitives: Sequence[str], steps: int = 4,
                  multiplier: int = 4) -> Genotype:
-    """DARTS' rule, per cell type: each node keeps its 2 incoming edges whose strongest
-    non-`none` op weighs most, and on each kept edge that op."""
-
-    def cell(w: torch.Tensor) -> tuple[tuple[str, int], ...]:
-        w = w.detach().cpu()
-        candidates = [i for i, p in enumerate(primitives) if p != "none"]
-        pairs, start = [], 0
-        for node in range(steps):
-            inputs = 2 + node
-            edges = w[start:start + inputs]
-            best = [(max(edges[j, k].item() for k in candidates), j) for j in range(inputs)]
-            for _, j in sorted(best, key=lambda t: (-t[0], t[1]))[:2]:
-                k = max(candidates, key=lambda k: edges[j, k].item())
-                pairs.append((primitives[k], j))
-            start += inputs
-        return tuple(pairs)
-
+    """DARTS' rule (`derive_cell`) for the normal and the reduction cell."""
     concat = tuple(range(2 + steps - multiplier, 2 + steps))
     normal, reduce = weights
-    return Genotype(normal=cell(normal), normal_concat=concat, reduce=cell(reduce), reduce_concat=concat)
+    return Genotype(normal=derive_cell(normal, primitives, steps), normal_concat=concat,
+                    reduce=derive_cell(reduce, primitives, steps), reduce_concat=concat)
 
 
 def derive_nb201(weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> NB201Arch:

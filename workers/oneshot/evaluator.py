@@ -25,6 +25,8 @@ SearchRun = Callable[[SearchSpace, Dataset, Any, int, "str | None"], Iterator[di
 #: Figures of the search's last epoch repeated in the evaluation's metrics (every report goes to
 #: the run's oneshot.jsonl).
 SUMMARY = ("skip_count", "val_acc", "val_loss", "alpha_entropy_fraction")
+#: Figures only some searches report (Auto-DeepLab's), repeated in the metrics where present.
+EXTRA_SUMMARY = ("val_miou", "path", "beta_entropy_fraction")
 
 
 class OneShotSearch(Evaluator):
@@ -72,6 +74,7 @@ class OneShotSearch(Evaluator):
             "evaluation_budget": result.metrics.pop("budget", None),
             "search_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
             "genotype": result.arch, **{k: last.get(k) for k in SUMMARY},
+            **{k: last[k] for k in EXTRA_SUMMARY if k in last},
             "skip_count_per_epoch": [r.get("skip_count") for r in searched],
             "stopped_early": history[-1].get("stopped_early"),
             "candidates": [{"arch": r.arch, "reward": r.reward, "status": r.status} for r in results],

@@ -103,6 +103,8 @@ class SupernetConfig:
 
     #: The search's name in reports and results.
     algorithm: ClassVar[str] = ""
+    #: The spaces this search has supernets and published settings for.
+    spaces: ClassVar[tuple[str, ...]] = SPACES
 
     def __post_init__(self):
         check_int("epochs", self.epochs, optional=True)
@@ -128,9 +130,9 @@ class SupernetConfig:
         return dict(SPACE_DEFAULTS[space])
 
     def resolved(self, space: str) -> SupernetConfig:
-        """This config with every None field set for `space` (darts or nb201)."""
-        if space not in SPACES:
-            raise ConfigError("space", f"no supernet for {space!r}", SPACES)
+        """This config with every None field set for `space` (one of `spaces`)."""
+        if space not in self.spaces:
+            raise ConfigError("space", f"no supernet for {space!r}", self.spaces)
         defaults = self.defaults(space)
         defaults["nesterov"] = defaults["nesterov"] and self.momentum > 0  # torch's SGD refuses it otherwise
         config = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
@@ -347,14 +349,17 @@ def weight_optimizer(model: Supernet, cfg: SupernetConfig) -> torch.optim.SGD:
 
 
 def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig, lr: float, x: torch.Tensor,
-                y: torch.Tensor, path: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                y: torch.Tensor, path: Path | None = None,
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of the weights (of the whole supernet, or of one path); returns the
-    batch's loss and its number of correct predictions, on the device (no host sync)."""
+    batch's loss (`loss_fn`: the dataset's, per pixel for segmentation) and its number of
+    correct predictions, on the device (no host sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
-    logits = model(x, path)
-    loss = F.cross_entropy(logits, y)
+    logits = model(x) if path is None else model(x, path)
+    loss = loss_fn(logits, y)
     loss.backward(inputs=model.network_parameters())
     if cfg.grad_clip:
         torch.nn.utils.clip_grad_norm_(model.network_parameters(), cfg.grad_clip)

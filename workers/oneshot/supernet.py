@@ -90,7 +90,8 @@ class MixedOp(nn.Module):
         return out if total is None else total + out
 
 
-def _darts_op(name: str, C: int, stride: int) -> nn.Module:
+def search_op(name: str, C: int, stride: int) -> nn.Module:
+    """A DARTS-family op as supernets build it: BN without affine, pools followed by one."""
     op = DARTS_OPS[name](C, stride, False)
     if "pool" in name:
         return nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
@@ -108,7 +109,7 @@ class DartsSearchCell(nn.Module):
                             else ReLUConvBN(C_prev_prev, C, 1, 1, 0, affine=False))
         self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0, affine=False)
         self.edges = nn.ModuleList(
-            MixedOp(primitives, [_darts_op(p, C, 2 if reduction and j < 2 else 1) for p in primitives], noise_lambda,
+            MixedOp(primitives, [search_op(p, C, 2 if reduction and j < 2 else 1) for p in primitives], noise_lambda,
                     skip_drop_path)
             for i in range(steps) for j in range(2 + i)
         )

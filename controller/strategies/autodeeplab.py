@@ -1,0 +1,41 @@
+"""Auto-DeepLab (Liu et al., CVPR 2019): a one-shot search of the cell and of the network's
+path through the trellis, for semantic segmentation. Each evaluation is one search with its own
+seed (first-order bilevel on two halves of the training set, the cell derived like DARTS, the
+path decoded by Viterbi), then the decoded network trained and scored by mean IoU; the job keeps
+the best. Runs like the other one-shot strategies: parallel seeds on the cluster, per-epoch
+monitors in oneshot.jsonl, resumable from each search's epoch checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from raynas.common import ConfigError
+from raynas.controller.strategies import register
+from raynas.controller.strategies.base import Needs
+from raynas.controller.strategies.oneshot import OneShotStrategy
+from raynas.search_spaces import SearchSpace
+from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, autodeeplab_evaluator
+from raynas.workers.oneshot.search import SupernetConfig
+
+
+@register
+class AutoDeepLab(OneShotStrategy):
+    """Options: `AutoDeepLabConfig`'s fields (epochs, batch_size, channels = F, layers = L, lr,
+    arch_lr, warmup_epochs, ...); the space must be autodeeplab and the dataset a segmentation set."""
+
+    name = "autodeeplab"
+    needs = Needs(search=autodeeplab_evaluator)
+    Options = AutoDeepLabConfig
+
+    @classmethod
+    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
+        return AutoDeepLabConfig(**options)
+
+    @classmethod
+    def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:
+        if space.name != "autodeeplab":
+            raise ConfigError("space", f"{cls.name} searches the autodeeplab space, not {space.name!r}",
+                              ("autodeeplab",))
+        options.resolved(space.name)
