@@ -23,7 +23,7 @@ from torch import nn
 from raynas.common import ConfigError, check_int, check_number
 
 #: Spaces whose children are language models (tokens in, next-token scores out).
-LANGUAGE_SPACES = ("rnn",)
+LANGUAGE_SPACES = ("rnn", "nasrnn")
 
 @dataclass(frozen=True)
 class NetConfig:
