@@ -34,17 +34,16 @@ class TreeCellModule(nn.Module):
         base = arch.base
         self.x_proj = nn.Linear(input_size, base * hidden_size, bias=False)
         self.h_proj = nn.Linear(hidden_size, base * hidden_size, bias=False)
-        # Leaf slot s of the projections holds leaf order[s]; runs of equal (combination,
-        # activation) are one slice each.
+        # The projections' outputs hold the leaves in `order`, so that leaves with equal
+        # (combination, activation) are adjacent: one run each.
         order = sorted(range(base), key=lambda i: arch.nodes[i])
         self._slot = {leaf: s for s, leaf in enumerate(order)}
-        self._runs: list[tuple[str, str, int, int]] = []
-        for s, leaf in enumerate(order):
-            comb, act = arch.nodes[leaf]
-            if self._runs and self._runs[-1][:2] == (comb, act):
-                self._runs[-1] = (comb, act, self._runs[-1][2], s + 1)
+        self._runs: list[tuple[str, str, int]] = []  # (combination, activation, leaves)
+        for leaf in order:
+            if self._runs and self._runs[-1][:2] == arch.nodes[leaf]:
+                self._runs[-1] = (*arch.nodes[leaf], self._runs[-1][2] + 1)
             else:
-                self._runs.append((comb, act, s, s + 1))
+                self._runs.append((*arch.nodes[leaf], 1))
 
     def leaf_columns(self, leaf: int) -> slice:
         """Where leaf `leaf`'s H outputs sit in the projections' base*H outputs."""
@@ -62,24 +61,24 @@ class TreeCellModule(nn.Module):
         if self.training and self.dropout_x:
             inputs = inputs * dropout_mask(inputs, inputs.shape[1:], self.dropout_x)
         h_mask = dropout_mask(h, h.shape, self.dropout_h) if self.training and self.dropout_h else None
-        x_all = self.x_proj(inputs)
         outputs = []
-        for x in x_all:
+        # unbind and split, not indexing: their backward passes concatenate the gradients,
+        # where each index's would write into a zero tensor as large as the whole input.
+        for x in self.x_proj(inputs).unbind(0):
             h, c = self._step(x, self.h_proj(h if h_mask is None else h * h_mask), c)
             outputs.append(h)
         return torch.stack(outputs), (h, c)
 
     def _step(self, x: torch.Tensor, u: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         arch, H = self.arch, self.hidden_size
-        leaves = []
-        for comb, act, start, end in self._runs:
-            leaves.append(RNN_ACTIVATIONS[act](_combine(comb, x[:, start * H:end * H], u[:, start * H:end * H])))
-        slots = torch.cat(leaves, dim=-1) if len(leaves) > 1 else leaves[0]
-        values: list[torch.Tensor] = [slots[:, self.leaf_columns(i)] for i in range(arch.base)]
-        memory = None
-        if arch.memory_from < arch.base:
-            columns = self.leaf_columns(arch.memory_from)
-            memory = _combine(arch.nodes[arch.memory_from][0], x[:, columns], u[:, columns])
+        sizes = [n * H for _, _, n in self._runs]
+        pres, outs = [], []
+        for (comb, act, _), xr, ur in zip(self._runs, x.split(sizes, dim=-1), u.split(sizes, dim=-1)):
+            pre = _combine(comb, xr, ur)
+            pres += pre.split(H, dim=-1)
+            outs += RNN_ACTIVATIONS[act](pre).split(H, dim=-1)
+        values = [outs[self._slot[i]] for i in range(arch.base)]
+        memory = pres[self._slot[arch.memory_from]] if arch.memory_from < arch.base else None
         for node in range(len(arch.nodes)):
             if node >= arch.base:
                 comb, act = arch.nodes[node]

@@ -67,7 +67,9 @@ class RecurrentCell(nn.Module):
         if self.training and self.dropout_h:
             h_mask = dropout_mask(hidden, hidden.shape, self.dropout_h)
         outputs = []
-        for x in inputs:
+        # unbind, not indexing: its backward stacks the steps' gradients, where each index's
+        # would write into a zero tensor as large as the whole window.
+        for x in inputs.unbind(0):
             hidden = self._step(x, hidden, x_mask, h_mask)
             outputs.append(hidden)
         return torch.stack(outputs), hidden
