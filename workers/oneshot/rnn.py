@@ -75,7 +75,8 @@ class Window(NamedTuple):
 RNNPath = list[tuple[int, int]]
 
 
-def _highway(s: torch.Tensor, projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _gate(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A highway step's sigmoid gate and its candidate, from the node's projection."""
     gate, candidate = projected.chunk(2, dim=-1)
     return gate.sigmoid(), candidate
 
@@ -124,18 +125,18 @@ class RNNSupernet(Supernet):
 
     def _step(self, x: torch.Tensor, h: torch.Tensor, h_mask: torch.Tensor | None, weights: torch.Tensor | None,
               path: RNNPath | None) -> torch.Tensor:
-        gate, candidate = _highway(h, self.init_proj(torch.cat([x, h if h_mask is None else h * h_mask], -1)))
+        gate, candidate = _gate(self.init_proj(torch.cat([x, h if h_mask is None else h * h_mask], -1)))
         states = [self.norm(h + gate * (candidate.tanh() - h))]
         offset = 0
         for i, proj in enumerate(self.step_projs, start=1):
             if path is not None:
                 source, column = path[i - 1]
                 s = states[source]
-                gate, candidate = _highway(s, proj(s if h_mask is None else s * h_mask))
+                gate, candidate = _gate(proj(s if h_mask is None else s * h_mask))
                 node = s + gate * (RNN_ACTIVATIONS[PRIMITIVES[column]](candidate) - s)
             else:
                 s = torch.stack(states)  # [i, B, H]: every predecessor at once
-                gate, candidate = _highway(s, proj(s if h_mask is None else s * h_mask[None]))
+                gate, candidate = _gate(proj(s if h_mask is None else s * h_mask[None]))
                 w = weights[offset:offset + i, 1:, None, None]  # [i, ops without none, 1, 1]
                 # sum_op w_op * (s + g * (act_op(c) - s)) = W s + g * (sum_op w_op act_op(c) - W s), W = sum_op w_op
                 mixed = sum(w[:, k] * RNN_ACTIVATIONS[name](candidate) for k, name in enumerate(ACTIVATIONS))
@@ -171,7 +172,7 @@ def sample_cell(steps: int, generator: torch.Generator) -> RNNGenotype:
     return RNNGenotype(recurrent, tuple(range(1, steps + 1)))
 
 
-class Streams:
+class Stream:
     """A batchified stream read window after window, its hidden state carried across windows and
     reset when the stream wraps around (a new pass starts from a zero state)."""
 
@@ -237,8 +238,8 @@ def _darts_rnn(space: SearchSpace, dataset: TextDataset, cfg: OneShotConfig, see
         model = RNNSupernet(dataset.vocab_size, cfg.channels, space.steps).to(device)
         w_optimizer = weight_optimizer(model, cfg)
         architect = Architect(model, cfg)
-        train = Streams(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
-        search = Streams(model, dataset.batchify("val", cfg.batch_size, device), "val", bptt)
+        train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
+        search = Stream(model, dataset.batchify("val", cfg.batch_size, device), "val", bptt)
         valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
         history: list[dict] = []
         state = load_checkpoint(checkpoint, cfg, seed)
@@ -315,7 +316,7 @@ def _rsws_rnn(space: SearchSpace, dataset: TextDataset, cfg, seed: int, device: 
         generator = torch.Generator().manual_seed(seed)
         model = RNNSupernet(dataset.vocab_size, cfg.channels, space.steps).to(device)
         optimizer = weight_optimizer(model, cfg)
-        train = Streams(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
+        train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
         valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
         history: list[dict] = []
         winners: list[dict] = []
