@@ -120,7 +120,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         from raynas.workers.oneshot import describe_supernet
 
         report = {"space": args.space, "algorithm": args.algorithm, **describe_supernet(
-            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
+            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm,
+            args.vocab_size)}
         if args.json:
             print(json.dumps(report, indent=2))
         else:

@@ -128,3 +128,11 @@ def test_nas_search_on_ptb_end_to_end(tiny_ptb, tmp_path, strategy):
     assert record["metrics"]["val_ppl_best"] > 1 and record["reward"] == pytest.approx(
         80 / record["metrics"]["val_ppl_best"] ** 2)
     assert (tmp_path / "run" / "oneshot.jsonl").read_text().strip()
+
+
+def test_supernet_size_at_darts_search_width():
+    from raynas.workers.oneshot import describe_supernet
+
+    # 10k x 300 tied embedding + decoder bias, [x, h] -> 2H for node 0, 8 nodes of H -> 2H; 36 edges x 5 ops.
+    assert describe_supernet("rnn") == {"params": 10_000 * 300 + 10_000 + 600 * 600 + 8 * 300 * 600,
+                                        "arch_params": 36 * 5}
