@@ -22,7 +22,7 @@ from raynas.workers.oneshot.rnn import (
     rnn_search_epochs,
 )
 
-TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu"}
+TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu", "num_threads": 1}
 
 
 def test_defaults_are_darts_ptb_search_settings():
@@ -81,6 +81,11 @@ def test_derivation_keeps_one_predecessor_per_node_by_its_strongest_activation()
     assert derive_rnn([w], 2).recurrent == (("tanh", 0), ("relu", 1))
 
 
+def _same(report):
+    """A report without its timings."""
+    return {k: v for k, v in report.items() if k not in ("wall_time_s", "tokens_per_s")}
+
+
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_search_resumes_exactly_from_its_checkpoint(tiny_ptb, tmp_path, algorithm):
     data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
@@ -90,11 +95,8 @@ def test_search_resumes_exactly_from_its_checkpoint(tiny_ptb, tmp_path, algorith
     first = next(iter(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint)))
     resumed = list(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint))
 
-    def same(r):
-        return {k: v for k, v in r.items() if k not in ("wall_time_s", "tokens_per_s")}
-
-    assert [same(r) for r in resumed] == [same(r) for r in straight]
-    assert same(first) == same(straight[0])
+    assert [_same(r) for r in resumed] == [_same(r) for r in straight]
+    assert _same(first) == _same(straight[0])
     last = straight[-1]
     assert last["candidates"] == [last["genotype"]] and 1 < last["val_ppl"] < 1e4
     assert {"alpha_entropy", "alpha_entropy_fraction", "alphas", "train_loss"} <= set(last)
@@ -111,6 +113,11 @@ def test_rsws_on_rnn_trains_single_paths_then_ranks_by_perplexity(tiny_ptb, tmp_
     assert ranked["val_ppl"] == min(r["block_val_ppl"] for r in reports[2:])
     assert ranked["candidates"] == [ranked["genotype"]]
     assert list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=checkpoint)) == reports  # replayed
+    # Stopped after its first epoch, it continues to the same reports.
+    other = str(tmp_path / "stopped.pt")
+    next(iter(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other)))
+    resumed = list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other))
+    assert [_same(r) for r in resumed] == [_same(r) for r in reports]
 
 
 @pytest.mark.parametrize("strategy", ["darts", "darts2", "rsws"])
