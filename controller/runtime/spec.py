@@ -113,7 +113,7 @@ class Ladder:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn (default macro)")
+    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn, nasrnn (default macro)")
     strategy: str = _field("rl", "random, evolution, rl (default), nao, or one-shot: darts, darts2 (second order), "
                                  "noisy-darts, rsws (random search with weight sharing), nao-ws; options via "
                                  "--strategy-option")
