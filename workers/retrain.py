@@ -45,7 +45,7 @@ CELL_RECIPE: dict[str, Any] = {"epochs": 600, "batch_size": 96, "lr": 0.025, "mo
                                "auxiliary_weight": 0.4, "drop_path": 0.2, "cutout": 16}
 #: NAS-Bench-201's training: 200 epochs, batch 256, Nesterov SGD 0.1 cosine, wd 5e-4.
 NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4}
-#: DARTS' PTB evaluation (Liu et al., sec. A.2; the DARTS code's rnn/train.py defaults [U: only the
+#: DARTS' PTB evaluation (Liu et al., ICLR 2019; the DARTS code's rnn/train.py defaults [U: only the
 #: 850 size and the 23M parameters are in REFERENCES]): embedding = hidden = 850, batch 64, BPTT 35,
 #: plain SGD at a constant lr 20, wd 8e-7, clip 0.25, averaged SGD once the validation perplexity
 #: stops improving over 5 epochs, up to 8000 epochs; dropouts in `LANGUAGE_NET`.

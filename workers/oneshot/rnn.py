@@ -1,5 +1,5 @@
-"""One-shot search on the recurrent `rnn` space (DARTS' PTB search, Liu et al., sec. 2.2 and
-A.1.2; Li & Talwalkar's random search with weight sharing on the same supernet).
+"""One-shot search on the recurrent `rnn` space (DARTS' PTB search, Liu et al., ICLR 2019; Li &
+Talwalkar's random search with weight sharing on the same supernet).
 
 The supernet is DARTS' recurrent search cell in the language model every rnn child trains in
 (workers/nets/rnn.py): node 0 is the highway step over [x_t, h_{t-1}]; node i (1..steps) sums,

@@ -73,7 +73,7 @@ SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_d
                             "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
                   "nb201": {"epochs": 50, "channels": 16, "layers": 5, "weight_decay": 5e-4, "momentum": 0.9,
                             "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0}}
-#: DARTS' PTB search (Liu et al., sec. A.1.2): embedding and hidden 300, plain SGD at a constant lr 20,
+#: DARTS' PTB search (Liu et al., ICLR 2019): embedding and hidden 300, plain SGD at a constant lr 20,
 #: batch 256, BPTT 35, wd 5e-7, alphas Adam 3e-3 with betas (0.9, 0.999); clip 0.25 and 50 epochs are
 #: the DARTS code's (rnn/train_search.py) [U: not in the paper's text].
 SPACE_DEFAULTS["rnn"] = {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
