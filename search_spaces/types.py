@@ -103,3 +103,25 @@ class AutoDeepLabArch:
     def __str__(self) -> str:
         pairs = "[" + ", ".join(f"('{op}', {i})" for op, i in self.cell) + "]"
         return f"AutoDeepLab(cell={pairs}, path=[{', '.join(str(s) for s in self.path)}])"
+
+
+@dataclass(frozen=True)
+class TreeCell:
+    """Zoph & Le's recurrent cell: a full binary tree over `base` leaves. Leaf i combines
+    W_i x_t and U_i h_{t-1}; internal node n combines nodes 2(n - base) and 2(n - base) + 1;
+    each node applies its (combination, activation) pair, and the root is h_t. The memory:
+    c_{t-1} joins node `inject_at`'s output through `inject` (combination, activation), and
+    c_t is node `memory_from`'s combination before its activation."""
+
+    nodes: tuple[tuple[str, str], ...]
+    inject: tuple[str, str]
+    inject_at: int
+    memory_from: int
+
+    @property
+    def base(self) -> int:
+        return (len(self.nodes) + 1) // 2
+
+    def __str__(self) -> str:
+        nodes = " ".join(f"{c}/{a}" for c, a in self.nodes)
+        return f"{nodes} inject={self.inject[0]}/{self.inject[1]} cell={self.inject_at},{self.memory_from}"

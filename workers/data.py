@@ -219,6 +219,8 @@ class TextDataset(Dataset):
     """Word-level corpus as 1-D int64 token streams; ids index `vocab`."""
 
     kind: ClassVar[str] = "text"
+    #: What validation measures, as reports name it (val_ppl).
+    metric: ClassVar[str] = "ppl"
 
     name: str
     vocab: tuple[str, ...]

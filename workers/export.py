@@ -3,7 +3,10 @@
 - json: the architecture (space, canonical string), its size and the network config;
 - torch-export: `torch.export` of the evaluation network in eval mode, loadable with
   `torch.export.load(PATH).module()`, with the weights of a `nas train` checkpoint when one
-  is given (freshly initialised otherwise, and the output says so);
+  is given (freshly initialised otherwise, and the output says so). A language model exports
+  as `(tokens [35, B], hidden) -> (logits [35, B, vocab], hidden)`, the hidden state in and out
+  (a tensor [B, H], or (h, c) for the tree cell) so that a caller carries it across windows;
+  any batch size, a window of 35 tokens (the time loop is unrolled when exporting);
 - onnx: the same network through `torch.onnx.export` (needs the onnx and onnxscript packages).
 """
 
@@ -37,8 +40,6 @@ def export(space: str, arch: str, fmt: str, out: str | Path, *, checkpoint: str 
            net: NetConfig | None = None) -> dict[str, Any]:
     if fmt not in FORMATS:
         raise ConfigError("format", f"unknown format {fmt!r}", FORMATS)
-    if space in LANGUAGE_SPACES and fmt != "json":
-        raise ConfigError("format", f"the {space} language model exports as json only for now", ("json",))
     trained = load_trained(checkpoint) if checkpoint else None
     if trained:
         if (trained["space"], trained["arch"]) != (space, arch):
@@ -61,10 +62,20 @@ def export(space: str, arch: str, fmt: str, out: str | Path, *, checkpoint: str 
         out.write_text(json.dumps(info, indent=2) + "\n")
     elif fmt == "torch-export":
         with torch.no_grad():
-            # Any batch size at load time; the image shape stays as exported.
-            program = torch.export.export(model, (sample.expand(2, *sample.shape[1:]).clone(),),
-                                          dynamic_shapes=({0: torch.export.Dim.AUTO},))
+            # Any batch size at load time; the image shape (the token window) stays as exported.
+            if space in LANGUAGE_SPACES:
+                tokens = sample.expand(-1, 2).clone()
+                hidden = model.init_hidden(2)
+                batch = torch.export.Dim.AUTO
+                hidden_dims = ({0: batch}, {0: batch}) if isinstance(hidden, tuple) else {0: batch}
+                program = torch.export.export(model, (tokens, hidden), dynamic_shapes=({1: batch}, hidden_dims))
+            else:
+                program = torch.export.export(model, (sample.expand(2, *sample.shape[1:]).clone(),),
+                                              dynamic_shapes=({0: torch.export.Dim.AUTO},))
             torch.export.save(program, out)
+    elif space in LANGUAGE_SPACES:
+        raise ConfigError("format", f"the {space} language model exports as json or torch-export",
+                          ("json", "torch-export"))
     else:
         try:
             import onnx  # noqa: F401

@@ -3,8 +3,11 @@ the architecture a search found (`nas train`), and DARTS' final evaluation.
 
 Segmentation networks (autodeeplab) train the same way on a segmentation dataset, per-pixel
 cross-entropy with the ignore label, scored by mean IoU, with DeepLab's poly learning rate.
+Language models (rnn, nasrnn) follow DARTS' PTB evaluation instead (`LANGUAGE_RECIPE`): the training
+stream trains, every epoch reports the validation perplexity, averaged SGD takes over when it stalls,
+and the result holds the test perplexity (with the averaged weights once averaging).
 
-As DARTS' train.py does: the whole official training set trains (no validation hold-out), every
+As DARTS' train.py does for images: the whole official training set trains (no validation hold-out), every
 epoch reports the test accuracy, and the network trains in fp32 (bf16 autocast on CUDA only when
 asked for). A dataset without a test split (digits) keeps its validation split held out and
 reports that. `retrain_seeds` repeats the training over seeds and reports the mean and standard
@@ -31,7 +34,7 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save, write_json_atomic
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
-from raynas.workers.data import SEGMENTATION_DATASETS, ImageDataset
+from raynas.workers.data import SEGMENTATION_DATASETS, Dataset, TextDataset
 from raynas.workers.nets import LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, build_model
 from raynas.workers.profile import count_params
 from raynas.workers.training import TrainConfig, TrainingRun, check_cutout, pick_device
@@ -49,7 +52,18 @@ NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "mo
 #: F = 8) is ours, sized for the composed set on a CPU.
 AUTODEEPLAB_RECIPE: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "nesterov": False,
                                       "weight_decay": 1e-4, "grad_clip": 5.0, "lr_schedule": "poly"}
-RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE, "autodeeplab": AUTODEEPLAB_RECIPE}
+#: DARTS' PTB evaluation (Liu et al., ICLR 2019; the DARTS code's rnn/train.py defaults [U: only the
+#: 850 size and the 23M parameters are in REFERENCES]): embedding = hidden = 850, batch 64, BPTT 35,
+#: plain SGD at a constant lr 20, wd 8e-7, clip 0.25, averaged SGD once the validation perplexity
+#: stops improving over 5 epochs, up to 8000 epochs; dropouts in `LANGUAGE_NET`.
+LANGUAGE_RECIPE: dict[str, Any] = {"epochs": 8000, "batch_size": 64, "bptt": 35, "lr": 20.0, "momentum": 0.0,
+                                   "weight_decay": 8e-7, "grad_clip": 0.25, "channels": 850,
+                                   "lr_schedule": "constant", "asgd_nonmono": 5, "eval_batch_size": 10}
+#: DARTS' PTB evaluation dropouts: outputs 0.75, h 0.25, x 0.75, embeddings 0.2, words 0.1.
+LANGUAGE_NET: dict[str, float] = {"dropout": 0.75, "dropout_h": 0.25, "dropout_x": 0.75, "dropout_i": 0.2,
+                                  "dropout_e": 0.1}
+RECIPES = {"darts": CELL_RECIPE, "nasnet": CELL_RECIPE, "nb201": NB201_RECIPE, "autodeeplab": AUTODEEPLAB_RECIPE,
+           "rnn": LANGUAGE_RECIPE, "nasrnn": LANGUAGE_RECIPE}
 #: How long DARTS' selection protocol trains each searched cell from scratch before keeping the best
 #: by validation accuracy (Liu et al., sec. 3.3: 100 epochs on CIFAR-10); on nb201 the benchmark's
 #: own short schedule, the 12 epochs its search protocol scores by.
@@ -105,12 +119,13 @@ def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:
     return space, str(get_space(space).validate(arch))
 
 
-def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, out: str | Path, seed: int = 0,
+def retrain(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: str | Path, seed: int = 0,
             resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    if space in LANGUAGE_SPACES or not isinstance(dataset, ImageDataset):
-        raise ConfigError("space", "nas train retrains image classifiers; language models are not supported yet",
-                          tuple(RECIPES))
-    if (space in SEGMENTATION_SPACES) != (dataset.kind == "segmentation"):
+    language = space in LANGUAGE_SPACES
+    if language != isinstance(dataset, TextDataset):
+        raise ConfigError("dataset", f"the {space} space's networks cannot train on {dataset.name!r}",
+                          ("ptb",) if language else ("digits", "mnist", "cifar10", *SEGMENTATION_DATASETS))
+    if (space in SEGMENTATION_SPACES) != (dataset.kind == "segmentation") and not language:
         raise ConfigError("dataset", f"the {space} networks and the {dataset.name} dataset do not match (segmentation "
                           "networks train on segmentation datasets, classifiers on classification ones)",
                           SEGMENTATION_DATASETS if space in SEGMENTATION_SPACES else ("digits", "mnist", "cifar10"))
@@ -121,23 +136,27 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
     if not resume and (checkpoint.exists() or (out / RESULT).exists()):
         raise ConfigError("out", f"{out} already holds a training run; use --resume or a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    config = config.resolved("image")
-    check_cutout(config, dataset)
+    config = config.resolved("text" if language else "image")
     device = pick_device(config.device)
-    split = "test" if dataset.x_test is not None else "val"
-    data = dataset.whole_training_set().to(device)
+    if language:
+        split, data = "test", dataset
+        net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, **LANGUAGE_NET)
+    else:
+        check_cutout(config, dataset)
+        split = "test" if dataset.x_test is not None else "val"
+        data = dataset.whole_training_set().to(device)
+        net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
+                        channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0,
+                        drop_path=config.drop_path)
     arch_value = get_space(space).parse(arch)
-    net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
-                    channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0,
-                    drop_path=config.drop_path)
     with torch_threads(config.num_threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(space, arch_value, net).to(device)
         optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                     nesterov=config.nesterov and config.momentum > 0,
                                     weight_decay=config.weight_decay)
-        run = TrainingRun(model, optimizer, config, device, torch.Generator().manual_seed(seed), unit="images",
-                          metric=data.metric)
+        run = TrainingRun(model, optimizer, config, device, torch.Generator().manual_seed(seed),
+                          unit="tokens" if language else "images", metric=data.metric)
         start_epoch = 0
         if resume:
             state = torch.load(checkpoint, weights_only=False)
@@ -150,17 +169,26 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
             atomic_save({"epoch": epoch, "space": space, "arch": arch, "seed": seed, "net": vars(net),
                          "run": run.state_dict()},
                         checkpoint, durable=False)
-            log(f"epoch {epoch + 1}/{config.epochs}: train loss {run.train_loss_curve[-1]:.4f}, "
-                f"{split} {data.metric} {run.val_curve[-1]:.4f} ({time.perf_counter() - begun:.0f} s)")
+            switched = "; averaged SGD from here on" if run.averaged_from == epoch + 1 else ""
+            score = (f"val ppl {run.val_curve[-1]:.2f}{switched}" if language
+                     else f"{split} {data.metric} {run.val_curve[-1]:.4f}")
+            log(f"epoch {epoch + 1}/{config.epochs}: train loss {run.train_loss_curve[-1]:.4f}, {score} "
+                f"({time.perf_counter() - begun:.0f} s)")
 
-        failure = run.fit_images(data, start_epoch, on_epoch)
+        if language:
+            failure = run.fit_text(data, start_epoch, on_epoch)
+            score = {"metric": "ppl", "test_ppl": None if failure else run.perplexity(data, "test"),
+                     "averaged_from": run.averaged_from, "train_samples": len(data.train)}
+        else:
+            failure = run.fit_images(data, start_epoch, on_epoch)
+            score = {"metric": data.metric, "test_acc": None if failure else run.accuracy(data),
+                     "train_samples": len(data.y_train)}
         result = {
             "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
             "state": "failed" if failure else "done", "reason": failure,
-            "params": count_params(model), "test_split": split, "train_samples": len(data.y_train),
-            # The dataset's metric (`metric`: acc, or miou for segmentation) on the test split.
-            "metric": data.metric, "test_acc": None if failure else run.accuracy(data),
-            # Each epoch's metric on the test split (the validation split where there is none).
+            "params": count_params(model), "test_split": split, **score,
+            # Each epoch's validation perplexity (language models), or the dataset's metric (`metric`:
+            # acc, or miou for segmentation) on the test split (the validation split where there is none).
             "val_curve": run.val_curve, "train_loss_curve": run.train_loss_curve,
             "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
             "checkpoint": str(checkpoint),
@@ -169,7 +197,7 @@ def retrain(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, o
     return result
 
 
-def retrain_seeds(space: str, arch: str, dataset: ImageDataset, config: TrainConfig, out: str | Path,
+def retrain_seeds(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: str | Path,
                   seeds: list[int], resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`retrain` once per seed, in OUT/seed-<s>/, and the mean and standard deviation (over the
     runs, n - 1 in the denominator) of their test accuracy in OUT/result.json. Resuming skips the
@@ -188,20 +216,22 @@ def retrain_seeds(space: str, arch: str, dataset: ImageDataset, config: TrainCon
         log(f"seed {seed} ({len(runs) + 1} of {len(seeds)})")
         runs.append(retrain(space, arch, dataset, config, folder, seed=seed,
                             resume=resume and (folder / CHECKPOINT).exists(), log=log))
-    accuracies = [r["test_acc"] for r in runs if r["state"] == "done"]
+    metric = "test_ppl" if space in LANGUAGE_SPACES else "test_acc"
+    scores = [r[metric] for r in runs if r["state"] == "done"]
     result = {
         "space": space, "arch": arch, "dataset": dataset.name, "seeds": list(seeds), "epochs": config.epochs,
-        "state": "done" if len(accuracies) == len(runs) else "failed",
+        "state": "done" if len(scores) == len(runs) else "failed",
         "reason": next((r["reason"] for r in runs if r["state"] != "done"), None),
         "test_split": runs[0]["test_split"], "params": runs[0]["params"], "metric": runs[0]["metric"],
-        "test_acc": statistics.mean(accuracies) if accuracies else None,
-        "test_acc_std": statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0,
-        "runs": [{"seed": r["seed"], "state": r["state"], "test_acc": r["test_acc"],
+        metric: statistics.mean(scores) if scores else None,
+        f"{metric}_std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+        "runs": [{"seed": r["seed"], "state": r["state"], metric: r[metric],
                   "train_time_s": r["train_time_s"], "out": str(out / f"seed-{r['seed']}")} for r in runs],
     }
     write_json_atomic(out / RESULT, result)
     return result
 
 
-__all__ = ["CELL_RECIPE", "RECIPES", "SELECTION_EPOCHS", "recipe", "resolve_source", "retrain", "retrain_seeds",
+__all__ = ["CELL_RECIPE", "LANGUAGE_NET", "LANGUAGE_RECIPE", "RECIPES", "SELECTION_EPOCHS", "recipe", "resolve_source",
+           "retrain", "retrain_seeds",
            "selection_recipe"]

@@ -24,7 +24,7 @@ from raynas.workers.data import ImageDataset, TextDataset
 IMAGE_REWARDS = ("zoph", "last", "max")
 LANGUAGE_REWARDS = ("ppl",)
 DEVICES = ("auto", "cpu", "cuda")
-LR_SCHEDULES = ("cosine", "poly")
+LR_SCHEDULES = ("cosine", "poly", "constant")
 #: DeepLab's poly schedule: lr * (1 - step / steps) ** POLY_POWER.
 POLY_POWER = 0.9
 #: Zoph & Le score a child by its best validation accuracy over this many final epochs.
@@ -69,7 +69,8 @@ class TrainConfig:
     auxiliary_weight: float = 0.0
     #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
     drop_path: float = 0.0
-    #: The learning rate's decay per step: cosine to 0, or DeepLab's poly, lr * (1 - t/T)^0.9.
+    #: The learning rate per step: cosine to 0, DeepLab's poly, lr * (1 - t/T)^0.9, or constant
+    #: (DARTS' PTB evaluation: lr 20 throughout).
     lr_schedule: str = "cosine"
     #: Side of the square cut out of each training image (DeVries & Taylor; DARTS: 16); 0: none.
     cutout: int = 0
@@ -78,6 +79,10 @@ class TrainConfig:
     reward: str = "auto"
     #: Truncated-backprop window of language models.
     bptt: int = 35
+    #: Language models: switch SGD to averaged SGD once the validation perplexity is worse than
+    #: the best of all but the last `asgd_nonmono` epochs (AWD-LSTM's NT-ASGD, which DARTS' PTB
+    #: evaluation uses with 5); validation then uses the averaged weights. 0: never.
+    asgd_nonmono: int = 0
     eval_batch_size: int | None = None
     max_train_batches_per_epoch: int | None = None
     device: str = "auto"
@@ -99,6 +104,7 @@ class TrainConfig:
         check_number("auxiliary_weight", self.auxiliary_weight, 0.0, optional=True)
         check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         check_int("cutout", self.cutout, 0)
+        check_int("asgd_nonmono", self.asgd_nonmono, 0)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("lr_schedule", f"unknown schedule {self.lr_schedule!r}", LR_SCHEDULES)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
@@ -119,6 +125,8 @@ class TrainConfig:
         if kind == "text" and (config.auxiliary_weight or config.drop_path):
             raise ConfigError("auxiliary_weight" if config.auxiliary_weight else "drop_path",
                               "applies to image models only")
+        if kind != "text" and config.asgd_nonmono:
+            raise ConfigError("asgd_nonmono", "applies to language models only", (0,))
         return config
 
     @classmethod
@@ -163,6 +171,8 @@ class TrainingRun:
         self.samples = 0
         self.unit = unit
         self.metric = "ppl" if unit == "tokens" else metric
+        #: The epoch (counted from 1) after which averaged SGD took over (NT-ASGD); None: not yet.
+        self.averaged_from: int | None = None
 
     def metrics(self) -> dict[str, Any]:
         best = max if self.unit == "images" else min
@@ -175,10 +185,13 @@ class TrainingRun:
         }
 
     def _schedule(self, steps_per_epoch: int) -> list[float]:
-        """Per-step annealing from lr to 0 (cosine, or poly), so even a 1-epoch run anneals."""
+        """Per-step annealing from lr to 0 (cosine, or poly), so even a 1-epoch run anneals; or lr
+        throughout (constant)."""
         total = self.config.epochs * steps_per_epoch
         if self.config.lr_schedule == "poly":
             return [self.config.lr * (1 - t / total) ** POLY_POWER for t in range(total)]
+        if self.config.lr_schedule == "constant":
+            return [self.config.lr] * total
         return [0.5 * self.config.lr * (1 + math.cos(math.pi * t / total)) for t in range(total)]
 
     def _step(self, loss: torch.Tensor, lr: float) -> None:
@@ -258,10 +271,12 @@ class TrainingRun:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "val_curve": self.val_curve, "train_loss_curve": self.train_loss_curve,
-                "train_time_s": self.train_time_s, "samples": self.samples}
+                "train_time_s": self.train_time_s, "samples": self.samples, "averaged_from": self.averaged_from}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
+        if state.get("averaged_from") is not None:
+            self._start_averaging(state["averaged_from"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -295,12 +310,49 @@ class TrainingRun:
             if failure:
                 return failure
             self.val_curve.append(self._perplexity(valid))
+            n = c.asgd_nonmono
+            if (n and self.averaged_from is None and len(self.val_curve) > n
+                    and self.val_curve[-1] > min(self.val_curve[:-n])):
+                self._start_averaging(epoch + 1)
             if on_epoch:
                 on_epoch(epoch)
         return None
 
-    @torch.inference_mode()
+    def _start_averaging(self, epoch: int) -> None:
+        """Continue with averaged SGD from the current weights (DARTS: t0 = 0, lambda = 0)."""
+        group = self.optimizer.param_groups[0]
+        self.optimizer = torch.optim.ASGD(self.params, lr=self.config.lr, t0=0, lambd=0.0,
+                                          weight_decay=group["weight_decay"])
+        self.averaged_from = epoch
+
+    @contextlib.contextmanager
+    def _averaged_weights(self):
+        """The averaged weights in the model while the block runs (NT-ASGD's evaluation)."""
+        if self.averaged_from is None:
+            yield
+            return
+        saved = [p.detach().clone() for p in self.params]
+        with torch.no_grad():
+            for p in self.params:
+                if "ax" in self.optimizer.state.get(p, {}):
+                    p.copy_(self.optimizer.state[p]["ax"])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, w in zip(self.params, saved):
+                    p.copy_(w)
+
+    def perplexity(self, data: TextDataset, split: str) -> float:
+        """Perplexity on a split of `data` (in eval batches), with the averaged weights once averaging."""
+        return self._perplexity(data.batchify(split, self.config.eval_batch_size, self.device))
+
     def _perplexity(self, valid: torch.Tensor) -> float:
+        with self._averaged_weights():
+            return self._stream_perplexity(valid)
+
+    @torch.inference_mode()
+    def _stream_perplexity(self, valid: torch.Tensor) -> float:
         self.model.eval()
         hidden = self.model.init_hidden(valid.shape[1])
         total = torch.zeros((), device=self.device)

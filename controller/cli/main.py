@@ -122,7 +122,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         # The autodeeplab space has one search, Auto-DeepLab's, whatever --algorithm says.
         algorithm = "autodeeplab" if args.space == "autodeeplab" else args.algorithm
         report = {"space": args.space, "algorithm": algorithm, **describe_supernet(
-            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm)}
+            args.space, args.channels, args.layers, args.num_classes, args.in_channels, args.algorithm,
+            args.vocab_size)}
         if args.json:
             print(json.dumps(report, indent=2))
         else:

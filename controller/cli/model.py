@@ -14,8 +14,9 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--space", help="search space of --arch")
     t.add_argument("--arch", help="architecture string or published name (e.g. DARTS_V2)")
     t.add_argument("--dataset", default="digits",
-                   help="digits (bundled), mnist, cifar10; segmentation: digits-seg (bundled), cityscapes, voc")
-    t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10, cityscapes, voc)")
+                   help="digits (bundled), mnist, cifar10; ptb for rnn and nasrnn; segmentation: digits-seg "
+                        "(bundled), cityscapes, voc")
+    t.add_argument("--data", dest="data_path", help="the dataset's files (mnist, cifar10, ptb, cityscapes, voc)")
     t.add_argument("--out", required=True, help="output directory: checkpoint.pt and result.json")
     t.add_argument("--resume", action="store_true", help="continue the interrupted training in --out")
     t.add_argument("--seed", type=int, default=0, help="training seed (with --seeds: the first)")
@@ -25,7 +26,8 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default: fp32, as DARTS trains)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--channels", int), ("--layers", int),
                        ("--lr", float), ("--auxiliary-weight", float), ("--drop-path", float), ("--cutout", int),
-                       ("--max-train-batches-per-epoch", int), ("--num-threads", int)):
+                       ("--max-train-batches-per-epoch", int), ("--num-threads", int), ("--bptt", int),
+                       ("--asgd-nonmono", int)):
         t.add_argument(flag, type=kind, help="overrides the space's evaluation recipe")
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--json", action="store_true", help="print result.json at the end")
@@ -51,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     layers=args.layers, lr=args.lr, auxiliary_weight=args.auxiliary_weight,
                     drop_path=args.drop_path, cutout=args.cutout, device=args.device,
                     max_train_batches_per_epoch=args.max_train_batches_per_epoch, num_threads=args.num_threads,
-                    autocast=True if args.bf16 else None)
+                    bptt=args.bptt, asgd_nonmono=args.asgd_nonmono, autocast=True if args.bf16 else None)
     # The split's seed stays the first training seed's whatever the number of runs.
     dataset = load_dataset(args.dataset, args.data_path, seed=args.seed)
     print(f"training {space} {arch} on {args.dataset} for {config.epochs} epochs"
@@ -70,9 +72,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     elif result["state"] != "done":
         print(f"training failed: {result['reason']}")
     else:
-        spread = f" +- {result['test_acc_std']:.4f} over {args.seeds} seeds" if args.seeds > 1 else ""
-        metric = "mIoU" if result.get("metric") == "miou" else "accuracy"
-        print(f"{result['test_split']} {metric} {result['test_acc']:.4f}{spread} ({result['params']:,} params); "
+        metric, name = ("test_ppl", "perplexity") if "test_ppl" in result else (
+            "test_acc", "mIoU" if result.get("metric") == "miou" else "accuracy")
+        spread = f" +- {result[f'{metric}_std']:.4f} over {args.seeds} seeds" if args.seeds > 1 else ""
+        print(f"{result['test_split']} {name} {result[metric]:.4f}{spread} ({result['params']:,} params); "
               f"{args.out}/result.json")
     return 0 if result["state"] == "done" else 1
 

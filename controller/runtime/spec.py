@@ -113,7 +113,8 @@ class Ladder:
 
 @dataclass(frozen=True)
 class SearchSpec:
-    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn, autodeeplab (default macro)")
+    space: str = _field("macro", "search space: nb201, darts, nasnet, macro, rnn, nasrnn, autodeeplab "
+                                 "(default macro)")
     strategy: str = _field("rl", "random, evolution, rl (default), nao, or one-shot: darts, darts2 (second order), "
                                  "noisy-darts, rsws (random search with weight sharing), nao-ws, autodeeplab; "
                                  "options via --strategy-option")
@@ -132,7 +133,8 @@ class SearchSpec:
     #: "ray": the distributed scheme on a Ray cluster; "local": one process, one child at a time.
     runtime: str = _field("ray", "ray (default: the distributed scheme) or local (one process, one child at a time)")
     #: Zoph & Le's scheme: K controller replicas, m children each, S parameter shards, W workers.
-    controllers: int = _field(2, "K controller replicas (rl; the paper used 100; default 2, {most})", most=128)
+    controllers: int = _field(2, "K controller replicas (rl; the paper used 100, 400 on PTB; default 2, {most})",
+                              most=512)
     children: int = _field(4, "m children sampled per replica step (the paper: 8; default 4, {most})", most=64)
     ps_shards: int = _field(2, "S parameter-server shards (the paper: 20; default 2, {most})", most=64)
     workers: int = _field(2, "W worker actors that evaluate children (default 2, {most})", most=1024)

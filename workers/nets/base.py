@@ -24,9 +24,10 @@ from torch import nn
 from raynas.common import ConfigError, check_int, check_number
 
 #: Spaces whose children are language models (tokens in, next-token scores out).
-LANGUAGE_SPACES = ("rnn",)
+LANGUAGE_SPACES = ("rnn", "nasrnn")
 #: Spaces whose networks label every pixel: logits [B, num_classes, H, W].
 SEGMENTATION_SPACES = ("autodeeplab",)
+
 
 @dataclass(frozen=True)
 class NetConfig:

@@ -8,7 +8,8 @@ candidate by c: s + sigmoid(c) * (f(candidate) - s). Node 0 reads
 genotype activation; h_t is the mean of the `concat` nodes.
 
 `model(tokens [T, B], hidden [B, H]) -> (logits [T, B, vocab], hidden [B, H])`;
-the logits are unnormalised. With embed = hidden = 850 and a 10k vocabulary
+the logits are unnormalised. `RNNLanguageModel` and `language_model` serve every recurrent
+cell (nasrnn.py builds Zoph & Le's tree cell into the same model). With embed = hidden = 850 and a 10k vocabulary
 DARTS_V2 has 22.96M parameters, the paper's 23M PTB model.
 """
 
@@ -28,7 +29,7 @@ from raynas.workers.ops import RNN_ACTIVATIONS
 INIT_RANGE = 0.04
 
 
-def _dropout_mask(x: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
+def dropout_mask(x: torch.Tensor, shape: tuple[int, ...], p: float) -> torch.Tensor:
     """A 0 / (1/(1-p)) mask of `shape`, broadcast by the caller so that one draw
     covers a whole sequence: dropping the same units at every step is what lets
     dropout regularise a recurrence without drowning its memory in noise."""
@@ -55,15 +56,20 @@ class RecurrentCell(nn.Module):
             nn.Linear(hidden_size, 2 * hidden_size, bias=False) for _ in genotype.recurrent
         )
 
+    def init_hidden(self, zeros: torch.Tensor) -> torch.Tensor:
+        return zeros
+
     def forward(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """inputs [T, B, input_size], hidden [B, H] -> (h_t for every t [T, B, H], h_T [B, H])."""
         x_mask = h_mask = None
         if self.training and self.dropout_x:
-            x_mask = _dropout_mask(inputs, inputs.shape[1:], self.dropout_x)
+            x_mask = dropout_mask(inputs, inputs.shape[1:], self.dropout_x)
         if self.training and self.dropout_h:
-            h_mask = _dropout_mask(hidden, hidden.shape, self.dropout_h)
+            h_mask = dropout_mask(hidden, hidden.shape, self.dropout_h)
         outputs = []
-        for x in inputs:
+        # unbind, not indexing: its backward stacks the steps' gradients, where each index's
+        # would write into a zero tensor as large as the whole window.
+        for x in inputs.unbind(0):
             hidden = self._step(x, hidden, x_mask, h_mask)
             outputs.append(hidden)
         return torch.stack(outputs), hidden
@@ -82,47 +88,53 @@ class RecurrentCell(nn.Module):
 
 
 class RNNLanguageModel(nn.Module):
-    def __init__(self, genotype: RNNGenotype, vocab_size: int, size: int, dropout: float,
-                 dropout_h: float, dropout_x: float, dropout_i: float, dropout_e: float):
+    """The language model around any recurrent cell: `cell(inputs [T, B, size], hidden)
+    -> (outputs [T, B, size], hidden)` and `cell.init_hidden(like [B, size])`, the cell's zero
+    state (a tensor, or a tuple of them for cells with a memory)."""
+
+    def __init__(self, cell: nn.Module, vocab_size: int, size: int, dropout: float, dropout_i: float,
+                 dropout_e: float):
         super().__init__()
         self.hidden_size = size
         self.dropout, self.dropout_i, self.dropout_e = dropout, dropout_i, dropout_e
         self.embedding = nn.Embedding(vocab_size, size)
-        self.cell = RecurrentCell(genotype, size, size, dropout_x, dropout_h)
+        self.cell = cell
         self.decoder = nn.Linear(size, vocab_size)
         self.decoder.weight = self.embedding.weight
         for p in self.parameters():
             nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE)
         nn.init.zeros_(self.decoder.bias)
 
-    def init_hidden(self, batch_size: int) -> torch.Tensor:
-        return self.embedding.weight.new_zeros(batch_size, self.hidden_size)
+    def init_hidden(self, batch_size: int):
+        return self.cell.init_hidden(self.embedding.weight.new_zeros(batch_size, self.hidden_size))
 
-    def forward(self, tokens: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, tokens: torch.Tensor, hidden):
         weight = self.embedding.weight
         if self.training and self.dropout_e:
             # Drop whole words: a dropped word's embedding is zero wherever it occurs.
-            weight = weight * _dropout_mask(weight, (weight.shape[0], 1), self.dropout_e)
+            weight = weight * dropout_mask(weight, (weight.shape[0], 1), self.dropout_e)
         x = nn.functional.embedding(tokens, weight)
         if self.training and self.dropout_i:
-            x = x * _dropout_mask(x, (1, *x.shape[1:]), self.dropout_i)
+            x = x * dropout_mask(x, (1, *x.shape[1:]), self.dropout_i)
         out, hidden = self.cell(x, hidden)
         if self.training and self.dropout:
-            out = out * _dropout_mask(out, (1, *out.shape[1:]), self.dropout)
+            out = out * dropout_mask(out, (1, *out.shape[1:]), self.dropout)
         return self.decoder(out), hidden
+
+
+def language_model(space: str, config: NetConfig, make_cell: Callable[[int], nn.Module]) -> RNNLanguageModel:
+    """The language model of `config` around `make_cell(size)`, for the builder of `space`."""
+    config.refuse(space, "layers", "auxiliary", "drop_path")
+    if config.embed_size != config.hidden_size:
+        raise ConfigError("embed_size", f"must equal hidden_size ({config.hidden_size}): "
+                          "the decoder shares the embedding's weights")
+    # `channels`, the trainer's width override, sets both sizes at once.
+    size = config.channels or config.hidden_size
+    return RNNLanguageModel(make_cell(size), vocab_size=config.vocab_size, size=size, dropout=config.dropout,
+                            dropout_i=config.dropout_i, dropout_e=config.dropout_e)
 
 
 @register("rnn", RNNGenotype)
 def build(arch: RNNGenotype, config: NetConfig) -> nn.Module:
-    config.refuse("rnn", "layers", "auxiliary", "drop_path")
-    if config.embed_size != config.hidden_size:
-        raise ConfigError("embed_size", f"must equal hidden_size ({config.hidden_size}): "
-                          "the decoder shares the embedding's weights")
-    return RNNLanguageModel(
-        arch,
-        vocab_size=config.vocab_size,
-        # `channels`, the trainer's width override, sets both sizes at once.
-        size=config.channels or config.hidden_size,
-        dropout=config.dropout, dropout_h=config.dropout_h, dropout_x=config.dropout_x,
-        dropout_i=config.dropout_i, dropout_e=config.dropout_e,
-    )
+    return language_model("rnn", config,
+                          lambda size: RecurrentCell(arch, size, size, config.dropout_x, config.dropout_h))

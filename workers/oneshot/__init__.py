@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from raynas.workers.oneshot.derive import derive, edge_entropy, single_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch, search_evaluator
+from raynas.workers.oneshot.rnn import RNNSupernet, rnn_rsws_epochs, rnn_search_epochs
 from raynas.workers.oneshot.rsws import RSWSConfig, rsws_epochs, rsws_evaluator
 from raynas.workers.oneshot.search import (
     ALGORITHMS,
@@ -21,26 +22,29 @@ from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supern
 
 
 def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
-                      in_channels: int = 3, algorithm: str = "darts") -> dict[str, int]:
+                      in_channels: int = 3, algorithm: str = "darts", vocab_size: int = 10_000) -> dict[str, int]:
     """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet;
-    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for nb201;
-    autodeeplab: F = 8, L = 12)."""
+    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for
+    nb201; rnn: 300 wide, 8 nodes, over `vocab_size` words; autodeeplab: F = 8, L = 12)."""
     if space == "autodeeplab":
         from raynas.search_spaces.autodeeplab import LAYERS
         from raynas.workers.oneshot.autodeeplab import ADL_DEFAULTS, AutoDeepLabSupernet
 
         model = AutoDeepLabSupernet(channels or ADL_DEFAULTS["channels"], layers or LAYERS, in_channels, num_classes)
-        return {"params": sum(p.numel() for p in model.network_parameters()),
-                "arch_params": sum(a.numel() for a in model.arch_parameters())}
-    cfg = OneShotConfig(algorithm=algorithm, channels=16 if channels is None else channels,
-                        layers=layers).resolved(space)
-    model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,
-                           primitives=primitives_for(space, algorithm))
+    elif space == "rnn":
+        cfg = OneShotConfig(algorithm=algorithm, channels=channels).resolved(space)
+        model = RNNSupernet(vocab_size, cfg.channels)
+    else:
+        cfg = OneShotConfig(algorithm=algorithm, channels=16 if channels is None else channels,
+                            layers=layers).resolved(space)
+        model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,
+                               primitives=primitives_for(space, algorithm))
     return {"params": sum(p.numel() for p in model.network_parameters()),
             "arch_params": sum(a.numel() for a in model.arch_parameters())}
 
 
-__all__ = ["ALGORITHMS", "SPACES", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "OneShotSearch",
-           "RSWSConfig", "Supernet", "SupernetConfig", "build_supernet", "derive", "describe_supernet", "edge_entropy",
-           "finite_difference_hvp", "primitives_for", "rsws_epochs", "rsws_evaluator", "search_epochs",
-           "search_evaluator", "single_path", "skip_count"]
+__all__ = ["ALGORITHMS", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "OneShotSearch",
+           "RNNSupernet", "RSWSConfig", "SPACES", "Supernet", "SupernetConfig", "build_supernet", "derive",
+           "describe_supernet", "edge_entropy", "finite_difference_hvp", "primitives_for", "rnn_rsws_epochs",
+           "rnn_search_epochs", "rsws_epochs", "rsws_evaluator", "search_epochs", "search_evaluator", "single_path",
+           "skip_count"]

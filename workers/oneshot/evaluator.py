@@ -18,6 +18,7 @@ from raynas.common import ConfigError
 from raynas.search_spaces import SearchSpace
 from raynas.workers.data import Dataset
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report
+from raynas.workers.oneshot.rnn import rnn_search_epochs
 from raynas.workers.oneshot.search import OneShotConfig, SupernetConfig, search_epochs
 
 #: One search: (space, dataset, config, seed, checkpoint) -> its reports, the last naming `candidates`.
@@ -84,4 +85,4 @@ class OneShotSearch(Evaluator):
 
 def search_evaluator(config: OneShotConfig, space: SearchSpace, dataset: Dataset, evaluator: Evaluator) -> Evaluator:
     """What a gradient-based strategy's evaluations are: this config's search in front of `evaluator`."""
-    return OneShotSearch(space, dataset, config, evaluator)
+    return OneShotSearch(space, dataset, config, evaluator, rnn_search_epochs if space.name == "rnn" else search_epochs)

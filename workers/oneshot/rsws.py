@@ -45,6 +45,7 @@ from raynas.workers.data import Dataset, ImageDataset
 from raynas.workers.evaluation import Evaluator
 from raynas.workers.oneshot.derive import single_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch
+from raynas.workers.oneshot.rnn import rnn_rsws_epochs
 from raynas.workers.oneshot.search import (
     SupernetConfig,
     check_search,
@@ -66,9 +67,13 @@ from raynas.workers.training import pick_device
 #: Li & Talwalkar's CIFAR-10 search (darts) and AutoDL-Projects' RANDOM.config (nb201).
 RSWS_DEFAULTS = {
     "darts": {"epochs": 150, "channels": 24, "layers": 8, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
-              "nesterov": False, "lr_schedule": "epoch", "grad_clip": 1.0},
+              "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 1.0, "archs": 5000},
     "nb201": {"epochs": 250, "channels": 16, "layers": 5, "batch_size": 64, "lr": 0.025, "weight_decay": 5e-4,
-              "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0},
+              "momentum": 0.9, "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0, "archs": 5000},
+    # Li & Talwalkar's PTB search: DARTS' recurrent supernet and training (300 wide, SGD 20 constant,
+    # wd 5e-7), proxyless, 50 epochs, batch 64, clip 0.1, 2000 architectures ranked.
+    "rnn": {"epochs": 50, "channels": 300, "batch_size": 64, "lr": 20.0, "weight_decay": 5e-7, "momentum": 0.0,
+            "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.1, "archs": 2000},
 }
 CELL_STEPS = 4
 
@@ -77,8 +82,8 @@ CELL_STEPS = 4
 class RSWSConfig(SupernetConfig):
     """One random search with weight sharing: the supernet's training (shared fields) and the ranking."""
 
-    #: Architectures scored with the shared weights.
-    archs: int = 5000
+    #: Architectures scored with the shared weights. None: 5000 (CIFAR-10), 2000 (PTB).
+    archs: int | None = None
     #: Minibatches of the architecture half each of them is scored on.
     score_batches: int = 10
     #: Architectures per ranking block; the best `rescore_top` of each are re-scored on the whole half.
@@ -92,10 +97,12 @@ class RSWSConfig(SupernetConfig):
     def __post_init__(self):
         super().__post_init__()
         for name in ("archs", "score_batches", "block", "rescore_top", "candidates"):
-            check_int(name, getattr(self, name))
+            check_int(name, getattr(self, name), optional=name == "archs")
         if self.rescore_top > self.block:
             raise ConfigError("rescore_top", f"re-scores more than the {self.block} architectures of a block",
                               f"at most block ({self.block})")
+        if self.archs is None:
+            return
         blocks = -(-self.archs // self.block)
         if self.candidates > blocks:
             raise ConfigError("candidates", f"{self.archs} architectures in blocks of {self.block} give "
@@ -219,7 +226,7 @@ def _rsws(space: SearchSpace, dataset: ImageDataset, cfg: RSWSConfig, seed: int,
 def rsws_evaluator(config: RSWSConfig, space: SearchSpace, dataset: Dataset, evaluator: Evaluator) -> Evaluator:
     """What the rsws strategy's evaluations are: one random search with weight sharing, its
     candidates scored by `evaluator`."""
-    return OneShotSearch(space, dataset, config, evaluator, rsws_epochs)
+    return OneShotSearch(space, dataset, config, evaluator, rnn_rsws_epochs if space.name == "rnn" else rsws_epochs)
 
 
 __all__ = ["RSWS_DEFAULTS", "RSWSConfig", "rsws_epochs", "rsws_evaluator", "sample_arch"]

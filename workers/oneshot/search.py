@@ -51,16 +51,17 @@ from raynas.common.files import atomic_save
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
-from raynas.workers.data import ImageDataset
+from raynas.workers.data import Dataset, ImageDataset, TextDataset
 from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fraction, skip_count
 from raynas.workers.oneshot.supernet import Path, Supernet, build_supernet
 from raynas.workers.training import pick_device
 
 ALGORITHMS = ("darts", "darts2", "noisy-darts")
-SPACES = ("darts", "nb201")
+SPACES = ("darts", "nb201", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
-#: The weights' cosine steps once per epoch (DARTS) or every iteration (AutoDL-Projects on NB201).
-SCHEDULES = ("epoch", "step")
+#: The weights' cosine steps once per epoch (DARTS) or every iteration (AutoDL-Projects on NB201);
+#: DARTS' recurrent search keeps its learning rate constant.
+SCHEDULES = ("epoch", "step", "constant")
 #: DARTS' search network reduces at cells layers//3 and 2*layers//3; below 3 cells no normal cell is left.
 MIN_DARTS_LAYERS = 3
 
@@ -68,10 +69,18 @@ MIN_DARTS_LAYERS = 3
 NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2, "skip_drop_path": 0.3}
 DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0, "skip_drop_path": 0.0}
 #: How each space's supernet weights are trained: DARTS' CIFAR search, AutoDL-Projects' NB201 config.
-SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_decay": 3e-4, "nesterov": False,
-                            "lr_schedule": "epoch", "grad_clip": 5.0},
-                  "nb201": {"epochs": 50, "channels": 16, "layers": 5, "weight_decay": 5e-4, "nesterov": True,
-                            "lr_schedule": "step", "grad_clip": 5.0}}
+SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_decay": 3e-4, "momentum": 0.9,
+                            "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
+                  "nb201": {"epochs": 50, "channels": 16, "layers": 5, "weight_decay": 5e-4, "momentum": 0.9,
+                            "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0}}
+#: DARTS' PTB search (Liu et al., ICLR 2019): embedding and hidden 300, plain SGD at a constant lr 20,
+#: batch 256, BPTT 35, wd 5e-7, alphas Adam 3e-3 with betas (0.9, 0.999); clip 0.25 and 50 epochs are
+#: the DARTS code's (rnn/train_search.py) [U: not in the paper's text].
+SPACE_DEFAULTS["rnn"] = {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
+                         "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.25,
+                         "arch_lr": 3e-3, "arch_betas": (0.9, 0.999)}
+#: The alphas' Adam on the image spaces (DARTS' CIFAR search, kept on NB201 by AutoDL-Projects).
+ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999)}
 
 
 @dataclass(frozen=True)
@@ -83,7 +92,8 @@ class SupernetConfig:
     batch_size: int | None = None
     lr: float | None = None
     lr_min: float = 0.001
-    momentum: float = 0.9
+    #: SGD momentum of the weights. None: 0.9 (image spaces), 0 (rnn: DARTS' plain SGD).
+    momentum: float | None = None
     weight_decay: float | None = None
     #: Nesterov momentum for the weights. The second-order virtual step is DARTS' heavy-ball
     #: formula either way, as in AutoDL-Projects' DARTS-V2 on NB201.
@@ -112,7 +122,7 @@ class SupernetConfig:
             check_int(name, getattr(self, name), optional=True)
         check_number("lr", self.lr, 0, low_open=True, optional=True)
         check_number("lr_min", self.lr_min, 0)
-        check_number("momentum", self.momentum, 0, 1, high_open=True)
+        check_number("momentum", self.momentum, 0, 1, high_open=True, optional=True)
         check_number("weight_decay", self.weight_decay, 0, optional=True)
         if self.nesterov not in (None, True, False):
             raise ConfigError("nesterov", f"must be true, false or None, got {self.nesterov!r}")
@@ -134,7 +144,8 @@ class SupernetConfig:
         if space not in self.spaces:
             raise ConfigError("space", f"no supernet for {space!r}", self.spaces)
         defaults = self.defaults(space)
-        defaults["nesterov"] = defaults["nesterov"] and self.momentum > 0  # torch's SGD refuses it otherwise
+        momentum = defaults["momentum"] if self.momentum is None else self.momentum
+        defaults["nesterov"] = defaults["nesterov"] and momentum > 0  # torch's SGD refuses it otherwise
         config = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
         if space == "darts" and config.layers < MIN_DARTS_LAYERS:
             raise ConfigError("layers", f"a darts supernet of {config.layers} cells has no normal cell (reductions "
@@ -154,8 +165,9 @@ class OneShotConfig(SupernetConfig):
     """One gradient-based search (darts, darts2, noisy-darts)."""
 
     algorithm: str = "darts"
-    arch_lr: float = 3e-4
-    arch_betas: tuple[float, float] = (0.5, 0.999)
+    #: The alphas' Adam. None: 3e-4 and (0.5, 0.999) on the image spaces, 3e-3 and (0.9, 0.999) on rnn.
+    arch_lr: float | None = None
+    arch_betas: tuple[float, float] | None = None
     arch_weight_decay: float = 1e-3
     #: NoisyDARTS' lambda: noise std = lambda * std(skip output). None: 0.2 for noisy-darts, else 0.
     noise_lambda: float | None = None
@@ -173,7 +185,7 @@ class OneShotConfig(SupernetConfig):
         super().__post_init__()
         if self.algorithm not in ALGORITHMS:
             raise ConfigError("algorithm", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
-        check_number("arch_lr", self.arch_lr, 0, low_open=True)
+        check_number("arch_lr", self.arch_lr, 0, low_open=True, optional=True)
         check_number("arch_weight_decay", self.arch_weight_decay, 0)
         check_number("noise_lambda", self.noise_lambda, 0, optional=True)
         check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True, optional=True)
@@ -181,16 +193,25 @@ class OneShotConfig(SupernetConfig):
         check_int("early_stop_skips", self.early_stop_skips, optional=True)
         if not isinstance(self.keep_best, bool):
             raise ConfigError("keep_best", f"must be true or false, got {self.keep_best!r}")
-        betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
-        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise ConfigError("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas!r}")
-        object.__setattr__(self, "arch_betas", betas)
+        if self.arch_betas is not None:
+            betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
+            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+                raise ConfigError("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas!r}")
+            object.__setattr__(self, "arch_betas", betas)
         if self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise ConfigError("warmup_epochs", f"{self.warmup_epochs} frozen epochs leave the alphas none of "
                               f"the {self.epochs}", f"fewer than epochs ({self.epochs})")
 
     def defaults(self, space: str) -> dict[str, Any]:
-        return {**super().defaults(space),
+        if space == "rnn":
+            if self.algorithm == "noisy-darts":
+                raise ConfigError("algorithm", "NoisyDARTS noises the skip connection, which the rnn space has not",
+                                  ("darts", "darts2"))
+            if self.early_stop_skips is not None:
+                raise ConfigError("early_stop_skips", "counts skip-connections, which the rnn space has not",
+                                  (None,))
+            return {**super().defaults(space), "noise_lambda": 0.0, "skip_drop_path": 0.0}
+        return {**super().defaults(space), **ARCH_DEFAULTS,
                 **(NOISY_DEFAULTS if self.algorithm == "noisy-darts" else DARTS_DEFAULTS)}
 
     @property
@@ -339,6 +360,8 @@ def steps_per_epoch(data: ImageDataset, cfg: SupernetConfig) -> int:
 def cosine_lr(cfg: SupernetConfig, epoch: int, step: int, steps: int) -> float:
     """The weights' learning rate at `step` of `epoch`: cosine from lr to lr_min over the epochs,
     moved once per epoch or every step (`lr_schedule`)."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
     progress = epoch + (step / steps if cfg.lr_schedule == "step" else 0.0)
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress / cfg.epochs))
 
@@ -418,11 +441,13 @@ def own_rng(run: Callable[[], Iterator[dict]], device: torch.device) -> Iterator
         yield report
 
 
-def check_search(space: SearchSpace, dataset: ImageDataset) -> None:
+def check_search(space: SearchSpace, dataset: Dataset) -> None:
     if space.name not in SPACES:
         raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
-    if not isinstance(dataset, ImageDataset):
-        raise ConfigError("dataset", f"one-shot search needs an image dataset, not {dataset.name!r}")
+    if space.name == "rnn" and not isinstance(dataset, TextDataset):
+        raise ConfigError("dataset", f"a search on the rnn space needs a text dataset, not {dataset.name!r}", ("ptb",))
+    if space.name != "rnn" and not isinstance(dataset, ImageDataset):
+        raise ConfigError("dataset", f"one-shot search on {space.name} needs an image dataset, not {dataset.name!r}")
 
 
 # -- the DARTS family -----------------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""DARTS' recurrent search and random search with weight sharing on the `rnn` space (PTB)."""
+
+import json
+
+import pytest
+import torch
+
+from raynas.common import ConfigError
+from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.spec import SearchSpec
+from raynas.search_spaces import get_space
+from raynas.search_spaces.types import RNNGenotype
+from raynas.workers.data import load_dataset
+from raynas.workers.oneshot import OneShotConfig, RSWSConfig
+from raynas.workers.oneshot.rnn import (
+    PRIMITIVES,
+    RNNSupernet,
+    Window,
+    derive_rnn,
+    rnn_path,
+    rnn_rsws_epochs,
+    rnn_search_epochs,
+)
+
+TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu", "num_threads": 1}
+
+
+def test_defaults_are_darts_ptb_search_settings():
+    cfg = OneShotConfig().resolved("rnn")
+    assert (cfg.epochs, cfg.channels, cfg.batch_size, cfg.lr, cfg.momentum, cfg.weight_decay, cfg.lr_schedule,
+            cfg.arch_lr, cfg.arch_betas, cfg.arch_weight_decay, cfg.grad_clip) == (
+        50, 300, 256, 20.0, 0.0, 5e-7, "constant", 3e-3, (0.9, 0.999), 1e-3, 0.25)
+    rsws = RSWSConfig().resolved("rnn")  # Li & Talwalkar's PTB search
+    assert (rsws.epochs, rsws.batch_size, rsws.grad_clip, rsws.archs, rsws.lr) == (50, 64, 0.1, 2000, 20.0)
+    assert RSWSConfig().resolved("darts").archs == 5000
+    # The image searches keep theirs.
+    darts = OneShotConfig().resolved("darts")
+    assert (darts.momentum, darts.arch_lr, darts.arch_betas) == (0.9, 3e-4, (0.5, 0.999))
+
+
+def test_what_the_rnn_search_cannot_do_is_refused(tiny_ptb):
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig(algorithm="noisy-darts").resolved("rnn")
+    assert err.value.field == "algorithm"
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig(early_stop_skips=2).resolved("rnn")
+    assert err.value.field == "early_stop_skips"
+    with pytest.raises(ConfigError) as err:
+        rnn_search_epochs(get_space("rnn"), load_dataset("digits"), OneShotConfig(**TINY), 0)
+    assert err.value.field == "dataset"
+    with pytest.raises(ConfigError) as err:
+        rnn_search_epochs(get_space("rnn"), load_dataset("ptb", tiny_ptb), OneShotConfig(train_portion=0.8), 0)
+    assert err.value.field == "train_portion"
+
+
+def test_mixed_cell_with_one_hot_alphas_is_the_discrete_cell():
+    torch.manual_seed(0)
+    arch = RNNGenotype((("relu", 0), ("sigmoid", 1), ("identity", 1)), (1, 2, 3))
+    model = RNNSupernet(vocab_size=20, size=6, steps=3).eval()
+    with torch.no_grad():
+        alphas = torch.full_like(model.alphas[0], -1e4)
+        alphas[:, 0] = 1e4  # every edge `none` ...
+        offset = 0
+        for i, (act, source) in enumerate(arch.recurrent, start=1):
+            alphas[offset + source] = -1e4  # ... but the kept one, with its activation
+            alphas[offset + source, PRIMITIVES.index(act)] = 1e4
+            offset += i
+        model.alphas[0].copy_(alphas)
+    tokens = torch.randint(0, 20, (4, 3))
+    window = Window(tokens, torch.randn(3, 6), "x")
+    torch.testing.assert_close(model(window), model(window, rnn_path(arch)))
+    assert derive_rnn(model.arch_weights(), 3) == arch
+
+
+def test_derivation_keeps_one_predecessor_per_node_by_its_strongest_activation():
+    w = torch.zeros(3, len(PRIMITIVES))
+    w[0, 0] = 0.9  # node 1 reads node 0: none is strongest, tanh next
+    w[0, 1] = 0.05
+    w[1, 3] = 0.3  # node 2 from node 0 by sigmoid ...
+    w[2, 2] = 0.4  # ... loses to node 1 by relu
+    assert derive_rnn([w], 2).recurrent == (("tanh", 0), ("relu", 1))
+
+
+def _same(report):
+    """A report without its timings."""
+    return {k: v for k, v in report.items() if k not in ("wall_time_s", "tokens_per_s")}
+
+
+@pytest.mark.parametrize("algorithm", ["darts", "darts2"])
+def test_search_resumes_exactly_from_its_checkpoint(tiny_ptb, tmp_path, algorithm):
+    data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
+    config = OneShotConfig(algorithm=algorithm, **TINY)
+    straight = list(rnn_search_epochs(space, data, config, seed=1))
+    checkpoint = str(tmp_path / "search.pt")
+    first = next(iter(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint)))
+    resumed = list(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint))
+
+    assert [_same(r) for r in resumed] == [_same(r) for r in straight]
+    assert _same(first) == _same(straight[0])
+    last = straight[-1]
+    assert last["candidates"] == [last["genotype"]] and 1 < last["val_ppl"] < 1e4
+    assert {"alpha_entropy", "alpha_entropy_fraction", "alphas", "train_loss"} <= set(last)
+    assert get_space("rnn", steps=3).parse(last["genotype"])
+
+
+def test_rsws_on_rnn_trains_single_paths_then_ranks_by_perplexity(tiny_ptb, tmp_path):
+    data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
+    config = RSWSConfig(**TINY, archs=6, block=3, rescore_top=2, score_batches=2)
+    checkpoint = str(tmp_path / "rsws.pt")
+    reports = list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=checkpoint))
+    assert [r["stage"] for r in reports] == ["train", "train", "rank", "rank"]
+    ranked = reports[-1]
+    assert ranked["val_ppl"] == min(r["block_val_ppl"] for r in reports[2:])
+    assert ranked["candidates"] == [ranked["genotype"]]
+    assert list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=checkpoint)) == reports  # replayed
+    # Stopped after its first epoch, it continues to the same reports.
+    other = str(tmp_path / "stopped.pt")
+    next(iter(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other)))
+    resumed = list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other))
+    assert [_same(r) for r in resumed] == [_same(r) for r in reports]
+
+
+@pytest.mark.parametrize("strategy", ["darts", "darts2", "rsws"])
+def test_nas_search_on_ptb_end_to_end(tiny_ptb, tmp_path, strategy):
+    options = {**TINY, "epochs": 1}
+    if strategy == "rsws":
+        options.update(archs=4, block=2, rescore_top=1, score_batches=1)
+    spec = SearchSpec(space="rnn", space_options={"steps": 3}, strategy=strategy, evaluator="train", dataset="ptb",
+                      data_path=str(tiny_ptb), evaluations=1, runtime="local", strategy_options=options,
+                      train={"epochs": 1, "batch_size": 8, "channels": 8, "bptt": 10, "num_threads": 1})
+    result = SearchJob(spec, tmp_path / "run", progress=False).run()
+    assert result["state"] == "done" and result["failed"] == 0, result
+    record = json.loads((tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()[0])
+    assert record["metrics"]["one_shot"]["algorithm"] == strategy
+    assert record["metrics"]["val_ppl_best"] > 1 and record["reward"] == pytest.approx(
+        80 / record["metrics"]["val_ppl_best"] ** 2)
+    assert (tmp_path / "run" / "oneshot.jsonl").read_text().strip()
+
+
+def test_supernet_size_at_darts_search_width():
+    from raynas.workers.oneshot import describe_supernet
+
+    # 10k x 300 tied embedding + decoder bias, [x, h] -> 2H for node 0, 8 nodes of H -> 2H; 36 edges x 5 ops.
+    assert describe_supernet("rnn") == {"params": 10_000 * 300 + 10_000 + 600 * 600 + 8 * 300 * 600,
+                                        "arch_params": 36 * 5}
