@@ -61,7 +61,6 @@ from raynas.workers.oneshot.search import (
     own_rng,
     save_checkpoint,
     search_halves,
-    set_rng,
     steps_per_epoch,
     weight_optimizer,
     weight_step,
@@ -70,7 +69,7 @@ from raynas.workers.oneshot.supernet import ALPHA_INIT_SCALE, MixedOp, Supernet,
 from raynas.workers.training import pick_device
 
 #: Auto-DeepLab's search (paper sec. 5.1): what SupernetConfig's None fields become.
-ADL_DEFAULTS = {"epochs": 40, "batch_size": 2, "lr": 0.025, "weight_decay": 3e-4, "nesterov": False,
+ADL_DEFAULTS = {"epochs": 40, "batch_size": 2, "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4, "nesterov": False,
                 "lr_schedule": "epoch", "grad_clip": 5.0, "channels": 8}
 EDGES = sum(2 + b for b in range(BLOCKS))
 
@@ -270,15 +269,8 @@ def _search(space: SearchSpace, dataset: ImageDataset, cfg: AutoDeepLabConfig, s
                                     w_half.num_classes).to(device)
         w_optimizer = weight_optimizer(model, cfg)
         a_optimizer = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
-        history: list[dict] = []
-        state = load_checkpoint(checkpoint, cfg, seed)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            w_optimizer.load_state_dict(state["w_optimizer"])
-            a_optimizer.load_state_dict(state["a_optimizer"])
-            generator.set_state(state["generator"])
-            set_rng(state["rng"], device)
-            history = state["history"]
+        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": a_optimizer, "generator": generator}
+        history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
@@ -312,9 +304,7 @@ def _search(space: SearchSpace, dataset: ImageDataset, cfg: AutoDeepLabConfig, s
             if epoch + 1 == cfg.epochs:
                 report["candidates"] = [report["genotype"]]
             history.append(report)
-            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(),
-                            w_optimizer=w_optimizer.state_dict(), a_optimizer=a_optimizer.state_dict(),
-                            generator=generator.get_state(), history=history)
+            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
             yield report
 
 

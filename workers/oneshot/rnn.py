@@ -49,7 +49,6 @@ from raynas.workers.oneshot.search import (
     load_checkpoint,
     own_rng,
     save_checkpoint,
-    set_rng,
     weight_optimizer,
     weight_step,
 )
@@ -194,10 +193,10 @@ class Stream:
         """Take the state the supernet ended this stream's last window in."""
         self.hidden = self.model.last_hidden[self.name]
 
-    def state(self) -> dict:
+    def state_dict(self) -> dict:
         return {"at": self.at, "hidden": self.hidden}
 
-    def load(self, state: dict) -> None:
+    def load_state_dict(self, state: dict) -> None:
         self.at, self.hidden = state["at"], state["hidden"].to(self.hidden.device)
 
 
@@ -241,16 +240,9 @@ def _darts_rnn(space: SearchSpace, dataset: TextDataset, cfg: OneShotConfig, see
         train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
         search = Stream(model, dataset.batchify("val", cfg.batch_size, device), "val", bptt)
         valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
-        history: list[dict] = []
-        state = load_checkpoint(checkpoint, cfg, seed)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            w_optimizer.load_state_dict(state["w_optimizer"])
-            architect.optimizer.load_state_dict(state["a_optimizer"])
-            train.load(state["train"])
-            search.load(state["search"])
-            set_rng(state["rng"], device)
-            history = state["history"]
+        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer, "train": train,
+                 "search": search}
+        history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
@@ -287,9 +279,7 @@ def _darts_rnn(space: SearchSpace, dataset: TextDataset, cfg: OneShotConfig, see
             if epoch + 1 == cfg.epochs:
                 best = min(history, key=lambda r: r["val_ppl"]) if cfg.keep_best else history[-1]
                 report["candidates"] = [best["genotype"]]
-            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(),
-                            w_optimizer=w_optimizer.state_dict(), a_optimizer=architect.optimizer.state_dict(),
-                            train=train.state(), search=search.state(), history=history)
+            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
             yield report
 
 
@@ -318,23 +308,16 @@ def _rsws_rnn(space: SearchSpace, dataset: TextDataset, cfg, seed: int, device: 
         optimizer = weight_optimizer(model, cfg)
         train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
         valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
-        history: list[dict] = []
-        winners: list[dict] = []
-        state = load_checkpoint(checkpoint, cfg, seed)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            train.load(state["train"])
-            set_rng(state["rng"], device)
-            history, winners = state["history"], state["winners"]
+        parts = {"model": model, "optimizer": optimizer, "generator": generator, "train": train}
+        state = load_checkpoint(checkpoint, cfg, seed, device, parts)
+        history: list[dict] = state.get("history", [])
+        winners: list[dict] = state.get("winners", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
 
         def save() -> None:
-            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            generator=generator.get_state(), train=train.state(), history=history, winners=winners)
+            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history, winners=winners)
 
         model.train()
         steps = steps_per_epoch(train.data, bptt, cfg.max_batches_per_epoch)

@@ -56,7 +56,6 @@ from raynas.workers.oneshot.search import (
     own_rng,
     save_checkpoint,
     search_halves,
-    set_rng,
     steps_per_epoch,
     weight_optimizer,
     weight_step,
@@ -154,22 +153,16 @@ def _rsws(space: SearchSpace, dataset: ImageDataset, cfg: RSWSConfig, seed: int,
         model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels,
                                w_half.num_classes).to(device).channels_last()
         optimizer = weight_optimizer(model, cfg)
-        history: list[dict] = []
-        winners: list[dict] = []
-        state = load_checkpoint(checkpoint, cfg, seed)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            set_rng(state["rng"], device)
-            history, winners = state["history"], state["winners"]
+        parts = {"model": model, "optimizer": optimizer, "generator": generator}
+        state = load_checkpoint(checkpoint, cfg, seed, device, parts)
+        history: list[dict] = state.get("history", [])
+        winners: list[dict] = state.get("winners", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
 
         def save() -> None:
-            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                            generator=generator.get_state(), history=history, winners=winners)
+            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history, winners=winners)
 
         model.train()
         steps = steps_per_epoch(w_half, cfg)

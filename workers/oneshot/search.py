@@ -400,26 +400,38 @@ def set_rng(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def load_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int) -> dict[str, Any] | None:
-    """The state a search saved in `checkpoint`, None when there is none yet. A file written by
-    another search (settings or seed) is refused rather than continued."""
+def load_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int, device: torch.device,
+                    parts: dict[str, Any]) -> dict[str, Any]:
+    """Restore what a search saved in `checkpoint` (`save_checkpoint` with the same `parts`) into
+    `parts` and the global RNG; returns the other entries it saved (e.g. `history`), {} when there
+    is no checkpoint yet. A file written by another search (settings or seed) is refused rather
+    than continued."""
     if not checkpoint or not os.path.exists(checkpoint):
-        return None
+        return {}
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if state.get("identity") != cfg.identity() or state.get("seed") != seed:
         raise ConfigError("checkpoint", f"{checkpoint} holds another search (its settings or seed differ); "
                           "remove it to start this one afresh")
+    for name, part in parts.items():
+        if isinstance(part, torch.Generator):
+            part.set_state(state[name])
+        else:
+            part.load_state_dict(state[name])
+    set_rng(state["rng"], device)
     return state
 
 
-def save_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int, device: torch.device, **state: Any
-                    ) -> None:
-    """Everything to continue the search exactly: `state` plus the search's RNG (the global
-    one is the search's own while it runs). Not fsynced: a lost file costs a re-run, never a
-    wrong result."""
+def save_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int, device: torch.device,
+                    parts: dict[str, Any], **extra: Any) -> None:
+    """Everything to continue the search exactly: the state of each of `parts` (modules,
+    optimizers, torch Generators, anything with `state_dict`), `extra`, and the search's RNG (the
+    global one is the search's own while it runs). Not fsynced: a lost file costs a re-run, never
+    a wrong result."""
     if checkpoint:
-        atomic_save({"identity": cfg.identity(), "seed": seed, "rng": get_rng(device), **state}, checkpoint,
-                     durable=False)
+        state = {name: part.get_state() if isinstance(part, torch.Generator) else part.state_dict()
+                 for name, part in parts.items()}
+        atomic_save({"identity": cfg.identity(), "seed": seed, "rng": get_rng(device), **state, **extra}, checkpoint,
+                    durable=False)
 
 
 def own_rng(run: Callable[[], Iterator[dict]], device: torch.device) -> Iterator[dict]:
@@ -488,15 +500,8 @@ def _darts(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: 
                                primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
         w_optimizer = weight_optimizer(model, cfg)
         architect = Architect(model, cfg)
-        history: list[dict] = []
-        state = load_checkpoint(checkpoint, cfg, seed)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            w_optimizer.load_state_dict(state["w_optimizer"])
-            architect.optimizer.load_state_dict(state["a_optimizer"])
-            generator.set_state(state["generator"])
-            set_rng(state["rng"], device)
-            history = state["history"]
+        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer, "generator": generator}
+        history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
@@ -536,9 +541,7 @@ def _darts(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: 
                                            f"(early_stop_skips={cfg.early_stop_skips})")
             if collapsed or epoch + 1 == cfg.epochs:
                 report["candidates"] = [_selected(history, cfg)]
-            save_checkpoint(checkpoint, cfg, seed, device, model=model.state_dict(),
-                            w_optimizer=w_optimizer.state_dict(), a_optimizer=architect.optimizer.state_dict(),
-                            generator=generator.get_state(), history=history)
+            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
             yield report
             if collapsed:
                 return
