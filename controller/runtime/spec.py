@@ -49,7 +49,11 @@ OPTION_LIMITS: dict[str, dict[str, int]] = {
     "strategy_options": {"epochs": 1000, "batch_size": 4096, "channels": 1024, "layers": 64,
                          "max_batches_per_epoch": 1_000_000, "num_threads": 256, "population_size": 10_000,
                          "sample_size": 10_000, "archs": 1_000_000, "score_batches": 10_000, "block": 100_000,
-                         "rescore_top": 1000, "candidates": 100, "warmup_epochs": 1000},
+                         "rescore_top": 1000, "candidates": 100, "warmup_epochs": 1000,
+                         # NAO: its networks' sizes and how much it trains and proposes per round.
+                         "hidden_size": 4096, "embedding_size": 4096, "mlp_hidden_size": 4096, "mlp_layers": 64,
+                         "encoder_layers": 16, "decoder_layers": 16, "seed_archs": 100_000, "new_archs": 100_000,
+                         "top_k": 100_000, "max_step_size": 100_000, "expand": 1000},
     "table": {"sleep": 100},
 }
 

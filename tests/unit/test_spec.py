@@ -60,6 +60,7 @@ def test_one_past_the_bound_is_refused(field):
     ({"space": "nb201", "strategy": "darts", "strategy_options": {"layers": 10**5}}, "strategy_options.layers"),
     ({"space": "nb201", "strategy": "evolution", "strategy_options": {"population_size": 10**9}},
      "strategy_options.population_size"),
+    ({**TABLE, "strategy": "nao", "strategy_options": {"hidden_size": 10**9}}, "strategy_options.hidden_size"),
     ({**TABLE, "table": {f"k{i}": i for i in range(1000)}}, "table"),
     ({**TABLE, "train": {"x" * 10_000: 1}}, "train"),
     ({**TABLE, "table": {"dataset": "c" * 100_000}}, "table.dataset"),
