@@ -35,16 +35,9 @@ from raynas.search_spaces.types import AutoDeepLabArch
 from raynas.workers.data import load_dataset
 from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, AutoDeepLabSupernet, arch_step, autodeeplab_epochs
 from raynas.workers.oneshot.search import search_halves, weight_optimizer, weight_step
+from raynas.workers.profile import process_memory
 from raynas.workers.retrain import recipe, retrain
 from raynas.workers.training import pick_device
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def step_figures(data, args, device: torch.device) -> dict:
@@ -68,14 +61,14 @@ def step_figures(data, args, device: torch.device) -> dict:
         torch.cuda.reset_peak_memory_stats()
     else:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    base = _status("VmRSS") if device.type == "cpu" else 0
+    base = process_memory("VmRSS") if device.type == "cpu" else 0
     start = time.perf_counter()
     for _ in range(args.steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _status("VmHWM") - base
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else process_memory("VmHWM") - base
     return {"part": "step", "device": str(device), "layers": args.layers, "filters": args.filters, "batch": args.batch,
             "image": list(data.x_train.shape[-2:]), "images_per_s": round(args.steps * args.batch / wall, 2),
             "step_s": round(wall / args.steps, 3), "peak_memory_mb": round(peak / 2**20, 1),

@@ -31,19 +31,12 @@ from raynas.workers.nets import NetConfig, build_model
 from raynas.workers.oneshot import Architect, OneShotConfig, RSWSConfig, build_supernet, primitives_for, single_path
 from raynas.workers.oneshot.rsws import sample_arch
 from raynas.workers.oneshot.search import weight_optimizer, weight_step
+from raynas.workers.profile import process_memory
 from raynas.workers.training import pick_device
 
 STRATEGIES = ("darts", "darts2", "noisy-darts", "rsws", "child")
 LARGEST_CHILD = {"nb201": "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|nor_conv_3x3~0|nor_conv_3x3~1|"
                           "nor_conv_3x3~2|", "darts": "DARTS_V2"}
-
-
-def _status(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _step(strategy: str, space: str, args: argparse.Namespace, device: torch.device):
@@ -95,7 +88,7 @@ def measure(strategy: str, args: argparse.Namespace) -> dict:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
-            base = _status("VmRSS")
+            base = process_memory("VmRSS")
         step(*batch)  # the first step: optimizer state, allocator growth
         start = time.perf_counter()
         for _ in range(args.steps):
@@ -104,7 +97,7 @@ def measure(strategy: str, args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = _status("VmHWM")
+            peak = process_memory("VmHWM")
         wall = time.perf_counter() - start
     return {"strategy": strategy, "params": params, "images_per_s": round(args.steps * args.batch / wall, 2),
             "peak_step_mib": round((peak - base) / 2**20, 1), "memory": "gpu" if device.type == "cuda" else "rss"}

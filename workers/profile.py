@@ -72,3 +72,13 @@ def count_flops(model: nn.Module, input: torch.Tensor) -> int:
         for handle in handles:
             handle.remove()
     return total
+
+
+def process_memory(field: str) -> int:
+    """A memory figure of this process in bytes from /proc/self/status (Linux): `VmRSS`
+    (resident now) or `VmHWM` (its peak), what the memory benchmarks compare."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
