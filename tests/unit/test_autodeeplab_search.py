@@ -12,7 +12,7 @@ import torch
 
 from raynas.common import ConfigError
 from raynas.common.threads import torch_threads
-from raynas.controller.runtime.job import SearchJob
+from raynas.controller.cli import main
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.autodeeplab import LEVELS, MOVES, brute_force_path, transitions
@@ -143,11 +143,15 @@ def test_options_and_data_are_checked():
 def test_nas_search_end_to_end(tmp_path):
     """The search trains on the whole composed set (the job's dataset options shape the child's
     training only), so this one runs a single epoch of a one-layer trellis."""
-    spec = SearchSpec(space="autodeeplab", strategy="autodeeplab", dataset="digits-seg", evaluations=1,
-                      runtime="local", strategy_options={**TINY, "epochs": 1, "layers": 1, "batch_size": 32},
-                      train={"epochs": 1, "channels": 2, "batch_size": 8, "max_train_batches_per_epoch": 1,
-                             "num_threads": 1, "max_train": 8, "val_fraction": 0.02})
-    result = SearchJob(spec, tmp_path / "run", progress=False).run()
+    options = {**TINY, "epochs": 1, "layers": 1, "batch_size": 32}
+    train = {"epochs": 1, "channels": 2, "batch_size": 8, "max_train_batches_per_epoch": 1, "num_threads": 1,
+             "max_train": 8, "val_fraction": 0.02}
+    argv = ["search", "--space", "autodeeplab", "--strategy", "autodeeplab", "--dataset", "digits-seg",
+            "--evaluations", "1", "--runtime", "local", "--out", str(tmp_path / "run"), "--quiet"]
+    argv += [a for k, v in options.items() for a in ("--strategy-option", f"{k}={v}")]
+    argv += [a for k, v in train.items() for a in ("--train-option", f"{k}={v}")]
+    assert main(argv) == 0
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["state"] == "done" and result["evaluations"] == 1 and result["failed"] == 0
     (record,) = [json.loads(x) for x in (tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()]
     epochs = [json.loads(x) for x in (tmp_path / "run" / "oneshot.jsonl").read_text().splitlines()]
