@@ -44,6 +44,10 @@ def _metrics():
                                      tag_keys=job + ("rung",)),
         "supernet_acc": metrics.Gauge("nas_oneshot_val_acc", "A one-shot run's supernet validation accuracy",
                                       tag_keys=job + ("run",)),
+        "supernet_miou": metrics.Gauge("nas_oneshot_val_miou", "A segmentation one-shot run's supernet mean IoU",
+                                       tag_keys=job + ("run",)),
+        "supernet_ppl": metrics.Gauge("nas_oneshot_val_ppl", "A recurrent one-shot run's validation perplexity",
+                                      tag_keys=job + ("run",)),
         "signal": metrics.Gauge("nas_strategy_signal", "A strategy's own figure at its latest iteration",
                                 tag_keys=job + ("signal",)),
     }
@@ -86,16 +90,21 @@ def report_retry(job: str) -> None:
         m["retries"].inc(1, tags={"job": job})
 
 
-def report_oneshot_epoch(job: str, run: int, skip_count: int | None, val_acc: float | None) -> None:
-    """Collapse shows live on the dashboard: skip-connections climbing while accuracy stalls."""
+#: A one-shot report's figures and their gauges (image, segmentation and language-model searches).
+ONE_SHOT_GAUGES = {"skip_count": "skips", "val_acc": "supernet_acc", "val_miou": "supernet_miou",
+                   "val_ppl": "supernet_ppl"}
+
+
+def report_oneshot_epoch(job: str, run: int, report: dict) -> None:
+    """Collapse shows live on the dashboard: skip-connections climbing while accuracy stalls; the
+    supernet's mean IoU or perplexity where the search scores by those."""
     m = _metrics()
     if m is None:
         return
     tags = {"job": job, "run": str(run)}
-    if skip_count is not None:
-        m["skips"].set(skip_count, tags=tags)
-    if val_acc is not None:
-        m["supernet_acc"].set(val_acc, tags=tags)
+    for key, gauge in ONE_SHOT_GAUGES.items():
+        if report.get(key) is not None:
+            m[gauge].set(report[key], tags=tags)
 
 
 def report_rung(job: str, rung: float, decision: str, cutoff: float | None) -> None:

@@ -150,7 +150,7 @@ class SearchJob:
                 return
             logged.add(key)
             run.append({"run": index, **data}, ONE_SHOT_LOG)
-            metrics.report_oneshot_epoch(job, index, data.get("skip_count"), data.get("val_acc"))
+            metrics.report_oneshot_epoch(job, index, data)
 
         return report
 
