@@ -32,9 +32,9 @@ import torch
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.search_spaces.types import AutoDeepLabArch
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, AutoDeepLabSupernet, arch_step, autodeeplab_epochs
-from raynas.workers.oneshot.search import search_halves, weight_optimizer, weight_step
+from raynas.workers.oneshot.search import weight_optimizer, weight_step
 from raynas.workers.profile import process_memory
 from raynas.workers.retrain import recipe, retrain
 from raynas.workers.training import pick_device
@@ -44,12 +44,12 @@ def step_figures(data, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     config = AutoDeepLabConfig(batch_size=args.batch, channels=args.filters, layers=args.layers,
                                device=str(device.type)).resolved("autodeeplab")
-    w_half, a_half = search_halves(data.to(device), 0.5)
+    w_half, a_half = data.to(device).halves(0.5)
     model = AutoDeepLabSupernet(args.filters, args.layers, data.in_channels, data.num_classes).to(device)
     w_opt = weight_optimizer(model, config)
     a_opt = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, weight_decay=config.arch_weight_decay)
-    x, y = w_half.x_train[:args.batch], w_half.y_train[:args.batch]
-    xa, ya = a_half.x_train[:args.batch], a_half.y_train[:args.batch]
+    x, y = next(w_half.eval_batches("train", args.batch))
+    xa, ya = next(a_half.eval_batches("train", args.batch))
 
     def step() -> None:
         arch_step(model, a_opt, a_half, xa, ya)
@@ -70,7 +70,7 @@ def step_figures(data, args, device: torch.device) -> dict:
     wall = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else process_memory("VmHWM") - base
     return {"part": "step", "device": str(device), "layers": args.layers, "filters": args.filters, "batch": args.batch,
-            "image": list(data.x_train.shape[-2:]), "images_per_s": round(args.steps * args.batch / wall, 2),
+            "image": [data.raw["height"], data.raw["width"]], "images_per_s": round(args.steps * args.batch / wall, 2),
             "step_s": round(wall / args.steps, 3), "peak_memory_mb": round(peak / 2**20, 1),
             "params": sum(p.numel() for p in model.network_parameters())}
 

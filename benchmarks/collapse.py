@@ -19,7 +19,7 @@ import sys
 import time
 
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import OneShotConfig, search_epochs
 
 

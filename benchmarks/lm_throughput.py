@@ -31,7 +31,7 @@ from torch import nn
 
 from raynas.search_spaces import get_space
 from raynas.search_spaces.nasrnn import children
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.nets import NetConfig, build_model
 from raynas.workers.ops import RNN_ACTIVATIONS

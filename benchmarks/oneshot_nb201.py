@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import get_evaluator
 from raynas.workers.oneshot import OneShotConfig, OneShotSearch, RSWSConfig, rsws_epochs, search_epochs
 

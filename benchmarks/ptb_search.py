@@ -23,7 +23,7 @@ import torch
 
 from raynas.controller.strategies import get_strategy
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.training import TrainConfig
 

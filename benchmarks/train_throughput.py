@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.nets import NetConfig, build_model
 from raynas.workers.training import TrainConfig
@@ -54,7 +54,8 @@ def plain_loop(arch, data, config: TrainConfig, seed: int, device: torch.device)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, nesterov=True,
                                 weight_decay=config.weight_decay)
     generator = torch.Generator().manual_seed(seed)
-    n, bs = len(data.y_train), config.batch_size
+    train_x, train_y = data.to(device).tensors("train")
+    n, bs = len(train_y), config.batch_size
     steps = -(-n // bs)
     total = config.epochs * steps
     train_time, images = 0.0, 0
@@ -64,7 +65,7 @@ def plain_loop(arch, data, config: TrainConfig, seed: int, device: torch.device)
         order = torch.randperm(n, generator=generator).to(device)
         for step in range(steps):
             idx = order[step * bs:(step + 1) * bs]
-            x, y = data.x_train[idx], data.y_train[idx]
+            x, y = train_x[idx], train_y[idx]
             for group in optimizer.param_groups:
                 group["lr"] = 0.5 * config.lr * (1 + math.cos(math.pi * (epoch * steps + step) / total))
             with autocast():
@@ -80,7 +81,7 @@ def plain_loop(arch, data, config: TrainConfig, seed: int, device: torch.device)
         model.eval()
         with torch.inference_mode(), autocast():
             correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in data.eval_batches("val", 256))
-    return images / train_time, time.perf_counter() - start, correct / len(data.y_val)
+    return images / train_time, time.perf_counter() - start, correct / data.sizes["val"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,22 +23,8 @@ def ray_cluster(ray_context):
 
 @pytest.fixture(scope="session")
 def tiny_ptb(tmp_path_factory):
-    """A PTB-shaped folder (ptb.train/valid/test.txt) of a 40-word language made by a fixed
-    first-order Markov chain, so that a model can learn something in a few steps; the real
-    corpus stays outside the project."""
-    import random
+    """A PTB-shaped folder (ptb.train/valid/test.txt) of a 40-word Markov language; the real corpus
+    stays outside the project."""
+    import datafiles
 
-    rng = random.Random(0)
-    words = [f"w{i}" for i in range(40)]
-    follow = {w: rng.sample(words, 3) for w in words}
-    folder = tmp_path_factory.mktemp("ptb")
-    for split, lines in (("train", 300), ("valid", 40), ("test", 40)):
-        text, word = [], words[0]
-        for _ in range(lines):
-            line = []
-            for _ in range(12):
-                word = rng.choice(follow[word])
-                line.append(word)
-            text.append(" " + " ".join(line) + " ")
-        (folder / f"ptb.{split}.txt").write_text("\n".join(text) + "\n")
-    return folder
+    return datafiles.ptb_folder(tmp_path_factory.mktemp("ptb"))

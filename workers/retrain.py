@@ -34,8 +34,8 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save, write_json_atomic
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
-from raynas.workers.data import SEGMENTATION_DATASETS, Dataset, TextDataset
-from raynas.workers.nets import LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, build_model
+from raynas.workers.datasets import Data, require_task
+from raynas.workers.nets import LANGUAGE_SPACES, NetConfig, build_model, space_task
 from raynas.workers.profile import count_params
 from raynas.workers.training import TrainConfig, TrainingRun, check_cutout, pick_device
 
@@ -119,16 +119,10 @@ def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:
     return space, str(get_space(space).validate(arch))
 
 
-def retrain(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: str | Path, seed: int = 0,
+def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str | Path, seed: int = 0,
             resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    require_task(dataset, space_task(space), f"the {space} space's networks")
     language = space in LANGUAGE_SPACES
-    if language != isinstance(dataset, TextDataset):
-        raise ConfigError("dataset", f"the {space} space's networks cannot train on {dataset.name!r}",
-                          ("ptb",) if language else ("digits", "mnist", "cifar10", *SEGMENTATION_DATASETS))
-    if (space in SEGMENTATION_SPACES) != (dataset.kind == "segmentation") and not language:
-        raise ConfigError("dataset", f"the {space} networks and the {dataset.name} dataset do not match (segmentation "
-                          "networks train on segmentation datasets, classifiers on classification ones)",
-                          SEGMENTATION_DATASETS if space in SEGMENTATION_SPACES else ("digits", "mnist", "cifar10"))
     out = Path(out)
     checkpoint = out / CHECKPOINT
     if resume and not checkpoint.exists():
@@ -136,14 +130,14 @@ def retrain(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: s
     if not resume and (checkpoint.exists() or (out / RESULT).exists()):
         raise ConfigError("out", f"{out} already holds a training run; use --resume or a new --out")
     out.mkdir(parents=True, exist_ok=True)
-    config = config.resolved("text" if language else "image")
+    config = config.resolved(dataset.task)
     device = pick_device(config.device)
     if language:
         split, data = "test", dataset
         net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, **LANGUAGE_NET)
     else:
         check_cutout(config, dataset)
-        split = "test" if dataset.x_test is not None else "val"
+        split = "test" if dataset.has_test else "val"
         data = dataset.whole_training_set().to(device)
         net = NetConfig(in_channels=data.in_channels, num_classes=data.num_classes, image_size=data.image_size,
                         channels=config.channels, layers=config.layers, auxiliary=config.auxiliary_weight > 0,
@@ -182,7 +176,7 @@ def retrain(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: s
         else:
             failure = run.fit_images(data, start_epoch, on_epoch)
             score = {"metric": data.metric, "test_acc": None if failure else run.accuracy(data),
-                     "train_samples": len(data.y_train)}
+                     "train_samples": data.sizes["train"]}
         result = {
             "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
             "state": "failed" if failure else "done", "reason": failure,
@@ -197,7 +191,7 @@ def retrain(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: s
     return result
 
 
-def retrain_seeds(space: str, arch: str, dataset: Dataset, config: TrainConfig, out: str | Path,
+def retrain_seeds(space: str, arch: str, dataset: Data, config: TrainConfig, out: str | Path,
                   seeds: list[int], resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """`retrain` once per seed, in OUT/seed-<s>/, and the mean and standard deviation (over the
     runs, n - 1 in the denominator) of their test accuracy in OUT/result.json. Resuming skips the

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError, check_int, check_number
-from raynas.workers.data import ImageDataset, TextDataset
+from raynas.workers.datasets.images import ImageData
+from raynas.workers.datasets.text import TextData
 
 IMAGE_REWARDS = ("zoph", "last", "max")
 LANGUAGE_REWARDS = ("ppl",)
@@ -36,13 +37,13 @@ PPL_REWARD_CONSTANT = 80.0
 # child training for images, DARTS' PTB recipe for language models (plain SGD
 # at lr 20; momentum SGD at 0.1 barely moves an LSTM-style model in a few epochs).
 TASK_DEFAULTS: dict[str, dict[str, Any]] = {
-    "image": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
-              "eval_batch_size": 256, "reward": "zoph"},
+    "classification": {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
+                       "eval_batch_size": 256, "reward": "zoph"},
     # Segmentation: DeepLab's momentum SGD; the reward is the last epoch's validation mIoU.
     "segmentation": {"lr": 0.05, "momentum": 0.9, "weight_decay": 1e-4, "grad_clip": 5.0,
                      "eval_batch_size": 64, "reward": "last"},
-    "text": {"lr": 20.0, "momentum": 0.0, "weight_decay": 5e-7, "grad_clip": 0.25,
-             "eval_batch_size": 10, "reward": "ppl"},
+    "language_model": {"lr": 20.0, "momentum": 0.0, "weight_decay": 5e-7, "grad_clip": 0.25,
+                       "eval_batch_size": 10, "reward": "ppl"},
 }
 
 
@@ -113,19 +114,19 @@ class TrainConfig:
         if self.device not in DEVICES:
             raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
 
-    def resolved(self, kind: str) -> TrainConfig:
-        """This config with every None / "auto" replaced by the default for `kind`
-        ("image", "segmentation" or "text"), and the reward checked against the task."""
-        defaults = TASK_DEFAULTS[kind]
+    def resolved(self, task: str) -> TrainConfig:
+        """This config with every None / "auto" replaced by the default for `task`
+        (classification, segmentation or language_model), and the reward checked against it."""
+        defaults = TASK_DEFAULTS[task]
         config = replace(self, **{k: v for k, v in defaults.items()
                                   if getattr(self, k) is None or getattr(self, k) == "auto"})
-        allowed = LANGUAGE_REWARDS if kind == "text" else IMAGE_REWARDS
+        allowed = LANGUAGE_REWARDS if task == "language_model" else IMAGE_REWARDS
         if config.reward not in allowed:
-            raise ConfigError("reward", f"{config.reward!r} does not apply to {kind} models", allowed)
-        if kind == "text" and (config.auxiliary_weight or config.drop_path):
+            raise ConfigError("reward", f"{config.reward!r} does not apply to {task.replace('_', ' ')} models", allowed)
+        if task == "language_model" and (config.auxiliary_weight or config.drop_path):
             raise ConfigError("auxiliary_weight" if config.auxiliary_weight else "drop_path",
                               "applies to image models only")
-        if kind != "text" and config.asgd_nonmono:
+        if task != "language_model" and config.asgd_nonmono:
             raise ConfigError("asgd_nonmono", "applies to language models only", (0,))
         return config
 
@@ -134,7 +135,7 @@ class TrainConfig:
         return tuple(f.name for f in fields(cls))
 
 
-def check_cutout(config: TrainConfig, data: ImageDataset) -> None:
+def check_cutout(config: TrainConfig, data: ImageData) -> None:
     """Refuse a cutout square that hides every pixel of the dataset's images."""
     if config.cutout >= data.image_size:
         raise ConfigError("cutout", f"a {config.cutout}-pixel square hides the whole {data.image_size}x"
@@ -216,16 +217,14 @@ class TrainingRun:
         self.train_loss_curve.append(losses.mean().item())
         return None
 
-    def fit_images(self, data: ImageDataset, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
+    def fit_images(self, data: ImageData, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
                    stop_epoch: int | None = None) -> str | None:
         """Train epochs `start_epoch` (a resumed run restores the state first) to `stop_epoch`
         (default: all of them); `on_epoch(epoch)` runs after each epoch's validation
         (checkpoints, reports). The schedule always spans `config.epochs`, so stopping early
         and continuing later gives the same network as running straight through."""
         c, model = self.config, self.model
-        steps = -(-len(data.y_train) // c.batch_size)
-        if c.max_train_batches_per_epoch:
-            steps = min(steps, c.max_train_batches_per_epoch)
+        steps = data.steps(c.batch_size, c.max_train_batches_per_epoch)
         lrs = self._schedule(steps)
         auxiliary = c.auxiliary_weight > 0
         ramp_drop_path = hasattr(model, "drop_path_prob")
@@ -257,7 +256,7 @@ class TrainingRun:
         return None
 
     @torch.inference_mode()
-    def accuracy(self, data: ImageDataset, split: str = "val") -> float:
+    def accuracy(self, data: ImageData, split: str = "val") -> float:
         """The dataset's metric on `split`: accuracy, or mean IoU for segmentation."""
         self.model.eval()
         meter = data.meter()
@@ -283,7 +282,7 @@ class TrainingRun:
         self.val_curve, self.train_loss_curve = list(state["val_curve"]), list(state["train_loss_curve"])
         self.train_time_s, self.samples = state["train_time_s"], state["samples"]
 
-    def fit_text(self, data: TextDataset, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
+    def fit_text(self, data: TextData, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
                  stop_epoch: int | None = None) -> str | None:
         """Like `fit_images`; each epoch starts from a fresh hidden state, so a run resumes exactly."""
         c, model = self.config, self.model
@@ -343,7 +342,7 @@ class TrainingRun:
                 for p, w in zip(self.params, saved):
                     p.copy_(w)
 
-    def perplexity(self, data: TextDataset, split: str) -> float:
+    def perplexity(self, data: TextData, split: str) -> float:
         """Perplexity on a split of `data` (in eval batches), with the averaged weights once averaging."""
         return self._perplexity(data.batchify(split, self.config.eval_batch_size, self.device))
 

@@ -43,7 +43,7 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from raynas.common import ConfigError
-    from raynas.workers.data import load_dataset
+    from raynas.workers.datasets import load_dataset
     from raynas.workers.retrain import recipe, resolve_source, retrain, retrain_seeds
 
     if args.seeds < 1:

@@ -197,9 +197,9 @@ class SearchSpec:
         # Imported here, not at the top: a worker unpickling a spec to build a table evaluator need
         # not load torch (seconds per process at start-up).
         from raynas.param_server import ShardConfig
-        from raynas.workers.data import DATASETS
+        from raynas.workers.datasets import dataset_names
 
-        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("dataset", self.dataset, dataset_names())
         ShardConfig(accumulate=self.ps_accumulate, staleness_policy=self.staleness_policy,
                     max_staleness=self.max_staleness)
         check_choice("replica_batch", self.replica_batch, BATCHING)
@@ -299,7 +299,7 @@ class SearchSpec:
             _check_options(name, getattr(self, name))
 
     def _check_train_options(self) -> None:
-        from raynas.workers.data import check_dataset_options
+        from raynas.workers.datasets import get_dataset
         from raynas.workers.training import TrainConfig
 
         known = TrainConfig.field_names() + DATASET_OPTIONS
@@ -308,7 +308,7 @@ class SearchSpec:
             raise ConfigError(f"train.{unknown[0]}", "unknown option", sorted(known))
         with prefixed_errors("train", known):
             TrainConfig(**{k: v for k, v in self.train.items() if k not in DATASET_OPTIONS})
-            check_dataset_options(self.dataset, **{k: v for k, v in self.train.items() if k in DATASET_OPTIONS})
+        get_dataset(self.dataset, self.data_path, {k: v for k, v in self.train.items() if k in DATASET_OPTIONS})
 
     def _check_table_options(self) -> None:
         unknown = sorted(set(self.table) - set(TABLE_OPTIONS))

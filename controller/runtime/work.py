@@ -56,7 +56,7 @@ class EvaluatorFactory:
         evaluator = base_evaluator(self.spec, one_shot=self.search is not None)
         if self.search is None:
             return evaluator
-        from raynas.workers.data import load_dataset
+        from raynas.workers.datasets import load_dataset
 
         spec = self.spec
         space = get_space(spec.space, **spec.space_options)

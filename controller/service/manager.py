@@ -58,7 +58,7 @@ from raynas.controller.service.registry import (
     JobRegistry,
     SearchRecord,
 )
-from raynas.workers.data import check_data_root
+from raynas.workers.datasets import check_data_root
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import CANCELLED, FAILED, Cancelled, Evaluator, get_evaluator
 from raynas.workers.oneshot import OneShotConfig, RSWSConfig, rsws_evaluator, search_evaluator
 

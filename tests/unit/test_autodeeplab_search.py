@@ -16,7 +16,7 @@ from raynas.controller.cli import main
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.autodeeplab import LEVELS, MOVES, brute_force_path, transitions
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot.autodeeplab import (
     AutoDeepLabConfig,
     AutoDeepLabSupernet,
@@ -41,8 +41,8 @@ TINY = {"epochs": 2, "channels": 2, "layers": 2, "batch_size": 4, "max_batches_p
 def tiny_data():
     """A few composed canvases, so that both halves (and the evaluation of the alphas' half) are small."""
     data = load_dataset("digits-seg")
-    return dataclasses.replace(data, x_train=data.x_train[:12], y_train=data.y_train[:12], x_val=data.x_val[:4],
-                               y_val=data.y_val[:4], x_test=data.x_test[:4], y_test=data.y_test[:4])
+    return dataclasses.replace(data, splits={"train": data.splits["train"][:12], "val": data.splits["val"][:4],
+                                             "test": data.splits["test"][:4]})
 
 
 def test_supernet_has_a_cell_on_every_transition_and_shapes_at_every_level():
@@ -101,7 +101,7 @@ def test_first_order_step_reduces_the_validation_loss(tiny_data):
     torch.manual_seed(0)
     model = AutoDeepLabSupernet(filters=2, layers=2, in_channels=1, num_classes=11)
     optimizer = torch.optim.Adam(model.arch_parameters(), lr=0.05)
-    x, y = tiny_data.x_val, tiny_data.y_val
+    x, y = tiny_data.tensors("val")
     weights = [p.detach().clone() for p in model.network_parameters()]
     losses = [arch_step(model, optimizer, tiny_data, x, y) for _ in range(4)]
     assert losses[-1] < losses[0]

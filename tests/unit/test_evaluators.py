@@ -103,9 +103,9 @@ def test_bad_configuration_names_the_field(name, space, options, field, text):
 
 
 def test_train_config_resolves_task_defaults():
-    image = TrainConfig().resolved("image")
+    image = TrainConfig().resolved("classification")
     assert (image.lr, image.momentum, image.weight_decay, image.reward) == (0.1, 0.9, 1e-4, "zoph")
-    text = TrainConfig(lr=5.0).resolved("text")
+    text = TrainConfig(lr=5.0).resolved("language_model")
     assert (text.lr, text.reward) == (5.0, "ppl")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device"):

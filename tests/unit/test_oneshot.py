@@ -12,7 +12,7 @@ from raynas.common import ConfigError
 from raynas.search_spaces import get_space
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import NB201_OPS
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import (
     Architect,
     DartsSupernet,
@@ -91,8 +91,9 @@ def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
     config = OneShotConfig(algorithm=algorithm, arch_lr=0.03).resolved("nb201")
     w_opt = torch.optim.SGD(model.network_parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
     architect = Architect(model, config)
-    x, y = digits.x_train[:48], digits.y_train[:48]
-    xv, yv = digits.x_train[48:96], digits.y_train[48:96]
+    train_x, train_y = digits.tensors("train")
+    x, y = train_x[:48], train_y[:48]
+    xv, yv = train_x[48:96], train_y[48:96]
     alphas_before = [a.detach().clone() for a in model.arch_parameters()]
     before = F.cross_entropy(model(xv), yv).item()
     for _ in range(8):
@@ -106,7 +107,8 @@ def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
 
 def test_finite_difference_hvp_matches_double_backprop(digits):
     model = smooth(tiny_nb201().double())
-    x, y = digits.x_train[:16].double(), digits.y_train[:16]
+    train_x, train_y = digits.tensors("train")
+    x, y = train_x[:16].double(), train_y[:16]
     weights = model.network_parameters()
     torch.manual_seed(1)
     v = [torch.randn_like(w) for w in weights]
@@ -139,8 +141,9 @@ def test_darts2_with_noise_differentiates_one_noise_sample():
 def test_second_order_gradient_is_the_unrolled_one(digits):
     """DARTS eq. 7 against autograd through the virtual step w' = w - xi (g + wd w + m buf)."""
     model = smooth(tiny_nb201().double())
-    x, y = digits.x_train[:16].double(), digits.y_train[:16]
-    xv, yv = digits.x_train[16:32].double(), digits.y_train[16:32]
+    train_x, train_y = digits.tensors("train")
+    x, y = train_x[:16].double(), train_y[:16]
+    xv, yv = train_x[16:32].double(), train_y[16:32]
     xi, momentum, wd = 0.05, 0.9, 3e-4
     w_opt = torch.optim.SGD(model.network_parameters(), lr=xi, momentum=momentum, weight_decay=wd)
     F.cross_entropy(model(x), y).backward(inputs=model.network_parameters())

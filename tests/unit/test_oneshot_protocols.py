@@ -19,10 +19,11 @@ from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.runtime.work import EvaluatorFactory
 from raynas.controller.strategies import strategy_class
 from raynas.search_spaces import get_space
-from raynas.workers.data import ImageDataset, load_dataset
+from raynas.workers.datasets import load_dataset
+from raynas.workers.datasets.images import ImageData
 from raynas.workers.execution import Task
 from raynas.workers.oneshot import OneShotConfig, search_epochs
-from raynas.workers.oneshot.search import cosine_lr, search_halves
+from raynas.workers.oneshot.search import cosine_lr
 from raynas.workers.oneshot.supernet import MixedOp
 from raynas.workers.retrain import recipe, retrain, retrain_seeds
 
@@ -46,11 +47,12 @@ def search(digits, seed=0, checkpoint=None, **options):
 
 def test_the_search_halves_the_whole_training_set_and_keeps_augmentation():
     data = load_dataset("digits", seed=0)
-    w_half, a_half = search_halves(dataclasses.replace(data, augment=True), 0.5)
+    w_half, a_half = dataclasses.replace(data, augment=True).halves(0.5)
     whole = data.sizes["train"] + data.sizes["val"]  # CIFAR-10: 25k / 25k, not 22.5k / 22.5k
-    assert (len(w_half.y_train), len(a_half.y_train)) == (whole // 2, whole - whole // 2)
+    assert (w_half.sizes["train"], a_half.sizes["train"]) == (whole // 2, whole - whole // 2)
     assert w_half.augment and a_half.augment
-    assert torch.equal(torch.cat([w_half.x_train, a_half.x_train]), torch.cat([data.x_train, data.x_val]))
+    assert torch.equal(torch.cat([w_half.tensors("train")[0], a_half.tensors("train")[0]]),
+                       torch.cat([data.tensors("train")[0], data.tensors("val")[0]]))
 
 
 def test_noisy_darts_drops_the_skip_branch_in_training_and_evaluation():
@@ -192,8 +194,8 @@ def test_searched_cells_are_trained_as_darts_selects_them():
     assert child.epochs == 3  # other strategies keep the generic child training
 
 
-def _with_test_split(data: ImageDataset) -> ImageDataset:
-    return dataclasses.replace(data, x_test=data.x_val[:40], y_test=data.y_val[:40])
+def _with_test_split(data: ImageData) -> ImageData:
+    return dataclasses.replace(data, splits={**data.splits, "test": data.splits["val"][:40]})
 
 
 @pytest.mark.slow

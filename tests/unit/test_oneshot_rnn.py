@@ -10,7 +10,7 @@ from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.types import RNNGenotype
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import OneShotConfig, RSWSConfig
 from raynas.workers.oneshot.rnn import (
     PRIMITIVES,

@@ -8,7 +8,7 @@ import torch
 from raynas.common import ConfigError
 from raynas.controller import cli
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.export import export, load_trained
 from raynas.workers.nets import NetConfig, build_model
 from raynas.workers.retrain import CELL_RECIPE, recipe, resolve_source, retrain, selection_recipe
@@ -87,7 +87,7 @@ def test_export_json_and_torch_export_from_a_training(digits, tmp_path, capsys):
     trained = load_trained(out)
     eager = build_model("nb201", get_space("nb201").parse(ARCH), NetConfig(**trained["net"])).eval()
     eager.load_state_dict(trained["run"]["model"])
-    x = digits.x_val[:7]
+    x = digits.tensors("val")[0][:7]
     with torch.no_grad():
         assert torch.allclose(loaded(x), eager(x), atol=1e-5)
 

@@ -9,7 +9,7 @@ import torch
 from raynas.common import ConfigError
 from raynas.controller import cli
 from raynas.search_spaces import get_space
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.export import load_trained
 from raynas.workers.nets import NetConfig, build_model
 from raynas.workers.retrain import LANGUAGE_NET, recipe, retrain
@@ -31,7 +31,7 @@ def test_recipe_is_darts_ptb_evaluation():
         TrainConfig(lr_schedule="step")
     assert err.value.field == "lr_schedule"
     with pytest.raises(ConfigError) as err:
-        TrainConfig(asgd_nonmono=2).resolved("image")
+        TrainConfig(asgd_nonmono=2).resolved("classification")
     assert err.value.field == "asgd_nonmono"
 
 

@@ -13,7 +13,7 @@ from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import NB201_OPS
-from raynas.workers.data import load_dataset
+from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import DartsSupernet, NB201Supernet, RSWSConfig, rsws_epochs, single_path
 from raynas.workers.oneshot.rsws import sample_arch
 from raynas.workers.oneshot.supernet import MixedOp

@@ -1,5 +1,5 @@
-"""Segmentation data and training: the composed digits set, mean IoU, the ignore label, the
-Cityscapes and VOC folder layouts, training and retraining a decoded Auto-DeepLab network."""
+"""Segmentation data and training: the composed digits set, mean IoU, the ignore label, training
+and retraining a decoded Auto-DeepLab network (the folder layouts: tests/unit/test_datasets.py)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,13 @@ from raynas.common import ConfigError
 from raynas.search_spaces import get_space
 from raynas.search_spaces.autodeeplab import AUTODEEPLAB
 from raynas.search_spaces.types import AutoDeepLabArch
-from raynas.workers.data import SegmentationDataset, load_dataset
+from raynas.workers.datasets import load_dataset
+from raynas.workers.datasets.images import IGNORE_INDEX, MeanIoU, mean_iou
+from raynas.workers.datasets.segmentation import compose, paint
 from raynas.workers.evaluation import get_evaluator
 from raynas.workers.evaluation.train import TrainEvaluator
 from raynas.workers.export import export
 from raynas.workers.retrain import recipe, retrain
-from raynas.workers.segdata import IGNORE_INDEX, MeanIoU, compose, mean_iou, paint
 from raynas.workers.training import TrainConfig, TrainingRun
 
 
@@ -27,13 +28,15 @@ def digits_seg():
 
 def test_composed_set_is_real_deterministic_and_labelled(digits_seg):
     again = load_dataset("digits-seg", max_train=64)
-    assert isinstance(digits_seg, SegmentationDataset) and digits_seg.kind == "segmentation"
-    assert torch.equal(digits_seg.x_test, again.x_test) and torch.equal(digits_seg.y_train, again.y_train)
+    assert digits_seg.task == "segmentation"
+    x_test, y_test = digits_seg.tensors("test")
+    x_train, y_train = digits_seg.tensors("train")
+    assert torch.equal(x_test, again.tensors("test")[0]) and torch.equal(y_train, again.tensors("train")[1])
     other_split = load_dataset("digits-seg", seed=1, max_train=64)
-    assert not torch.equal(other_split.y_train, digits_seg.y_train)
-    assert torch.equal(other_split.y_test, digits_seg.y_test)  # the test canvases do not depend on the seed
-    assert digits_seg.x_train.shape[1:] == (1, 32, 32) and digits_seg.y_train.shape[1:] == (32, 32)
-    labels = set(digits_seg.y_test.unique().tolist())
+    assert not torch.equal(other_split.tensors("train")[1], y_train)
+    assert torch.equal(other_split.tensors("test")[1], y_test)  # the test canvases do not depend on the seed
+    assert x_train.shape[1:] == (1, 32, 32) and y_train.shape[1:] == (32, 32)
+    labels = set(y_test.unique().tolist())
     assert labels == set(range(11)) | {IGNORE_INDEX}
     assert digits_seg.num_classes == 11
 
@@ -99,9 +102,9 @@ def test_train_evaluator_scores_segmentation_by_miou(digits_seg):
 
 
 def test_spaces_and_datasets_of_other_kinds_are_refused(digits_seg):
-    with pytest.raises(ConfigError, match="^dataset.*segmentation networks.*digits-seg"):
+    with pytest.raises(ConfigError, match="^dataset.*need segmentation data.*digits-seg"):
         get_evaluator("train", get_space("autodeeplab"), dataset="digits")
-    with pytest.raises(ConfigError, match="^dataset.*image classifiers"):
+    with pytest.raises(ConfigError, match="^dataset.*need classification data"):
         TrainEvaluator(get_space("nb201"), digits_seg)
     with pytest.raises(ConfigError, match="^data_path"):
         load_dataset("digits-seg", path="/tmp")
@@ -126,67 +129,6 @@ def test_nas_train_and_export_a_decoded_network(digits_seg, tmp_path):
     info = export("autodeeplab", arch, "torch-export", tmp_path / "model.pt2", checkpoint=tmp_path / "train")
     assert info["weights"] == "trained"
     model = torch.export.load(tmp_path / "model.pt2").module()
-    assert model(digits_seg.x_test[:3]).shape == (3, 11, 32, 32)
+    assert model(digits_seg.tensors("test")[0][:3]).shape == (3, 11, 32, 32)
     with pytest.raises(ConfigError, match="^dataset"):
         retrain("autodeeplab", arch, load_dataset("digits"), config, tmp_path / "other", log=lambda _: None)
-
-
-# -- Cityscapes and VOC folder layouts (tiny folders written here) ---------------------------------
-
-
-def _png(path, array, palette=False):
-    image_lib = pytest.importorskip("PIL.Image")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image = image_lib.fromarray(array)
-    # VOC's masks are palette images whose indices are the classes; from 8-bit grey, PIL keeps the values.
-    (image.convert("P") if palette else image).save(path)
-
-
-def test_cityscapes_layout_and_official_train_ids(tmp_path):
-    pytest.importorskip("PIL")
-    labels = pytest.importorskip("cityscapesscripts.helpers.labels")
-    rng = np.random.default_rng(0)
-    # Label ids 7 (road -> train id 0), 26 (car -> 13), 0 (unlabeled -> ignored).
-    ids = np.zeros((64, 128), dtype=np.uint8)
-    ids[:32], ids[32:, :64] = 7, 26
-    for split, cities in (("train", ("aachen", "bonn")), ("val", ("lindau",))):
-        for city in cities:
-            for frame in range(3):
-                stem = f"{city}_000000_{frame:06d}"
-                _png(tmp_path / "leftImg8bit" / split / city / f"{stem}_leftImg8bit.png",
-                     rng.integers(0, 255, (128, 256, 3), dtype=np.uint8))
-                _png(tmp_path / "gtFine" / split / city / f"{stem}_gtFine_labelIds.png",
-                     np.kron(ids, np.ones((2, 2), dtype=np.uint8)))
-    data = load_dataset("cityscapes", tmp_path, val_fraction=0.5)
-    assert data.kind == "segmentation" and data.num_classes == 19
-    assert data.sizes == {"train": 3, "val": 3, "test": 3}
-    assert data.x_train.shape[1:] == (3, 64, 128) and data.y_test.shape[1:] == (64, 128)
-    road, car = labels.name2label["road"].trainId, labels.name2label["car"].trainId
-    assert (data.y_test[:, :32] == road).all() and (data.y_test[:, 32:, :64] == car).all()
-    assert (data.y_test[:, 32:, 64:] == IGNORE_INDEX).all()
-    (tmp_path / "gtFine" / "val" / "lindau" / "lindau_000000_000000_gtFine_labelIds.png").unlink()
-    with pytest.raises(ConfigError, match="^data_path.*no label file"):
-        load_dataset("cityscapes", tmp_path)
-
-
-def test_voc_layout(tmp_path):
-    pytest.importorskip("PIL")
-    root = tmp_path / "VOCdevkit" / "VOC2012"
-    mask = np.zeros((100, 120), dtype=np.uint8)
-    mask[10:50, 20:80], mask[50:52] = 15, 255  # a person, and the boundary band
-    rng = np.random.default_rng(0)
-    for split, stems in (("train", ["2007_000032", "2007_000039"]), ("val", ["2007_000033"])):
-        (root / "ImageSets" / "Segmentation").mkdir(parents=True, exist_ok=True)
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("\n".join(stems) + "\n")
-        for stem in stems:
-            image_lib = pytest.importorskip("PIL.Image")
-            (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
-            image_lib.fromarray(rng.integers(0, 255, (100, 120, 3), dtype=np.uint8)).save(root / "JPEGImages" /
-                                                                                          f"{stem}.jpg")
-            _png(root / "SegmentationClass" / f"{stem}.png", mask, palette=True)
-    data = load_dataset("voc", tmp_path, val_fraction=0.5)
-    assert data.num_classes == 21 and data.sizes == {"train": 1, "val": 1, "test": 1}
-    assert data.x_train.shape[1:] == (3, 128, 128)
-    assert set(data.y_test.unique().tolist()) == {0, 15, IGNORE_INDEX}
-    with pytest.raises(ConfigError, match="^data_path"):
-        load_dataset("voc", tmp_path / "VOCdevkit" / "VOC2012" / "JPEGImages")

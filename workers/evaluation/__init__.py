@@ -40,7 +40,7 @@ def _train(space: SearchSpace, dataset: str = "digits", data_path: str | None = 
            **options: Any) -> Evaluator:
     """`seed` fixes the train/validation split; each evaluation brings its own training seed."""
     # Imported here so that table-only processes (e.g. `nas bench`) never import torch.
-    from raynas.workers.data import load_dataset
+    from raynas.workers.datasets import load_dataset
     from raynas.workers.evaluation.train import TrainEvaluator
     from raynas.workers.training import TrainConfig
 

@@ -21,9 +21,10 @@ from raynas.common import ConfigError
 from raynas.common.files import atomic_save
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
-from raynas.workers.data import DATASETS, Dataset, ImageDataset, dataset_kind
+from raynas.workers.datasets import Data, require_task
+from raynas.workers.datasets.images import ImageData
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, resolve_arch
-from raynas.workers.nets import LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, build_model
+from raynas.workers.nets import NetConfig, build_model, space_task
 from raynas.workers.profile import count_flops, count_params
 from raynas.workers.training import (
     PPL_REWARD_CONSTANT,
@@ -50,21 +51,15 @@ class TrainEvaluator(Evaluator):
 
     name = "train"
 
-    def __init__(self, space: SearchSpace, dataset: Dataset, config: TrainConfig | None = None):
+    def __init__(self, space: SearchSpace, dataset: Data, config: TrainConfig | None = None):
         config = config or TrainConfig()
-        kind = "text" if space.name in LANGUAGE_SPACES else "segmentation" if space.name in SEGMENTATION_SPACES \
-            else "image"
-        if dataset.kind != kind:
-            networks = {"text": "language models", "segmentation": "segmentation networks",
-                        "image": "image classifiers"}[kind]
-            raise ConfigError("dataset", f"the {space.name} space builds {networks}, which cannot train on "
-                              f"{dataset.name!r}", tuple(d for d in DATASETS if dataset_kind(d) == kind))
+        require_task(dataset, space_task(space.name), f"the {space.name} space's networks")
         self.space = space
         self._child: weakref.ref | None = None
-        self.config = config.resolved(dataset.kind)
+        self.config = config.resolved(dataset.task)
         self.fidelity = Fidelity(maximum=self.config.epochs, default=self.config.epochs)
         self.device = pick_device(self.config.device)
-        if isinstance(dataset, ImageDataset):
+        if isinstance(dataset, ImageData):
             check_cutout(self.config, dataset)
             self.dataset = dataset.to(self.device)
             self.net_config = NetConfig(
@@ -112,7 +107,7 @@ class TrainEvaluator(Evaluator):
 
     def _train(self, arch: Hashable, seed: int, budget: int, report: Report, checkpoint: str | None) -> EvalResult:
         cuda = self.device.type == "cuda"
-        image = isinstance(self.dataset, ImageDataset)
+        image = isinstance(self.dataset, ImageData)
         with torch.random.fork_rng(devices=[self.device.index] if cuda else []):
             torch.manual_seed(seed)
             model = build_model(self.space.name, arch, self.net_config).to(self.device)
@@ -158,8 +153,8 @@ class TrainEvaluator(Evaluator):
         return state["epochs"]
 
     def _sample_input(self) -> torch.Tensor:
-        if isinstance(self.dataset, ImageDataset):
-            return self.dataset.x_val[:1]
+        if isinstance(self.dataset, ImageData):
+            return self.dataset.sample_input()
         return self.dataset.val[:self.config.bptt, None].to(self.device)
 
     def _reward(self, curve: list[float]) -> float:

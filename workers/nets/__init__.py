@@ -18,7 +18,7 @@ import pkgutil
 from torch import nn
 
 from raynas.common import ConfigError, InvalidArchitecture
-from raynas.workers.nets.base import BUILDERS, LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, register
+from raynas.workers.nets.base import BUILDERS, LANGUAGE_SPACES, SEGMENTATION_SPACES, NetConfig, register, space_task
 
 for _info in pkgutil.iter_modules(__path__):
     if _info.name != "base":
@@ -43,4 +43,5 @@ def build_model(space_name: str, arch: object, config: NetConfig | None = None) 
     return builder(arch, config)
 
 
-__all__ = ["BUILDERS", "LANGUAGE_SPACES", "SEGMENTATION_SPACES", "NetConfig", "build_model", "register", "space_names"]
+__all__ = ["BUILDERS", "LANGUAGE_SPACES", "SEGMENTATION_SPACES", "NetConfig", "build_model", "register", "space_names",
+           "space_task"]

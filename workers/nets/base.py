@@ -29,6 +29,13 @@ LANGUAGE_SPACES = ("rnn", "nasrnn")
 SEGMENTATION_SPACES = ("autodeeplab",)
 
 
+def space_task(space_name: str) -> str:
+    """The task the networks of a space serve (workers/datasets' TASKS)."""
+    if space_name in LANGUAGE_SPACES:
+        return "language_model"
+    return "segmentation" if space_name in SEGMENTATION_SPACES else "classification"
+
+
 @dataclass(frozen=True)
 class NetConfig:
     """What a network needs besides its architecture. Validated on construction.

@@ -48,7 +48,8 @@ from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.autodeeplab import ADL_OPS, BLOCKS, LEVELS, MOVES, reachable, transition_mask, viterbi
 from raynas.search_spaces.types import AutoDeepLabArch
-from raynas.workers.data import SEGMENTATION_DATASETS, Dataset, ImageDataset
+from raynas.workers.datasets import SEGMENTATION, Data, require_task
+from raynas.workers.datasets.images import ImageData
 from raynas.workers.evaluation import Evaluator
 from raynas.workers.nets.autodeeplab import ASPP, STEM_WIDTHS, Resample, Resize, Stem, width
 from raynas.workers.oneshot.derive import derive_cell, mean_entropy_fraction
@@ -60,7 +61,6 @@ from raynas.workers.oneshot.search import (
     load_checkpoint,
     own_rng,
     save_checkpoint,
-    search_halves,
     steps_per_epoch,
     weight_optimizer,
     weight_step,
@@ -216,22 +216,21 @@ def beta_entropy(model: AutoDeepLabSupernet) -> float:
     return sum(fractions) / len(fractions)
 
 
-def evaluate(model: nn.Module, data: ImageDataset, x: torch.Tensor, y: torch.Tensor, batch_size: int
-             ) -> tuple[float, float]:
-    """Mean per-pixel loss and mean IoU of `model` on (x, y), in eval mode."""
+def evaluate(model: nn.Module, data: ImageData, batch_size: int, split: str = "train") -> tuple[float, float]:
+    """Mean per-pixel loss and mean IoU of `model` on `split` of `data`, in eval mode."""
     model.eval()
     meter, loss, batches = data.meter(), 0.0, 0
     with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            logits = model(x[start:start + batch_size])
-            loss += data.loss(logits, y[start:start + batch_size]).item()
-            meter.add(logits, y[start:start + batch_size])
+        for x, y in data.eval_batches(split, batch_size):
+            logits = model(x)
+            loss += data.loss(logits, y).item()
+            meter.add(logits, y)
             batches += 1
     model.train()
     return loss / max(batches, 1), meter.value()
 
 
-def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data: ImageDataset, x: torch.Tensor,
+def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data: ImageData, x: torch.Tensor,
               y: torch.Tensor) -> float:
     """The first-order step of alpha and beta on a batch of trainB; returns the batch's loss."""
     optimizer.zero_grad(set_to_none=True)
@@ -241,30 +240,26 @@ def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data
     return loss.item()
 
 
-def check_dataset(dataset: Dataset) -> None:
-    if getattr(dataset, "kind", None) != "segmentation":
-        raise ConfigError("dataset", f"an Auto-DeepLab search segments images, not {dataset.name!r}",
-                          SEGMENTATION_DATASETS)
 
 
-def autodeeplab_epochs(space: SearchSpace, dataset: ImageDataset, config: AutoDeepLabConfig, seed: int,
+def autodeeplab_epochs(space: SearchSpace, dataset: ImageData, config: AutoDeepLabConfig, seed: int,
                        checkpoint: str | None = None) -> Iterator[dict]:
     """Run the search; yield a report per epoch (`epoch` from 1); the last names the decoded
     architecture in `candidates`."""
     if space.name != "autodeeplab":
         raise ConfigError("space", f"no Auto-DeepLab supernet for {space.name!r}", ("autodeeplab",))
-    check_dataset(dataset)
+    require_task(dataset, SEGMENTATION, "Auto-DeepLab's search")
     cfg = config.resolved(space.name)
     device = pick_device(cfg.device)
     return own_rng(lambda: _search(space, dataset, cfg, seed, device, checkpoint), device)
 
 
-def _search(space: SearchSpace, dataset: ImageDataset, cfg: AutoDeepLabConfig, seed: int, device: torch.device,
+def _search(space: SearchSpace, dataset: ImageData, cfg: AutoDeepLabConfig, seed: int, device: torch.device,
             checkpoint: str | None) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        w_half, a_half = search_halves(dataset.to(device), cfg.train_portion)
+        w_half, a_half = dataset.to(device).halves(cfg.train_portion)
         model = AutoDeepLabSupernet(cfg.channels, cfg.layers or space.layers, w_half.in_channels,
                                     w_half.num_classes).to(device)
         w_optimizer = weight_optimizer(model, cfg)
@@ -289,7 +284,7 @@ def _search(space: SearchSpace, dataset: ImageDataset, cfg: AutoDeepLabConfig, s
                 losses.append(loss)
                 seen += len(y)
             wall = time.perf_counter() - start
-            val_loss, val_miou = evaluate(model, a_half, a_half.x_train, a_half.y_train, 2 * cfg.batch_size)
+            val_loss, val_miou = evaluate(model, a_half, 2 * cfg.batch_size)
             arch = decode(model)
             report = {
                 "epoch": epoch + 1, "algorithm": cfg.algorithm, "lr": lr, "alphas_frozen": not searching,
@@ -308,11 +303,11 @@ def _search(space: SearchSpace, dataset: ImageDataset, cfg: AutoDeepLabConfig, s
             yield report
 
 
-def autodeeplab_evaluator(config: AutoDeepLabConfig, space: SearchSpace, dataset: Dataset,
+def autodeeplab_evaluator(config: AutoDeepLabConfig, space: SearchSpace, dataset: Data,
                           evaluator: Evaluator) -> Evaluator:
     """What the autodeeplab strategy's evaluations are: one search, its decoded network then
     trained and scored (mean IoU) by `evaluator`."""
-    check_dataset(dataset)
+    require_task(dataset, SEGMENTATION, "Auto-DeepLab's search")
     return OneShotSearch(space, dataset, config, evaluator, autodeeplab_epochs)
 
 

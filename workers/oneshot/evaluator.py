@@ -16,13 +16,13 @@ from typing import Any
 
 from raynas.common import ConfigError
 from raynas.search_spaces import SearchSpace
-from raynas.workers.data import Dataset
+from raynas.workers.datasets import Data
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report
 from raynas.workers.oneshot.rnn import rnn_search_epochs
 from raynas.workers.oneshot.search import OneShotConfig, SupernetConfig, search_epochs
 
 #: One search: (space, dataset, config, seed, checkpoint) -> its reports, the last naming `candidates`.
-SearchRun = Callable[[SearchSpace, Dataset, Any, int, "str | None"], Iterator[dict]]
+SearchRun = Callable[[SearchSpace, Data, Any, int, "str | None"], Iterator[dict]]
 #: Figures of the search's last epoch repeated in the evaluation's metrics (every report goes to
 #: the run's oneshot.jsonl).
 SUMMARY = ("skip_count", "val_acc", "val_loss", "alpha_entropy_fraction")
@@ -41,7 +41,7 @@ class OneShotSearch(Evaluator):
 
     name = "one-shot"
 
-    def __init__(self, space: SearchSpace, dataset: Dataset, config: SupernetConfig, evaluator: Evaluator,
+    def __init__(self, space: SearchSpace, dataset: Data, config: SupernetConfig, evaluator: Evaluator,
                  run: SearchRun = search_epochs):
         self.space, self.dataset, self.evaluator, self.run = space, dataset, evaluator, run
         self.config = config.resolved(space.name)
@@ -83,6 +83,6 @@ class OneShotSearch(Evaluator):
         return result
 
 
-def search_evaluator(config: OneShotConfig, space: SearchSpace, dataset: Dataset, evaluator: Evaluator) -> Evaluator:
+def search_evaluator(config: OneShotConfig, space: SearchSpace, dataset: Data, evaluator: Evaluator) -> Evaluator:
     """What a gradient-based strategy's evaluations are: this config's search in front of `evaluator`."""
     return OneShotSearch(space, dataset, config, evaluator, rnn_search_epochs if space.name == "rnn" else search_epochs)

@@ -36,7 +36,8 @@ from raynas.common import ConfigError, check_int, check_number
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.types import Genotype
-from raynas.workers.data import Dataset, ImageDataset
+from raynas.workers.datasets import CLASSIFICATION, Data, require_task
+from raynas.workers.datasets.images import ImageData
 from raynas.workers.evaluation.base import EvalResult, Evaluator, Fidelity, Report
 from raynas.workers.nao import NAOConfig, NAOController, kendall_tau
 from raynas.workers.oneshot.derive import skip_count
@@ -155,14 +156,13 @@ def _score(model: DartsSupernet, pool: list[Genotype], batches: list[tuple[torch
     return scores
 
 
-def nao_ws_search(space: SearchSpace, dataset: ImageDataset, config: NAOWSConfig, seed: int,
+def nao_ws_search(space: SearchSpace, dataset: ImageData, config: NAOWSConfig, seed: int,
                   report: Report) -> tuple[Genotype, dict[str, Any]]:
     """Run one NAO-WS search; `report` hears every epoch. Returns the best-scored genotype of
     the last scoring and a summary. torch's global RNG is forked: the caller's never moves."""
     if space.name != "darts":
         raise ConfigError("space", f"nao-ws searches the darts space, not {space.name!r}", ("darts",))
-    if not isinstance(dataset, ImageDataset):
-        raise ConfigError("dataset", f"nao-ws needs an image dataset, not {dataset.name!r}")
+    require_task(dataset, CLASSIFICATION, "nao-ws searches")
     cfg = config
     device = pick_device(cfg.device)
     with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []), \
@@ -171,11 +171,9 @@ def nao_ws_search(space: SearchSpace, dataset: ImageDataset, config: NAOWSConfig
         generator = torch.Generator().manual_seed(seed)
         rng = np.random.default_rng(seed)
         data = dataset.to(device)
-        n_w = int(len(data.y_train) * cfg.train_portion)
-        if not 0 < n_w < len(data.y_train):
-            raise ConfigError("train_portion", f"leaves an empty part of {len(data.y_train)} training samples")
-        w_part = dataclasses.replace(data, x_train=data.x_train[:n_w], y_train=data.y_train[:n_w])
-        s_x, s_y = data.x_train[n_w:], data.y_train[n_w:]
+        w_part, s_part = data.halves(cfg.train_portion)
+        # Scored on plain images: the batches' augmentation is for training.
+        s_part = dataclasses.replace(s_part, augment=False)
         model = DartsSupernet(cfg.channels, cfg.layers, in_channels=data.in_channels,
                               num_classes=data.num_classes).to(device).channels_last()
         optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, momentum=cfg.momentum,
@@ -209,9 +207,7 @@ def nao_ws_search(space: SearchSpace, dataset: ImageDataset, config: NAOWSConfig
             }
             last = epoch + 1 == cfg.epochs
             if (epoch + 1) % cfg.eval_every == 0 or last:
-                order = torch.randperm(len(s_y), generator=generator)
-                batches = [(s_x[idx], s_y[idx]) for idx in
-                           order[:cfg.score_batches * cfg.score_batch_size].split(cfg.score_batch_size)]
+                batches = list(s_part.train_batches(cfg.score_batch_size, generator, cfg.score_batches))
                 scores = _score(model, pool, batches)
                 record.update(_iteration(nao, pool, scores, new))
                 top = int(np.argmax(scores))
@@ -261,7 +257,7 @@ class NAOWSSearch(Evaluator):
 
     name = "nao-ws"
 
-    def __init__(self, space: SearchSpace, dataset: Dataset, config: NAOWSConfig, evaluator: Evaluator):
+    def __init__(self, space: SearchSpace, dataset: Data, config: NAOWSConfig, evaluator: Evaluator):
         self.space, self.dataset, self.config, self.evaluator = space, dataset, config, evaluator
         self.fidelity = Fidelity(maximum=config.epochs, default=config.epochs, choices=(config.epochs,))
 
@@ -274,6 +270,6 @@ class NAOWSSearch(Evaluator):
         return result
 
 
-def nao_ws_evaluator(config: NAOWSConfig, space: SearchSpace, dataset: Dataset, evaluator: Evaluator) -> Evaluator:
+def nao_ws_evaluator(config: NAOWSConfig, space: SearchSpace, dataset: Data, evaluator: Evaluator) -> Evaluator:
     """What the nao-ws strategy's evaluations are: a NAO-WS search in front of `evaluator`."""
     return NAOWSSearch(space, dataset, config, evaluator)

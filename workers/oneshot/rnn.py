@@ -38,7 +38,7 @@ from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.rnn import ACTIVATIONS
 from raynas.search_spaces.types import RNNGenotype
-from raynas.workers.data import TextDataset
+from raynas.workers.datasets.text import TextData
 from raynas.workers.nets.rnn import INIT_RANGE, dropout_mask
 from raynas.workers.oneshot.derive import edge_entropy, mean_entropy_fraction
 from raynas.workers.oneshot.search import (
@@ -219,7 +219,7 @@ def perplexity(model: RNNSupernet, stream: torch.Tensor, bptt: int, path: RNNPat
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def rnn_search_epochs(space: SearchSpace, dataset: TextDataset, config: OneShotConfig, seed: int,
+def rnn_search_epochs(space: SearchSpace, dataset: TextData, config: OneShotConfig, seed: int,
                       checkpoint: str | None = None, bptt: int = 35) -> Iterator[dict]:
     """DARTS on the rnn space: like `search_epochs` (one report per epoch, the last naming the
     `candidates`; checkpoint after every epoch and exact resume), with `val_ppl` for `val_acc`."""
@@ -230,7 +230,7 @@ def rnn_search_epochs(space: SearchSpace, dataset: TextDataset, config: OneShotC
     return own_rng(lambda: _darts_rnn(space, dataset, cfg, seed, device, checkpoint, bptt), device)
 
 
-def _darts_rnn(space: SearchSpace, dataset: TextDataset, cfg: OneShotConfig, seed: int, device: torch.device,
+def _darts_rnn(space: SearchSpace, dataset: TextData, cfg: OneShotConfig, seed: int, device: torch.device,
                checkpoint: str | None, bptt: int) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
@@ -288,7 +288,7 @@ def steps_per_epoch(stream: torch.Tensor, bptt: int, cap: int | None) -> int:
     return min(windows, cap) if cap else windows
 
 
-def rnn_rsws_epochs(space: SearchSpace, dataset: TextDataset, config, seed: int,
+def rnn_rsws_epochs(space: SearchSpace, dataset: TextData, config, seed: int,
                     checkpoint: str | None = None, bptt: int = 35) -> Iterator[dict]:
     """Random search with weight sharing on the rnn supernet (Li & Talwalkar's PTB search), in
     rsws.py's stages and reports, architectures ranked by validation perplexity."""
@@ -299,7 +299,7 @@ def rnn_rsws_epochs(space: SearchSpace, dataset: TextDataset, config, seed: int,
     return own_rng(lambda: _rsws_rnn(space, dataset, cfg, seed, device, checkpoint, bptt), device)
 
 
-def _rsws_rnn(space: SearchSpace, dataset: TextDataset, cfg, seed: int, device: torch.device,
+def _rsws_rnn(space: SearchSpace, dataset: TextData, cfg, seed: int, device: torch.device,
               checkpoint: str | None, bptt: int) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)

@@ -41,7 +41,8 @@ from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import NB201_OPS, NB201Arch
 from raynas.search_spaces.types import Genotype
-from raynas.workers.data import Dataset, ImageDataset
+from raynas.workers.datasets import Data
+from raynas.workers.datasets.images import ImageData
 from raynas.workers.evaluation import Evaluator
 from raynas.workers.oneshot.derive import single_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch
@@ -55,7 +56,6 @@ from raynas.workers.oneshot.search import (
     load_checkpoint,
     own_rng,
     save_checkpoint,
-    search_halves,
     steps_per_epoch,
     weight_optimizer,
     weight_step,
@@ -129,7 +129,7 @@ def sample_arch(space: str, generator: torch.Generator) -> Genotype | NB201Arch:
     return Genotype(normal=cell(), normal_concat=concat, reduce=cell(), reduce_concat=concat)
 
 
-def rsws_epochs(space: SearchSpace, dataset: ImageDataset, config: RSWSConfig, seed: int,
+def rsws_epochs(space: SearchSpace, dataset: ImageData, config: RSWSConfig, seed: int,
                 checkpoint: str | None = None) -> Iterator[dict]:
     """Run the three stages' first two; yield a report per training epoch and per ranking block
     (`stage`, `epoch` counting from 1 within it). The last report's `candidates` are the answer."""
@@ -144,12 +144,12 @@ def _score(model: Supernet, path, batches: list[tuple[torch.Tensor, torch.Tensor
     return correct / sum(len(y) for _, y in batches)
 
 
-def _rsws(space: SearchSpace, dataset: ImageDataset, cfg: RSWSConfig, seed: int, device: torch.device,
+def _rsws(space: SearchSpace, dataset: ImageData, cfg: RSWSConfig, seed: int, device: torch.device,
           checkpoint: str | None) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        w_half, a_half = search_halves(dataset.to(device), cfg.train_portion)
+        w_half, a_half = dataset.to(device).halves(cfg.train_portion)
         model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels,
                                w_half.num_classes).to(device).channels_last()
         optimizer = weight_optimizer(model, cfg)
@@ -196,7 +196,7 @@ def _rsws(space: SearchSpace, dataset: ImageDataset, cfg: RSWSConfig, seed: int,
                     path = single_path(space.name, arch, model.primitives)
                     scored.append((_score(model, path, [next(batches) for _ in range(cfg.score_batches)]), i, arch))
             top = sorted(scored, key=lambda t: (-t[0], t[1]))[:cfg.rescore_top]
-            rescored = [(evaluate(model, a_half.x_train, a_half.y_train, 2 * cfg.batch_size,
+            rescored = [(evaluate(model, a_half, 2 * cfg.batch_size,
                                   single_path(space.name, arch, model.primitives))[1], i, arch, score)
                         for score, i, arch in top]
             model.eval()  # `evaluate` hands the model back in training mode
@@ -216,7 +216,7 @@ def _rsws(space: SearchSpace, dataset: ImageDataset, cfg: RSWSConfig, seed: int,
             yield report
 
 
-def rsws_evaluator(config: RSWSConfig, space: SearchSpace, dataset: Dataset, evaluator: Evaluator) -> Evaluator:
+def rsws_evaluator(config: RSWSConfig, space: SearchSpace, dataset: Data, evaluator: Evaluator) -> Evaluator:
     """What the rsws strategy's evaluations are: one random search with weight sharing, its
     candidates scored by `evaluator`."""
     return OneShotSearch(space, dataset, config, evaluator, rnn_rsws_epochs if space.name == "rnn" else rsws_epochs)

@@ -51,7 +51,9 @@ from raynas.common.files import atomic_save
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
-from raynas.workers.data import Dataset, ImageDataset, TextDataset
+from raynas.workers.datasets import Data, require_task
+from raynas.workers.datasets.images import ImageData
+from raynas.workers.nets import space_task
 from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fraction, skip_count
 from raynas.workers.oneshot.supernet import Path, Supernet, build_supernet
 from raynas.workers.training import pick_device
@@ -317,21 +319,23 @@ class Architect:
 # -- what every one-shot search shares ----------------------------------------------------------
 
 
-def evaluate(model: Supernet, x: torch.Tensor, y: torch.Tensor, batch_size: int, path: Path | None = None
+def evaluate(model: Supernet, data: ImageData, batch_size: int, path: Path | None = None, split: str = "train"
              ) -> tuple[float, float]:
-    """Mean loss and accuracy of the supernet (or of one path through it) in eval mode."""
+    """Mean loss and accuracy of the supernet (or of one path through it) in eval mode, on `split`
+    of `data` (one-shot searches score on the architecture half's `train` split)."""
     model.eval()
-    loss, correct = 0.0, 0
+    loss, correct, seen = 0.0, 0, 0
     with torch.no_grad():
-        for start in range(0, len(y), batch_size):
-            logits = model(x[start:start + batch_size], path)
-            loss += F.cross_entropy(logits, y[start:start + batch_size], reduction="sum").item()
-            correct += (logits.argmax(1) == y[start:start + batch_size]).sum().item()
+        for x, y in data.eval_batches(split, batch_size):
+            logits = model(x, path)
+            loss += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(1) == y).sum().item()
+            seen += len(y)
     model.train()
-    return loss / len(y), correct / len(y)
+    return loss / seen, correct / seen
 
 
-def endless(data: ImageDataset, batch_size: int,
+def endless(data: ImageData, batch_size: int,
             generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Shuffled batches, reshuffled whenever the split runs out: the alphas' half may hold one
     sample fewer than the weights' half, and it must not run dry before it."""
@@ -339,22 +343,8 @@ def endless(data: ImageDataset, batch_size: int,
         yield from data.train_batches(batch_size, generator)
 
 
-def search_halves(dataset: ImageDataset, train_portion: float) -> tuple[ImageDataset, ImageDataset]:
-    """The whole training set (the loader's train and validation splits, both drawn from the
-    official training set) cut in two: the first `train_portion` trains the weights, the rest
-    the architecture. Both keep the dataset's augmentation."""
-    x = torch.cat([dataset.x_train, dataset.x_val])
-    y = torch.cat([dataset.y_train, dataset.y_val])
-    n_w = int(len(y) * train_portion)
-    if not 0 < n_w < len(y):
-        raise ConfigError("train_portion", f"leaves an empty half of {len(y)} training samples")
-    return (dataclasses.replace(dataset, x_train=x[:n_w], y_train=y[:n_w]),
-            dataclasses.replace(dataset, x_train=x[n_w:], y_train=y[n_w:]))
-
-
-def steps_per_epoch(data: ImageDataset, cfg: SupernetConfig) -> int:
-    steps = -(-len(data.y_train) // cfg.batch_size)
-    return min(steps, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else steps
+def steps_per_epoch(data: ImageData, cfg: SupernetConfig) -> int:
+    return data.steps(cfg.batch_size, cfg.max_batches_per_epoch)
 
 
 def cosine_lr(cfg: SupernetConfig, epoch: int, step: int, steps: int) -> float:
@@ -453,19 +443,16 @@ def own_rng(run: Callable[[], Iterator[dict]], device: torch.device) -> Iterator
         yield report
 
 
-def check_search(space: SearchSpace, dataset: Dataset) -> None:
+def check_search(space: SearchSpace, dataset: Data) -> None:
     if space.name not in SPACES:
         raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
-    if space.name == "rnn" and not isinstance(dataset, TextDataset):
-        raise ConfigError("dataset", f"a search on the rnn space needs a text dataset, not {dataset.name!r}", ("ptb",))
-    if space.name != "rnn" and not isinstance(dataset, ImageDataset):
-        raise ConfigError("dataset", f"one-shot search on {space.name} needs an image dataset, not {dataset.name!r}")
+    require_task(dataset, space_task(space.name), f"one-shot searches on the {space.name} space")
 
 
 # -- the DARTS family -----------------------------------------------------------------------------
 
 
-def search_epochs(space: SearchSpace, dataset: ImageDataset, config: OneShotConfig, seed: int,
+def search_epochs(space: SearchSpace, dataset: ImageData, config: OneShotConfig, seed: int,
                   checkpoint: str | None = None) -> Iterator[dict]:
     """Run the search; yield one JSON-ready report per epoch (`epoch` counts from 1). The last
     report names the answer: `candidates`, a list of one genotype.
@@ -489,12 +476,12 @@ def _selected(history: list[dict], cfg: OneShotConfig) -> str:
     return history[-1]["genotype"]
 
 
-def _darts(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: int, device: torch.device,
+def _darts(space: SearchSpace, dataset: ImageData, cfg: OneShotConfig, seed: int, device: torch.device,
            checkpoint: str | None) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
         generator = torch.Generator().manual_seed(seed)
-        w_half, a_half = search_halves(dataset.to(device), cfg.train_portion)
+        w_half, a_half = dataset.to(device).halves(cfg.train_portion)
         model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels, w_half.num_classes,
                                noise_lambda=cfg.noise_lambda, skip_drop_path=cfg.skip_drop_path,
                                primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
@@ -521,7 +508,7 @@ def _darts(space: SearchSpace, dataset: ImageDataset, cfg: OneShotConfig, seed: 
                 correct += right
                 seen += len(y)
             wall = time.perf_counter() - start
-            val_loss, val_acc = evaluate(model, a_half.x_train, a_half.y_train, 2 * cfg.batch_size)
+            val_loss, val_acc = evaluate(model, a_half, 2 * cfg.batch_size)
             weights = model.arch_weights()
             arch = derive(space.name, weights, model.primitives)
             report = {
