@@ -59,8 +59,8 @@ def main() -> None:
     p.add_argument("--reduction-factor", type=float, default=3.0)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--population", type=int, default=4, help="evolution's population (tournament of half)")
-    p.add_argument("--train-option", action="append", default=["channels=8", "layers=1"],
-                   help="child-training option K=V (default channels=8 layers=1)")
+    p.add_argument("--evaluator-option", "--train-option", dest="train_option", action="append",
+                   default=["channels=8", "layers=1"], help="child-training option K=V (default channels=8 layers=1)")
     p.add_argument("--out", default=None, help="keep the run directories here")
     args = p.parse_args()
     train = {}
@@ -68,7 +68,7 @@ def main() -> None:
         key, value = item.split("=", 1)
         train[key] = json.loads(value) if value[:1].isdigit() or value in ("true", "false") else value
     base = dict(space="nb201", evaluator="train", dataset=args.dataset, data_path=args.data, workers=args.workers,
-                train=train)
+                evaluator_options=train)
     cluster.connect(None, quiet=True)
     root = Path(args.out or tempfile.mkdtemp(prefix="asha-bench-"))
     runs: dict[str, list[dict]] = {"asha": [], "random": [], "evolution": []}
@@ -78,7 +78,8 @@ def main() -> None:
                               reduction_factor=args.reduction_factor), root / f"asha-{seed}")
         runs["asha"].append(asha)
         children = max(1, round(asha["epochs"] / args.max_budget))
-        full = {**base, "train": {**train, "epochs": args.max_budget}, "seed": seed, "evaluations": children}
+        full = {**base, "evaluator_options": {**train, "epochs": args.max_budget}, "seed": seed,
+                "evaluations": children}
         runs["random"].append(run(SearchSpec(**full, strategy="random"), root / f"random-{seed}"))
         runs["evolution"].append(run(SearchSpec(
             **full, strategy="evolution",

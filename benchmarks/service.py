@@ -109,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     with SearchClient(address, TOKEN) as client:
         # Throttled: a table lookup is instant, and real children take far longer than the poll interval.
         search = client.submit({"space": "nb201", "evaluator": "table", "strategy": "evolution", "runtime": "local",
-                                "evaluations": args.evaluations, "table": {"sleep": 2e-4}})  # ~24 ms per child
+                                "evaluations": args.evaluations,
+                                "evaluator_options": {"sleep": 2e-4}})  # ~24 ms per child
     time.sleep(1.0)
     before = memory_mib(server.pid)
 

@@ -19,6 +19,11 @@ from typing import Any
 from raynas.common.errors import ConfigError, prefixed_errors
 
 
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a plug-in that has none."""
+
+
 def option(default: Any, help: str, *, most: float | None = None, choices: tuple | None = None) -> Any:
     """A dataclass field of an options class: its default, its help text, and the largest value a
     spec may give it (`most`, for anything that sizes what is built or allocated) or the values it

@@ -11,6 +11,7 @@ import pkgutil
 from collections.abc import Callable
 
 from raynas.common import ConfigError
+from raynas.common.plugins import load_plugins
 from raynas.search_spaces.base import Categorical, Decision, SearchSpace, Subset
 
 _REGISTRY: dict[str, Callable[..., SearchSpace]] = {}
@@ -26,6 +27,7 @@ def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name not in {"base", "types"}:
             importlib.import_module(f"{__name__}.{info.name}")
+    load_plugins()
 
 
 def space_names() -> list[str]:
@@ -33,15 +35,21 @@ def space_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_space(name: str, **options) -> SearchSpace:
-    """The space called `name`, built with its options (e.g. `num_layers` for macro)."""
+def space_class(name: str) -> type[SearchSpace]:
+    """The registered space called `name`, not built; a ConfigError listing the others if none is."""
     _load_all()
     if name not in _REGISTRY:
         raise ConfigError("space", f"unknown search space {name!r}", sorted(_REGISTRY))
+    return _REGISTRY[name]
+
+
+def get_space(name: str, **options) -> SearchSpace:
+    """The space called `name`, built with its options (e.g. `num_layers` for macro)."""
+    cls = space_class(name)
     try:
-        return _REGISTRY[name](**options)
+        return cls(**options)
     except TypeError as exc:
         raise ConfigError("space_options", f"bad options for space {name!r}: {exc}") from None
 
 
-__all__ = ["Categorical", "Decision", "SearchSpace", "Subset", "get_space", "register", "space_names"]
+__all__ = ["Categorical", "Decision", "SearchSpace", "Subset", "get_space", "register", "space_class", "space_names"]

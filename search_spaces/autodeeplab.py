@@ -97,6 +97,7 @@ class AutoDeepLabSpace(SearchSpace):
     """`layers` layers (the paper's 12); any depth up to MAX_LAYERS parses and validates."""
 
     name = "autodeeplab"
+    summary = "Auto-DeepLab's cell and network-level trellis, for segmentation"
 
     def __init__(self, layers: int = LAYERS):
         if type(layers) is not int or not 1 <= layers <= MAX_LAYERS:

@@ -57,6 +57,8 @@ class SearchSpace(ABC):
     `str()` is the canonical string that `parse` reads back."""
 
     name: ClassVar[str]
+    #: One line for help texts.
+    summary: ClassVar[str] = ""
     #: What the space offers beyond this interface, for strategies that check before they rely
     #: on it. "depth": `num_layers`, `max_layers` and `with_depth(n)`, the same space at another
     #: depth (Zoph & Le's growing depth schedule).

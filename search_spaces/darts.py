@@ -10,6 +10,7 @@ from raynas.search_spaces.cell import PRIMITIVES, CellSpace
 @register
 class DartsSpace(CellSpace):
     name = "darts"
+    summary = "the DARTS cell space: a normal and a reduction cell of 4 nodes over 8 ops"
 
     def __init__(self):
         super().__init__(PRIMITIVES, steps=4)

@@ -33,6 +33,7 @@ class MacroSpace(SearchSpace):
     """`num_layers` conv layers; any depth up to `max_layers` parses and validates."""
 
     name = "macro"
+    summary = "Zoph & Le's CNN macro space: filter sizes, counts and skip connections per layer"
     capabilities = frozenset({"depth"})
 
     def __init__(self, num_layers: int = 6, max_layers: int = 24):

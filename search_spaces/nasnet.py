@@ -20,6 +20,7 @@ from raynas.search_spaces.cell import NASNET_OPS, CellSpace
 @register
 class NASNetSpace(CellSpace):
     name = "nasnet"
+    summary = "the NASNet cell space: normal and reduction cells of 5 blocks"
 
     def __init__(self):
         super().__init__(NASNET_OPS, steps=5)

@@ -72,6 +72,7 @@ def check_cell(arch: object) -> TreeCell:
 @register
 class NASRNNSpace(SearchSpace):
     name = "nasrnn"
+    summary = "Zoph & Le's recurrent tree cell, for language models"
 
     def __init__(self, base: int = 8):
         if base not in BASES:

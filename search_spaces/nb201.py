@@ -39,6 +39,7 @@ class NB201Arch:
 @register
 class NB201Space(SearchSpace):
     name = "nb201"
+    summary = "NAS-Bench-201's cell: 6 edges of 5 ops (tabulated: --evaluator table)"
 
     def __init__(self):
         self._decisions = tuple(

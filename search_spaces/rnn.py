@@ -59,6 +59,7 @@ def check_genotype(arch: object) -> RNNGenotype:
 @register
 class RNNSpace(SearchSpace):
     name = "rnn"
+    summary = "the DARTS/ENAS recurrent cell of 8 nodes, for language models"
 
     def __init__(self, steps: int = 8):
         if type(steps) is not int or not 1 <= steps <= MAX_STEPS:

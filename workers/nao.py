@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.common import ConfigError, check_choice, check_int, check_number
+from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import CellSpace
@@ -71,40 +72,37 @@ class NAOConfig:
     """NAO's settings. Fields left None take the preset's value (`resolved`): NAO_pytorch's
     V1 (the paper's predictor, an MLP), V2 (no MLP) or the TF NAO-WS search."""
 
-    preset: str = "v1"
-    #: Random architectures evaluated before the first training.
-    seed_archs: int | None = None
-    #: Architectures each round of embedding steps proposes.
-    new_archs: int | None = None
-    #: The best architectures of the pool that the steps start from.
-    top_k: int = 100
-    #: Step sizes step_increment x (1, 2, ... max_step_size) are tried in turn until `new_archs`
-    #: new architectures are found (NAO_pytorch: 1, 2, ... 50). A smaller increment visits more
-    #: points between a parent and where the gradient leads, hence more distinct neighbours.
-    max_step_size: int = 50
-    step_increment: float = 1.0
-    #: Encoder (and decoder) LSTM width, token embedding width; layers of each LSTM.
-    hidden_size: int | None = None
-    embedding_size: int | None = None
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    #: The predictor's hidden layers (0: one linear layer on the embedding, V2), their width and dropout.
-    mlp_layers: int | None = None
-    mlp_hidden_size: int | None = None
-    mlp_dropout: float = 0.1
-    #: lambda: weight of the prediction loss; 1 - lambda weighs the reconstruction.
-    trade_off: float = 0.8
-    #: Training of the three networks at every iteration: epochs over the pool, batch, Adam.
-    epochs: int = 1000
-    batch_size: int = 100
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    grad_bound: float = 5.0
-    #: Copies of each architecture in the training data, all but one with a node's two inputs
-    #: swapped in each cell (the paper's augmentation; cell spaces only, 1 turns it off).
-    expand: int = 10
-    #: torch intra-op threads for NAO's own work (tiny tensors gain nothing from more).
-    num_threads: int | None = 1
+    preset: str = option("v1", "NAO_pytorch's settings: v1 (the paper's MLP predictor), v2 (no MLP) or ws (the "
+                               "NAO-WS search); the fields below override it", choices=tuple(PRESETS))
+    seed_archs: int | None = option(None, "random architectures evaluated before the first training (default: the "
+                                          "preset's)", most=100_000)
+    new_archs: int | None = option(None, "architectures each round of embedding steps proposes (default: the "
+                                         "preset's)", most=100_000)
+    top_k: int = option(100, "the best architectures of the pool that the steps start from", most=100_000)
+    max_step_size: int = option(50, "step sizes step_increment x (1, 2, ... max_step_size) are tried in turn until "
+                                    "new_archs new architectures are found (NAO_pytorch: up to 50)", most=100_000)
+    step_increment: float = option(1.0, "the step size's increment (smaller visits more points between a parent "
+                                        "and where the gradient leads)")
+    hidden_size: int | None = option(None, "encoder and decoder LSTM width (default: the preset's)", most=4096)
+    embedding_size: int | None = option(None, "token embedding width (default: the preset's)", most=4096)
+    encoder_layers: int = option(1, "layers of the encoder LSTM", most=16)
+    decoder_layers: int = option(1, "layers of the decoder LSTM", most=16)
+    mlp_layers: int | None = option(None, "the predictor's hidden layers, 0 for one linear layer on the embedding "
+                                          "(default: the preset's)", most=64)
+    mlp_hidden_size: int | None = option(None, "width of the predictor's hidden layers (default: the preset's)",
+                                         most=4096)
+    mlp_dropout: float = option(0.1, "dropout of the predictor's hidden layers")
+    trade_off: float = option(0.8, "lambda: weight of the prediction loss; 1 - lambda weighs the reconstruction")
+    epochs: int = option(1000, "epochs over the pool that train the three networks at every iteration", most=1000)
+    batch_size: int = option(100, "their batch size", most=4096)
+    lr: float = option(1e-3, "their Adam learning rate")
+    weight_decay: float = option(0.0, "their Adam weight decay")
+    grad_bound: float = option(5.0, "their largest gradient norm")
+    expand: int = option(10, "copies of each architecture in the training data, all but one with a node's two inputs "
+                             "swapped in each cell (the paper's augmentation; cell spaces only; 1 turns it off)",
+                         most=1000)
+    num_threads: int | None = option(1, "torch intra-op threads for NAO's own work (its tiny tensors gain nothing "
+                                        "from more)", most=256)
 
     def __post_init__(self):
         check_choice("preset", self.preset, PRESETS)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError, check_int, check_number
+from raynas.common.options import option
 from raynas.workers.datasets.images import ImageData
 from raynas.workers.datasets.text import TextData
 
@@ -51,47 +52,40 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
 class TrainConfig:
     """How each child is trained. Validated on construction; errors name the field."""
 
-    #: Short by default so a search fits on a laptop CPU; Zoph & Le trained each child 50 epochs.
-    epochs: int = 3
-    batch_size: int = 64
-    #: Peak learning rate of the cosine schedule (annealed to 0 per step). None: task default.
-    lr: float | None = None
-    #: SGD momentum. None: task default.
-    momentum: float | None = None
-    #: Nesterov momentum (NAS-RL's child training); DARTS' evaluation uses plain momentum.
-    nesterov: bool = True
-    weight_decay: float | None = None
-    #: Max gradient norm; 0 disables clipping. None: task default.
-    grad_clip: float | None = None
-    #: Child width and depth overrides (None: the builder's default for the space).
-    channels: int | None = None
-    layers: int | None = None
-    #: Weight of the auxiliary head's loss; > 0 builds the child with its auxiliary head.
-    auxiliary_weight: float = 0.0
-    #: Final drop-path probability, ramped linearly from 0 over the epochs (DARTS).
-    drop_path: float = 0.0
-    #: The learning rate per step: cosine to 0, DeepLab's poly, lr * (1 - t/T)^0.9, or constant
-    #: (DARTS' PTB evaluation: lr 20 throughout).
-    lr_schedule: str = "cosine"
-    #: Side of the square cut out of each training image (DeVries & Taylor; DARTS: 16); 0: none.
-    cutout: int = 0
-    #: zoph (max val accuracy of the last 5 epochs, cubed), last, max; ppl (80 / ppl^2) for
-    #: language models. "auto": zoph for images, ppl for language models.
-    reward: str = "auto"
-    #: Truncated-backprop window of language models.
-    bptt: int = 35
-    #: Language models: switch SGD to averaged SGD once the validation perplexity is worse than
-    #: the best of all but the last `asgd_nonmono` epochs (AWD-LSTM's NT-ASGD, which DARTS' PTB
-    #: evaluation uses with 5); validation then uses the averaged weights. 0: never.
-    asgd_nonmono: int = 0
-    eval_batch_size: int | None = None
-    max_train_batches_per_epoch: int | None = None
-    device: str = "auto"
-    #: bf16 autocast for the forward pass on CUDA (no effect on CPU, which trains in fp32).
-    autocast: bool = True
-    #: torch intra-op threads while training (None: leave torch's choice). Tiny children
-    #: often run fastest on 1 thread, and far faster when other processes share the cores.
-    num_threads: int | None = None
+    epochs: int = option(3, "training epochs per child (short by default, so that a search fits on a laptop CPU; "
+                            "Zoph & Le trained each child 50)", most=1000)
+    batch_size: int = option(64, "training batch size", most=4096)
+    lr: float | None = option(None, "peak learning rate of the schedule (default: the task's: 0.1 images, 0.05 "
+                                    "segmentation, 20 language models)")
+    momentum: float | None = option(None, "SGD momentum (default: the task's)")
+    nesterov: bool = option(True, "Nesterov momentum (NAS-RL's child training; DARTS' evaluation uses plain)")
+    weight_decay: float | None = option(None, "weight decay (default: the task's)")
+    grad_clip: float | None = option(None, "largest gradient norm, 0 for none (default: the task's)")
+    channels: int | None = option(None, "network width: initial channels, or a language model's embedding and "
+                                        "hidden size (default: the space's)", most=1024)
+    layers: int | None = option(None, "network depth: cells, cells per stage (nb201) or language-model layers "
+                                      "(default: the space's)", most=64)
+    auxiliary_weight: float = option(0.0, "weight of the auxiliary head's loss; above 0 builds the auxiliary head")
+    drop_path: float = option(0.0, "final drop-path probability, ramped linearly from 0 over the epochs (DARTS)")
+    lr_schedule: str = option("cosine", "the learning rate per step: cosine to 0, DeepLab's poly (lr x (1 - t/T)^0.9) "
+                                        "or constant (DARTS' PTB evaluation)", choices=LR_SCHEDULES)
+    cutout: int = option(0, "side of the square cut out of each training image (DeVries & Taylor; DARTS: 16 on "
+                            "CIFAR-10), 0 for none", most=64)
+    reward: str = option("auto", "zoph (best validation accuracy of the last 5 epochs, cubed), last, max, or ppl "
+                                 "(80 / perplexity^2, language models); auto: zoph for images, ppl for text")
+    bptt: int = option(35, "truncated-backprop window of language models", most=1000)
+    asgd_nonmono: int = option(0, "language models: switch to averaged SGD once the validation perplexity is worse "
+                                  "than the best of all but the last N epochs (AWD-LSTM's NT-ASGD; DARTS: 5); 0: "
+                                  "never", most=1000)
+    eval_batch_size: int | None = option(None, "evaluation batch size (default: the task's)", most=4096)
+    max_train_batches_per_epoch: int | None = option(None, "cut every epoch to this many batches (smoke tests and "
+                                                           "quick looks)", most=1_000_000)
+    device: str = option("auto", "auto (CUDA when there is one), cpu or cuda", choices=DEVICES)
+    autocast: bool = option(True, "bf16 autocast of the forward pass on CUDA (no effect on CPU, which trains in "
+                                  "fp32)")
+    num_threads: int | None = option(None, "torch intra-op threads while training (default: the child's CPU share, "
+                                           "cpus_per_child): more threads than cores only make children fight",
+                                     most=256)
 
     def __post_init__(self):
         for name in ("epochs", "batch_size", "bptt"):

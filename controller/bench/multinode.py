@@ -21,7 +21,7 @@ from raynas.controller.runtime.spec import SearchSpec
 
 
 def table_spec(**changes) -> SearchSpec:
-    base = dict(space="nb201", evaluator="table", seed=1, table={"sleep": 0.2 / 120})
+    base = dict(space="nb201", evaluator="table", seed=1, evaluator_options={"sleep": 0.2 / 120})
     return SearchSpec(**{**base, **changes})
 
 
@@ -87,7 +87,8 @@ def gpu_placement(out: Path) -> dict:
         # device but torch finds no GPU, so the trainer falls back to the CPU.
         half = run_job(SearchSpec(space="nb201", strategy="random", evaluations=8, workers=8, cpus_per_child=0.25,
                                   gpus_per_child=0.5, seed=1,
-                                  train={"epochs": 1, "channels": 4, "layers": 1, "max_train": 128}),
+                                  evaluator_options={"epochs": 1, "channels": 4, "layers": 1},
+                                  dataset_options={"max_train": 128}),
                        out / "half")
         return {"head": c.head_id, "gpu_nodes": gpu_nodes, "whole": whole, "half": half}
 
@@ -99,10 +100,10 @@ def node_loss(out: Path) -> dict:
     with LocalCluster({"num_cpus": 0}) as c:
         runs = {}
         for name, spec in (("proposer", table_spec(strategy="evolution", evaluations=40, workers=4, cpus_per_child=0.5,
-                                                   table={"sleep": 0.5 / 120})),
+                                                   evaluator_options={"sleep": 0.5 / 120})),
                            ("scheme", table_spec(strategy="rl", evaluations=40, controllers=2, children=2,
                                                  ps_shards=2, workers=4, cpus_per_child=0.5,
-                                                 table={"sleep": 0.5 / 120}))):
+                                                 evaluator_options={"sleep": 0.5 / 120}))):
             for node in list(c.nodes):
                 c.remove_node(node)
             doomed, _ = c.add_node(num_cpus=1), c.add_node(num_cpus=1)
@@ -151,7 +152,7 @@ def gpu_timeline(out: Path) -> dict:
             lost["replaced_at"] = time.time()
 
         run = run_job(table_spec(strategy="rl", evaluations=192, controllers=4, children=4, ps_shards=4, workers=16,
-                                 cpus_per_child=0.25, gpus_per_child=1, table={"sleep": 1.0 / 120}),
+                                 cpus_per_child=0.25, gpus_per_child=1, evaluator_options={"sleep": 1.0 / 120}),
                       out / "run", during=lose_a_node)
         return {**run, "lost": lost, "gpus": 16, "head": c.head_id}
 

@@ -12,10 +12,9 @@ from raynas.common import ConfigError, EvaluationError, check_int
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec
-from raynas.controller.runtime.work import EvaluatorFactory
 from raynas.controller.strategies import strategy_class
-from raynas.search_spaces import get_space
 from raynas.workers.execution import InProcessExecutor
 
 # NAS-Bench-201 paper, multi-trial baselines (mean ± std over 500 runs, ~100 evaluations).
@@ -43,18 +42,17 @@ def bench_nb201(
     if strategy_class(strategy).needs.search is not None:
         raise ConfigError("strategy", f"{strategy} trains a supernet on images; nas bench nb201 reads the table only",
                           "benchmarks/oneshot_nb201.py --data CIFAR10 for the one-shot strategies")
-    spec = SearchSpec(space="nb201", evaluator="table", table={"dataset": dataset}, strategy=strategy,
-                      strategy_options=dict(strategy_options or {}), runtime="local").validate()
-    cls, options = spec.strategy_config()
-    space = get_space("nb201")
-    evaluator = EvaluatorFactory.for_spec(spec)()
+    plan = resolve(SearchSpec(space="nb201", evaluator="table", evaluator_options={"dataset": dataset},
+                              strategy=strategy, strategy_options=dict(strategy_options or {}), runtime="local"))
+    space = plan.space
+    evaluator = plan.make_evaluator()
     chosen: list[float] = []
     simulated: list[dict[str, Any]] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
         if controllers is None:
             ledger = Ledger(None, evaluations, seed)
-            run_loop(cls(space, seed=seed, options=options), InProcessExecutor(evaluator), ledger)
+            run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
         else:
             ledger, figures = simulate_scheme(space, evaluator, evaluations, seed, controllers, children, ps_shards,
                                               strategy, strategy_options, workers=workers, batching=batching)

@@ -1,5 +1,6 @@
-"""The SearchSpec flags, derived from the spec's fields (name, type, help in their
-metadata), shared by `nas search` (in this process) and `nas submit` (to the service)."""
+"""The SearchSpec flags, derived from the spec's fields (name, type, help in their metadata) and
+the plug-in registries (the names each of --space, --strategy, --evaluator and --dataset takes),
+shared by `nas search` (in this process) and `nas submit` (to the service)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,14 @@ import types
 import typing
 from typing import Any
 
-from raynas.controller.runtime.spec import OPTION_FIELDS, SearchSpec, load_config
+from raynas.controller.runtime import catalogue
+from raynas.controller.runtime.spec import OPTION_FIELDS, SearchSpec, load_config, upgraded
 
-#: Flags that set one child-training option (`--epochs 3` is `--train-option epochs=3`).
+#: The fields whose values are plug-in names, and the registry each names.
+PLUGIN_FIELDS = {"space": "space", "strategy": "strategy", "evaluator": "evaluator", "dataset": "dataset"}
+#: Former names of option flags, kept for the commands people have written down.
+ALIASES = {"evaluator_options": ("--train-option", "--table-option")}
+#: Flags that set one child-training option (`--epochs 3` is `--evaluator-option epochs=3`).
 TRAIN_SHORTCUTS = {
     "epochs": "training epochs per child",
     "batch_size": "training batch size per child",
@@ -47,25 +53,28 @@ def add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="spec file (.json or .toml) with SearchSpec fields; flags override it")
     hints = typing.get_type_hints(SearchSpec)
     for f in dataclasses.fields(SearchSpec):
+        help_text = f.metadata["help"]
+        if f.name in PLUGIN_FIELDS:
+            help_text += f": {catalogue.names_text(PLUGIN_FIELDS[f.name])} (nas options describes each)"
         if f.name in OPTION_FIELDS:
-            p.add_argument(_flag(f), dest=f.name, action="append", type=key_value, default=[], metavar="KEY=VALUE",
-                           help=f.metadata["help"])
+            p.add_argument(_flag(f), *ALIASES.get(f.name, ()), dest=f.name, action="append", type=key_value,
+                           default=[], metavar="KEY=VALUE", help=help_text)
         elif hints[f.name] is bool:
             # --flag / --no-flag; unset (None) keeps the config file's value or the default.
-            p.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, help=f.metadata["help"])
+            p.add_argument(_flag(f), dest=f.name, action=argparse.BooleanOptionalAction, help=help_text)
         else:
-            p.add_argument(_flag(f), dest=f.name, type=_scalar_type(hints[f.name]), help=f.metadata["help"])
+            p.add_argument(_flag(f), dest=f.name, type=_scalar_type(hints[f.name]), help=help_text)
     for name, help_text in TRAIN_SHORTCUTS.items():
         p.add_argument("--" + name.replace("_", "-"), dest=f"train_{name}", type=int, help=help_text)
 
 
 def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The spec fields the config file and flags set (the rest keep SearchSpec's defaults)."""
-    data: dict[str, Any] = load_config(args.config) if args.config else {}
-    # The training options: the config's, then the shortcut flags, then --train-option.
+    data: dict[str, Any] = upgraded(load_config(args.config)) if args.config else {}
+    # The evaluator's options: the config's, then the shortcut flags, then --evaluator-option.
     shortcuts = {name: getattr(args, f"train_{name}") for name in TRAIN_SHORTCUTS
                  if getattr(args, f"train_{name}") is not None}
-    train = {**data.get("train", {}), **shortcuts, **dict(args.train)}
+    evaluator = {**data.get("evaluator_options", {}), **shortcuts, **dict(args.evaluator_options)}
     for f in dataclasses.fields(SearchSpec):
         value = getattr(args, f.name)
         if f.name in OPTION_FIELDS:
@@ -73,8 +82,8 @@ def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
                 data[f.name] = {**data.get(f.name, {}), **dict(value)}
         elif value is not None:
             data[f.name] = value
-    if train:
-        data["train"] = train
+    if evaluator:
+        data["evaluator_options"] = evaluator
     if data.get("evaluator") == "table":
         # The only tabulated space; no reason to make the user say it.
         data.setdefault("space", "nb201")
@@ -82,4 +91,5 @@ def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def spec_from_args(args: argparse.Namespace) -> SearchSpec:
-    return SearchSpec.from_dict(spec_data_from_args(args), source="config" if args.config else "spec").validate()
+    """The spec the flags give; resolving it (controller/runtime/plan.py) checks it whole."""
+    return SearchSpec.from_dict(spec_data_from_args(args), source="config" if args.config else "spec")

@@ -67,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --controllers: barrier (the paper's) or rolling (each replica keeps its m workers busy)")
     b.add_argument("--json", action="store_true")
 
+    o = sub.add_parser("options", help="list the search spaces, strategies, evaluators and datasets, or describe "
+                                       "one with its options")
+    o.add_argument("--space", help="describe this search space")
+    o.add_argument("--strategy", help="describe this strategy and its options (--strategy-option)")
+    o.add_argument("--evaluator", help="describe this evaluator and its options (--evaluator-option)")
+    o.add_argument("--dataset", help="describe this dataset and its options (--dataset-option)")
+    o.add_argument("--bounds", action="store_true", help="every bounded option as a Markdown table")
+
+    r = sub.add_parser("results", help="a search's evaluations as a table, CSV or JSON lines")
+    r.add_argument("run", help="the search's run directory")
+    r.add_argument("--format", default="table", help="table (default), csv or json")
+    r.add_argument("--sort", choices=["best", "order"], default="best",
+                   help="best first (budget reached, then reward; the default) or in the order recorded")
+    r.add_argument("--top", type=int, help="only the first N rows")
+
     COMMANDS.update(model.add_parsers(sub))
     COMMANDS.update(service.add_parsers(sub))
     return parser
@@ -78,7 +93,7 @@ def _interrupt(signum, frame) -> None:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from raynas.controller.runtime.job import SearchJob
-    from raynas.controller.strategies import strategy_class
+    from raynas.controller.runtime.plan import LOCAL, SCHEME
 
     # What Kubernetes, `ray job stop` and systemd send: stop as gracefully as Ctrl-C does.
     if threading.current_thread() is threading.main_thread():
@@ -94,8 +109,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         job = SearchJob(spec, out, address=args.address, progress=not args.quiet)
     if not args.quiet:
         scheme = (f"K={spec.controllers} controllers x m={spec.children} children, S={spec.ps_shards} shards, "
-                  if spec.runs_scheme(strategy_class(spec.strategy)) else "")
-        where = f"{scheme}{spec.workers} workers on Ray" if spec.runtime == "ray" else "in this process"
+                  if job.plan.path == SCHEME else "")
+        where = "in this process" if job.plan.path == LOCAL else f"{scheme}{spec.workers} workers on Ray"
         print(f"{'resuming' if args.resume else 'searching'} {spec.space} with {spec.strategy} "
               f"({spec.evaluator} evaluator, {spec.evaluations} evaluations, seed {spec.seed}; {where}) -> {out}",
               file=sys.stderr)
@@ -163,7 +178,33 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "inspect": cmd_inspect, "bench": cmd_bench}
+def cmd_options(args: argparse.Namespace) -> int:
+    from raynas.controller.runtime import catalogue
+
+    if args.bounds:
+        print(catalogue.bounds_table())
+        return 0
+    asked = [(kind, getattr(args, kind)) for kind in catalogue.KINDS if getattr(args, kind)]
+    print("\n\n".join(catalogue.describe(kind, name) for kind, name in asked) if asked else catalogue.overview())
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    from raynas.controller.runtime import results
+
+    table = results.rows(args.run)
+    if args.sort == "best":
+        table = results.best_first(table)
+    if args.top is not None:
+        if args.top < 1:
+            raise ConfigError("top", f"must be a positive number of rows, got {args.top}")
+        table = table[:args.top]
+    sys.stdout.write(results.render(table, args.format))
+    return 0
+
+
+COMMANDS = {"search": cmd_search, "inspect": cmd_inspect, "bench": cmd_bench, "options": cmd_options,
+            "results": cmd_results}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,12 +13,11 @@ import torch
 
 from raynas.controller.cluster import Remote, find_actor, metrics, worker_executor
 from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.plan import Plan
 from raynas.controller.runtime.replica import ControllerReplica, RemoteShards
 from raynas.controller.runtime.rundir import RunDirectory
-from raynas.controller.strategies import strategy_class
 from raynas.controller.strategies.reinforce import replica_seed
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
-from raynas.search_spaces import get_space
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.execution import Executor, Task
 
@@ -156,19 +155,17 @@ class ReplicaHost:
     """Controller replica k: its copy of the shared policy and its loop, its children sent to
     its own workers (W >= K x m, the paper's layout) or to the shared dispatcher."""
 
-    def __init__(self, job: str, k: int, spec: dict, shard_map: dict, namespace: str, shards: int,
+    def __init__(self, job: str, k: int, plan: Plan, shard_map: dict, namespace: str, shards: int,
                  workers: list[str] | None, max_retries: int):
         torch.set_num_threads(1)  # tiny tensors: more threads only fight the other actors for the cores
         name = f"controller-{k}"
-        space = get_space(spec["space"], **spec["space_options"])
-        cls = strategy_class(spec["strategy"])
-        policy = cls.shared_policy(space, replica_seed(spec["seed"], k),
-                                   cls.parse_options(space, spec["strategy_options"]))
-        self.replica = ControllerReplica(name, policy, spec["children"])
+        spec = plan.spec
+        policy = plan.strategy.shared_policy(plan.space, replica_seed(spec.seed, k), plan.strategy_options)
+        self.replica = ControllerReplica(name, policy, spec.children)
         self.shards = RemoteShards([find_actor(f"ps-{i}", namespace) for i in range(shards)],
                                    ShardMap.from_dict(shard_map))
         self.ledger = Remote(find_actor("recorder", namespace))
-        self.rolling = spec["replica_batch"] == "rolling"
+        self.rolling = spec.replica_batch == "rolling"
         self.executor = None if workers is None else worker_executor(
             [find_actor(w, namespace) for w in workers], max_retries,
             on_retry=lambda task, reason: metrics.report_retry(job))

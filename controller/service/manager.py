@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller import cluster
 from raynas.controller.cluster import resources
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.rundir import (
     EVALUATIONS,
     ONE_SHOT_LOG,
@@ -408,9 +409,12 @@ class SearchManager:
             raise ConfigError("name", "is not a valid search name", "letters, digits, - and _; at most 64")
         # The job limit first: a full service refuses without spending anything on the request.
         self._check_capacity()
-        checked = SearchSpec.from_dict(spec).validate()
+        checked = SearchSpec.from_dict(spec)
+        checked.check_sizes()
+        # Inside the data roots before anything looks at the path.
         if checked.data_path is not None:
             checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
+        resolve(checked)
         self.launcher.check(checked)
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir = (self.state_dir / "runs" / search_id).resolve()

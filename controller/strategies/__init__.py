@@ -9,6 +9,7 @@ import importlib
 import pkgutil
 
 from raynas.common import ConfigError
+from raynas.common.plugins import load_plugins
 from raynas.controller.strategies.base import Needs, NoOptions, Proposal, SchemeSettings, SharedPolicy, Strategy
 from raynas.search_spaces import SearchSpace
 
@@ -27,6 +28,7 @@ def _load_all() -> None:
     for info in pkgutil.iter_modules(__path__):
         if info.name != "base":
             importlib.import_module(f"{__name__}.{info.name}")
+    load_plugins()
 
 
 def strategy_names() -> list[str]:

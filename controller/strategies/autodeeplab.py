@@ -8,9 +8,6 @@ monitors in oneshot.jsonl, resumable from each search's epoch checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from raynas.common import ConfigError
 from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Needs
@@ -26,12 +23,9 @@ class AutoDeepLab(OneShotStrategy):
     arch_lr, warmup_epochs, ...); the space must be autodeeplab and the dataset a segmentation set."""
 
     name = "autodeeplab"
+    summary = "Auto-DeepLab's hierarchical cell and path search for segmentation (one-shot)"
     needs = Needs(search=autodeeplab_evaluator)
     Options = AutoDeepLabConfig
-
-    @classmethod
-    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
-        return AutoDeepLabConfig(**options)
 
     @classmethod
     def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:

@@ -20,13 +20,9 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 
 from raynas.common import ConfigError, prefixed_errors
+from raynas.common.options import NoOptions, parse_options
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
-
-
-@dataclass(frozen=True)
-class NoOptions:
-    """The options of a strategy that has none."""
 
 
 class SharedPolicy(Protocol):
@@ -105,6 +101,8 @@ class Strategy(ABC):
     """
 
     name: ClassVar[str] = ""
+    #: One line for help texts.
+    summary: ClassVar[str] = ""
     needs: ClassVar[Needs] = Needs()
     Options: ClassVar[type] = NoOptions
     #: The budget a whole evaluation reaches when a scheduler (Ray Tune's ASHA) may stop
@@ -121,15 +119,8 @@ class Strategy(ABC):
     def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> Any:
         """The typed options from the spec's `strategy_options`, checked against `space`.
         Cheap: nothing is built. Errors name `strategy_options.<field>`."""
-        if not isinstance(options, Mapping):
-            raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
-        known = {f.name for f in dataclasses.fields(cls.Options)}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of the {cls.name} strategy",
-                              sorted(known) or "none")
-        with option_errors(known):
-            parsed = cls.Options(**options)
+        parsed = parse_options(cls.Options, options, "strategy_options", f"the {cls.name} strategy")
+        with option_errors(f.name for f in dataclasses.fields(cls.Options)):
             cls.check_space(space, parsed)
         return parsed
 

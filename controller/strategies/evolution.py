@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raynas.common import ConfigError, check_int
+from raynas.common.options import option
 from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Strategy
 from raynas.search_spaces import SearchSpace
@@ -23,10 +24,8 @@ from raynas.workers.evaluation import EvalResult
 
 @dataclass(frozen=True)
 class EvolutionOptions:
-    #: Members alive at once; the oldest dies when a new one joins.
-    population_size: int = 10
-    #: Members drawn (with replacement) for each tournament.
-    sample_size: int = 3
+    population_size: int = option(10, "members alive at once; the oldest dies when a new one joins", most=10_000)
+    sample_size: int = option(3, "members drawn (with replacement) for each tournament", most=10_000)
 
     def __post_init__(self):
         check_int("population_size", self.population_size)
@@ -54,6 +53,7 @@ class EvolutionStrategy(Strategy):
     """
 
     name = "evolution"
+    summary = "regularized (aging) evolution, Real et al."
     Options = EvolutionOptions
 
     def __init__(self, space: SearchSpace, seed: int = 0, options: EvolutionOptions | None = None):

@@ -26,13 +26,13 @@ training and the number of new proposals are the round's signals (`signals()`).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
 
 from raynas.common import ConfigError
+from raynas.common.options import parse_options
 from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Needs, Strategy
 from raynas.search_spaces import SearchSpace
@@ -49,6 +49,7 @@ class NAOStrategy(Strategy):
     """Options: `NAOConfig` (preset v1 / v2 / ws of NAO_pytorch, then any field)."""
 
     name = "nao"
+    summary = "neural architecture optimization: encoder, performance predictor, decoder (Luo et al.)"
     Options = NAOConfig
 
     def __init__(self, space: SearchSpace, seed: int = 0, options: NAOConfig | None = None):
@@ -187,6 +188,7 @@ class NAOWS(Strategy):
     parallel, as for the DARTS family. Options: `NAOWSConfig`'s, and NAO's as `nao.<field>`."""
 
     name = "nao-ws"
+    summary = "NAO with weight sharing on the darts supernet (one-shot)"
     needs = Needs(search=nao_ws_evaluator)
     Options = NAOWSConfig
 
@@ -196,15 +198,13 @@ class NAOWS(Strategy):
         if not isinstance(options, Mapping):
             raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
         nao = {k: v for k, v in options.items() if isinstance(k, str) and k.startswith(NAO_PREFIX)}
-        known = {f.name for f in dataclasses.fields(NAOWSConfig)} - {"controller"}
-        unknown = sorted(set(options) - set(nao) - known)
-        if unknown:
-            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of {cls.name}",
-                              sorted(known) + [NAO_PREFIX + "<an option of nao>"])
+        rest = {k: v for k, v in options.items() if k not in nao}
         try:
-            config = NAOWSConfig(**{k: v for k, v in options.items() if k not in nao},
-                                 controller={k[len(NAO_PREFIX):]: v for k, v in nao.items()})
+            config = parse_options(NAOWSConfig, rest, "strategy_options", f"the {cls.name} strategy",
+                                   controller={k[len(NAO_PREFIX):]: v for k, v in nao.items()})
         except ConfigError as exc:
+            if not exc.field.startswith(NAO_PREFIX):
+                raise
             raise ConfigError(f"strategy_options.{exc.field}", exc.problem, exc.allowed) from None
         cls.check_space(space, config)
         return config

@@ -17,6 +17,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from raynas.common import ConfigError
+from raynas.common.options import parse_options
 from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Needs, Strategy, option_errors
 from raynas.search_spaces import SearchSpace
@@ -32,19 +33,10 @@ class OneShotStrategy(Strategy):
     Options: type[SupernetConfig] = OneShotConfig
 
     @classmethod
-    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
-        return OneShotConfig(algorithm=cls.name, **options)
-
-    @classmethod
     def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> SupernetConfig:
-        if not isinstance(options, Mapping):
-            raise ConfigError("strategy_options", f"must be a mapping of option names to values, got {options!r}")
-        known = {f.name for f in dataclasses.fields(cls.Options)} - {"algorithm"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise ConfigError(f"strategy_options.{unknown[0]}", f"not an option of {cls.name}", sorted(known))
-        with option_errors(known):
-            config = cls._config(options)
+        fixed = {"algorithm": cls.name} if "algorithm" in {f.name for f in dataclasses.fields(cls.Options)} else {}
+        config = parse_options(cls.Options, options, "strategy_options", f"the {cls.name} strategy", **fixed)
+        with option_errors(f.name for f in dataclasses.fields(cls.Options)):
             cls.check_space(space, config)
         return config
 
@@ -66,6 +58,7 @@ class Darts(OneShotStrategy):
     """DARTS, first order: alphas stepped on validation batches with the current weights."""
 
     name = "darts"
+    summary = "DARTS, first order (one-shot, gradient-based)"
 
 
 @register
@@ -73,6 +66,7 @@ class Darts2(OneShotStrategy):
     """DARTS, second order: the unrolled virtual step and its finite-difference Hessian-vector product."""
 
     name = "darts2"
+    summary = "DARTS, second order: the unrolled step (one-shot)"
 
 
 @register
@@ -80,6 +74,7 @@ class NoisyDarts(OneShotStrategy):
     """NoisyDARTS: unbiased Gaussian noise on the skip connection's output while training."""
 
     name = "noisy-darts"
+    summary = "NoisyDARTS: noise on the skip connection (one-shot)"
 
 
 @register
@@ -89,9 +84,7 @@ class RandomWeightSharing(OneShotStrategy):
     the evaluator. Options: `RSWSConfig`'s fields."""
 
     name = "rsws"
+    summary = "random search with weight sharing, Li & Talwalkar (one-shot)"
     needs = Needs(search=rsws_evaluator)
     Options = RSWSConfig
 
-    @classmethod
-    def _config(cls, options: Mapping[str, Any]) -> SupernetConfig:
-        return RSWSConfig(**options)

@@ -13,6 +13,7 @@ from raynas.workers.evaluation import EvalResult
 @register
 class RandomStrategy(Strategy):
     name = "random"
+    summary = "uniform random architectures (Li & Talwalkar's baseline)"
 
     def propose(self, n: int = 1) -> list[Hashable]:
         return [self.space.sample(self.rng) for _ in range(n)]

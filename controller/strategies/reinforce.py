@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from raynas.common import ConfigError, check_int, check_number
+from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.controller.strategies.policy import LSTMPolicy
 from raynas.search_spaces import SearchSpace
@@ -83,24 +84,21 @@ def apply_gradients(policy: LSTMPolicy, optimizer: torch.optim.Optimizer,
 class RLOptions:
     """The rl strategy's options; defaults are Zoph & Le's unless noted."""
 
-    #: Adam learning rate (of the local optimizer, or of the parameter shards).
-    lr: float = 6e-4
-    #: Architectures per policy update in one process (None: 8, the paper's m). In the
-    #: distributed scheme the batch is each replica's m (`--children`), so this must stay unset.
-    batch_size: int | None = None
-    #: Decay of the moving-average baseline (ENAS: 0.99).
-    baseline_decay: float = 0.95
-    #: Weight of an entropy bonus in the loss (NASNet: 1e-5; ENAS adds 1e-4 x entropy to the reward).
-    entropy_weight: float = 0.0
-    #: ENAS's logit temperature and tanh clipping; off.
-    temperature: float | None = None
-    tanh_constant: float | None = None
-    #: The depth schedule for spaces with a depth (macro): from the space's num_layers (macro's
-    #: default 6 is the paper's start), +2 layers every 1,600 samples, up to the space's max_layers.
-    start_depth: int | None = None
-    depth_step: int | None = None
-    depth_every: int | None = None
-    max_depth: int | None = None
+    lr: float = option(6e-4, "Adam learning rate of the policy (of the local optimizer, or of the parameter shards)")
+    batch_size: int | None = option(None, "architectures per policy update in one process (default 8, the paper's "
+                                          "m); in the distributed scheme the batch is each replica's m (--children), "
+                                          "so this stays unset", most=4096)
+    baseline_decay: float = option(0.95, "decay of the moving-average reward baseline (ENAS: 0.99)")
+    entropy_weight: float = option(0.0, "weight of an entropy bonus in the loss (NASNet: 1e-5)")
+    temperature: float | None = option(None, "ENAS's logit temperature (off by default)")
+    tanh_constant: float | None = option(None, "ENAS's tanh clipping of the logits (off by default)")
+    start_depth: int | None = option(None, "depth schedule (spaces with a depth: macro): the first depth (default: "
+                                           "the space's num_layers, macro's 6 is the paper's)", most=1024)
+    depth_step: int | None = option(None, "layers added at each step of the depth schedule (default 2)", most=1024)
+    depth_every: int | None = option(None, "samples between two steps of the depth schedule (default 1,600)",
+                                     most=100_000_000)
+    max_depth: int | None = option(None, "the depth schedule's last depth (default: the space's max_layers)",
+                                   most=1024)
 
     def __post_init__(self):
         check_number("lr", self.lr, 0, low_open=True)

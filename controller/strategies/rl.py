@@ -45,6 +45,7 @@ class RLStrategy(Strategy):
     """
 
     name = "rl"
+    summary = "Zoph & Le's LSTM controller trained by REINFORCE (the distributed scheme on Ray)"
     needs = Needs(shared_policy=True)
     Options = RLOptions
 

@@ -1,22 +1,30 @@
-"""The contract every evaluator keeps (workers/evaluation/base.py), run on each of them at
-a tiny size: plain-data results that name their budget, a report per epoch up to the
-budget, no exception ever, the same seed giving the same result, cancellation through
-the report callback, and a continued evaluation equal to one that ran straight through."""
+"""The contract every evaluator keeps (workers/evaluation/base.py), run on each registered one,
+built in or plugged in, and on the one-shot searches in front of one, at a tiny size: plain-data
+results that name their budget, a report per epoch up to the budget, no exception ever, the same
+seed giving the same result, cancellation through the report callback, a continued evaluation
+equal to one that ran straight through, and declarations (options, budgets, scoring) that agree
+with what it does. The checks are tests/contracts.py's, which a plug-in's own tests run too."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
+from contracts import (
+    check_bad_architecture,
+    check_bad_budget,
+    check_cancel,
+    check_continue,
+    check_plain_results,
+    check_reports,
+    check_seeded,
+)
 
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
-from raynas.workers.evaluation import CANCELLED, FAILED, Cancelled, Evaluator, get_evaluator
+from raynas.workers.evaluation import Evaluator, evaluator_names, get_evaluator
 from raynas.workers.oneshot import OneShotConfig, RSWSConfig, rsws_evaluator, search_evaluator
 
-TINY_TRAIN = {"epochs": 3, "batch_size": 64, "channels": 4, "layers": 1, "max_train_batches_per_epoch": 3,
-              "max_train": 256}
+TINY_TRAIN = {"epochs": 3, "batch_size": 64, "channels": 4, "layers": 1, "max_train_batches_per_epoch": 3}
 
 
 def table() -> Evaluator:
@@ -24,7 +32,7 @@ def table() -> Evaluator:
 
 
 def train() -> Evaluator:
-    return get_evaluator("train", "nb201", dataset="digits", **TINY_TRAIN)
+    return get_evaluator("train", "nb201", load_dataset("digits", max_train=256), **TINY_TRAIN)
 
 
 def one_shot() -> Evaluator:
@@ -43,6 +51,10 @@ EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws
 ONE_SHOT = ("one-shot", "rsws")
 
 
+def test_every_registered_evaluator_has_a_case():
+    assert set(evaluator_names()) <= set(EVALUATORS)
+
+
 @pytest.fixture(scope="module", params=sorted(EVALUATORS))
 def case(request):
     evaluator = EVALUATORS[request.param]()
@@ -52,70 +64,44 @@ def case(request):
 
 
 def test_results_are_plain_data_that_name_their_budget(case):
-    evaluator, arch = case
-    result = evaluator.evaluate(arch, seed=1)
-    assert result.ok, result.reason
-    assert result.metrics["budget"] == evaluator.fidelity.default
-    assert json.loads(json.dumps(result.to_dict()))["reward"] == result.reward
+    check_plain_results(*case)
 
 
 def test_reports_every_epoch_up_to_the_budget(case):
-    evaluator, arch = case
-    reports = []
-    result = evaluator.evaluate(arch, seed=1, report=reports.append)
-    # A staged search (rsws) numbers the reports of its later stages within each stage.
-    epochs = [r["epoch"] for r in reports if r.get("stage", "train") == "train"]
-    assert epochs and epochs == sorted(set(epochs)) and epochs[-1] == result.metrics["budget"]
-    staged = [(r["stage"], r["epoch"]) for r in reports if r.get("stage", "train") != "train"]
-    assert len(staged) == len(set(staged))
+    check_reports(*case)
 
 
 @pytest.mark.parametrize("budget", [0, -1, 10**6, "3", 2.5])
 def test_a_bad_budget_is_a_failed_result_naming_it(case, budget):
-    evaluator, arch = case
-    result = evaluator.evaluate(arch, seed=1, budget=budget)
-    assert result.status == FAILED and "budget" in result.reason
+    check_bad_budget(*case, budget)
 
 
 def test_a_bad_architecture_is_a_failed_result(case):
-    evaluator, arch = case
-    result = evaluator.evaluate("not an architecture" if arch is not None else "|bogus|", seed=1)
-    assert result.status == FAILED and result.reason
+    check_bad_architecture(*case)
 
 
 def test_the_same_seed_gives_the_same_result(case):
-    evaluator, arch = case
-    first, second = evaluator.evaluate(arch, seed=5), evaluator.evaluate(arch, seed=5)
-    assert first.reward == second.reward and first.arch == second.arch
+    check_seeded(*case)
 
 
 def test_a_report_raising_cancelled_cancels(case):
-    evaluator, arch = case
-
-    def stop(report):
-        raise Cancelled("stopped by the scheduler")
-
-    result = evaluator.evaluate(arch, seed=1, report=stop)
-    assert result.status == CANCELLED and result.reward is None
+    check_cancel(*case)
 
 
 def test_continuing_from_its_checkpoint_equals_a_straight_run(case, tmp_path):
     evaluator, arch = case
-    fidelity = evaluator.fidelity
-    budgets = fidelity.choices or tuple(range(1, fidelity.maximum + 1))
-    if len(budgets) < 2:
+    if len(evaluator.fidelity.choices or range(evaluator.fidelity.maximum)) < 2:
         pytest.skip(f"{evaluator.name} offers one budget only")
-    low, high = budgets[0], budgets[-1]
-    checkpoint = str(tmp_path / "evaluation.ckpt")
-    first = evaluator.evaluate(arch, seed=2, budget=low, checkpoint=checkpoint)
-    continued = evaluator.evaluate(arch, seed=2, budget=high, checkpoint=checkpoint)
-    straight = evaluator.evaluate(arch, seed=2, budget=high)
-    assert first.ok and continued.ok and straight.ok
-    assert first.metrics["budget"] == low and continued.metrics["budget"] == high
-    assert continued.metrics["continued_from_epoch"] == low
-    assert continued.reward == straight.reward
-    assert continued.metrics.get("val_curve") == straight.metrics.get("val_curve")
-    # A checkpoint belongs to its architecture: another one is refused, not silently continued.
-    other = get_space("nb201").sample(np.random.default_rng(4))
-    refused = evaluator.evaluate(other, seed=2, budget=high, checkpoint=checkpoint)
-    assert refused.status == FAILED and "checkpoint" in refused.reason
+    check_continue(evaluator, arch, tmp_path, get_space("nb201").sample(np.random.default_rng(4)))
+
+
+@pytest.mark.parametrize("name", ["table", "train"])
+def test_the_declarations_agree_with_the_evaluator(name):
+    cls = type(EVALUATORS[name]())
+    options = cls.Options()
+    space = get_space("nb201")
+    data = load_dataset("digits") if cls.needs_data else None
+    assert cls.budgets(options).default == cls.create(space, data, options).fidelity.default
+    scoring = cls.scoring(space, data, options)
+    assert scoring.mode in ("max", "min") and scoring.metric.startswith("val_")
+    assert scoring.dataset == (data.name if cls.needs_data else options.dataset)

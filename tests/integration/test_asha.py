@@ -78,7 +78,7 @@ def test_train_asha_on_digits_stops_at_epoch_rungs(tmp_path):
     assert main(["search", "--space", "nb201", "--strategy", "random", "--evaluator", "train",
                  "--scheduler", "asha", "--max-budget", "4", "--reduction-factor", "2", "--evaluations", "8",
                  "--workers", "2", "--train-option", "channels=4", "--train-option", "layers=1",
-                 "--train-option", "max_train=300", "--train-option", "batch_size=100", "--out", str(out),
+                 "--dataset-option", "max_train=300", "--train-option", "batch_size=100", "--out", str(out),
                  "--quiet"]) == 0
     run = RunDirectory(out)
     records, events = check_rungs(run, 2.0, 4)
@@ -161,7 +161,7 @@ def test_the_service_streams_rung_decisions_and_cancels_a_tune_search(tmp_path):
         assert message.rung_decision.rung == 12 and message.rung_decision.evaluation == rungs[-1]["evaluation"]
         assert message.rung_decision.promoted == (rungs[-1]["decision"] == "continue")
 
-        slow = manager.submit(table_spec(evaluations=400, workers=1, table={"sleep": 0.0005}).to_dict())
+        slow = manager.submit(table_spec(evaluations=400, workers=1, evaluator_options={"sleep": 0.0005}).to_dict())
         for event in manager.watch(slow.id):
             if event["kind"] == "evaluation" and event["record"]["index"] >= 3:
                 manager.cancel(slow.id)

@@ -18,7 +18,7 @@ TINY = {"seed_archs": 6, "new_archs": 4, "top_k": 4, "epochs": 5, "batch_size": 
 def test_nao_runs_on_the_worker_pool_and_reports_its_rounds(tmp_path):
     out = tmp_path / "run"
     spec = SearchSpec(space="nb201", strategy="nao", evaluator="table", evaluations=20, workers=2,
-                      cpus_per_child=0.5, seed=2, strategy_options=TINY, table={"sleep": 0.2 / 120})
+                      cpus_per_child=0.5, seed=2, strategy_options=TINY, evaluator_options={"sleep": 0.2 / 120})
     result = SearchJob(spec, out, progress=False).run()
     assert result["state"] == "done" and result["evaluations"] == 20
     records = [json.loads(x) for x in (out / "evaluations.jsonl").read_text().splitlines()]

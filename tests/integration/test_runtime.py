@@ -58,7 +58,7 @@ def test_other_strategies_dispatch_to_the_worker_pool(tmp_path):
 def test_killed_worker_mid_evaluation_loses_and_repeats_nothing(tmp_path, ray_cluster, strategy):
     out = tmp_path / "run"
     # Each lookup sleeps 0.3 x its simulated time / 120 s, so kills land mid-evaluation.
-    spec = table_spec(strategy=strategy, evaluations=16, table={"sleep": 0.3 / 120})
+    spec = table_spec(strategy=strategy, evaluations=16, evaluator_options={"sleep": 0.3 / 120})
     killed = []
 
     def kill(record):
@@ -75,7 +75,7 @@ def test_killed_worker_mid_evaluation_loses_and_repeats_nothing(tmp_path, ray_cl
 
 def test_killed_parameter_shard_comes_back_from_its_checkpoint(tmp_path, ray_cluster):
     out = tmp_path / "run"
-    spec = table_spec(evaluations=32, table={"sleep": 0.1 / 120})
+    spec = table_spec(evaluations=32, evaluator_options={"sleep": 0.1 / 120})
     killed = []
 
     def kill(record):
@@ -94,7 +94,7 @@ def test_killed_parameter_shard_comes_back_from_its_checkpoint(tmp_path, ray_clu
 @pytest.mark.parametrize("strategy", ["rl", "evolution"])
 def test_stopped_job_resumes_without_repeating_work(tmp_path, strategy):
     out = tmp_path / "run"
-    spec = table_spec(strategy=strategy, evaluations=40, table={"sleep": 0.2 / 120})
+    spec = table_spec(strategy=strategy, evaluations=40, evaluator_options={"sleep": 0.2 / 120})
 
     def stop(record):
         if len(records(out)) >= 12:

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("ray_cluster")
 def scheme_spec(**changes) -> SearchSpec:
     # Each lookup sleeps 0.1 x its simulated time / 120 s: children take about 0.1 s.
     base = dict(space="nb201", strategy="rl", evaluator="table", evaluations=48, controllers=2, children=2,
-                ps_shards=2, workers=4, cpus_per_child=0.25, seed=3, table={"sleep": 0.1 / 120})
+                ps_shards=2, workers=4, cpus_per_child=0.25, seed=3, evaluator_options={"sleep": 0.1 / 120})
     return SearchSpec(**{**base, **changes})
 
 

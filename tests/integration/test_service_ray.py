@@ -114,7 +114,7 @@ def test_cancel_force_stops_a_hung_evaluator(ray_cluster, tmp_path):
     grace, its runner (and with it the job's workers) is killed and the search is cancelled."""
     srv = start(tmp_path / "state", cancel_grace_s=1.0)
     spec = {"space": "nb201", "evaluator": "table", "strategy": "random", "evaluations": 4, "workers": 1,
-            "cpus_per_child": 0.5, "table": {"sleep": 100}}
+            "cpus_per_child": 0.5, "evaluator_options": {"sleep": 100}}
     try:
         with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
             search = c.submit(spec)

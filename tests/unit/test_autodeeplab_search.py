@@ -13,6 +13,7 @@ import torch
 from raynas.common import ConfigError
 from raynas.common.threads import torch_threads
 from raynas.controller.cli import main
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.autodeeplab import LEVELS, MOVES, brute_force_path, transitions
@@ -137,19 +138,19 @@ def test_options_and_data_are_checked():
     with pytest.raises(ConfigError, match="^dataset"):
         next(iter(autodeeplab_epochs(get_space("autodeeplab"), load_dataset("digits"), AutoDeepLabConfig(**TINY), 0)))
     with pytest.raises(ConfigError, match="^space"):
-        SearchSpec(space="darts", strategy="autodeeplab", dataset="digits-seg").validate()
+        resolve(SearchSpec(space="darts", strategy="autodeeplab", dataset="digits-seg"))
 
 
 def test_nas_search_end_to_end(tmp_path):
-    """The search trains on the whole composed set (the job's dataset options shape the child's
-    training only), so this one runs a single epoch of a one-layer trellis."""
+    """A single epoch of a one-layer trellis on a few canvases, the decoded network trained one batch."""
     options = {**TINY, "epochs": 1, "layers": 1, "batch_size": 32}
-    train = {"epochs": 1, "channels": 2, "batch_size": 8, "max_train_batches_per_epoch": 1, "num_threads": 1,
-             "max_train": 8, "val_fraction": 0.02}
+    train = {"epochs": 1, "channels": 2, "batch_size": 8, "max_train_batches_per_epoch": 1, "num_threads": 1}
+    data = {"max_train": 64, "val_fraction": 0.02}
     argv = ["search", "--space", "autodeeplab", "--strategy", "autodeeplab", "--dataset", "digits-seg",
             "--evaluations", "1", "--runtime", "local", "--out", str(tmp_path / "run"), "--quiet"]
     argv += [a for k, v in options.items() for a in ("--strategy-option", f"{k}={v}")]
-    argv += [a for k, v in train.items() for a in ("--train-option", f"{k}={v}")]
+    argv += [a for k, v in train.items() for a in ("--evaluator-option", f"{k}={v}")]
+    argv += [a for k, v in data.items() for a in ("--dataset-option", f"{k}={v}")]
     assert main(argv) == 0
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["state"] == "done" and result["evaluations"] == 1 and result["failed"] == 0
@@ -170,8 +171,9 @@ def test_the_service_streams_autodeeplab_epochs(tmp_path):
     try:
         record = manager.submit(dict(space="autodeeplab", strategy="autodeeplab", dataset="digits-seg", evaluations=1,
                                      runtime="local", strategy_options={**TINY, "layers": 1, "batch_size": 32},
-                                     train={"epochs": 1, "channels": 2, "max_train_batches_per_epoch": 1,
-                                            "num_threads": 1, "val_fraction": 0.02}))
+                                     evaluator_options={"epochs": 1, "channels": 2, "max_train_batches_per_epoch": 1,
+                                                        "num_threads": 1},
+                                     dataset_options={"max_train": 64, "val_fraction": 0.02}))
         events = list(manager.watch(record.id))
     finally:
         manager.close()

@@ -1,5 +1,6 @@
 """The table and train evaluators, through the `get_evaluator` registry."""
 
+import functools
 import math
 import time
 
@@ -9,6 +10,7 @@ import torch
 
 from raynas.common import ConfigError
 from raynas.search_spaces import get_space
+from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import get_evaluator
 from raynas.workers.evaluation import train as train_module
 from raynas.workers.evaluation.table import MEAN_SIMULATED_TIME_S, load_table
@@ -20,6 +22,11 @@ RESNET = "|nor_conv_3x3~0|+|none~0|nor_conv_3x3~1|+|skip_connect~0|none~1|skip_c
 # Small enough to train in about a second per epoch on two CPU cores; one thread, because
 # two threads on tiny convolutions lose badly to anything else running on the machine.
 TINY = dict(channels=8, layers=1, batch_size=64, num_threads=1)
+
+
+@functools.cache
+def digits():
+    return load_dataset("digits")
 
 
 @pytest.fixture(scope="module")
@@ -80,25 +87,26 @@ def test_table_bad_arch_is_a_failed_result(table):
     assert not result.ok and result.reward is None and "bogus" in result.reason
 
 
-@pytest.mark.parametrize("name, space, options, field, text", [
-    ("nope", "nb201", {}, "evaluator", "table"),
-    ("table", "darts", {}, "evaluator", "nb201"),
-    ("table", "nb201", {"dataset": "svhn"}, "dataset", "cifar100"),
-    ("table", "nb201", {"sleep": -1}, "sleep", "non-negative"),
-    ("table", "nb201", {"epochs": 3}, "table.epochs", "sleep"),
-    ("train", "nb201", {"epoch": 3}, "train.epoch", "epochs"),
-    ("train", "nb201", {"epochs": 0}, "epochs", "positive"),
-    ("train", "nb201", {"lr": -0.1}, "lr", "number"),
-    ("train", "nb201", {"reward": "best"}, "reward", "zoph"),
-    ("train", "nb201", {"reward": "ppl"}, "reward", "zoph"),
-    ("train", "nb201", {"dataset": "nope"}, "dataset", "digits"),
-    ("train", "nb201", {"auxiliary_weight": 0.4}, "auxiliary", "nb201"),
-    ("train", "rnn", {}, "dataset", "ptb"),
-    ("train", "nb201", {"dataset": "cifar10", "data_path": "/no/such/dir"}, "data_path", "not found"),
+@pytest.mark.parametrize("name, space, data, options, field, text", [
+    ("nope", "nb201", None, {}, "evaluator", "table"),
+    ("table", "darts", None, {}, "evaluator", "nb201"),
+    ("table", "nb201", None, {"dataset": "svhn"}, "evaluator_options.dataset", "cifar100"),
+    ("table", "nb201", None, {"sleep": -1}, "evaluator_options.sleep", "number"),
+    ("table", "nb201", None, {"sleep": 1000}, "evaluator_options.sleep", "at most 100"),
+    ("table", "nb201", None, {"epochs": 3}, "evaluator_options.epochs", "sleep"),
+    ("train", "nb201", "digits", {"epoch": 3}, "evaluator_options.epoch", "epochs"),
+    ("train", "nb201", "digits", {"epochs": 0}, "evaluator_options.epochs", "positive"),
+    ("train", "nb201", "digits", {"epochs": 10**9}, "evaluator_options.epochs", "at most"),
+    ("train", "nb201", "digits", {"lr": -0.1}, "evaluator_options.lr", "number"),
+    ("train", "nb201", "digits", {"reward": "best"}, "evaluator_options.reward", "zoph"),
+    ("train", "nb201", "digits", {"reward": "ppl"}, "evaluator_options.reward", "zoph"),
+    ("train", "nb201", "digits", {"auxiliary_weight": 0.4}, "auxiliary", "nb201"),
+    ("train", "nb201", None, {}, "dataset", "load_dataset"),
+    ("train", "rnn", "digits", {}, "dataset", "ptb"),
 ])
-def test_bad_configuration_names_the_field(name, space, options, field, text):
+def test_bad_configuration_names_the_field(name, space, data, options, field, text):
     with pytest.raises(ConfigError) as exc:
-        get_evaluator(name, space, **options)
+        get_evaluator(name, space, data and load_dataset(data), **options)
     assert exc.value.field == field and text in str(exc.value)
 
 
@@ -109,7 +117,7 @@ def test_train_config_resolves_task_defaults():
     assert (text.lr, text.reward) == (5.0, "ppl")
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="device"):
-            get_evaluator("train", "nb201", device="cuda")
+            get_evaluator("train", "nb201", digits(), device="cuda")
 
 
 # -- train -------------------------------------------------------------------------------------
@@ -117,7 +125,7 @@ def test_train_config_resolves_task_defaults():
 
 @pytest.fixture(scope="module")
 def trainer(nb201):
-    return get_evaluator("train", nb201, epochs=4, **TINY)
+    return get_evaluator("train", nb201, digits(), epochs=4, **TINY)
 
 
 @pytest.mark.slow
@@ -138,7 +146,7 @@ def test_training_on_digits_beats_chance(trainer):
 
 
 def test_same_seed_same_result(nb201):
-    evaluator = get_evaluator("train", nb201, epochs=1, reward="last", max_train_batches_per_epoch=5, **TINY)
+    evaluator = get_evaluator("train", nb201, digits(), epochs=1, reward="last", max_train_batches_per_epoch=5, **TINY)
     first, again, other = (evaluator.evaluate(INDEX_0, seed=s) for s in (3, 3, 4))
     assert first.ok and first.reward == first.metrics["val_curve"][-1]
     assert (first.reward, first.metrics["train_loss_curve"]) == (again.reward, again.metrics["train_loss_curve"])
@@ -161,7 +169,7 @@ class _NaNAfter(torch.nn.Module):
 def test_nan_loss_is_a_failed_result(monkeypatch, nb201):
     build = train_module.build_model
     monkeypatch.setattr(train_module, "build_model", lambda *a: _NaNAfter(build(*a), bad_step=5))
-    evaluator = get_evaluator("train", nb201, epochs=2, max_train_batches_per_epoch=3, **TINY)
+    evaluator = get_evaluator("train", nb201, digits(), epochs=2, max_train_batches_per_epoch=3, **TINY)
     result = evaluator.evaluate(RESNET)
     assert not result.ok and result.reward is None
     assert result.reason == "nan loss at epoch 2 step 2"
@@ -169,7 +177,8 @@ def test_nan_loss_is_a_failed_result(monkeypatch, nb201):
 
 
 def test_exploding_learning_rate_is_a_failed_result(nb201):
-    evaluator = get_evaluator("train", nb201, epochs=1, lr=1e30, grad_clip=0, max_train_batches_per_epoch=10, **TINY)
+    evaluator = get_evaluator("train", nb201, digits(), epochs=1, lr=1e30, grad_clip=0, max_train_batches_per_epoch=10,
+                              **TINY)
     result = evaluator.evaluate(RESNET)
     assert not result.ok and result.reason.startswith("nan loss at epoch 1 step ")
 
@@ -197,7 +206,7 @@ def test_auxiliary_head_and_drop_path_ramp(monkeypatch):
     build = train_module.build_model
     monkeypatch.setattr(train_module, "build_model", lambda *a: built.append(build(*a)) or built[-1])
     darts = get_space("darts")
-    evaluator = get_evaluator("train", darts, epochs=2, max_train_batches_per_epoch=2, auxiliary_weight=0.4,
+    evaluator = get_evaluator("train", darts, digits(), epochs=2, max_train_batches_per_epoch=2, auxiliary_weight=0.4,
                               drop_path=0.2, channels=4, layers=3, num_threads=1)
     result = evaluator.evaluate(darts.sample(np.random.default_rng(0)), seed=0)
     assert result.ok, result.reason
@@ -211,7 +220,7 @@ def test_language_model_on_a_tiny_corpus(tmp_path):
     for split, lines in (("train", 40), ("valid", 6), ("test", 6)):
         (tmp_path / f"ptb.{split}.txt").write_text(
             "\n".join(" ".join(words[(i + j) % len(words)] for j in range(8)) for i in range(lines)) + "\n")
-    evaluator = get_evaluator("train", "rnn", dataset="ptb", data_path=str(tmp_path), epochs=2, batch_size=4,
+    evaluator = get_evaluator("train", "rnn", load_dataset("ptb", tmp_path), epochs=2, batch_size=4,
                               bptt=10, channels=16, num_threads=1)
     result = evaluator.evaluate(get_space("rnn").sample(np.random.default_rng(0)), seed=0)
     assert result.ok, result.reason

@@ -7,6 +7,7 @@ import pytest
 
 from raynas.common import ConfigError
 from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service.manager import SearchManager, ThreadLauncher
 
@@ -34,13 +35,13 @@ def test_darts_on_nb201_runs_r_searches_and_scores_their_genotypes_on_the_table(
 
 def test_one_shot_specs_are_checked_up_front():
     with pytest.raises(ConfigError) as bad:
-        SearchSpec(**{**SPEC, "space": "macro"}).validate()
+        resolve(SearchSpec(**{**SPEC, "space": "macro"}))
     assert bad.value.field == "space"
     with pytest.raises(ConfigError) as bad:
-        SearchSpec(**{**SPEC, "strategy_options": {"epoch": 3}}).validate()
+        resolve(SearchSpec(**{**SPEC, "strategy_options": {"epoch": 3}}))
     assert bad.value.field == "strategy_options.epoch"
     with pytest.raises(ConfigError) as bad:
-        SearchSpec(**{**SPEC, "strategy": "noisy-darts", "strategy_options": {"noise_lambda": -1}}).validate()
+        resolve(SearchSpec(**{**SPEC, "strategy": "noisy-darts", "strategy_options": {"noise_lambda": -1}}))
     assert bad.value.field == "strategy_options.noise_lambda"
 
 

@@ -6,6 +6,7 @@ epoch log, DARTS' selection training, and `nas train` as DARTS' final evaluation
 
 import dataclasses
 import json
+import threading
 
 import pytest
 import torch
@@ -14,10 +15,10 @@ from raynas.common import ConfigError
 from raynas.common.threads import torch_threads
 from raynas.controller.cli import main
 from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory
+from raynas.controller.runtime.runners.base import Context
 from raynas.controller.runtime.spec import SearchSpec
-from raynas.controller.runtime.work import EvaluatorFactory
-from raynas.controller.strategies import strategy_class
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.datasets.images import ImageData
@@ -74,7 +75,7 @@ def test_noisy_darts_drops_the_skip_branch_in_training_and_evaluation():
 def test_a_darts_supernet_without_a_normal_cell_is_refused():
     for layers in (1, 2):
         with pytest.raises(ConfigError) as err:
-            SearchSpec(space="darts", strategy="darts", strategy_options={"layers": layers}).validate()
+            resolve(SearchSpec(space="darts", strategy="darts", strategy_options={"layers": layers}))
         assert err.value.field == "strategy_options.layers" and "at least 3" in str(err.value)
     assert OneShotConfig(layers=3).resolved("darts").layers == 3
 
@@ -133,12 +134,12 @@ SPEC = dict(space="nb201", strategy="darts", evaluator="table", evaluations=1, r
 
 def test_the_search_data_is_recorded_and_a_proxy_must_be_asked_for(tmp_path):
     with pytest.raises(ConfigError) as err:
-        SearchSpec(**SPEC).validate()  # digits searched, CIFAR-10 figures scored
+        resolve(SearchSpec(**SPEC))  # digits searched, CIFAR-10 figures scored
     assert err.value.field == "dataset" and "proxy" in str(err.value)
     with pytest.raises(ConfigError) as err:
-        SearchSpec(**{**SPEC, "strategy": "random", "strategy_options": {}, "proxy_dataset": True}).validate()
+        resolve(SearchSpec(**{**SPEC, "strategy": "random", "strategy_options": {}, "proxy_dataset": True}))
     assert err.value.field == "proxy_dataset"
-    SearchSpec(**{**SPEC, "dataset": "cifar10", "data_path": "x.npz"}).validate()  # the table's own data
+    resolve(SearchSpec(**{**SPEC, "dataset": "cifar10", "data_path": "x.npz"}))  # the table's own data
     spec = SearchSpec(**{**SPEC, "proxy_dataset": True, "strategy_options": {**SPEC["strategy_options"], "epochs": 1}})
     result = SearchJob(spec, tmp_path / "run", progress=False).run()
     assert (result["dataset"], result["search_dataset"], result["proxy_dataset"]) == ("cifar10", "digits", True)
@@ -173,7 +174,9 @@ def test_one_shot_epochs_are_logged_once_and_every_search_has_a_checkpoint(tmp_p
     logged = run.records(ONE_SHOT_LOG)
     assert [(r["run"], r["epoch"]) for r in logged] == [(0, 1), (0, 2)]
     # A retried task or a resumed job replays the epochs its checkpoint holds: none is logged twice.
-    report = SearchJob(spec, tmp_path / "run", progress=False, resume=True)._reporter(run, strategy_class("darts"))
+    plan = resolve(spec)
+    report = Context(plan, run, resume=True, deadline=None, namespace="test", address=None, stop=threading.Event(),
+                     evaluator=None, progress=lambda r: None, on_record=lambda r: None).reporter()
     task = Task("e0", None, record["seed"], None, checkpoint)
     for epoch in logged:
         report(task, {k: v for k, v in epoch.items() if k != "run"})
@@ -182,15 +185,15 @@ def test_one_shot_epochs_are_logged_once_and_every_search_has_a_checkpoint(tmp_p
 
 
 def test_searched_cells_are_trained_as_darts_selects_them():
-    spec = SearchSpec(space="darts", strategy="darts", runtime="local", train={"epochs": 2, "cutout": 0})
-    selection = EvaluatorFactory.for_spec(spec)().evaluator.config
+    spec = SearchSpec(space="darts", strategy="darts", runtime="local", evaluator_options={"epochs": 2, "cutout": 0})
+    selection = resolve(spec).evaluator_options
     # DARTS sec. 3.3: each searched cell trained from scratch briefly with the evaluation recipe, kept by val acc.
     assert (selection.epochs, selection.channels, selection.layers, selection.batch_size, selection.auxiliary_weight,
             selection.drop_path, selection.reward, selection.autocast, selection.cutout) == (
         2, 36, 20, 96, 0.4, 0.2, "last", False, 0)
-    nb201 = EvaluatorFactory.for_spec(SearchSpec(space="nb201", strategy="rsws", runtime="local"))().evaluator.config
+    nb201 = resolve(SearchSpec(space="nb201", strategy="rsws", runtime="local")).evaluator_options
     assert (nb201.epochs, nb201.batch_size, nb201.lr, nb201.weight_decay) == (12, 256, 0.1, 5e-4)
-    child = EvaluatorFactory.for_spec(SearchSpec(space="nb201", strategy="random", runtime="local"))().config
+    child = resolve(SearchSpec(space="nb201", strategy="random", runtime="local")).evaluator_options
     assert child.epochs == 3  # other strategies keep the generic child training
 
 

@@ -127,7 +127,7 @@ def test_nas_search_on_ptb_end_to_end(tiny_ptb, tmp_path, strategy):
         options.update(archs=4, block=2, rescore_top=1, score_batches=1)
     spec = SearchSpec(space="rnn", space_options={"steps": 3}, strategy=strategy, evaluator="train", dataset="ptb",
                       data_path=str(tiny_ptb), evaluations=1, runtime="local", strategy_options=options,
-                      train={"epochs": 1, "batch_size": 8, "channels": 8, "bptt": 10, "num_threads": 1})
+                      evaluator_options={"epochs": 1, "batch_size": 8, "channels": 8, "bptt": 10, "num_threads": 1})
     result = SearchJob(spec, tmp_path / "run", progress=False).run()
     assert result["state"] == "done" and result["failed"] == 0, result
     record = json.loads((tmp_path / "run" / "evaluations.jsonl").read_text().splitlines()[0])

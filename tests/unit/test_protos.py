@@ -58,7 +58,7 @@ def test_spec_message_has_exactly_the_search_spec_fields():
 def test_spec_round_trips_through_the_message_keeping_integers():
     spec = SearchSpec(space="macro", strategy="rl", evaluations=7, seed=3, max_staleness=2,
                       space_options={"num_layers": 8}, strategy_options={"lr": 0.001, "batch_size": 4},
-                      train={"epochs": 2, "channels": 8}).to_dict()
+                      evaluator_options={"epochs": 2, "channels": 8}).to_dict()
     back = spec_from_message(spec_to_message(spec))
     assert back == {k: v for k, v in spec.items() if v is not None}
     assert isinstance(back["space_options"]["num_layers"], int)
@@ -120,3 +120,13 @@ def test_a_client_generated_from_the_proto_files_alone_submits_and_watches(tmp_p
         server.stop(grace=None)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["5", "STATE_SUCCEEDED", "5"]
+
+
+def test_the_plug_in_fields_name_every_registered_plug_in():
+    """SearchSpec's space, strategy, evaluator and dataset comments are written from the registries."""
+    from raynas.controller.api import proto_docs
+
+    text = proto_docs.PROTO.read_text()
+    assert text == proto_docs.updated(text), "stale: run python -m raynas.controller.api.proto_docs"
+    for kind in ("strategy", "evaluator", "dataset"):
+        assert all(name in text for name, _ in proto_docs.catalogue.entries(kind))

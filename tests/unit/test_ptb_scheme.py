@@ -6,29 +6,29 @@ from pathlib import Path
 
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec, load_config
 from raynas.search_spaces import get_space
-from raynas.workers.evaluation import get_evaluator
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ptb-nas-rl.toml"
 
 
 def test_the_deploy_file_is_the_papers_ptb_scheme():
-    spec = SearchSpec.from_dict(load_config(CONFIG), source="config").validate()
+    spec = resolve(SearchSpec.from_dict(load_config(CONFIG), source="config")).spec
     assert (spec.space, spec.strategy, spec.dataset, spec.runtime) == ("nasrnn", "rl", "ptb", "ray")
     assert (spec.controllers, spec.children, spec.ps_shards, spec.ps_accumulate) == (400, 1, 20, 10)
     assert spec.strategy_options == {"lr": 0.0005} and spec.space_options == {"base": 8}
-    assert spec.train["reward"] == "ppl"
+    assert spec.evaluator_options["reward"] == "ppl"
 
 
 def test_the_ptb_scheme_at_small_scale(tiny_ptb):
     data = {**load_config(CONFIG), "data_path": str(tiny_ptb), "controllers": 8, "children": 1, "ps_shards": 2,
             "ps_accumulate": 4, "workers": 8, "evaluations": 16,
-            "train": {"reward": "ppl", "epochs": 1, "batch_size": 8, "bptt": 10, "channels": 8,
+            "evaluator_options": {"reward": "ppl", "epochs": 1, "batch_size": 8, "bptt": 10, "channels": 8,
                       "max_train_batches_per_epoch": 2, "num_threads": 1}}
-    spec = SearchSpec.from_dict(data, source="config").validate()
-    space = get_space(spec.space, **spec.space_options)
-    evaluator = get_evaluator("train", space, dataset=spec.dataset, data_path=spec.data_path, **spec.train)
+    plan = resolve(SearchSpec.from_dict(data, source="config"))
+    spec, space = plan.spec, plan.space
+    evaluator = plan.make_evaluator()
     ledger, figures = simulate_scheme(space, evaluator, spec.evaluations, spec.seed, spec.controllers, spec.children,
                                       spec.ps_shards, strategy_options=spec.strategy_options,
                                       shard_config={"accumulate": spec.ps_accumulate})
@@ -45,8 +45,8 @@ def test_the_ptb_scheme_at_small_scale(tiny_ptb):
 def test_nas_search_rl_on_the_tree_cell_end_to_end(tiny_ptb, tmp_path):
     spec = SearchSpec(space="nasrnn", space_options={"base": 2}, strategy="rl", strategy_options={"batch_size": 2},
                       evaluator="train", dataset="ptb", data_path=str(tiny_ptb), evaluations=4, runtime="local",
-                      train={"epochs": 1, "batch_size": 8, "bptt": 10, "channels": 8, "max_train_batches_per_epoch": 2,
-                             "num_threads": 1})
+                      evaluator_options={"epochs": 1, "batch_size": 8, "bptt": 10, "channels": 8,
+                                         "max_train_batches_per_epoch": 2, "num_threads": 1})
     result = SearchJob(spec, tmp_path / "run", progress=False).run()
     assert result["state"] == "done" and result["evaluations"] == 4 and result["failed"] == 0
     best = get_space("nasrnn", base=2).parse(result["best"]["arch"])

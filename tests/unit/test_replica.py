@@ -7,6 +7,7 @@ import torch
 from raynas.common import ConfigError
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
 from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
@@ -136,5 +137,5 @@ def test_rolling_batches_need_each_replica_to_own_its_workers():
         simulate_scheme(get_space("nb201"), table(), budget=8, seed=0, controllers=2, children=4, ps_shards=1,
                         workers=4, batching="rolling")
     with pytest.raises(ConfigError, match="^replica_batch:"):
-        SearchSpec(space="nb201", evaluator="table", controllers=2, children=4, workers=4,
-                   replica_batch="rolling").validate()
+        resolve(SearchSpec(space="nb201", evaluator="table", controllers=2, children=4, workers=4,
+                   replica_batch="rolling"))

@@ -103,7 +103,7 @@ def test_train_evaluator_scores_segmentation_by_miou(digits_seg):
 
 def test_spaces_and_datasets_of_other_kinds_are_refused(digits_seg):
     with pytest.raises(ConfigError, match="^dataset.*need segmentation data.*digits-seg"):
-        get_evaluator("train", get_space("autodeeplab"), dataset="digits")
+        get_evaluator("train", get_space("autodeeplab"), load_dataset("digits"))
     with pytest.raises(ConfigError, match="^dataset.*need classification data"):
         TrainEvaluator(get_space("nb201"), digits_seg)
     with pytest.raises(ConfigError, match="^data_path"):

@@ -107,7 +107,7 @@ def test_bad_requests_get_status_codes_and_the_server_keeps_serving(client):
         client.list(page_size=1000)
     assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT
     with pytest.raises(RemoteError) as huge:
-        client.submit({**TABLE, "table": {"note": "x" * (2 << 20)}})
+        client.submit({**TABLE, "evaluator_options": {"note": "x" * (2 << 20)}})
     assert huge.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     search = client.submit({**TABLE, "evaluations": 3})
     assert wait_state(client, search.id, (pb.STATE_SUCCEEDED,)).evaluations_done == 3
@@ -605,14 +605,14 @@ def test_tokens_identify_only_exact_bearer_tokens(tmp_path):
 def test_unknown_train_options_and_nan_are_invalid_argument(serving):
     srv, c, _ = serving()
     with pytest.raises(RemoteError) as unknown:
-        c.submit({"space": "macro", "evaluator": "train", "runtime": "local", "train": {"epochz": 1}})
-    assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT and "train.epochz" in str(unknown.value)
+        c.submit({"space": "macro", "evaluator": "train", "runtime": "local", "evaluator_options": {"epochz": 1}})
+    assert unknown.value.code == grpc.StatusCode.INVALID_ARGUMENT and "evaluator_options.epochz" in str(unknown.value)
     spec = pb.SearchSpec(space="macro", runtime="local")
-    spec.train.update({"lr": float("nan")})
+    spec.evaluator_options.update({"lr": float("nan")})
     with grpc.insecure_channel(f"127.0.0.1:{srv.port}") as channel, pytest.raises(grpc.RpcError) as nan:
         pb_grpc.SearchServiceStub(channel).SubmitSearch(pb.SubmitSearchRequest(spec=spec),
                                                         metadata=(("authorization", f"Bearer {TOKEN}"),))
-    assert nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "train.lr" in nan.value.details()
+    assert nan.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "evaluator_options.lr" in nan.value.details()
 
 
 def test_unexpected_errors_are_internal_without_their_text(serving):

@@ -28,8 +28,8 @@ DOCUMENTED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusC
 VALID = [
     {"space": "nb201", "evaluator": "table", "strategy": "evolution", "runtime": "local", "evaluations": 50},
     {"space": "macro", "strategy": "rl", "evaluations": 8, "controllers": 2, "children": 2,
-     "space_options": {"num_layers": 4}, "train": {"epochs": 1, "channels": 8}},
-    {"space": "darts", "strategy": "random", "dataset": "digits", "train": {"layers": 2, "batch_size": 32}},
+     "space_options": {"num_layers": 4}, "evaluator_options": {"epochs": 1, "channels": 8}},
+    {"space": "darts", "strategy": "random", "dataset": "digits", "evaluator_options": {"layers": 2, "batch_size": 32}},
     {"space": "nb201", "strategy": "darts", "evaluator": "table", "proxy_dataset": True,
      "strategy_options": {"epochs": 2, "channels": 4}},
     {"space": "rnn", "strategy": "evolution", "dataset": "ptb", "space_options": {"steps": 4}},

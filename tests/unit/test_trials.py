@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from raynas.common import ConfigError
+from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.rundir import summarize
 from raynas.controller.runtime.spec import SearchSpec
-from raynas.controller.runtime.work import base_evaluator
 from raynas.controller.strategies import get_strategy
 from raynas.controller.strategies.trials import EVALUATION, TrialBook
 from raynas.search_spaces import get_space
@@ -130,29 +130,29 @@ BASE = dict(space="nb201", strategy="random", scheduler="asha")
     (dict(grace_period=0), "grace_period"),
     (dict(grace_period=10, max_budget=5), "grace_period"),
     (dict(max_budget=1001), "max_budget"),
-    (dict(max_budget=5, train={"epochs": 4}), "max_budget"),
+    (dict(max_budget=5, evaluator_options={"epochs": 4}), "max_budget"),
     (dict(evaluator="table", grace_period=1), "grace_period"),
     (dict(evaluator="table", max_budget=100), "max_budget"),
 ])
 def test_bad_scheduler_fields_name_themselves(changes, field):
     with pytest.raises(ConfigError) as bad:
-        SearchSpec(**{**BASE, **changes}).validate()
+        resolve(SearchSpec(**{**BASE, **changes}))
     assert bad.value.field == field
 
 
 def test_the_ladder_defaults_to_the_papers_and_the_tables_budgets():
-    paper = SearchSpec(**BASE).validate().ladder()
+    paper = resolve(SearchSpec(**BASE)).ladder
     assert (paper.grace, paper.maximum, paper.budgets) == (1, 300, (1, 4, 16, 64, 256, 300))
-    odd = SearchSpec(**BASE, max_budget=10, reduction_factor=2.5).validate().ladder()
+    odd = resolve(SearchSpec(**BASE, max_budget=10, reduction_factor=2.5)).ladder
     assert odd.budgets == (1, 3, 7, 10), "rungs 2.5 and 6.25 are met at the next epoch"
-    table = SearchSpec(**BASE, evaluator="table").validate().ladder()
+    table = resolve(SearchSpec(**BASE, evaluator="table")).ladder
     assert (table.grace, table.maximum, table.budgets) == (12, 200, (12, 200))
-    shrunk = SearchSpec(**BASE, train={"epochs": 6}).validate().ladder()
+    shrunk = resolve(SearchSpec(**BASE, evaluator_options={"epochs": 6})).ladder
     assert shrunk.maximum == 6
-    # The children's cosine schedule spans R whatever train.epochs would have said.
-    spec = SearchSpec(**BASE, max_budget=5, train={"channels": 4, "layers": 1}).validate()
-    assert base_evaluator(spec).fidelity.maximum == 5
-    assert SearchSpec(space="nb201", strategy="random").validate().scheduler == "none"
+    # The children's cosine schedule spans R whatever the evaluator's epochs would have said.
+    plan = resolve(SearchSpec(**BASE, max_budget=5, evaluator_options={"channels": 4, "layers": 1}))
+    assert plan.evaluator_options.epochs == 5 and plan.make_evaluator().fidelity.maximum == 5
+    assert resolve(SearchSpec(space="nb201", strategy="random")).ladder is None
 
 
 def test_the_best_is_ranked_by_budget_before_reward():

@@ -52,7 +52,7 @@ def _load_all() -> None:
 
 def dataset_names() -> list[str]:
     _load_all()
-    return list(_REGISTRY)
+    return sorted(_REGISTRY)
 
 
 def dataset_class(name: str) -> type[Dataset]:

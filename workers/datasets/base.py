@@ -31,7 +31,7 @@ from raynas.common.options import option, parse_options
 CLASSIFICATION, SEGMENTATION, LANGUAGE_MODEL = "classification", "segmentation", "language_model"
 TASKS = (CLASSIFICATION, SEGMENTATION, LANGUAGE_MODEL)
 #: The most samples (images, or tokens of text) a spec may keep for training.
-MAX_TRAIN = 100_000_000
+MAX_TRAIN = 10_000_000
 
 
 class Data(ABC):

@@ -15,9 +15,10 @@ import traceback
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from raynas.common import ConfigError, NasError
+from raynas.common.options import NoOptions
 
 OK = "ok"
 FAILED = "failed"
@@ -104,12 +105,68 @@ def _ignore(report: dict[str, Any]) -> None:
     """The report callback of a caller that does not listen."""
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """What an evaluator's figures are: the dataset they score on (what result.json names), the
+    validation metric each epoch reports (what a scheduler compares at its rungs), and whether a
+    larger value of it is better (`mode` max) or a smaller (min). The reward a strategy gets is
+    always better when larger."""
+
+    dataset: str
+    metric: str = "val_acc"
+    mode: str = "max"
+
+
 class Evaluator(ABC):
-    """Scores architectures of one search space, at a budget."""
+    """Scores architectures of one search space, at a budget.
+
+    A plug-in declares, before anything is built (class attributes and class methods, what a
+    search's plan asks): its `name`, a one-line `summary`, its typed options (`Options`, a frozen
+    dataclass of `raynas.common.options.option` fields with their bounds), whether it trains on
+    the search's dataset (`needs_data`), the option that sets its full budget (`budget_option`),
+    and for given options its budgets (`budgets`), what it scores (`scoring`), and the space and
+    data it can score (`check`). `create` builds it where the evaluations run. Registered with
+    `register_evaluator` (workers/evaluation/__init__.py).
+    """
 
     #: Name used in specs and on the command line.
-    name: str = ""
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: Whether its evaluations train on the search's dataset (the table evaluator looks them up).
+    needs_data: ClassVar[bool] = False
+    #: The option whose value is the full budget, which a scheduler sets to its R; None when the
+    #: budgets are fixed (`budgets(options).choices`).
+    budget_option: ClassVar[str | None] = None
     fidelity: Fidelity = Fidelity(maximum=1, default=1)
+
+    @classmethod  # noqa: B027 - most evaluators take any space and data: not abstract
+    def check(cls, space: Any, dataset: Any, options: Any) -> None:
+        """Refuse a space or data (a `Dataset` reference, None when `needs_data` is False) that
+        this evaluator cannot score with these options, with a ConfigError; nothing is read."""
+
+    @classmethod
+    def budgets(cls, options: Any) -> Fidelity:
+        """The budgets evaluations with these options train to."""
+        return cls.fidelity
+
+    @classmethod
+    def scoring(cls, space: Any, dataset: Any, options: Any) -> Scoring:
+        """What evaluations with these options score, on which data (by default: validation
+        accuracy on the search's dataset)."""
+        return Scoring(dataset.name if dataset is not None else cls.name)
+
+    @classmethod
+    def one_shot_defaults(cls, space: Any, dataset: Any) -> dict[str, Any]:
+        """Options under the spec's own when this evaluator scores what a one-shot search derives
+        (the train evaluator: DARTS' selection protocol, the space's recipe shortened)."""
+        return {}
+
+    @classmethod
+    def create(cls, space: Any, data: Any, options: Any) -> Evaluator:
+        """The evaluator, built where evaluations run (`data`: the loaded dataset, None when
+        `needs_data` is False); by default `cls(space, data, options)`."""
+        return cls(space, data, options)
 
     @abstractmethod
     def _evaluate(self, arch: Hashable, seed: int, budget: int, report: Report, checkpoint: str | None) -> EvalResult:

@@ -26,10 +26,12 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import resources
 
-from raynas.common import ConfigError, DataError
+from raynas.common import ConfigError, DataError, check_number
 from raynas.common.files import write_json_atomic
+from raynas.common.options import option
 from raynas.search_spaces import SearchSpace
-from raynas.workers.evaluation.base import EvalResult, Evaluator, Fidelity, Report, resolve_arch
+from raynas.workers.evaluation import register_evaluator
+from raynas.workers.evaluation.base import EvalResult, Evaluator, Fidelity, Report, Scoring, resolve_arch
 
 TABLE_DATASETS = ("cifar10", "cifar100", "imagenet16")
 #: The table's training schedules, in epochs: the search protocol's and the full one.
@@ -90,6 +92,17 @@ def _read_csv() -> tuple[tuple[str, ...], dict[str, tuple[float, ...]]]:
     return tuple(r[at["arch"]] for r in rows), {name: tuple(float(r[at[name]]) for r in rows) for name in wanted}
 
 
+@dataclass(frozen=True)
+class TableOptions:
+    dataset: str = option(TABLE_DATASETS[0], "whose figures: cifar10, cifar100 or imagenet16", choices=TABLE_DATASETS)
+    sleep: float = option(0.0, "wait this many times each evaluation's simulated training time (benchmarks of the "
+                               "search machinery see FLOPs-proportional durations)", most=100)
+
+    def __post_init__(self):
+        check_number("sleep", self.sleep, 0)
+
+
+@register_evaluator
 class TableEvaluator(Evaluator):
     """Looks NB201 cells up in the benchmark table.
 
@@ -101,18 +114,27 @@ class TableEvaluator(Evaluator):
     """
 
     name = "table"
+    summary = "look NAS-Bench-201 cells up in the benchmark's table (nb201 only; no training)"
+    Options = TableOptions
     fidelity = Fidelity(maximum=200, default=12, choices=BUDGETS)
 
-    def __init__(self, space: SearchSpace, dataset: str = "cifar10", sleep: float = 0.0):
+    def __init__(self, space: SearchSpace, data: None = None, options: TableOptions | None = None):
+        options = options or TableOptions()
+        self.check(space, data, options)
+        self.space = space
+        self.table = load_table(options.dataset)
+        self.dataset = options.dataset
+        self.sleep = float(options.sleep)
+
+    @classmethod
+    def check(cls, space: SearchSpace, dataset: None, options: TableOptions) -> None:
         if space.name != "nb201":
             raise ConfigError("evaluator", f"the table evaluator covers only the NAS-Bench-201 space, "
                               f"not {space.name!r}", ("nb201",))
-        if not isinstance(sleep, (int, float)) or isinstance(sleep, bool) or sleep < 0:
-            raise ConfigError("sleep", f"must be a non-negative number (a factor on the simulated time), got {sleep!r}")
-        self.space = space
-        self.table = load_table(dataset)
-        self.dataset = dataset
-        self.sleep = float(sleep)
+
+    @classmethod
+    def scoring(cls, space: SearchSpace, dataset: None, options: TableOptions) -> Scoring:
+        return Scoring(options.dataset)
 
     def optimum(self) -> dict[str, float | int | str]:
         return self.table.optimum()

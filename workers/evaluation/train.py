@@ -23,9 +23,11 @@ from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.workers.datasets import Data, require_task
 from raynas.workers.datasets.images import ImageData
-from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, resolve_arch
+from raynas.workers.evaluation import register_evaluator
+from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report, Scoring, resolve_arch
 from raynas.workers.nets import NetConfig, build_model, space_task
 from raynas.workers.profile import count_flops, count_params
+from raynas.workers.retrain import selection_recipe
 from raynas.workers.training import (
     PPL_REWARD_CONSTANT,
     REWARD_WINDOW,
@@ -35,7 +37,11 @@ from raynas.workers.training import (
     pick_device,
 )
 
+#: What each epoch's validation reports, by task.
+METRICS = {"classification": "val_acc", "segmentation": "val_miou", "language_model": "val_ppl"}
 
+
+@register_evaluator
 class TrainEvaluator(Evaluator):
     """Builds the child with `build_model`, trains it from scratch on `dataset`,
     validates after every epoch and turns the validation curve into the reward.
@@ -50,10 +56,33 @@ class TrainEvaluator(Evaluator):
     """
 
     name = "train"
+    summary = "train each child from scratch on the search's dataset and score it by validation (Zoph & Le)"
+    Options = TrainConfig
+    needs_data = True
+    budget_option = "epochs"
+
+    @classmethod
+    def check(cls, space: SearchSpace, dataset: Data, options: TrainConfig) -> None:
+        require_task(dataset, space_task(space.name), f"the {space.name} space's networks")
+        options.resolved(dataset.task)
+
+    @classmethod
+    def one_shot_defaults(cls, space: SearchSpace, dataset: Any) -> dict[str, Any]:
+        # What a one-shot search derives is trained as DARTS' selection protocol trains it.
+        return selection_recipe(space.name, dataset.name)
+
+    @classmethod
+    def budgets(cls, options: TrainConfig) -> Fidelity:
+        return Fidelity(maximum=options.epochs, default=options.epochs)
+
+    @classmethod
+    def scoring(cls, space: SearchSpace, dataset: Data, options: TrainConfig) -> Scoring:
+        metric = METRICS[dataset.task]
+        return Scoring(dataset.name, metric, "min" if metric == "val_ppl" else "max")
 
     def __init__(self, space: SearchSpace, dataset: Data, config: TrainConfig | None = None):
         config = config or TrainConfig()
-        require_task(dataset, space_task(space.name), f"the {space.name} space's networks")
+        self.check(space, dataset, config)
         self.space = space
         self._child: weakref.ref | None = None
         self.config = config.resolved(dataset.task)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raynas.common import ConfigError, check_int, check_number
+from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.autodeeplab import ADL_OPS, BLOCKS, LEVELS, MOVES, reachable, transition_mask, viterbi
@@ -79,11 +80,10 @@ class AutoDeepLabConfig(SupernetConfig):
     """One Auto-DeepLab search. `channels` is the filter multiplier F, `layers` the trellis's
     depth L (None: the space's layers)."""
 
-    arch_lr: float = 3e-3
-    arch_weight_decay: float = 1e-3
-    #: Epochs that train the weights alone before alpha and beta move. None: half the epochs
-    #: (the paper: 20 of 40).
-    warmup_epochs: int | None = None
+    arch_lr: float = option(3e-3, "alpha's and beta's Adam learning rate")
+    arch_weight_decay: float = option(1e-3, "alpha's and beta's weight decay")
+    warmup_epochs: int | None = option(None, "epochs that train the weights alone before alpha and beta move "
+                                             "(default: half the epochs, the paper's 20 of 40)", most=1000)
 
     algorithm: ClassVar[str] = "autodeeplab"
     spaces: ClassVar[tuple[str, ...]] = ("autodeeplab",)

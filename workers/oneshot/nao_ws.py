@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from raynas.common import ConfigError, check_int, check_number
+from raynas.common.options import option, parse_options
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.types import Genotype
@@ -54,25 +55,24 @@ class NAOWSConfig:
     """One NAO-WS search. `controller` holds NAO's own options (a NAOConfig, or a mapping of
     its fields; its preset defaults to `ws`); errors about them name `nao.<field>`."""
 
-    epochs: int = 150
-    #: Epochs between two scorings of the pool (each followed by a NAO iteration but the last).
-    eval_every: int = 30
-    batch_size: int = 64
-    lr: float = 0.025
-    lr_min: float = 0.001
-    momentum: float = 0.9
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0
-    channels: int = 20
-    #: Cells of the supernet, reductions at 1/3 and 2/3 (11: NAO's 3 cells per stage).
-    layers: int = 11
-    #: Share of the training split that trains the weights; the rest scores architectures.
-    train_portion: float = 0.9
-    score_batch_size: int = 500
-    score_batches: int = 1
-    max_batches_per_epoch: int | None = None
-    device: str = "auto"
-    num_threads: int | None = None
+    epochs: int = option(150, "epochs that train the supernet", most=1000)
+    eval_every: int = option(30, "epochs between two scorings of the pool (each followed by a NAO iteration but "
+                                 "the last)", most=1000)
+    batch_size: int = option(64, "the supernet's batch size", most=4096)
+    lr: float = option(0.025, "the weights' learning rate (cosine)")
+    lr_min: float = option(0.001, "where the weights' cosine ends")
+    momentum: float = option(0.9, "the weights' SGD momentum")
+    weight_decay: float = option(3e-4, "the weights' weight decay")
+    grad_clip: float = option(5.0, "largest gradient norm of the weights")
+    channels: int = option(20, "supernet width: initial channels", most=1024)
+    layers: int = option(11, "supernet cells, reductions at 1/3 and 2/3 (11: NAO's 3 cells per stage)", most=64)
+    train_portion: float = option(0.9, "share of the whole training set that trains the weights; the rest scores "
+                                       "architectures")
+    score_batch_size: int = option(500, "images per scoring batch", most=4096)
+    score_batches: int = option(1, "batches each architecture is scored on", most=10_000)
+    max_batches_per_epoch: int | None = option(None, "cut every epoch to this many batches", most=1_000_000)
+    device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
+    num_threads: int | None = option(None, "torch intra-op threads", most=256)
     controller: Any = None
 
     def __post_init__(self):
@@ -91,16 +91,9 @@ class NAOWSConfig:
             raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
         controller = self.controller
         if not isinstance(controller, NAOConfig):
-            if controller is not None and not isinstance(controller, Mapping):
-                raise ConfigError("controller", f"must be a mapping of NAO's options, got {controller!r}")
-            known = {f.name for f in dataclasses.fields(NAOConfig)}
-            unknown = sorted(set(controller or {}) - known)
-            if unknown:
-                raise ConfigError(NAO_PREFIX + unknown[0], "not an option of NAO", sorted(known))
-            try:
-                controller = NAOConfig(**{"preset": "ws", **(controller or {})})
-            except ConfigError as exc:
-                raise ConfigError(NAO_PREFIX + exc.field, exc.problem, exc.allowed) from None
+            # NAO's options, preset ws unless they say otherwise; errors name nao.<option>.
+            controller = parse_options(NAOConfig, {"preset": "ws", **(controller or {})}, NAO_PREFIX.rstrip("."),
+                                       "NAO")
         object.__setattr__(self, "controller", controller.resolved())
 
 

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 
 from raynas.common import ConfigError, check_int
+from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
@@ -81,15 +82,13 @@ CELL_STEPS = 4
 class RSWSConfig(SupernetConfig):
     """One random search with weight sharing: the supernet's training (shared fields) and the ranking."""
 
-    #: Architectures scored with the shared weights. None: 5000 (CIFAR-10), 2000 (PTB).
-    archs: int | None = None
-    #: Minibatches of the architecture half each of them is scored on.
-    score_batches: int = 10
-    #: Architectures per ranking block; the best `rescore_top` of each are re-scored on the whole half.
-    block: int = 1000
-    rescore_top: int = 10
-    #: Block winners (best first) handed to the ordinary evaluator; the best it scores is the answer.
-    candidates: int = 1
+    archs: int | None = option(None, "architectures scored with the shared weights (default: 5000 on images, 2000 "
+                                     "on PTB)", most=1_000_000)
+    score_batches: int = option(10, "minibatches of the architecture half each of them is scored on", most=10_000)
+    block: int = option(1000, "architectures per ranking block", most=1_000_000)
+    rescore_top: int = option(10, "the best of each block re-scored on the whole architecture half", most=1000)
+    candidates: int = option(1, "block winners (best first) handed to the evaluator; the best it scores is the answer",
+                             most=100)
 
     algorithm: ClassVar[str] = "rsws"
 

@@ -48,6 +48,7 @@ from torch.func import functional_call
 
 from raynas.common import ConfigError, check_int, check_number
 from raynas.common.files import atomic_save
+from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.cell import PRIMITIVES
@@ -90,28 +91,24 @@ class SupernetConfig:
     """What every one-shot search sets: the supernet's size and how its weights train. Fields
     left None take the published default of the search and space (`resolved`)."""
 
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    lr_min: float = 0.001
-    #: SGD momentum of the weights. None: 0.9 (image spaces), 0 (rnn: DARTS' plain SGD).
-    momentum: float | None = None
-    weight_decay: float | None = None
-    #: Nesterov momentum for the weights. The second-order virtual step is DARTS' heavy-ball
-    #: formula either way, as in AutoDL-Projects' DARTS-V2 on NB201.
-    nesterov: bool | None = None
-    #: epoch or step: when the weights' cosine moves.
-    lr_schedule: str | None = None
-    grad_clip: float | None = None
-    #: Share of the whole training set that trains the weights; the rest trains the alphas
-    #: (or, for rsws, scores the sampled architectures).
-    train_portion: float = 0.5
-    #: Supernet width and depth (cells for darts, cells per stage for nb201).
-    channels: int | None = None
-    layers: int | None = None
-    max_batches_per_epoch: int | None = None
-    device: str = "auto"
-    num_threads: int | None = None
+    epochs: int | None = option(None, "search epochs (default: the paper's for the space)", most=1000)
+    batch_size: int | None = option(None, "batch size (default: the paper's)", most=4096)
+    lr: float | None = option(None, "the weights' learning rate (default: the paper's)")
+    lr_min: float = option(0.001, "where the weights' cosine ends")
+    momentum: float | None = option(None, "SGD momentum of the weights (default: 0.9 on image spaces, 0 on rnn)")
+    weight_decay: float | None = option(None, "the weights' weight decay (default: the paper's)")
+    nesterov: bool | None = option(None, "Nesterov momentum for the weights (default: the space's recipe; the "
+                                         "second-order virtual step is DARTS' heavy-ball formula either way)")
+    lr_schedule: str | None = option(None, "when the weights' cosine moves: epoch, step, or constant (default: the "
+                                           "space's recipe)")
+    grad_clip: float | None = option(None, "largest gradient norm of the weights (default: the paper's)")
+    train_portion: float = option(0.5, "share of the whole training set that trains the weights; the rest trains "
+                                       "the architecture (or scores sampled architectures)")
+    channels: int | None = option(None, "supernet width: initial channels (default: the paper's)", most=1024)
+    layers: int | None = option(None, "supernet depth: cells (darts), cells per stage (nb201)", most=64)
+    max_batches_per_epoch: int | None = option(None, "cut every epoch to this many batches", most=1_000_000)
+    device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
+    num_threads: int | None = option(None, "torch intra-op threads (default: the search's CPU share)", most=256)
 
     #: The search's name in reports and results.
     algorithm: ClassVar[str] = ""
@@ -167,21 +164,21 @@ class OneShotConfig(SupernetConfig):
     """One gradient-based search (darts, darts2, noisy-darts)."""
 
     algorithm: str = "darts"
-    #: The alphas' Adam. None: 3e-4 and (0.5, 0.999) on the image spaces, 3e-3 and (0.9, 0.999) on rnn.
-    arch_lr: float | None = None
-    arch_betas: tuple[float, float] | None = None
-    arch_weight_decay: float = 1e-3
-    #: NoisyDARTS' lambda: noise std = lambda * std(skip output). None: 0.2 for noisy-darts, else 0.
-    noise_lambda: float | None = None
-    #: Drop-path probability of the skip branch, in training and evaluation (NoisyDARTS' search
-    #: code). None: 0.3 for noisy-darts, else 0.
-    skip_drop_path: float | None = None
-    #: Epochs that train the weights with frozen alphas before the alphas move (NoisyDARTS' frozen epochs).
-    warmup_epochs: int = 0
-    #: Stop once the derived normal cell (nb201: the cell) holds this many skip-connections (DARTS+: 2).
-    early_stop_skips: int | None = None
-    #: Answer the genotype of the epoch with the best supernet validation accuracy, not the last.
-    keep_best: bool = False
+    arch_lr: float | None = option(None, "the alphas' Adam learning rate (default: 3e-4 on image spaces, 3e-3 on "
+                                         "rnn)")
+    arch_betas: tuple[float, float] | None = option(None, "the alphas' Adam betas (default: (0.5, 0.999) on image "
+                                                          "spaces, (0.9, 0.999) on rnn)")
+    arch_weight_decay: float = option(1e-3, "the alphas' weight decay")
+    noise_lambda: float | None = option(None, "NoisyDARTS' lambda: noise std = lambda x std(skip output) (default: "
+                                              "0.2 for noisy-darts, else 0)")
+    skip_drop_path: float | None = option(None, "drop-path probability of the skip branch (NoisyDARTS' search code; "
+                                                "default: 0.3 for noisy-darts, else 0)")
+    warmup_epochs: int = option(0, "epochs that train the weights with frozen alphas first (NoisyDARTS' frozen "
+                                   "epochs)", most=1000)
+    early_stop_skips: int | None = option(None, "stop once the derived normal cell holds this many skip-connections "
+                                                "(DARTS+: 2)", most=1000)
+    keep_best: bool = option(False, "answer the genotype of the epoch with the best supernet validation accuracy, "
+                                    "not the last")
 
     def __post_init__(self):
         super().__post_init__()

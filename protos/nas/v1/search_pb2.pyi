@@ -29,7 +29,7 @@ STATE_CANCELLED: State
 STATE_INTERRUPTED: State
 
 class SearchSpec(_message.Message):
-    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "train", "table", "replica_batch", "proxy_dataset", "scheduler", "grace_period", "max_budget", "reduction_factor", "brackets")
+    __slots__ = ("space", "strategy", "evaluator", "dataset", "data_path", "evaluations", "seed", "runtime", "controllers", "children", "ps_shards", "workers", "cpus_per_child", "gpus_per_child", "max_retries", "ps_accumulate", "staleness_policy", "max_staleness", "checkpoint_every", "max_wall_time_s", "space_options", "strategy_options", "replica_batch", "proxy_dataset", "scheduler", "grace_period", "max_budget", "reduction_factor", "brackets", "evaluator_options", "dataset_options")
     SPACE_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     EVALUATOR_FIELD_NUMBER: _ClassVar[int]
@@ -52,8 +52,6 @@ class SearchSpec(_message.Message):
     MAX_WALL_TIME_S_FIELD_NUMBER: _ClassVar[int]
     SPACE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_OPTIONS_FIELD_NUMBER: _ClassVar[int]
-    TRAIN_FIELD_NUMBER: _ClassVar[int]
-    TABLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_BATCH_FIELD_NUMBER: _ClassVar[int]
     PROXY_DATASET_FIELD_NUMBER: _ClassVar[int]
     SCHEDULER_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +59,8 @@ class SearchSpec(_message.Message):
     MAX_BUDGET_FIELD_NUMBER: _ClassVar[int]
     REDUCTION_FACTOR_FIELD_NUMBER: _ClassVar[int]
     BRACKETS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATOR_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     space: str
     strategy: str
     evaluator: str
@@ -83,8 +83,6 @@ class SearchSpec(_message.Message):
     max_wall_time_s: float
     space_options: _struct_pb2.Struct
     strategy_options: _struct_pb2.Struct
-    train: _struct_pb2.Struct
-    table: _struct_pb2.Struct
     replica_batch: str
     proxy_dataset: bool
     scheduler: str
@@ -92,7 +90,9 @@ class SearchSpec(_message.Message):
     max_budget: int
     reduction_factor: float
     brackets: int
-    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., train: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., table: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ..., proxy_dataset: _Optional[bool] = ..., scheduler: _Optional[str] = ..., grace_period: _Optional[int] = ..., max_budget: _Optional[int] = ..., reduction_factor: _Optional[float] = ..., brackets: _Optional[int] = ...) -> None: ...
+    evaluator_options: _struct_pb2.Struct
+    dataset_options: _struct_pb2.Struct
+    def __init__(self, space: _Optional[str] = ..., strategy: _Optional[str] = ..., evaluator: _Optional[str] = ..., dataset: _Optional[str] = ..., data_path: _Optional[str] = ..., evaluations: _Optional[int] = ..., seed: _Optional[int] = ..., runtime: _Optional[str] = ..., controllers: _Optional[int] = ..., children: _Optional[int] = ..., ps_shards: _Optional[int] = ..., workers: _Optional[int] = ..., cpus_per_child: _Optional[float] = ..., gpus_per_child: _Optional[float] = ..., max_retries: _Optional[int] = ..., ps_accumulate: _Optional[int] = ..., staleness_policy: _Optional[str] = ..., max_staleness: _Optional[int] = ..., checkpoint_every: _Optional[int] = ..., max_wall_time_s: _Optional[float] = ..., space_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., strategy_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., replica_batch: _Optional[str] = ..., proxy_dataset: _Optional[bool] = ..., scheduler: _Optional[str] = ..., grace_period: _Optional[int] = ..., max_budget: _Optional[int] = ..., reduction_factor: _Optional[float] = ..., brackets: _Optional[int] = ..., evaluator_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Architecture(_message.Message):
     __slots__ = ("space", "arch")

@@ -20,9 +20,12 @@ from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any
 
+from raynas.controller.cluster import metrics
 from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.plan import Ladder, Plan
 from raynas.controller.runtime.rundir import RUNG_LOG, RunDirectory
-from raynas.controller.runtime.spec import Ladder, SearchSpec
+from raynas.controller.runtime.runners.ray import RayRunner
+from raynas.controller.runtime.signals import SignalLog
 from raynas.controller.strategies import Strategy
 from raynas.controller.strategies.trials import FINISHED, TrialBook
 from raynas.workers.evaluation import EvalResult
@@ -33,11 +36,6 @@ CLAIMANT = "tune"
 EXPERIMENT = "tune"
 #: The result key that counts a trial's budget (epochs).
 TIME_ATTR = "epoch"
-
-
-def scheduler_metric(spec: SearchSpec) -> tuple[str, str]:
-    """What the scheduler compares at a rung: validation accuracy, or perplexity for language models."""
-    return ("val_ppl", "min") if spec.evaluator == "train" and spec.dataset == "ptb" else ("val_acc", "max")
 
 
 class LedgerBook(TrialBook):
@@ -91,11 +89,11 @@ class LedgerBook(TrialBook):
         self.ledger.reclaim(CLAIMANT, [t["evaluation"] for t in self.trials.values()])
 
 
-def rung_summary(spec: SearchSpec, rungs: list[list[float]], events: list[dict[str, Any]],
+def rung_summary(plan: Plan, rungs: list[list[float]], events: list[dict[str, Any]],
                  records: list[dict[str, Any]]) -> dict[str, Any]:
     """What result.json says of the scheduler: its settings, and per rung how many trials reached
     it, how many it promoted and stopped, and its last cutoff."""
-    ladder = spec.ladder()
+    spec, ladder = plan.spec, plan.ladder
     per_rung: dict[float, dict[str, Any]] = {}
     for e in events:
         entry = per_rung.setdefault(e["rung"], {"rung": e["rung"], "reached": 0, "promoted": 0, "stopped": 0,
@@ -114,14 +112,14 @@ def rung_summary(spec: SearchSpec, rungs: list[list[float]], events: list[dict[s
     }
 
 
-def run_tune(spec: SearchSpec, run: RunDirectory, ledger: Ledger, strategy: Strategy, make_evaluator,
-             namespace: str, *, on_record: Callable[[dict], None], on_rung: Callable[[dict], None],
+def run_tune(plan: Plan, run: RunDirectory, ledger: Ledger, strategy: Strategy, namespace: str, *,
+             on_record: Callable[[dict], None], on_rung: Callable[[dict], None],
              stop_requested: Callable[[], bool]) -> tuple[bool, dict[str, Any]]:
     """Run or resume the search as a Tuner; returns (interrupted, the scheduler's summary)."""
     from raynas.controller.cluster import tune
 
-    ladder = spec.ladder()
-    metric, mode = scheduler_metric(spec)
+    spec, ladder = plan.spec, plan.ladder
+    metric, mode = plan.scoring.metric, plan.scoring.mode
     checkpoints = run.path / "checkpoint"
     evaluations = checkpoints / "evaluations"
     evaluations.mkdir(parents=True, exist_ok=True)
@@ -148,12 +146,34 @@ def run_tune(spec: SearchSpec, run: RunDirectory, ledger: Ledger, strategy: Stra
     scheduler.attach(namespace)
     try:
         interrupted = tune.fit(
-            searcher, scheduler, make_evaluator, storage=checkpoints, name=EXPERIMENT, samples=spec.evaluations,
+            searcher, scheduler, plan.make_evaluator, storage=checkpoints, name=EXPERIMENT, samples=spec.evaluations,
             concurrency=spec.workers, resources={"cpu": spec.cpus_per_child, "gpu": spec.gpus_per_child},
             max_failures=spec.max_retries)
     finally:
         tune.detach(namespace)
-    return interrupted, rung_summary(spec, scheduler.rungs(), events, ledger.records)
+    return interrupted, rung_summary(plan, scheduler.rungs(), events, ledger.records)
 
 
-__all__ = ["LedgerBook", "RUNG_LOG", "run_tune", "rung_summary", "scheduler_metric"]
+class TuneRunner(RayRunner):
+    """The strategy as Ray Tune's searcher, Tune's scheduler stopping children at rungs."""
+
+    def run_on_ray(self) -> bool:
+        context, plan = self.context, self.plan
+        strategy = plan.new_strategy()
+        ledger = context.new_ledger()
+        job = context.namespace
+        recorder, signals = context.recorder(ledger), SignalLog(context.run, job)
+
+        def on_record(record: dict) -> None:
+            recorder(record)
+            signals.update(strategy.signals())
+
+        interrupted, context.extra["scheduler"] = run_tune(
+            plan, context.run, ledger, strategy, job, on_record=on_record,
+            on_rung=lambda e: metrics.report_rung(job, e["rung"], e["decision"], e["cutoff"]),
+            stop_requested=context.stop.is_set)
+        signals.update(strategy.signals())  # the last record is observed after it is logged
+        return interrupted
+
+
+__all__ = ["LedgerBook", "RUNG_LOG", "TuneRunner", "run_tune", "rung_summary"]

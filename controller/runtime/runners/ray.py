@@ -1,0 +1,73 @@
+"""The Ray paths' common ground (joining or starting the cluster, worker actors, tearing it all
+down however the search ends), and the proposer path: a strategy without a shared policy
+(random, evolution, NAO, one-shot searches, budgeted strategies) proposing into W workers."""
+
+from __future__ import annotations
+
+import sys
+from abc import abstractmethod
+from typing import Any
+
+from raynas.controller import cluster
+from raynas.controller.cluster import metrics
+from raynas.controller.runtime.runners.base import Runner
+
+
+class RayRunner(Runner):
+    """Runs `run_on_ray` on the cluster at the job's address (or an embedded one it starts and
+    stops), killing every actor it started when the search ends, however it ends."""
+
+    def run(self) -> bool:
+        started = cluster.connect(self.context.address)
+        self.actors: list[Any] = []
+        self.groups: list[Any] = []
+        try:
+            return self.run_on_ray()
+        except KeyboardInterrupt:
+            print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
+            return True
+        finally:
+            for actor in self.actors:
+                cluster.kill(actor)
+            for group in self.groups:
+                cluster.remove_group(group)
+            if started:
+                cluster.shutdown()
+
+    @abstractmethod
+    def run_on_ray(self) -> bool:
+        """The search on a connected cluster; True if interrupted."""
+
+    def start_workers(self, count: int, own: list[list[int]] | None = None) -> list[Any]:
+        """`count` worker actors (`worker-j`), each building the plan's evaluator; with `own` (each
+        replica's worker numbers) every replica's workers in one placement group, packed on one
+        node where they fit."""
+        spec, ns = self.plan.spec, self.context.namespace
+        make = self.plan.make_evaluator
+        if own is None:
+            workers = cluster.start_workers(make, count, ns, spec.cpus_per_child, spec.gpus_per_child)
+        else:
+            workers = []
+            for mine in own:
+                group = cluster.worker_group(len(mine), spec.cpus_per_child, spec.gpus_per_child)
+                self.groups += [group] if group is not None else []
+                workers += cluster.start_workers(make, len(mine), ns, spec.cpus_per_child, spec.gpus_per_child,
+                                                 first=mine[0], group=group)
+        self.actors += workers
+        self.context.extra["scheme"] = {"workers": count, "cpus_per_child": spec.cpus_per_child,
+                                        "gpus_per_child": spec.gpus_per_child, "namespace": ns}
+        return workers
+
+
+class ProposerRunner(RayRunner):
+    """One proposer in this process, W worker actors evaluating its proposals as they free up."""
+
+    def run_on_ray(self) -> bool:
+        context = self.context
+        workers = self.start_workers(self.plan.spec.workers)
+        executor = cluster.worker_executor(workers, self.plan.spec.max_retries,
+                                           on_retry=lambda task, reason: metrics.report_retry(context.namespace),
+                                           on_report=context.reporter())
+        context.run_proposer(executor)
+        context.extra["retries"] = executor.retries
+        return False

@@ -1,0 +1,120 @@
+"""Zoph & Le's scheme on Ray, for strategies with a shared policy (rl): S parameter shards hold the
+policy, K controller replicas sample m children each, a recorder writes the log.
+
+With W >= K x m workers each replica owns m of them (the paper's layout); with fewer, one
+dispatcher queues every replica's children for the next free worker. Everything that writes the
+run directory (shards, the recorder) lives on this node; replicas and the dispatcher go wherever
+Ray places them. Every actor is restartable: a dead shard comes back with every update it
+acknowledged, a dead replica pushes its last gradient again, a dead recorder rebuilds itself from
+the run directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from raynas.controller import cluster
+from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
+from raynas.controller.runtime.runners.ray import RayRunner
+from raynas.param_server import ShardConfig, ShardMap
+
+
+def assign_workers(controllers: int, children: int, workers: int) -> list[list[int]] | None:
+    """Each replica's own workers when there are enough for all (replica k: workers k*m ..
+    k*m + m - 1, the paper's layout); None when they must be shared through the dispatcher."""
+    if workers < controllers * children:
+        return None
+    return [list(range(k * children, (k + 1) * children)) for k in range(controllers)]
+
+
+class SchemeRunner(RayRunner):
+    def run_on_ray(self) -> bool:
+        plan, context = self.plan, self.context
+        spec, ns = plan.spec, context.namespace
+        # The scheme uses at most K x m workers at once; more would only idle.
+        count = min(spec.workers, spec.controllers * spec.children)
+        own = assign_workers(spec.controllers, spec.children, count)
+        self.start_workers(count, own)
+        initial = plan.strategy.shared_policy(plan.space, spec.seed, plan.strategy_options).weights()
+        checkpoints = context.checkpoints
+        map_path = checkpoints / "shard_map.json"
+        if context.resume and map_path.exists():
+            shard_map = ShardMap.from_dict(json.loads(map_path.read_text()))
+        else:
+            shard_map = ShardMap.build(initial, spec.ps_shards)
+            map_path.write_text(json.dumps(shard_map.to_dict()))
+        settings = plan.strategy.scheme(plan.strategy_options)
+        config = ShardConfig(lr=settings.lr, accumulate=spec.ps_accumulate,
+                             staleness_policy=spec.staleness_policy, max_staleness=spec.max_staleness)
+        shards = [
+            cluster.start_actor(ShardHost, ns, i, part, config, str(checkpoints / f"ps-{i}.pt"),
+                                spec.checkpoint_every, name=f"ps-{i}", namespace=ns, restartable=True, pin_here=True)
+            for i, part in enumerate(shard_map.split(initial))
+        ]
+        self.actors += shards
+        recorder = cluster.start_actor(RecorderHost, ns, str(context.run.path), spec.evaluations, spec.seed,
+                                       context.deadline, settings.baseline_decay, str(checkpoints), name="recorder",
+                                       namespace=ns, restartable=True, pin_here=True)
+        self.actors.append(recorder)
+        dispatcher = None
+        if own is None:
+            dispatcher = cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(count)],
+                                             spec.max_retries, name="dispatcher", namespace=ns, restartable=True,
+                                             max_concurrency=spec.controllers + 1, spread=True)
+            self.actors.append(dispatcher)
+        replicas = [
+            cluster.start_actor(ReplicaHost, ns, k, plan, shard_map.to_dict(), ns, spec.ps_shards,
+                                None if own is None else [f"worker-{w}" for w in own[k]], spec.max_retries,
+                                name=f"controller-{k}", namespace=ns, restartable=True, spread=True)
+            for k in range(spec.controllers)
+        ]
+        self.actors += replicas
+        # Start together: a replica still importing torch would otherwise find the budget spent.
+        cluster.call_all((r, "ready", ()) for r in replicas)
+        runs = {cluster.send(r, "run"): k for k, r in enumerate(replicas)}
+        seen, interrupted, replica_stats = 0, False, {}
+        while runs:
+            try:
+                if context.stop.is_set():
+                    cluster.call(recorder, "stop")
+                for future in cluster.wait_any(list(runs), timeout=0.5):
+                    replica_stats[f"controller-{runs.pop(future)}"] = cluster.result(future)
+                seen = self._show(recorder, seen)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted = True
+                print("\nstopping: replicas finish their current children (Ctrl-C again to abort)", file=sys.stderr)
+                context.stop.set()
+        self._show(recorder, seen)
+        cluster.call_all((s, "checkpoint", ()) for s in shards)
+        shard_stats = cluster.call_all((s, "stats", ()) for s in shards)
+        gradients = cluster.call(recorder, "scheme_stats")
+        extra = context.extra
+        # Re-sent by the worker pools, and by the recorder for replicas that died holding children.
+        extra["retries"] = sum(st["retries"] for st in replica_stats.values()) + (
+            cluster.call(dispatcher, "retries") if dispatcher is not None else 0) + gradients.pop("resent")
+        staleness = [x for st in replica_stats.values() for x in st["staleness"]]
+        extra["scheme"].update({"controllers": spec.controllers, "children": spec.children,
+                                "ps_shards": spec.ps_shards, "ps_accumulate": spec.ps_accumulate,
+                                "staleness_policy": spec.staleness_policy,
+                                "workers_per_replica": None if own is None else spec.children,
+                                "dispatch": "shared" if own is None else "dedicated",
+                                "replica_batch": spec.replica_batch})
+        extra["parameter_servers"] = shard_stats
+        extra["gradients"] = gradients
+        extra["replicas"] = {k: {"cycles": v["cycles"], "timings_s": v["timings_s"]}
+                             for k, v in replica_stats.items()}
+        extra["staleness"] = {
+            "pushes": len(staleness),
+            "mean": sum(staleness) / len(staleness) if staleness else 0.0,
+            "max": max(staleness, default=0),
+        }
+        return interrupted
+
+    def _show(self, recorder, seen: int) -> int:
+        total, fresh = cluster.call(recorder, "progress", seen)
+        for record in fresh:
+            self.context.record(record)
+        return total
