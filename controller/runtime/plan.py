@@ -41,6 +41,36 @@ class Ladder:
 
 
 @dataclass(frozen=True)
+class EvaluatorRecipe:
+    """Builds what each evaluation runs, where it runs (this process, or each Ray worker): the
+    spec's evaluator on the loaded dataset, behind a one-shot strategy's weight-sharing search when
+    it declares one (`search(search_options, space, data, evaluator)`). The dataset is read once
+    per process, after checking that this node sees the files the driver planned with."""
+
+    space: SearchSpace
+    evaluator: type[Evaluator]
+    options: Any
+    dataset: Any
+    seed: int
+    fingerprint: str | None = None
+    search: Any = None
+    search_options: Any = None
+
+    def __call__(self) -> Evaluator:
+        data = None
+        if self.dataset is not None:
+            if self.fingerprint is not None and self.dataset.fingerprint() != self.fingerprint:
+                raise DataError(f"{socket.gethostname()} sees other files at {self.dataset.path} than the node that "
+                                "planned the search: every node must read the same data (mount one shared file "
+                                "system at the same path on all of them)")
+            data = self.dataset.load(self.seed)
+        evaluator = self.evaluator.create(self.space, data if self.evaluator.needs_data else None, self.options)
+        if self.search is not None:
+            return self.search(self.search_options, self.space, data, evaluator)
+        return evaluator
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a search runs, resolved from its spec. Picklable: Ray actors receive it whole."""
 
@@ -74,21 +104,15 @@ class Plan:
         return self.strategy(self.space, seed=self.spec.seed if seed is None else seed, options=self.strategy_options)
 
     def make_evaluator(self) -> Evaluator:
-        """What each evaluation runs, built where it runs (this process, or a Ray worker): the
-        spec's evaluator on the loaded dataset, behind the strategy's weight-sharing search when
-        it declares one. The dataset is read once per process."""
-        data = None
-        if self.dataset is not None:
-            if self.fingerprint is not None and self.dataset.fingerprint() != self.fingerprint:
-                raise DataError(f"{socket.gethostname()} sees other files at {self.dataset.path} than the node that "
-                                "planned the search: every node must read the same data (mount one shared file "
-                                "system at the same path on all of them)")
-            data = self.dataset.load(self.spec.seed)
-        evaluator = self.evaluator.create(self.space, data if self.evaluator.needs_data else None,
-                                          self.evaluator_options)
-        if self.one_shot:
-            return self.strategy.needs.search(self.strategy_options, self.space, data, evaluator)
-        return evaluator
+        """What each evaluation runs, built in this process (`evaluator_recipe()()`)."""
+        return self.evaluator_recipe()()
+
+    def evaluator_recipe(self) -> EvaluatorRecipe:
+        """What a worker needs to build the evaluator, without the strategy: a strategy written in a
+        user's own module (a notebook, a test) need not be importable where children train."""
+        search = self.strategy.needs.search
+        return EvaluatorRecipe(self.space, self.evaluator, self.evaluator_options, self.dataset, self.spec.seed,
+                               self.fingerprint, search, self.strategy_options if search is not None else None)
 
     def result_fields(self) -> dict[str, Any]:
         """What result.json says of the data: the scoring data, and a one-shot search's own."""
@@ -216,4 +240,4 @@ def _ladder(spec: SearchSpec, evaluator: type[Evaluator], raw: dict[str, Any]) -
     return ladder
 
 
-__all__ = ["ASHA_MAX_EPOCHS", "LOCAL", "Ladder", "PROPOSER", "Plan", "SCHEME", "TUNE", "resolve"]
+__all__ = ["ASHA_MAX_EPOCHS", "LOCAL", "EvaluatorRecipe", "Ladder", "PROPOSER", "Plan", "SCHEME", "TUNE", "resolve"]

@@ -120,9 +120,9 @@ def test_cancel_force_stops_a_hung_evaluator(ray_cluster, tmp_path):
             search = c.submit(spec)
             namespace = search.ray_namespace
             deadline = time.time() + 60
-            while time.time() < deadline and not _actors(ray_cluster, namespace):
-                time.sleep(0.2)  # the job has started its worker, which now hangs in its child
-            assert _actors(ray_cluster, namespace)
+            while time.time() < deadline and not _busy(ray_cluster, namespace):
+                time.sleep(0.2)  # until the job's worker hangs in its child (not merely started)
+            assert _busy(ray_cluster, namespace)
             c.cancel(search.id)
             deadline = time.time() + 60
             while time.time() < deadline and c.get(search.id).state == pb.STATE_RUNNING:
@@ -140,6 +140,16 @@ def test_cancel_force_stops_a_hung_evaluator(ray_cluster, tmp_path):
 def _actors(ray, namespace):
     """The job's named actors still alive (its workers)."""
     return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a["namespace"] == namespace]
+
+
+def _busy(ray, namespace):
+    """Whether one of the job's workers is training a child now."""
+    workers = [ray.get_actor(name, namespace=namespace) for name in _actors(ray, namespace)
+               if name.startswith("worker-")]
+    try:
+        return any(state["busy"] for state in ray.get([w.state.remote() for w in workers], timeout=10))
+    except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError, ValueError):
+        return False
 
 
 def _runner(ray, search_id):

@@ -95,7 +95,8 @@ def test_tuner_restore_brings_the_strategys_state_back(tmp_path):
 
 def test_the_readme_example_runs():
     text = README.read_text()
-    (block,) = re.findall(r"<!-- README example: .*? -->\n```python\n(.*?)```", text, flags=re.S)
+    (block,) = re.findall(r"<!-- README example: tests/integration/test_tune_searcher.py .*? -->\n```python\n(.*?)```",
+                          text, flags=re.S)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(block, str(README), "exec"), {"__name__": "readme"})

@@ -28,6 +28,7 @@ split is a seeded share of the training images, as the classification sets do wi
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,23 +226,37 @@ def compose_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, n
             compose(images[test], digits[test], TEST_CANVASES, rng))
 
 
-@dataclass(frozen=True)
-class OfficialOptions(StreamOptions):
-    """Cityscapes and VOC: their own sizes, streamable."""
+class OfficialSegmentation(Dataset):
+    """A segmentation set in its publisher's layout: its official validation images are the test
+    split; images are resized to `size` (masks by nearest neighbour)."""
+
+    task = SEGMENTATION
+    Options = StreamOptions
+    val_fraction = VAL_FRACTION
+    size: tuple[int, int] = (0, 0)
+
+    @abstractmethod
+    def pairs(self) -> tuple[dict[str, list[tuple[str, str]]], np.ndarray | None, list[str]]:
+        """(image and mask files of the train and test splits, the table from label ids to classes
+        or None, the class names)."""
+
+    def load(self, seed: int = 0) -> ImageData:
+        pairs, table, names = self.pairs()
+        reader = PairReader(pairs["train"] + pairs["test"], self.size, table=table)
+        return _segmentation(self, reader, {s: len(p) for s, p in pairs.items()}, len(names), names, seed,
+                             self.options.stream, self.options.loader_workers,
+                             resize=f"to {self.size[0]}x{self.size[1]} (bilinear, antialiased; masks nearest)")
 
 
 @register_dataset
-class Cityscapes(Dataset):
+class Cityscapes(OfficialSegmentation):
     name = "cityscapes"
-    task = SEGMENTATION
     summary = "Cityscapes (--data: the official leftImg8bit/ and gtFine/ folders), 19 classes at 64x128"
     layout = ("a Cityscapes folder with leftImg8bit/{train,val}/<city>/*_leftImg8bit.png and "
               "gtFine/{train,val}/<city>/*_gtFine_labelIds.png")
-    Options = OfficialOptions
-    val_fraction = VAL_FRACTION
     size = (64, 128)
 
-    def load(self, seed: int = 0) -> ImageData:
+    def pairs(self) -> tuple[dict[str, list[tuple[str, str]]], np.ndarray | None, list[str]]:
         root = self.root()
         table, names = cityscapes_train_ids()
         pairs = {}
@@ -257,10 +272,7 @@ class Cityscapes(Dataset):
             if not found:
                 raise ConfigError("data_path", f"no cityscapes images in {folder}; expected {self.layout}")
             pairs[ours] = found
-        reader = PairReader(pairs["train"] + pairs["test"], self.size, table=table)
-        return _segmentation(self, reader, {s: len(p) for s, p in pairs.items()}, len(names), names, seed,
-                             self.options.stream, self.options.loader_workers,
-                             resize=f"to {self.size[0]}x{self.size[1]} (bilinear, antialiased; masks nearest)")
+        return pairs, table, names
 
 
 def cityscapes_train_ids() -> tuple[np.ndarray, list[str]]:
@@ -286,17 +298,14 @@ VOC_CLASSES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "
 
 
 @register_dataset
-class VOC(Dataset):
+class VOC(OfficialSegmentation):
     name = "voc"
-    task = SEGMENTATION
     summary = "PASCAL VOC 2012 segmentation (--data: VOCdevkit/VOC2012), 21 classes at 128x128"
     layout = ("VOCdevkit/VOC2012 (or a folder holding VOCdevkit) with JPEGImages/, SegmentationClass/ and "
               "ImageSets/Segmentation/{train,val}.txt")
-    Options = OfficialOptions
-    val_fraction = VAL_FRACTION
     size = (128, 128)
 
-    def load(self, seed: int = 0) -> ImageData:
+    def pairs(self) -> tuple[dict[str, list[tuple[str, str]]], np.ndarray | None, list[str]]:
         root = self.root()
         if (root / "VOCdevkit" / "VOC2012").is_dir():
             root = root / "VOCdevkit" / "VOC2012"
@@ -310,7 +319,4 @@ class VOC(Dataset):
                 raise ConfigError("data_path", f"no voc images in {listing}; expected {self.layout}")
             pairs[ours] = [(str(root / "JPEGImages" / f"{s}.jpg"), str(root / "SegmentationClass" / f"{s}.png"))
                            for s in stems]
-        reader = PairReader(pairs["train"] + pairs["test"], self.size)
-        return _segmentation(self, reader, {s: len(p) for s, p in pairs.items()}, len(VOC_CLASSES), VOC_CLASSES,
-                             seed, self.options.stream, self.options.loader_workers,
-                             resize=f"to {self.size[0]}x{self.size[1]} (bilinear, antialiased; masks nearest)")
+        return pairs, None, list(VOC_CLASSES)

@@ -43,7 +43,7 @@ class RayRunner(Runner):
         replica's worker numbers) every replica's workers in one placement group, packed on one
         node where they fit."""
         spec, ns = self.plan.spec, self.context.namespace
-        make = self.plan.make_evaluator
+        make = self.plan.evaluator_recipe()
         if own is None:
             workers = cluster.start_workers(make, count, ns, spec.cpus_per_child, spec.gpus_per_child)
         else:

@@ -146,9 +146,9 @@ def run_tune(plan: Plan, run: RunDirectory, ledger: Ledger, strategy: Strategy, 
     scheduler.attach(namespace)
     try:
         interrupted = tune.fit(
-            searcher, scheduler, plan.make_evaluator, storage=checkpoints, name=EXPERIMENT, samples=spec.evaluations,
-            concurrency=spec.workers, resources={"cpu": spec.cpus_per_child, "gpu": spec.gpus_per_child},
-            max_failures=spec.max_retries)
+            searcher, scheduler, plan.evaluator_recipe(), storage=checkpoints, name=EXPERIMENT,
+            samples=spec.evaluations, concurrency=spec.workers,
+            resources={"cpu": spec.cpus_per_child, "gpu": spec.gpus_per_child}, max_failures=spec.max_retries)
     finally:
         tune.detach(namespace)
     return interrupted, rung_summary(plan, scheduler.rungs(), events, ledger.records)
