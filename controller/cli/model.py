@@ -41,10 +41,12 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--json", action="store_true", help="print result.json at the end")
 
-    e = sub.add_parser("export", help="write an architecture (json) or a loadable model (torch-export, onnx)")
+    e = sub.add_parser("export", help="write an architecture (json) or a deployable model that takes raw images "
+                                      "(torch-export, onnx), described in OUT.json")
     e.add_argument("source", help="a run directory (its best), an architecture string or a published name")
     e.add_argument("--space", help="search space (not needed for a run directory)")
-    e.add_argument("--format", default="json", help="json, torch-export or onnx")
+    e.add_argument("--format", default="json", help="json (the architecture and preprocessing, no weights), "
+                                                    "torch-export or onnx (pip install 'raynas[onnx]')")
     e.add_argument("--out", required=True, help="file to write")
     e.add_argument("--checkpoint", help="a nas train output (directory or checkpoint.pt): export its weights")
     return {"train": cmd_train, "export": cmd_export}
@@ -105,9 +107,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset = load_dataset(source["dataset"], source["data_path"], seed=args.seed, **source["dataset_options"])
     data_source = {"data_path": source["data_path"], "dataset_options": source["dataset_options"]}
     where = f" ({source['data_path']})" if source["data_path"] else ""
+    threads = f"{config.num_threads} thread{'s' * (config.num_threads != 1)}"
     print(f"training {space} {arch} on {source['dataset']}{where} for {config.epochs} epochs"
-          f"{f' x {args.seeds} seeds' if args.seeds > 1 else ''} with {config.num_threads} threads -> {args.out}",
-          file=sys.stderr)
+          f"{f' x {args.seeds} seeds' if args.seeds > 1 else ''} with {threads} -> {args.out}", file=sys.stderr)
 
     def log(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
@@ -142,6 +144,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     # A nas train output carries its own weights.
     checkpoint = args.checkpoint or (args.source if Path(args.source, "checkpoint.pt").is_file() else None)
     info = export(space, arch, args.format, args.out, checkpoint=checkpoint)
-    print(f"{info['format']}: {space} {info['arch']} ({info['params']:,} params, weights {info['weights']}) "
-          f"-> {info['out']}")
+    print(f"{info['format']}: {space} {info['arch']} ({info['params']:,} params) -> {info['out']}")
+    print(f"weights: {info['weights']}")
+    if "description" in info:
+        print(f"inputs, outputs and preprocessing: {info['description']}")
     return 0
