@@ -16,7 +16,10 @@ deviation, the figure DARTS' tables give.
 The loop is the one every child trains with (`TrainingRun`), with a checkpoint after every epoch (weights,
 optimizer, RNG states, curves; written atomically) so an interrupted run continues where
 it stopped and ends as an uninterrupted one would. The result, with the test accuracy,
-goes to OUT/result.json.
+goes to OUT/result.json. Both files hold the data's preprocessing (`Data.preprocessing`: the
+normalisation and class names of images, a language model's vocabulary), which `nas export` builds
+into the model, and result.json where the data came from (`data_source`), which `nas train --run OUT`
+retrains on.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +123,11 @@ def resolve_source(source: str | None, space: str | None) -> tuple[str, str]:
 
 
 def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str | Path, seed: int = 0,
-            resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+            resume: bool = False, log: Callable[[str], None] = print,
+            data_source: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Train `arch` on `dataset` into OUT (checkpoint.pt, result.json). `data_source` is where the
+    data came from as given (`data_path`, `dataset_options`), recorded in result.json beside the
+    dataset's name."""
     require_task(dataset, space_task(space), f"the {space} space's networks")
     language = space in LANGUAGE_SPACES
     out = Path(out)
@@ -132,6 +139,7 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
     out.mkdir(parents=True, exist_ok=True)
     config = config.resolved(dataset.task)
     device = pick_device(config.device)
+    preprocessing = dataset.preprocessing()
     if language:
         split, data = "test", dataset
         net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, **LANGUAGE_NET)
@@ -161,7 +169,7 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
 
         def on_epoch(epoch: int) -> None:
             atomic_save({"epoch": epoch, "space": space, "arch": arch, "seed": seed, "net": vars(net),
-                         "run": run.state_dict()},
+                         "preprocessing": preprocessing, "run": run.state_dict()},
                         checkpoint, durable=False)
             switched = "; averaged SGD from here on" if run.averaged_from == epoch + 1 else ""
             score = (f"val ppl {run.val_curve[-1]:.2f}{switched}" if language
@@ -178,21 +186,22 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
             score = {"metric": data.metric, "test_acc": None if failure else run.accuracy(data),
                      "train_samples": data.sizes["train"]}
         result = {
-            "space": space, "arch": arch, "dataset": data.name, "seed": seed, "epochs": config.epochs,
-            "state": "failed" if failure else "done", "reason": failure,
+            "space": space, "arch": arch, "dataset": data.name, **(data_source or {}), "seed": seed,
+            "epochs": config.epochs, "state": "failed" if failure else "done", "reason": failure,
             "params": count_params(model), "test_split": split, **score,
             # Each epoch's validation perplexity (language models), or the dataset's metric (`metric`:
             # acc, or miou for segmentation) on the test split (the validation split where there is none).
             "val_curve": run.val_curve, "train_loss_curve": run.train_loss_curve,
             "train_time_s": run.train_time_s, "config": {k: v for k, v in vars(config).items()},
-            "checkpoint": str(checkpoint),
+            "checkpoint": str(checkpoint), "preprocessing": preprocessing,
         }
     write_json_atomic(out / RESULT, result)
     return result
 
 
 def retrain_seeds(space: str, arch: str, dataset: Data, config: TrainConfig, out: str | Path,
-                  seeds: list[int], resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+                  seeds: list[int], resume: bool = False, log: Callable[[str], None] = print,
+                  data_source: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """`retrain` once per seed, in OUT/seed-<s>/, and the mean and standard deviation (over the
     runs, n - 1 in the denominator) of their test accuracy in OUT/result.json. Resuming skips the
     finished runs and continues the interrupted one."""
@@ -209,11 +218,12 @@ def retrain_seeds(space: str, arch: str, dataset: Data, config: TrainConfig, out
                 continue
         log(f"seed {seed} ({len(runs) + 1} of {len(seeds)})")
         runs.append(retrain(space, arch, dataset, config, folder, seed=seed,
-                            resume=resume and (folder / CHECKPOINT).exists(), log=log))
+                            resume=resume and (folder / CHECKPOINT).exists(), log=log, data_source=data_source))
     metric = "test_ppl" if space in LANGUAGE_SPACES else "test_acc"
     scores = [r[metric] for r in runs if r["state"] == "done"]
     result = {
-        "space": space, "arch": arch, "dataset": dataset.name, "seeds": list(seeds), "epochs": config.epochs,
+        "space": space, "arch": arch, "dataset": dataset.name, **(data_source or {}), "seeds": list(seeds),
+        "epochs": config.epochs,
         "state": "done" if len(scores) == len(runs) else "failed",
         "reason": next((r["reason"] for r in runs if r["state"] != "done"), None),
         "test_split": runs[0]["test_split"], "params": runs[0]["params"], "metric": runs[0]["metric"],

@@ -85,6 +85,9 @@ def test_nas_train_then_export_with_the_hidden_state_in_and_out(tiny_ptb, tmp_pa
     assert cli.main(["export", str(out), "--format", "torch-export", "--out", str(tmp_path / "m.pt2")]) == 0
     loaded = torch.export.load(tmp_path / "m.pt2").module()
     trained = load_trained(out)
+    described = json.loads((tmp_path / "m.pt2.json").read_text())
+    assert described["preprocessing"]["vocab"] == list(load_dataset("ptb", tiny_ptb).vocab)
+    assert described["inputs"][0] == {"name": "tokens", "shape": [35, "batch"], "dtype": "int64"}
     eager = build_model(space, get_space(space).parse(arch), NetConfig(**trained["net"])).eval()
     eager.load_state_dict(trained["run"]["model"])
     tokens = torch.randint(0, trained["net"]["vocab_size"], (35, 3))

@@ -127,8 +127,12 @@ def test_nas_train_and_export_a_decoded_network(digits_seg, tmp_path):
     result = retrain("autodeeplab", arch, digits_seg, config, tmp_path / "train", log=lambda _: None)
     assert result["state"] == "done" and result["metric"] == "miou" and 0 <= result["test_acc"] <= 1
     info = export("autodeeplab", arch, "torch-export", tmp_path / "model.pt2", checkpoint=tmp_path / "train")
-    assert info["weights"] == "trained"
+    assert info["weights"].startswith("trained") and info["outputs"][0]["shape"] == ["batch", 11, 32, 32]
+    assert info["preprocessing"]["ignore_index"] == IGNORE_INDEX
     model = torch.export.load(tmp_path / "model.pt2").module()
-    assert model(digits_seg.tensors("test")[0][:3]).shape == (3, 11, 32, 32)
+    # Raw canvases [N, H, W, 1] (digits' scale, 0..16) in; per-pixel logits out.
+    x = digits_seg.tensors("test")[0][:3]
+    raw = x * torch.tensor(digits_seg.std)[:, None, None] + torch.tensor(digits_seg.mean)[:, None, None]
+    assert model(raw.permute(0, 2, 3, 1)).shape == (3, 11, 32, 32)
     with pytest.raises(ConfigError, match="^dataset"):
         retrain("autodeeplab", arch, load_dataset("digits"), config, tmp_path / "other", log=lambda _: None)
