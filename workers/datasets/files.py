@@ -40,7 +40,7 @@ def open_image(path: str | Path, channels: int) -> np.ndarray:
     """An image file as [C, H, W] uint8 (C = 1: grey, 3: RGB)."""
     try:
         with pil().open(path) as image:
-            array = np.asarray(image.convert("L" if channels == 1 else "RGB"))
+            array = np.array(image.convert("L" if channels == 1 else "RGB"))
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot decode {path}: {exc}") from None
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
