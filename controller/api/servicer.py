@@ -3,10 +3,13 @@
 errors to status codes. No search logic lives here.
 
 The server is grpc's asyncio server: a WatchSearch stream is a coroutine waiting on its
-search's files, not a thread, so watchers cannot starve unary calls and health checks.
-Manager calls (SQLite, file reads, validation) run in a small thread pool. Any error that
-is not one of the project's is logged with an incident number and answered INTERNAL with
-that number only, never with its text.
+search's files, not a thread. Unary manager calls (SQLite, validation) run in a small thread
+pool, and watchers' log reads in a pool of their own, so that no number of watchers can hold the
+threads that GetSearch, SubmitSearch and the others need (health checks run on the event loop
+itself). A watcher sends what one read gave before it reads again, so a client that stops
+reading holds one chunk of its search's log in the server, not the log. Any error that is not one
+of the project's is logged with an incident number and answered INTERNAL with that number only,
+never with its text.
 """
 
 from __future__ import annotations
@@ -51,8 +54,11 @@ MAX_RESPONSE_BYTES = 16 << 20
 MAX_PAGE_BYTES = 1 << 20
 #: WatchSearch streams open at once; more are answered RESOURCE_EXHAUSTED.
 MAX_WATCHERS = 1024
-#: Threads that run manager calls (the event loop never blocks on SQLite or files).
+#: Threads that run unary manager calls (the event loop never blocks on SQLite or files).
 CALL_THREADS = 8
+#: Threads that read watchers' logs: their reads share a parse cache, so few threads keep up, and
+#: what they cost the other calls is bounded by them.
+READ_THREADS = 2
 #: Evaluation messages kept for the watchers of the same searches.
 EVALUATION_CACHE = 4096
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE_NAME}/"
@@ -282,17 +288,20 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self.tokens = tokens
         self.max_watchers = max_watchers
         self.watchers = 0
-        self._pool = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
+        self._calls = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
+        self._reads = futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nas-watch")
         self._cache_lock = threading.Lock()
         self._evaluations: OrderedDict[tuple, pb.Evaluation] = OrderedDict()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        for pool in (self._reads, self._calls):
+            pool.shutdown(wait=True, cancel_futures=True)
 
-    def _evaluation(self, record: dict[str, Any], space: str) -> pb.Evaluation:
-        """The message of one logged evaluation, built once for all the watchers that send it
-        (a logged evaluation never changes; the conversion is most of a watcher's cost)."""
-        key = (record.get("id"), record.get("finished_at"), space)
+    def _evaluation(self, search_id: str, record: dict[str, Any], space: str) -> pb.Evaluation:
+        """The message of one logged evaluation, built once for all the watchers of its search that
+        send it (a logged evaluation never changes; the conversion is most of a watcher's cost).
+        Evaluation ids and times repeat across searches: the search's id is part of the key."""
+        key = (search_id, record.get("id"), record.get("finished_at"))
         with self._cache_lock:
             msg = self._evaluations.get(key)
         if msg is None:
@@ -304,10 +313,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         return msg
 
     def _events(self, watch) -> list[pb.SearchEvent]:
-        return [event_to_message(watch.id, e, watch.space, self._evaluation) for e in watch.poll()]
+        evaluation = functools.partial(self._evaluation, watch.id)
+        return [event_to_message(watch.id, e, watch.space, evaluation) for e in watch.poll()]
 
-    async def _run(self, fn: Callable, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, functools.partial(fn, *args))
+    async def _run(self, fn: Callable, *args: Any, pool: futures.Executor | None = None) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(pool or self._calls, functools.partial(fn, *args))
 
     def _caller(self, context) -> Client:
         client = self.tokens.identify(_authorization(context.invocation_metadata()))
@@ -345,12 +355,14 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         try:
             watch = await self._run(self.manager.watch, request.id, request.skip_evaluations, caller)
             while not self.manager.closed:
-                if watch.pending():
-                    for message in await self._run(self._events, watch):
-                        yield message
+                messages = await self._run(self._events, watch, pool=self._reads) if watch.pending() else []
+                # Each send waits for the client to take it: a stalled client holds this chunk only.
+                for message in messages:
+                    yield message
                 if watch.done:
                     return
-                await asyncio.sleep(self.manager.watch_poll_s)
+                if not watch.behind:
+                    await asyncio.sleep(self.manager.watch_poll_s)
         finally:
             self.watchers -= 1
 

@@ -19,7 +19,6 @@ search that does not reach a safe point within the cancel grace is force-stopped
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -40,12 +39,13 @@ from raynas.controller.runtime.rundir import (
     RESULT,
     RUNG_LOG,
     STRATEGY_LOG,
-    LogTail,
     RunDirectory,
     rank,
 )
 from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.service import logs
 from raynas.controller.service.access import SINGLE_CLIENT, Client
+from raynas.controller.service.logs import LogChunks
 from raynas.controller.service.registry import (
     ACTIVE,
     CANCELLED,
@@ -244,22 +244,28 @@ class RayLauncher:
 
 
 class _Progress:
-    """Counts and best of one search, read incrementally from its evaluation log."""
+    """Counts and best of one search, read incrementally from its evaluation log, a chunk at a time."""
 
-    def __init__(self, run_dir: str):
-        self.tail = LogTail(Path(run_dir) / EVALUATIONS)
+    def __init__(self, chunks: LogChunks, run_dir: str):
+        self.chunks = chunks
+        self.path = Path(run_dir) / EVALUATIONS
+        self.offset = 0
         self.done = self.failed = 0
         self.best: dict[str, Any] | None = None
 
     def update(self) -> bool:
-        fresh = self.tail.read_new()
-        for r in fresh:
-            self.done += 1
-            if r.get("status") != "ok" or r.get("reward") is None:
-                self.failed += 1
-            elif self.best is None or rank(r) > rank(self.best):
-                self.best = r
-        return bool(fresh)
+        fresh = False
+        while True:
+            end, records = self.chunks.read(self.path, self.offset, share=False)
+            if end == self.offset:
+                return fresh
+            self.offset, fresh = end, True
+            for r in records:
+                self.done += 1
+                if r.get("status") != "ok" or r.get("reward") is None:
+                    self.failed += 1
+                elif self.best is None or rank(r) > rank(self.best):
+                    self.best = r
 
 
 #: The run's logs a watcher follows, in this order: evaluations, one-shot epochs, rung decisions,
@@ -270,62 +276,72 @@ WATCHED_LOGS = (EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG)
 class SearchWatch:
     """One client following one search: `poll` returns the events since the last poll
     (state changes, evaluations, new bests, one-shot epochs, rung decisions, strategy signals; each
-    a dict with a `kind`), and `done` turns true after the event of a final state. `pending` is a
-    cheap test (the logs' sizes and a counter) of whether `poll` would find anything, so that many watchers can
-    wait without reading anything."""
+    a dict with a `kind`), at most a chunk of each log at a time, and `done` turns true after the
+    event of a final state, which comes after the last line of the logs. `pending` is a cheap test
+    (the logs' sizes and a counter) of whether `poll` would find anything, so that many watchers can
+    wait without reading anything; `behind` says that the last poll left more to read at once."""
 
     def __init__(self, manager: SearchManager, record: SearchRecord, skip: int):
         self.manager = manager
         self.id = record.id
         self.space = record.spec.get("space", "")
         self.done = False
+        self.behind = False
         self._skip = skip
+        #: The state last told the watcher, and the registry's (state, error) at its last change.
         self._state: str | None = None
+        self._latest: tuple[str, str] = (record.state, record.error)
         self._generation = -1
-        self._logs = [(LogTail(Path(record.run_dir) / log_name), Path(record.run_dir) / log_name, log_name)
-                      for log_name in WATCHED_LOGS]
-        self._sizes = {log_name: -1 for log_name in WATCHED_LOGS}
+        self._paths = {name: Path(record.run_dir) / name for name in WATCHED_LOGS}
+        self._offsets = dict.fromkeys(WATCHED_LOGS, 0)
+        #: The logs cannot be read: the search was marked failed, and the watch ends with that.
+        self._broken = False
         self._best: tuple[float, float] | None = None
         self._seen = 0
 
     def pending(self) -> bool:
         if self.done:
             return False
-        if self.manager.generation(self.id) != self._generation:
-            return True
-        return any(_size(path) != self._sizes[name] for _, path, name in self._logs)
+        return (self.manager.generation(self.id) != self._generation or self._latest[0] != self._state
+                or any(logs.size(path) > self._offsets[name] for name, path in self._paths.items()))
 
     def poll(self) -> list[dict[str, Any]]:
         if self.done:
             return []
         # The state is read before the logs: a search marked ended has written every line.
         generation = self.manager.generation(self.id)
-        state = error = None
         if generation != self._generation:
             self._generation = generation
             record = self.manager.registry.get(self.id)
-            state, error = record.state, record.error
+            self._latest = (record.state, record.error)
         events: list[dict[str, Any]] = []
         if self._state is None:
-            self._state = state
-            events.append({"kind": "state", "state": state, "error": error})
-        try:
-            events += self._read_logs()
-        except Exception as exc:  # noqa: BLE001 - whatever the run directory holds, the watcher gets a state
-            record = self.manager.broken(self.manager.registry.get(self.id), exc)
-            self._generation, state, error = self.manager.generation(self.id), record.state, record.error
-        if state is not None and state != self._state:
-            self._state = state
-            events.append({"kind": "state", "state": state, "error": error})
-        self.done = self._state not in ACTIVE
+            events.append(self._tell_state())
+        drained = True
+        if not self._broken:
+            try:
+                drained = self._read_logs(events)
+            except Exception as exc:  # noqa: BLE001 - whatever the run directory holds, the watcher gets a state
+                record = self.manager.broken(self.manager.registry.get(self.id), exc)
+                self._generation, self._latest, self._broken = self.manager.generation(self.id), \
+                    (record.state, record.error), True
+        if self._latest[0] != self._state and (self._latest[0] in ACTIVE or drained):
+            events.append(self._tell_state())
+        self.done = self._state not in ACTIVE and drained
+        self.behind = not drained
         return events
 
-    def _read_logs(self) -> list[dict[str, Any]]:
-        events: list[dict[str, Any]] = []
-        for _, path, name in self._logs:
-            self._sizes[name] = _size(path)
-        (evaluations, _, _), (epochs, _, _), (rungs, _, _), (signals, _, _) = self._logs
-        for r in evaluations.read_new():
+    def _tell_state(self) -> dict[str, Any]:
+        self._state, error = self._latest
+        return {"kind": "state", "state": self._state, "error": error}
+
+    def _read_logs(self, events: list[dict[str, Any]]) -> bool:
+        """A chunk of each log into `events`; True when they hold nothing more to read now."""
+        read = {}
+        for name, path in self._paths.items():
+            start = self._offsets[name]
+            self._offsets[name], read[name] = self.manager.logs.read(path, start)
+        for r in read[EVALUATIONS]:
             improved = r.get("status") == "ok" and r.get("reward") is not None and (
                 self._best is None or rank(r) > self._best)
             if improved:
@@ -335,10 +351,12 @@ class SearchWatch:
                 events.append({"kind": "evaluation", "record": r})
                 if improved:
                     events.append({"kind": "new_best", "record": r})
-        events += [{"kind": "one_shot_epoch", **e} for e in epochs.read_new()]
-        events += [{"kind": "rung", **e} for e in rungs.read_new()]
-        events += [{"kind": "strategy_signal", **e} for e in signals.read_new()]
-        return events
+        events += [{"kind": "one_shot_epoch", **e} for e in read[ONE_SHOT_LOG]]
+        events += [{"kind": "rung", **e} for e in read[RUNG_LOG]]
+        events += [{"kind": "strategy_signal", **e} for e in read[STRATEGY_LOG]]
+        # Nothing came (a torn last line waits for no one), or everything there is was read.
+        return not any(read.values()) or all(logs.size(path) <= self._offsets[name]
+                                             for name, path in self._paths.items())
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Every event until the search ends, waiting in this thread (in-process callers)."""
@@ -347,14 +365,8 @@ class SearchWatch:
                 yield from self.poll()
             if self.done:
                 return
-            time.sleep(self.manager.watch_poll_s)
-
-
-def _size(path: Path) -> int:
-    try:
-        return os.stat(path).st_size
-    except OSError:
-        return -1
+            if not self.behind:
+                time.sleep(self.manager.watch_poll_s)
 
 
 class SearchManager:
@@ -378,6 +390,8 @@ class SearchManager:
         self.watch_poll_s = watch_poll_s
         #: Whether the launcher reached its cluster at the last check (health checks report it).
         self.healthy = True
+        #: Chunks of the run directories' logs, parsed once for all the readers of a search.
+        self.logs = LogChunks()
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, _Progress] = {}
         self._cancel_requested: dict[str, float] = {}
@@ -530,7 +544,7 @@ class SearchManager:
         except NasError as exc:
             return self._update(record.id, state=FAILED, error=str(exc), finished_at=time.time())
         self._handles[record.id] = handle
-        self._progress[record.id] = _Progress(record.run_dir)
+        self._progress[record.id] = _Progress(self.logs, record.run_dir)
         return self._update(record.id, state=RUNNING, started_at=time.time())
 
     def _reattach(self) -> None:
@@ -539,7 +553,7 @@ class SearchManager:
                 handle = self.launcher.find(record)
                 if handle is not None:
                     self._handles[record.id] = handle
-                    self._progress[record.id] = _Progress(record.run_dir)
+                    self._progress[record.id] = _Progress(self.logs, record.run_dir)
                     log.info("reattached to running search %s", record.id)
                 else:
                     self._finish(record, INTERRUPTED, "its runner was lost (service or cluster restart); "
@@ -570,7 +584,7 @@ class SearchManager:
         if result is not None and state == INTERRUPTED and record.state in ACTIVE:
             # The runner vanished after writing its result: the result says how it ended.
             state, error = state_of_result(result), ""
-        progress = self._progress.pop(record.id, None) or _Progress(record.run_dir)
+        progress = self._progress.pop(record.id, None) or _Progress(self.logs, record.run_dir)
         progress.update()
         record = self._update(record.id, state=state, error=error, finished_at=time.time(), result=result,
                               evaluations_done=progress.done, evaluations_failed=progress.failed,

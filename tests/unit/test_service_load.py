@@ -1,0 +1,153 @@
+"""The service under load (issue #23): watchers of huge logs cost bounded memory and cannot
+starve other calls, clients share the job slots and the watch streams by quota, a search's time
+is bounded, and a search that needs more than the cluster has is refused at submit."""
+
+import json
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from test_service import TABLE, TOKEN, FakeLauncher, start
+
+from raynas.controller.api.client import SearchClient
+from raynas.controller.service import logs
+from raynas.controller.service.manager import SearchManager
+from raynas.protos.nas.v1 import search_pb2 as pb
+from raynas.protos.nas.v1 import search_pb2_grpc as pb_grpc
+
+METADATA = (("authorization", f"Bearer {TOKEN}"),)
+
+ARCHS = ["|nor_conv_3x3~0|+|nor_conv_3x3~0|avg_pool_3x3~1|+|skip_connect~0|nor_conv_3x3~1|skip_connect~2|",
+         "|none~0|+|none~0|none~1|+|avg_pool_3x3~0|nor_conv_3x3~1|avg_pool_3x3~2|"]
+
+
+def record(index: int, arch: str = ARCHS[0], reward: float | None = None, finished_at: float = 1.7e9) -> dict:
+    """An evaluation line as the table evaluator writes it (about 550 bytes)."""
+    return {"arch": arch, "finished_at": finished_at, "id": f"e{index:06d}", "index": index, "reason": None,
+            "reward": index / 1e6 if reward is None else reward, "seed": 12345, "status": "ok",
+            "metrics": {"budget": 12, "dataset": "cifar10", "flops": 49415872, "params": 344346,
+                        "test_acc_12ep": 60.3, "test_acc_200ep": 80.29, "valid_acc_12ep": 53.642,
+                        "simulated_time_s": 102.75, "wall_time_s": 0.0001}}
+
+
+def write_log(run_dir: str, records) -> None:
+    with open(Path(run_dir, "evaluations.jsonl"), "a") as f:
+        f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+
+
+@pytest.fixture
+def manager(tmp_path):
+    m = SearchManager(tmp_path / "state", FakeLauncher(), poll_s=0.02)
+    yield m
+    m.close()
+
+
+def test_a_watcher_reads_a_huge_log_a_bounded_chunk_at_a_time(manager):
+    search = manager.submit(TABLE)
+    total = 20_000  # 11 MB
+    write_log(search.run_dir, (record(i) for i in range(total)))
+    watch = manager.watch(search.id)
+    first = watch.poll()
+    # The first events come after one chunk was read, not after the whole log.
+    assert first[0]["kind"] == "state"
+    read = sum(len(json.dumps(e["record"], sort_keys=True)) + 1 for e in first if e["kind"] == "evaluation")
+    assert 0 < read <= logs.CHUNK_BYTES + 1024
+    seen = [e["record"]["index"] for e in first if e["kind"] == "evaluation"]
+    while watch.pending():
+        seen += [e["record"]["index"] for e in watch.poll() if e["kind"] == "evaluation"]
+    assert seen == list(range(total))
+    # The monitor counted them too, a chunk at a time.
+    until(lambda: manager.get(search.id).evaluations_done == total)
+
+
+def until(condition) -> None:
+    """Wait for `condition()` to hold (pytest's timeout ends a wait that never does)."""
+    while not condition():
+        threading.Event().wait(0.02)
+
+
+def test_a_finished_search_is_streamed_whole_and_then_its_final_state(manager):
+    search = manager.submit(TABLE)
+    total = 3_000
+    write_log(search.run_dir, (record(i) for i in range(total)))
+    manager.launcher.statuses[search.id] = ("succeeded", "")
+    until(lambda: manager.get(search.id).state == "succeeded")
+    events = list(manager.watch(search.id, skip=10))
+    assert events[0] == {"kind": "state", "state": "succeeded", "error": ""}
+    assert [e["record"]["index"] for e in events if e["kind"] == "evaluation"] == list(range(10, total))
+    assert events[-1]["kind"] != "state"  # the first event told the state; nothing repeats it
+
+
+def test_the_final_state_comes_after_every_line_of_the_log(manager):
+    search = manager.submit(TABLE)
+    watch = manager.watch(search.id)
+    assert [e["kind"] for e in watch.poll()] == ["state"]
+    write_log(search.run_dir, (record(i) for i in range(2_000)))
+    manager.launcher.statuses[search.id] = ("succeeded", "")
+    until(lambda: manager.get(search.id).state == "succeeded")
+    events = []
+    while not watch.done:
+        events += watch.poll()
+    assert [e["record"]["index"] for e in events if e["kind"] == "evaluation"] == list(range(2_000))
+    assert events[-1] == {"kind": "state", "state": "succeeded", "error": ""}
+
+
+def test_no_event_of_one_search_reaches_the_watcher_of_another(tmp_path):
+    """Evaluation ids and times repeat across searches (e000000, ...): the messages built once for
+    all watchers of a search are that search's alone."""
+    srv = start(tmp_path / "state", launcher=FakeLauncher())
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            ours, theirs = c.submit(TABLE), c.submit(TABLE)
+            for search, arch in ((ours, ARCHS[0]), (theirs, ARCHS[1])):
+                write_log(search.run_dir, [record(0, arch)])
+            for search, arch in ((ours, ARCHS[0]), (theirs, ARCHS[1])):
+                stream = c.watch(search.id)
+                event = next(e for e in stream if e.WhichOneof("event") == "evaluation")
+                stream.close()
+                assert event.search_id == search.id and event.evaluation.architecture.arch == arch
+    finally:
+        srv.stop(grace=None)
+
+
+def test_watchers_reading_their_logs_leave_unary_calls_and_health_checks_their_threads(tmp_path, monkeypatch):
+    """Every watcher's read blocks (a slow disk): GetSearch, ListSearches and health checks still answer."""
+    from raynas.controller.service.manager import SearchWatch
+
+    release, asked, all_asked = threading.Event(), [], threading.Event()
+
+    def pending(self):
+        # Called right before a read is handed to a thread: once per watcher, then never again.
+        if self not in asked:
+            asked.append(self)
+            if len(asked) == 20:
+                all_asked.set()
+            return True
+        return False
+
+    def blocked_poll(self):
+        release.wait()
+        return []
+
+    monkeypatch.setattr(SearchWatch, "pending", pending)
+    monkeypatch.setattr(SearchWatch, "poll", blocked_poll)
+    srv = start(tmp_path / "state", launcher=FakeLauncher())
+    channel = grpc.insecure_channel(f"127.0.0.1:{srv.port}")
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            search = c.submit(TABLE)
+            stub = pb_grpc.SearchServiceStub(channel)
+            streams = [stub.WatchSearch(pb.WatchSearchRequest(id=search.id), metadata=METADATA) for _ in range(20)]
+            all_asked.wait()  # every read is stuck or queued behind the stuck ones
+            assert c.get(search.id).state == pb.STATE_RUNNING
+            assert [s.id for s in c.list().searches] == [search.id]
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=30)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+            for stream in streams:
+                stream.cancel()
+    finally:
+        release.set()
+        channel.close()
+        srv.stop(grace=None)
