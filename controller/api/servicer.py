@@ -283,11 +283,16 @@ def _authorization(metadata) -> str:
 
 
 class SearchServicer(pb_grpc.SearchServiceServicer):
-    def __init__(self, manager: SearchManager, tokens: Tokens, *, max_watchers: int = MAX_WATCHERS):
+    def __init__(self, manager: SearchManager, tokens: Tokens, *, max_watchers: int = MAX_WATCHERS,
+                 max_watchers_per_client: int | None = None):
+        if max_watchers_per_client is not None and max_watchers_per_client < 1:
+            raise ConfigError("max_watchers_per_client", f"must be at least 1, got {max_watchers_per_client}")
         self.manager = manager
         self.tokens = tokens
         self.max_watchers = max_watchers
+        self.max_watchers_per_client = min(max_watchers, max_watchers_per_client or max_watchers)
         self.watchers = 0
+        self._watching: dict[str, int] = {}
         self._calls = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
         self._reads = futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nas-watch")
         self._cache_lock = threading.Lock()
@@ -351,7 +356,11 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         caller = self._caller(context)
         if self.watchers >= self.max_watchers:
             raise Busy(f"the service already streams to its maximum of {self.max_watchers} watchers; retry later")
+        if self._watching.get(caller.name, 0) >= self.max_watchers_per_client:
+            raise Busy(f"you already have {self.max_watchers_per_client} watch streams open, your share of the "
+                       f"service's {self.max_watchers}; close one")
         self.watchers += 1
+        self._watching[caller.name] = self._watching.get(caller.name, 0) + 1
         try:
             watch = await self._run(self.manager.watch, request.id, request.skip_evaluations, caller)
             while not self.manager.closed:
@@ -365,6 +374,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                     await asyncio.sleep(self.manager.watch_poll_s)
         finally:
             self.watchers -= 1
+            self._watching[caller.name] -= 1
 
     @_handled
     async def CancelSearch(self, request, context):
@@ -485,9 +495,10 @@ class Server:
     CLI, tests, benchmarks) stay plain blocking code."""
 
     def __init__(self, manager: SearchManager, tokens: Tokens, address: str, tls: TLS | None, max_watchers: int,
-                 health_poll_s: float):
+                 max_watchers_per_client: int | None, health_poll_s: float):
         self.manager = manager
-        self.servicer = SearchServicer(manager, tokens, max_watchers=max_watchers)
+        self.servicer = SearchServicer(manager, tokens, max_watchers=max_watchers,
+                                       max_watchers_per_client=max_watchers_per_client)
         self.health_poll_s = health_poll_s
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="grpc-loop", daemon=True)
@@ -553,12 +564,14 @@ class Server:
 
 
 def serve(manager: SearchManager, tokens: Tokens | str, *, host: str = "127.0.0.1", port: int = 0,
-          tls: TLS | None = None, max_watchers: int = MAX_WATCHERS, health_poll_s: float = 0.5) -> Server:
+          tls: TLS | None = None, max_watchers: int = MAX_WATCHERS, max_watchers_per_client: int | None = None,
+          health_poll_s: float = 0.5) -> Server:
     """Start the gRPC server (port 0: any free port) and return it with its bound port.
-    `tokens` is the clients' tokens, or one token (single-token mode)."""
+    `tokens` is the clients' tokens, or one token (single-token mode); each client may hold
+    `max_watchers_per_client` of the `max_watchers` streams (default: all of them)."""
     if isinstance(tokens, str):
         tokens = Tokens.single(tokens)
-    return Server(manager, tokens, f"{host}:{port}", tls, max_watchers, health_poll_s)
+    return Server(manager, tokens, f"{host}:{port}", tls, max_watchers, max_watchers_per_client, health_poll_s)
 
 
 __all__ = ["Server", "SearchServicer", "TLS", "TokenAuth", "serve", "spec_from_message", "spec_to_message"]

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raynas.common import ConfigError
-from raynas.controller.service.manager import CANCEL_GRACE_S, DEFAULT_PORT, PLACEMENT_TIMEOUT_S
+from raynas.controller.service.manager import CANCEL_GRACE_S, DEFAULT_PORT, MAX_SEARCH_TIME_S, PLACEMENT_TIMEOUT_S
 
 #: WatchSearch streams `nas serve` keeps open at once (the servicer's default; kept here so
 #: that `nas --help` needs no grpc import).
@@ -42,8 +42,17 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     s.add_argument("--tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
     s.add_argument("--tls-key", help="PEM private key of --tls-cert")
     s.add_argument("--max-jobs", type=int, default=4, help="searches running at once (default 4)")
+    s.add_argument("--max-jobs-per-client", type=int, metavar="N",
+                   help="searches one client may run at once (default: --max-jobs split evenly among the clients "
+                        "of --tokens-file; all of them with one token)")
     s.add_argument("--max-watchers", type=int, default=MAX_WATCHERS,
                    help=f"WatchSearch streams open at once (default {MAX_WATCHERS})")
+    s.add_argument("--max-watchers-per-client", type=int, metavar="N",
+                   help="WatchSearch streams one client may hold (default: --max-watchers split evenly, as above)")
+    s.add_argument("--max-search-time", type=float, default=MAX_SEARCH_TIME_S, metavar="SECONDS",
+                   help=f"a search still running this long after it started is stopped, then force-stopped after "
+                        f"--cancel-grace (default {MAX_SEARCH_TIME_S:g}, a week); a spec's max_wall_time_s may "
+                        "not exceed it")
     s.add_argument("--cancel-grace", type=float, default=CANCEL_GRACE_S, metavar="SECONDS",
                    help=f"time a cancelled search has to stop before it is force-stopped (default {CANCEL_GRACE_S:g})")
     s.add_argument("--autoscaling", action="store_true",
@@ -112,6 +121,11 @@ def listen_host(host: str | None, tls: bool) -> str:
     return "[::]" if tls else "127.0.0.1"
 
 
+def _or_share(given: int | None, tokens, limit: int) -> int:
+    """A per-client limit: the one given, else each client's even share of `limit`."""
+    return given if given is not None else tokens.share(limit)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from raynas.controller.api.servicer import TLS, serve
     from raynas.controller.cluster import connect, shutdown
@@ -135,9 +149,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = listen_host(args.host, tls is not None)
     started = connect(args.address)
     manager = SearchManager(state_dir, RayLauncher(autoscaling=args.autoscaling), max_jobs=args.max_jobs,
+                            max_jobs_per_client=_or_share(args.max_jobs_per_client, tokens, args.max_jobs),
                             data_roots=tuple(args.data_root), cancel_grace_s=args.cancel_grace,
-                            placement_timeout_s=args.placement_timeout)
-    server = serve(manager, tokens, host=host, port=args.port, tls=tls, max_watchers=args.max_watchers)
+                            placement_timeout_s=args.placement_timeout, max_search_time_s=args.max_search_time)
+    server = serve(manager, tokens, host=host, port=args.port, tls=tls, max_watchers=args.max_watchers,
+                   max_watchers_per_client=_or_share(args.max_watchers_per_client, tokens, args.max_watchers))
     print(f"nas serve: listening on {host}:{server.port} ({'TLS' if tls else 'plaintext'}); {source}; "
           f"state in {state_dir}; data roots: {', '.join(manager.data_roots) or 'none'}", file=sys.stderr, flush=True)
     if not tls and host not in ("127.0.0.1", "::1", "[::1]", "localhost"):

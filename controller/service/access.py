@@ -86,6 +86,10 @@ class Tokens:
             raise ConfigError("tokens_file", f"{path} names no client", "lines of NAME TOKEN [admin]")
         return cls(clients)
 
+    def share(self, limit: int) -> int:
+        """One client's share of a limit of the service: an even split among the clients (at least 1)."""
+        return max(1, -(-limit // len(self._by_digest)))
+
     def identify(self, authorization: str) -> Client | None:
         """The client an `authorization` metadata value (`Bearer <token>`) belongs to, else None."""
         scheme, _, token = authorization.partition(" ")

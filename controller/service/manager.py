@@ -73,6 +73,8 @@ MAX_PAGE = 100
 CANCEL_GRACE_S = 30.0
 #: Seconds a search on an autoscaling cluster may wait for a node that can place its workers.
 PLACEMENT_TIMEOUT_S = 600.0
+#: Seconds a search may run (since it started or resumed) before it is stopped: a week.
+MAX_SEARCH_TIME_S = 7 * 24 * 3600.0
 #: In-process callers (tests, scripts) act as the single-token client, an admin.
 LOCAL = Client(SINGLE_CLIENT, admin=True)
 
@@ -370,11 +372,20 @@ class SearchWatch:
 
 
 class SearchManager:
-    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4, poll_s: float = 0.5,
-                 watch_poll_s: float = 0.05, data_roots: tuple[str, ...] = (), cancel_grace_s: float = CANCEL_GRACE_S,
-                 placement_timeout_s: float = PLACEMENT_TIMEOUT_S):
+    """`max_jobs` searches may be pending or running at once, at most `max_jobs_per_client` of them
+    (default: all) one client's; each may run `max_search_time_s` at most (or less, as its spec's
+    `max_wall_time_s` says), then it is asked to stop and, `cancel_grace_s` later, force-stopped."""
+
+    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4,
+                 max_jobs_per_client: int | None = None, poll_s: float = 0.5, watch_poll_s: float = 0.05,
+                 data_roots: tuple[str, ...] = (), cancel_grace_s: float = CANCEL_GRACE_S,
+                 placement_timeout_s: float = PLACEMENT_TIMEOUT_S, max_search_time_s: float = MAX_SEARCH_TIME_S):
         if max_jobs < 1:
             raise ConfigError("max_jobs", f"must be at least 1, got {max_jobs}")
+        if max_jobs_per_client is not None and max_jobs_per_client < 1:
+            raise ConfigError("max_jobs_per_client", f"must be at least 1, got {max_jobs_per_client}")
+        if not max_search_time_s > 0:
+            raise ConfigError("max_search_time", f"must be a positive number of seconds, got {max_search_time_s}")
         self.state_dir = Path(state_dir)
         # Owner-only: run directories hold specs, data paths and results of every client.
         self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -382,6 +393,8 @@ class SearchManager:
         self.registry = JobRegistry(self.state_dir / "registry.sqlite")
         self.launcher = launcher
         self.max_jobs = max_jobs
+        self.max_jobs_per_client = min(max_jobs, max_jobs_per_client or max_jobs)
+        self.max_search_time_s = max_search_time_s
         self.data_roots = tuple(str(Path(r).resolve()) for r in data_roots)
         self.cancel_grace_s = cancel_grace_s
         self.placement_timeout_s = placement_timeout_s
@@ -394,7 +407,6 @@ class SearchManager:
         self.logs = LogChunks()
         self._handles: dict[str, Any] = {}
         self._progress: dict[str, _Progress] = {}
-        self._cancel_requested: dict[str, float] = {}
         #: Bumped when a search's state or error changes, so watchers re-read the registry only then.
         self._generations: dict[str, int] = {}
         self._lock = threading.RLock()
@@ -421,10 +433,13 @@ class SearchManager:
     def submit(self, spec: dict[str, Any], name: str = "", caller: Client = LOCAL) -> SearchRecord:
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ConfigError("name", "is not a valid search name", "letters, digits, - and _; at most 64")
-        # The job limit first: a full service refuses without spending anything on the request.
-        self._check_capacity()
+        # The job limits first: a full service refuses without spending anything on the request.
+        self._check_capacity(caller)
         checked = SearchSpec.from_dict(spec)
         checked.check_sizes()
+        if (checked.max_wall_time_s or 0) > self.max_search_time_s:
+            raise ConfigError("max_wall_time_s", f"{checked.max_wall_time_s:g} s is longer than this service lets a "
+                              "search run", f"at most {self.max_search_time_s:g} (nas serve --max-search-time)")
         # Inside the data roots before anything looks at the path.
         if checked.data_path is not None:
             checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
@@ -433,7 +448,7 @@ class SearchManager:
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir = (self.state_dir / "runs" / search_id).resolve()
         with self._lock:
-            self._check_capacity()
+            self._check_capacity(caller)
             # Owner-only before the runner writes anything into it.
             run_dir.mkdir(mode=0o700)
             record = self.registry.add(SearchRecord(id=search_id, name=name, state=PENDING, spec=checked.to_dict(),
@@ -472,15 +487,21 @@ class SearchManager:
 
     def cancel(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
         """Ask the search to stop at its next safe point; the monitor force-stops it if it has
-        not stopped `cancel_grace_s` later."""
+        not stopped `cancel_grace_s` later (a restart of the service included)."""
+        return self._stop(self.get(search_id, caller), "")
+
+    def _stop(self, record: SearchRecord, reason: str) -> SearchRecord:
+        """Ask a search to stop, remembering when (and why, as its error, when it is not its owner's wish)."""
         with self._lock:
-            record = self.get(search_id, caller)
+            record = self.registry.get(record.id)
             if record.state not in ACTIVE:
                 return record
-            handle = self._handles.get(search_id)
+            handle = self._handles.get(record.id)
             if handle is None:
-                return self._finish(record, CANCELLED, "cancelled before its runner started")
-            self._cancel_requested.setdefault(search_id, time.monotonic())
+                return self._finish(record, CANCELLED, reason or "cancelled before its runner started")
+            if record.cancel_requested_at is None:
+                reasons = {"error": reason} if reason else {}
+                record = self._update(record.id, cancel_requested_at=time.time(), **reasons)
         self.launcher.cancel(handle)
         return record
 
@@ -489,12 +510,13 @@ class SearchManager:
             record = self.get(search_id, caller)
             if record.state not in RESUMABLE:
                 raise NotReady(f"search {search_id} is {record.state}; only {', '.join(RESUMABLE)} searches resume")
-            self._check_capacity()
+            self._check_capacity(caller)
             spec = SearchSpec.from_dict(record.spec)
             if spec.data_path is not None:
                 # The operator may have narrowed the data roots since the search was submitted.
                 check_data_root(spec.data_path, list(self.data_roots))
-            record = self._update(search_id, state=PENDING, error="", finished_at=None, result=None)
+            record = self._update(search_id, state=PENDING, error="", finished_at=None, result=None,
+                                  cancel_requested_at=None)
             # A search that failed before its run directory was written starts afresh.
             return self._start(record, resume=(Path(record.run_dir) / "spec.json").exists())
 
@@ -526,10 +548,13 @@ class SearchManager:
 
     # -- runners --------------------------------------------------------------------
 
-    def _check_capacity(self) -> None:
+    def _check_capacity(self, caller: Client) -> None:
         if self.registry.count(ACTIVE) >= self.max_jobs:
             raise Busy(f"the service already runs its maximum of {self.max_jobs} searches; "
                        "wait for one to end or cancel one")
+        if self.registry.count(ACTIVE, caller.name) >= self.max_jobs_per_client:
+            raise Busy(f"you already run {self.max_jobs_per_client} of the service's {self.max_jobs} searches, "
+                       "your share; wait for one of yours to end or cancel one")
 
     def _update(self, search_id: str, **changes: Any) -> SearchRecord:
         record = self.registry.update(search_id, **changes)
@@ -568,7 +593,6 @@ class SearchManager:
         with self._lock:
             handle = self._handles.pop(record.id, None)
             self._progress.pop(record.id, None)
-            self._cancel_requested.pop(record.id, None)
             error = f"its run directory {record.run_dir} cannot be read: {one_line(exc)}"
             record = self._update(record.id, state=FAILED, error=error, finished_at=time.time())
         if handle is not None:
@@ -586,10 +610,11 @@ class SearchManager:
             state, error = state_of_result(result), ""
         progress = self._progress.pop(record.id, None) or _Progress(self.logs, record.run_dir)
         progress.update()
-        record = self._update(record.id, state=state, error=error, finished_at=time.time(), result=result,
-                              evaluations_done=progress.done, evaluations_failed=progress.failed,
+        # A search stopped at the time limit keeps that reason when its runner gives none.
+        error = error or (record.error if state == CANCELLED else "")
+        record = self._update(record.id, state=state, error=error, finished_at=time.time(),
+                              result=result, evaluations_done=progress.done, evaluations_failed=progress.failed,
                               best=progress.best)
-        self._cancel_requested.pop(record.id, None)
         handle = self._handles.pop(record.id, None)
         if handle is not None:
             self.launcher.release(handle)
@@ -614,11 +639,17 @@ class SearchManager:
         handle = self._handles.get(record.id)
         if handle is None:
             return
-        asked = self._cancel_requested.get(record.id)
-        if asked is not None and time.monotonic() - asked > self.cancel_grace_s:
+        asked = record.cancel_requested_at
+        if asked is not None and time.time() - asked > self.cancel_grace_s:
             self.launcher.kill(handle)
+            why = f" ({record.error})" if record.error else ""
             self._finish(record, CANCELLED, f"force-stopped: it did not reach a safe point within "
-                                            f"{self.cancel_grace_s:g} s of the cancel request")
+                                            f"{self.cancel_grace_s:g} s of the request to stop{why}")
+            return
+        # A spec's own max_wall_time_s (at most this) is the job's to keep; this bounds one that hangs.
+        if asked is None and record.started_at is not None \
+                and time.time() - record.started_at > self.max_search_time_s:
+            self._stop(record, f"stopped at the service's time limit of {self.max_search_time_s:g} s")
             return
         status = self.launcher.status(handle)
         if status is None:

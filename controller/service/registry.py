@@ -50,11 +50,12 @@ CREATE TABLE IF NOT EXISTS searches (
     best TEXT,
     error TEXT NOT NULL DEFAULT '',
     result TEXT,
-    owner TEXT NOT NULL DEFAULT ''
+    owner TEXT NOT NULL DEFAULT '',
+    cancel_requested_at REAL
 )
 """
 #: Columns added since the first schema, for registries written before them.
-_ADDED = {"owner": "TEXT NOT NULL DEFAULT ''"}
+_ADDED = {"owner": "TEXT NOT NULL DEFAULT ''", "cancel_requested_at": "REAL"}
 _JSON_FIELDS = ("spec", "best", "result")
 
 
@@ -77,6 +78,9 @@ class SearchRecord:
     result: dict[str, Any] | None = None
     #: The client that submitted it (its name in the tokens file); '' before owners existed.
     owner: str = ""
+    #: When it was asked to stop (by its owner, or at its time limit): a restarted service still
+    #: force-stops it once the cancel grace has passed since then.
+    cancel_requested_at: float | None = None
 
     def replace(self, **changes: Any) -> SearchRecord:
         return replace(self, **changes)
@@ -170,10 +174,13 @@ class JobRegistry:
                 states).fetchall()
         return iter([self._from_row(r) for r in rows])
 
-    def count(self, states: tuple[str, ...]) -> int:
+    def count(self, states: tuple[str, ...], owner: str | None = None) -> int:
+        """The searches in `states`; only `owner`'s unless None."""
+        clause, args = f"state IN ({', '.join('?' * len(states))})", list(states)
+        if owner is not None:
+            clause, args = f"{clause} AND owner = ?", [*args, owner]
         with self._lock:
-            return self._db.execute(
-                f"SELECT COUNT(*) FROM searches WHERE state IN ({', '.join('?' * len(states))})", states).fetchone()[0]
+            return self._db.execute(f"SELECT COUNT(*) FROM searches WHERE {clause}", args).fetchone()[0]
 
     @staticmethod
     def _to_row(record: SearchRecord) -> tuple:

@@ -28,10 +28,12 @@ TOKEN = "unit-test-token"
 TABLE = {"space": "nb201", "evaluator": "table", "strategy": "evolution", "runtime": "local"}
 
 
-def start(state_dir, max_jobs=4, tls=None, tokens=TOKEN, launcher=None, max_watchers=1024, **manager_options):
+def start(state_dir, max_jobs=4, tls=None, tokens=TOKEN, launcher=None, max_watchers=1024,
+          max_watchers_per_client=None, **manager_options):
     manager = SearchManager(state_dir, launcher or ThreadLauncher(), max_jobs=max_jobs, poll_s=0.02,
                             **manager_options)
-    return serve(manager, tokens, host="127.0.0.1", port=0, tls=tls, max_watchers=max_watchers, health_poll_s=0.02)
+    return serve(manager, tokens, host="127.0.0.1", port=0, tls=tls, max_watchers=max_watchers,
+                 max_watchers_per_client=max_watchers_per_client, health_poll_s=0.02)
 
 
 @pytest.fixture

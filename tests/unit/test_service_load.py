@@ -9,9 +9,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from test_service import TABLE, TOKEN, FakeLauncher, start
+from test_service import TABLE, TOKEN, FakeLauncher, code_of, start, wait_state
 
-from raynas.controller.api.client import SearchClient
+from raynas.controller.api.client import RemoteError, SearchClient
 from raynas.controller.service import logs
 from raynas.controller.service.manager import SearchManager
 from raynas.protos.nas.v1 import search_pb2 as pb
@@ -151,3 +151,73 @@ def test_watchers_reading_their_logs_leave_unary_calls_and_health_checks_their_t
         release.set()
         channel.close()
         srv.stop(grace=None)
+
+
+# -- quotas per client and a bound on a search's time ---------------------------------------------
+
+ALICE, BOB = "a" * 40, "b" * 40
+
+
+@pytest.fixture
+def two_clients(tmp_path):
+    """start(**options) -> (server, alice's client, bob's client) with a tokens file of both."""
+    from raynas.controller.service.access import Tokens
+
+    path = tmp_path / "tokens"
+    path.write_text(f"alice {ALICE}\nbob {BOB}\n")
+    path.chmod(0o600)
+    opened = []
+
+    def run(**options):
+        srv = start(tmp_path / "state", tokens=Tokens.load(path), launcher=FakeLauncher(), **options)
+        alice, bob = SearchClient(f"127.0.0.1:{srv.port}", ALICE), SearchClient(f"127.0.0.1:{srv.port}", BOB)
+        opened.append((srv, alice, bob))
+        return srv, alice, bob
+
+    yield run
+    for srv, alice, bob in opened:
+        alice.close(), bob.close()
+        srv.stop(grace=None)
+
+
+def test_one_client_cannot_take_every_job_slot(two_clients):
+    _, alice, bob = two_clients(max_jobs=4, max_jobs_per_client=2)
+    for _ in range(2):
+        alice.submit(TABLE)
+    with pytest.raises(RemoteError) as full:
+        alice.submit(TABLE)
+    assert full.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "2 of" in str(full.value)
+    assert [bob.submit(TABLE).owner for _ in range(2)] == ["bob", "bob"]
+    assert code_of(lambda: bob.submit(TABLE)) == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_clients_share_of_a_limit_splits_it_evenly():
+    from raynas.controller.service.access import Client, Tokens
+
+    two = Tokens({ALICE: Client("alice"), BOB: Client("bob")})
+    assert (two.share(4), two.share(3), two.share(1), Tokens.single(ALICE).share(4)) == (2, 2, 1, 4)
+
+
+def test_one_clients_watchers_cannot_lock_another_out_of_its_own_search(two_clients):
+    _, alice, bob = two_clients(max_watchers=4, max_watchers_per_client=2)
+    ours, theirs = alice.submit(TABLE), bob.submit(TABLE)
+    streams = [alice.watch(ours.id) for _ in range(2)]
+    for stream in streams:
+        next(stream)
+    assert code_of(lambda: next(alice.watch(ours.id))) == grpc.StatusCode.RESOURCE_EXHAUSTED
+    bobs = bob.watch(theirs.id)
+    assert next(bobs).state_change.state == pb.STATE_RUNNING
+    for stream in (*streams, bobs):
+        stream.close()
+
+
+def test_a_search_is_stopped_at_the_services_time_limit(two_clients):
+    srv, alice, _ = two_clients(max_search_time_s=0.2, cancel_grace_s=0.2)
+    search = alice.submit(TABLE)  # its runner never reaches a safe point
+    stopped = wait_state(alice, search.id, (pb.STATE_CANCELLED,))
+    assert "time limit of 0.2 s" in stopped.error and "force-stopped" in stopped.error
+    assert srv.manager.launcher.cancelled == [search.id] and srv.manager.launcher.killed == [search.id]
+    with pytest.raises(RemoteError) as longer:
+        alice.submit({**TABLE, "max_wall_time_s": 10})
+    assert longer.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_wall_time_s" in str(longer.value)
+    assert "--max-search-time" in str(longer.value)
