@@ -10,10 +10,11 @@ interrupted and can be resumed from its checkpoints.
 
 It is built to face clients it cannot trust: every call names its caller, who sees and
 controls only their own searches (admins see all); a request is checked against the job
-limit first, then against the spec's bounds, the operator's data roots and what the
-cluster can ever place, before anything is started; a search whose run directory cannot
-be read fails alone, with a one-line reason, while the others go on; and a cancelled
-search that does not reach a safe point within the cancel grace is force-stopped.
+limits first (the service's and the caller's share), then against the spec's bounds, the
+operator's data roots and what the cluster can hold (capacity.py), before anything is
+started; a search whose run directory cannot be read fails alone, with a one-line reason,
+while the others go on; and a cancelled search, or one past the service's time limit, that
+does not reach a safe point within the cancel grace is force-stopped.
 """
 
 from __future__ import annotations
@@ -43,8 +44,9 @@ from raynas.controller.runtime.rundir import (
     rank,
 )
 from raynas.controller.runtime.spec import SearchSpec
-from raynas.controller.service import logs
+from raynas.controller.service import capacity, logs
 from raynas.controller.service.access import SINGLE_CLIENT, Client
+from raynas.controller.service.capacity import Footprint, footprint
 from raynas.controller.service.logs import LogChunks
 from raynas.controller.service.registry import (
     ACTIVE,
@@ -123,12 +125,14 @@ class JobRunner:
 class Launcher(Protocol):
     """Starts runners and finds them again; `status` answers None for a runner that is gone.
 
-    `check` refuses (ConfigError) a spec the cluster can never run; `stuck` says why a
-    running search cannot start (None while it can); `kill` force-stops a runner that did
-    not stop when asked; `healthy` says whether the launcher still reaches its cluster.
+    `nodes` is the total resources of each node of the cluster searches are placed on, what a
+    search is checked against at submit (None: nothing to check against, as for runners in
+    this process, or on a cluster whose nodes come on demand); `stuck` says why a running search
+    cannot start (None while it can); `kill` force-stops a runner that did not stop when asked;
+    `healthy` says whether the launcher still reaches its cluster.
     """
 
-    def check(self, spec: SearchSpec) -> None: ...
+    def nodes(self) -> list[dict[str, float]] | None: ...
     def start(self, record: SearchRecord, resume: bool) -> Any: ...
     def find(self, record: SearchRecord) -> Any | None: ...
     def status(self, handle: Any) -> tuple[str, str] | None: ...
@@ -147,8 +151,8 @@ class ThreadLauncher:
     def __init__(self):
         self._runners: dict[str, JobRunner] = {}
 
-    def check(self, spec):
-        pass
+    def nodes(self):
+        return None
 
     def start(self, record, resume):
         self._runners[record.id] = JobRunner(record.spec, record.run_dir, resume)
@@ -203,12 +207,8 @@ class RayLauncher:
                        "retry later")
         return nodes
 
-    def check(self, spec):
-        if spec.runtime == "ray" and not self.autoscaling:
-            reason = resources.unplaceable(spec.cpus_per_child, spec.gpus_per_child, self._nodes())
-            if reason:
-                field = "gpus_per_child" if spec.gpus_per_child else "cpus_per_child"
-                raise ConfigError(field, reason, "what one node of the cluster has")
+    def nodes(self):
+        return None if self.autoscaling else self._nodes()
 
     def start(self, record, resume):
         return cluster.start_actor(JobRunner, record.spec, record.run_dir, resume, name=self.actor_name(record),
@@ -406,6 +406,8 @@ class SearchManager:
         #: Chunks of the run directories' logs, parsed once for all the readers of a search.
         self.logs = LogChunks()
         self._handles: dict[str, Any] = {}
+        #: What each active search started on the cluster, counted against what it holds.
+        self._footprints: dict[str, Footprint] = {}
         self._progress: dict[str, _Progress] = {}
         #: Bumped when a search's state or error changes, so watchers re-read the registry only then.
         self._generations: dict[str, int] = {}
@@ -443,18 +445,20 @@ class SearchManager:
         # Inside the data roots before anything looks at the path.
         if checked.data_path is not None:
             checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
-        resolve(checked)
-        self.launcher.check(checked)
+        fp, nodes = footprint(resolve(checked)), self.launcher.nodes()
+        if nodes is not None:
+            capacity.check_alone(fp, nodes)
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
         run_dir = (self.state_dir / "runs" / search_id).resolve()
         with self._lock:
             self._check_capacity(caller)
+            self._check_beside(fp, nodes)
             # Owner-only before the runner writes anything into it.
             run_dir.mkdir(mode=0o700)
             record = self.registry.add(SearchRecord(id=search_id, name=name, state=PENDING, spec=checked.to_dict(),
                                                     run_dir=str(run_dir), owner=caller.name,
                                                     ray_namespace=cluster.job_namespace(run_dir)))
-            return self._start(record, resume=False)
+            return self._start(record, fp, resume=False)
 
     def get(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
         record = self.registry.get(search_id)
@@ -515,10 +519,14 @@ class SearchManager:
             if spec.data_path is not None:
                 # The operator may have narrowed the data roots since the search was submitted.
                 check_data_root(spec.data_path, list(self.data_roots))
+            fp, nodes = footprint(resolve(spec)), self.launcher.nodes()
+            if nodes is not None:
+                capacity.check_alone(fp, nodes)
+                self._check_beside(fp, nodes)
             record = self._update(search_id, state=PENDING, error="", finished_at=None, result=None,
                                   cancel_requested_at=None)
             # A search that failed before its run directory was written starts afresh.
-            return self._start(record, resume=(Path(record.run_dir) / "spec.json").exists())
+            return self._start(record, fp, resume=(Path(record.run_dir) / "spec.json").exists())
 
     def result(self, search_id: str, caller: Client = LOCAL) -> SearchRecord:
         record = self.get(search_id, caller)
@@ -556,6 +564,10 @@ class SearchManager:
             raise Busy(f"you already run {self.max_jobs_per_client} of the service's {self.max_jobs} searches, "
                        "your share; wait for one of yours to end or cancel one")
 
+    def _check_beside(self, fp: Footprint, nodes: list[dict[str, float]] | None) -> None:
+        if nodes is not None:
+            capacity.check_beside(fp, sum(f.processes for f in self._footprints.values()), nodes)
+
     def _update(self, search_id: str, **changes: Any) -> SearchRecord:
         record = self.registry.update(search_id, **changes)
         if "state" in changes or "error" in changes:
@@ -563,12 +575,13 @@ class SearchManager:
             self._generations[search_id] = self._generations.get(search_id, 0) + 1
         return record
 
-    def _start(self, record: SearchRecord, resume: bool) -> SearchRecord:
+    def _start(self, record: SearchRecord, fp: Footprint, resume: bool) -> SearchRecord:
         try:
             handle = self.launcher.start(record, resume)
         except NasError as exc:
             return self._update(record.id, state=FAILED, error=str(exc), finished_at=time.time())
         self._handles[record.id] = handle
+        self._footprints[record.id] = fp
         self._progress[record.id] = _Progress(self.logs, record.run_dir)
         return self._update(record.id, state=RUNNING, started_at=time.time())
 
@@ -578,6 +591,7 @@ class SearchManager:
                 handle = self.launcher.find(record)
                 if handle is not None:
                     self._handles[record.id] = handle
+                    self._footprints[record.id] = self._footprint_of(record)
                     self._progress[record.id] = _Progress(self.logs, record.run_dir)
                     log.info("reattached to running search %s", record.id)
                 else:
@@ -586,6 +600,16 @@ class SearchManager:
             except Exception as exc:  # noqa: BLE001 - one broken search must not keep the service down
                 self.broken(record, exc)
 
+    @staticmethod
+    def _footprint_of(record: SearchRecord) -> Footprint:
+        """What a running search started, as its spec says today; its runner alone when the spec no longer
+        resolves (a plug-in gone since): it runs on from its own plan."""
+        try:
+            return footprint(resolve(SearchSpec.from_dict(record.spec)))
+        except NasError as exc:
+            log.warning("search %s: its spec no longer resolves (%s); counted as its runner alone", record.id, exc)
+            return Footprint()
+
     def broken(self, record: SearchRecord, exc: BaseException) -> SearchRecord:
         """Mark a search whose run directory or runner cannot be read failed, with a one-line
         reason, and let go of its runner; every other search goes on."""
@@ -593,6 +617,7 @@ class SearchManager:
         with self._lock:
             handle = self._handles.pop(record.id, None)
             self._progress.pop(record.id, None)
+            self._footprints.pop(record.id, None)
             error = f"its run directory {record.run_dir} cannot be read: {one_line(exc)}"
             record = self._update(record.id, state=FAILED, error=error, finished_at=time.time())
         if handle is not None:
@@ -615,6 +640,7 @@ class SearchManager:
         record = self._update(record.id, state=state, error=error, finished_at=time.time(),
                               result=result, evaluations_done=progress.done, evaluations_failed=progress.failed,
                               best=progress.best)
+        self._footprints.pop(record.id, None)
         handle = self._handles.pop(record.id, None)
         if handle is not None:
             self.launcher.release(handle)

@@ -96,15 +96,23 @@ def test_darts_search_end_to_end_through_the_service(ray_cluster, tmp_path):
         srv.stop(grace=None)
 
 
-@pytest.mark.parametrize("resources, field", [({"gpus_per_child": 1}, "gpus_per_child"),
-                                              ({"cpus_per_child": 3}, "cpus_per_child")])
-def test_workers_no_node_can_hold_are_refused_at_submit(ray_cluster, tmp_path, resources, field):
+@pytest.mark.parametrize("resources, field, capacity", [
+    ({"gpus_per_child": 1}, "gpus_per_child", "no node of the Ray cluster"),
+    ({"cpus_per_child": 3}, "cpus_per_child", "no node of the Ray cluster"),
+    # One worker fits a node, three do not fit the cluster.
+    ({"workers": 3, "cpus_per_child": 1}, "workers", "the Ray cluster has 2 CPUs in all (1 node)"),
+    # Zero-CPU workers all start at once: a process each, counted against the cluster's memory.
+    ({"workers": 1024, "cpus_per_child": 0}, "workers", "actor processes (its runner, 1,024 workers)"),
+    ({"strategy": "rl", "controllers": 512, "children": 1, "ps_shards": 64, "workers": 1, "cpus_per_child": 0.5},
+     "controllers", "512 controller replicas"),
+])
+def test_searches_the_cluster_cannot_hold_are_refused_at_submit(ray_cluster, tmp_path, resources, field, capacity):
     srv = start(tmp_path / "state")
     try:
         with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c, pytest.raises(RemoteError) as refused:
             c.submit({"space": "nb201", "evaluator": "table", "strategy": "random", "evaluations": 2, **resources})
         assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and field in str(refused.value)
-        assert "no node of the Ray cluster" in str(refused.value)
+        assert capacity in str(refused.value)
     finally:
         srv.stop(grace=None)
 

@@ -281,11 +281,12 @@ class FakeLauncher:
 
     def __init__(self):
         self.statuses, self.killed, self.cancelled = {}, [], []
-        self.alive, self.stuck_reason, self.check_error = True, None, None
+        self.alive, self.stuck_reason, self.cluster, self.nodes_error = True, None, None, None
 
-    def check(self, spec):
-        if self.check_error:
-            raise self.check_error
+    def nodes(self):
+        if self.nodes_error:
+            raise self.nodes_error
+        return self.cluster
 
     def start(self, record, resume):
         return record.id
@@ -506,10 +507,11 @@ def test_a_search_no_node_can_place_fails_after_the_placement_timeout(serving):
 
 def test_a_spec_the_cluster_can_never_place_is_refused_at_submit(serving):
     _, c, launcher = serving()
-    launcher.check_error = ConfigError("gpus_per_child", "no node of the Ray cluster can hold a worker")
+    launcher.cluster = [{"CPU": 2.0, "memory": 8.0 * (1 << 30)}]
     with pytest.raises(RemoteError) as refused:
-        c.submit({**TABLE, "gpus_per_child": 1})
+        c.submit({**TABLE, "runtime": "ray", "gpus_per_child": 1})
     assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "gpus_per_child" in str(refused.value)
+    assert "no node of the Ray cluster can hold a worker with 1 CPUs and 1 GPUs" in str(refused.value)
 
 
 def test_delete_removes_an_ended_search_and_its_run_directory(server, client, tmp_path, capsys):
@@ -619,7 +621,7 @@ def test_unknown_train_options_and_nan_are_invalid_argument(serving):
 
 def test_unexpected_errors_are_internal_without_their_text(serving):
     _, c, launcher = serving()
-    launcher.check_error = RuntimeError("/home/ops/secret-path exploded")
+    launcher.nodes_error = RuntimeError("/home/ops/secret-path exploded")
     with pytest.raises(RemoteError) as internal:
         c.submit(TABLE)
     assert internal.value.code == grpc.StatusCode.INTERNAL and "incident" in str(internal.value)

@@ -38,6 +38,23 @@ def write_log(run_dir: str, records) -> None:
 
 
 @pytest.fixture
+def serving(tmp_path):
+    """start(**options) -> (server, client, launcher): FakeLauncher runners, stopped afterwards."""
+    opened = []
+
+    def run(**options):
+        launcher = FakeLauncher()
+        srv = start(tmp_path / "state", launcher=launcher, **options)
+        opened.append((srv, SearchClient(f"127.0.0.1:{srv.port}", TOKEN)))
+        return srv, opened[-1][1], launcher
+
+    yield run
+    for srv, client in opened:
+        client.close()
+        srv.stop(grace=None)
+
+
+@pytest.fixture
 def manager(tmp_path):
     m = SearchManager(tmp_path / "state", FakeLauncher(), poll_s=0.02)
     yield m
@@ -221,3 +238,63 @@ def test_a_search_is_stopped_at_the_services_time_limit(two_clients):
         alice.submit({**TABLE, "max_wall_time_s": 10})
     assert longer.value.code == grpc.StatusCode.INVALID_ARGUMENT and "max_wall_time_s" in str(longer.value)
     assert "--max-search-time" in str(longer.value)
+
+
+# -- what a search starts, against what the cluster holds ------------------------------------------
+
+GIB = 1 << 30
+RANDOM_ON_RAY = {"space": "nb201", "evaluator": "table", "strategy": "random", "runtime": "ray"}
+RL_ON_RAY = {"space": "nb201", "evaluator": "table", "strategy": "rl", "runtime": "ray"}
+
+
+def test_the_footprint_counts_every_actor_each_execution_path_starts():
+    from raynas.controller.runtime.plan import resolve
+    from raynas.controller.runtime.spec import SearchSpec
+    from raynas.controller.service.capacity import footprint
+
+    def of(spec):
+        return footprint(resolve(SearchSpec.from_dict(spec)))
+
+    assert of({**TABLE, "workers": 64}).processes == 1  # runs inside its runner
+    proposer = of({**RANDOM_ON_RAY, "workers": 8, "cpus_per_child": 0.5})
+    assert (proposer.processes, proposer.workers, proposer.cpus) == (9, 8, 4.0)
+    # K=3 replicas of m=2 children with their own 6 workers, S=4 shards, the recorder; no dispatcher.
+    owned = of({**RL_ON_RAY, "controllers": 3, "children": 2, "ps_shards": 4, "workers": 10})
+    assert (owned.processes, owned.workers, owned.cpus) == (1 + 6 + 3 + 4 + 1, 6, 6.0)
+    shared = of({**RL_ON_RAY, "controllers": 3, "children": 2, "ps_shards": 4, "workers": 2})
+    assert shared.processes == 1 + 2 + 3 + 4 + 1 + 1 and "a dispatcher" in shared.describe()
+    tune = of({**RANDOM_ON_RAY, "scheduler": "asha", "workers": 3})
+    assert (tune.processes, tune.workers) == (4, 3)
+
+
+def test_a_search_that_needs_more_than_the_cluster_holds_is_refused_naming_the_capacity(serving):
+    _, c, launcher = serving()
+    launcher.cluster = [{"CPU": 2.0, "memory": 2.0 * GIB}]  # 8 actor processes of 256 MiB
+    with pytest.raises(RemoteError) as processes:
+        c.submit({**RANDOM_ON_RAY, "workers": 8, "cpus_per_child": 0})
+    message = str(processes.value)
+    assert processes.value.code == grpc.StatusCode.INVALID_ARGUMENT and "workers" in message
+    assert "9 actor processes" in message and "at most 8" in message and "2 GiB" in message
+    with pytest.raises(RemoteError) as cpus:
+        c.submit({**RANDOM_ON_RAY, "workers": 3, "cpus_per_child": 1})
+    assert cpus.value.code == grpc.StatusCode.INVALID_ARGUMENT and "3 CPUs" in str(cpus.value)
+    assert "2 CPUs in all" in str(cpus.value)
+    with pytest.raises(RemoteError) as gpus:
+        c.submit({**RANDOM_ON_RAY, "workers": 1, "gpus_per_child": 1})
+    assert gpus.value.code == grpc.StatusCode.INVALID_ARGUMENT and "gpus_per_child" in str(gpus.value)
+    with pytest.raises(RemoteError) as scheme:
+        c.submit({**RL_ON_RAY, "controllers": 2, "children": 2, "ps_shards": 2, "workers": 2, "cpus_per_child": 0.5})
+    assert "2 controller replicas" in str(scheme.value) and "a dispatcher" in str(scheme.value)
+    assert c.submit({**RANDOM_ON_RAY, "workers": 2, "cpus_per_child": 1}).state == pb.STATE_RUNNING
+
+
+def test_searches_share_the_clusters_processes(serving):
+    srv, c, launcher = serving()
+    launcher.cluster = [{"CPU": 2.0, "memory": 2.0 * GIB}]
+    first = c.submit({**RANDOM_ON_RAY, "workers": 4, "cpus_per_child": 0})  # 5 of 8
+    with pytest.raises(RemoteError) as busy:
+        c.submit({**RANDOM_ON_RAY, "workers": 3, "cpus_per_child": 0})
+    assert busy.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "5 of the 8" in str(busy.value)
+    launcher.statuses[first.id] = ("succeeded", "")
+    wait_state(c, first.id, (pb.STATE_SUCCEEDED,))
+    assert c.submit({**RANDOM_ON_RAY, "workers": 3, "cpus_per_child": 0}).state == pb.STATE_RUNNING
