@@ -37,9 +37,9 @@ from grpc_reflection.v1alpha import reflection
 
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller.runtime.rundir import EVALUATIONS, PLOT, RESULT, SPEC
-from raynas.controller.service.access import Client, Tokens
+from raynas.controller.service.access import Client, Tokens, private_file
 from raynas.controller.service.manager import SearchManager
-from raynas.controller.service.registry import SearchRecord
+from raynas.controller.service.registry import SearchRecord, bounded_error
 from raynas.protos.nas.v1 import search_pb2 as pb
 from raynas.protos.nas.v1 import search_pb2_grpc as pb_grpc
 
@@ -181,7 +181,7 @@ def search_to_message(record: SearchRecord, with_spec: bool = True) -> pb.Search
 
 
 def result_to_message(record: SearchRecord) -> pb.SearchResult:
-    result, space, run = record.result, record.spec["space"], Path(record.run_dir)
+    result, space, run = record.result, record.spec.get("space", ""), Path(record.run_dir)
     top = [evaluation_to_message({**t, "index": int(t["id"][1:])}, space) for t in result.get("top_k", [])]
     msg = pb.SearchResult(
         search_id=record.id, state=STATE_TO_PB[record.state], top_k=top, evaluations=result["evaluations"],
@@ -251,7 +251,8 @@ def _handled(method: Callable) -> Callable:
         try:
             return await method(self, request, context)
         except NasError as exc:
-            await context.abort(_status_of(exc), str(exc))
+            # Messages may quote the request (an unknown name, say): cut, however large it was.
+            await context.abort(_status_of(exc), bounded_error(str(exc)))
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             await context.abort(grpc.StatusCode.INTERNAL, _incident(method.__name__, exc))
 
@@ -261,7 +262,7 @@ def _handled(method: Callable) -> Callable:
             async for message in method(self, request, context):
                 yield message
         except NasError as exc:
-            await context.abort(_status_of(exc), str(exc))
+            await context.abort(_status_of(exc), bounded_error(str(exc)))
         except Exception as exc:  # noqa: BLE001 - never a traceback to the client
             await context.abort(grpc.StatusCode.INTERNAL, _incident(method.__name__, exc))
 
@@ -487,6 +488,7 @@ class TLS:
         for name, path in paths.items():
             if not Path(path).is_file():
                 raise ConfigError(name, f"file not found: {path}")
+        private_file("tls_key", Path(self.key))
         return grpc.ssl_server_credentials([(Path(self.key).read_bytes(), Path(self.cert).read_bytes())])
 
 

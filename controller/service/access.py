@@ -17,6 +17,8 @@ Names are 1 to 64 letters, digits, `.`, `_` or `-`; tokens at least 32 character
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import re
 import stat
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from raynas.common import ConfigError
 
+log = logging.getLogger(__name__)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 MIN_TOKEN_LENGTH = 32
 #: The one client of single-token mode.
@@ -59,8 +62,7 @@ class Tokens:
         path = Path(path)
         if not path.is_file():
             raise ConfigError("tokens_file", f"file not found: {path}")
-        if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError("tokens_file", f"{path} is open to other users", f"chmod 600 {path}")
+        private_file("tokens_file", path)
         clients: dict[str, Client] = {}
         names: set[str] = set()
         for number, line in enumerate(path.read_text().splitlines(), 1):
@@ -96,6 +98,25 @@ class Tokens:
         if scheme != "Bearer" or not token:
             return None
         return self._by_digest.get(_digest(token))
+
+
+def private_file(field: str, path: Path) -> None:
+    """Refuse a secret (a tokens file, a TLS key) that other users of the machine can read."""
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(field, f"{path} is open to other users",
+                          f"chmod 600 {path} (a Kubernetes Secret: mount it with defaultMode: 0400)")
+
+
+def private_folder(field: str, path: Path) -> None:
+    """Make one of the service's own folders owner-only if it is not (it may predate the service)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        try:
+            os.chmod(path, 0o700)
+        except OSError as exc:
+            raise ConfigError(field, f"{path} is open to other users (mode {mode:o}) and cannot be made private: "
+                              f"{exc.strerror}", f"chmod 700 {path}, or a folder of the service's own user") from None
+        log.warning("%s was open to other users (mode %o); made it owner-only (700)", path, mode)
 
 
 def _digest(token: str) -> bytes:

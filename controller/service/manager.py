@@ -45,7 +45,7 @@ from raynas.controller.runtime.rundir import (
 )
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service import capacity, logs
-from raynas.controller.service.access import SINGLE_CLIENT, Client
+from raynas.controller.service.access import SINGLE_CLIENT, Client, private_folder
 from raynas.controller.service.capacity import Footprint, footprint
 from raynas.controller.service.logs import LogChunks
 from raynas.controller.service.registry import (
@@ -387,9 +387,11 @@ class SearchManager:
         if not max_search_time_s > 0:
             raise ConfigError("max_search_time", f"must be a positive number of seconds, got {max_search_time_s}")
         self.state_dir = Path(state_dir)
-        # Owner-only: run directories hold specs, data paths and results of every client.
-        self.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (self.state_dir / "runs").mkdir(mode=0o700, exist_ok=True)
+        # Owner-only: run directories hold specs, data paths and results of every client (and the
+        # token). mkdir's mode does not apply to a folder that exists already: made private here.
+        for folder in (self.state_dir, self.state_dir / "runs"):
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_folder("state_dir", folder)
         self.registry = JobRegistry(self.state_dir / "registry.sqlite")
         self.launcher = launcher
         self.max_jobs = max_jobs
@@ -514,6 +516,8 @@ class SearchManager:
             record = self.get(search_id, caller)
             if record.state not in RESUMABLE:
                 raise NotReady(f"search {search_id} is {record.state}; only {', '.join(RESUMABLE)} searches resume")
+            if not record.spec:
+                raise NotReady(f"search {search_id} lost its spec ({record.error}); it cannot resume")
             self._check_capacity(caller)
             spec = SearchSpec.from_dict(record.spec)
             if spec.data_path is not None:
@@ -588,6 +592,9 @@ class SearchManager:
     def _reattach(self) -> None:
         for record in self.registry.in_states(ACTIVE):
             try:
+                if record.state not in ACTIVE:  # its registry row is damaged (JobRegistry says how)
+                    self._fail(record, record.error)
+                    continue
                 handle = self.launcher.find(record)
                 if handle is not None:
                     self._handles[record.id] = handle
@@ -614,11 +621,14 @@ class SearchManager:
         """Mark a search whose run directory or runner cannot be read failed, with a one-line
         reason, and let go of its runner; every other search goes on."""
         log.error("search %s is broken:\n%s", record.id, "".join(traceback.format_exception(exc)))
+        return self._fail(record, f"its run directory {record.run_dir} cannot be read: {one_line(exc)}")
+
+    def _fail(self, record: SearchRecord, error: str) -> SearchRecord:
+        """Mark an active search failed and stop its runner (found again if this service never held it)."""
         with self._lock:
-            handle = self._handles.pop(record.id, None)
+            handle = self._handles.pop(record.id, None) or self.launcher.find(record)
             self._progress.pop(record.id, None)
             self._footprints.pop(record.id, None)
-            error = f"its run directory {record.run_dir} cannot be read: {one_line(exc)}"
             record = self._update(record.id, state=FAILED, error=error, finished_at=time.time())
         if handle is not None:
             try:
@@ -657,7 +667,10 @@ class SearchManager:
     def _poll(self) -> None:
         for record in self.registry.in_states(ACTIVE):
             try:
-                self._poll_one(record)
+                if record.state not in ACTIVE:  # its registry row was damaged while it ran
+                    self._fail(record, record.error)
+                else:
+                    self._poll_one(record)
             except Exception as exc:  # noqa: BLE001 - one broken search must not stop the others' monitoring
                 self.broken(record, exc)
 

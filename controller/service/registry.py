@@ -189,8 +189,21 @@ class JobRegistry:
 
     @staticmethod
     def _from_row(row: tuple) -> SearchRecord:
-        values = {c: (json.loads(v) if c in _JSON_FIELDS and v is not None else v) for c, v in zip(_COLUMNS, row)}
-        return SearchRecord(**values)
+        """The row's search; one whose JSON columns do not parse (a disk error, a hand edit) comes back
+        failed, saying which, so that it fails alone instead of every listing that includes it."""
+        values, damaged = dict(zip(_COLUMNS, row)), []
+        for column in _JSON_FIELDS:
+            if values[column] is not None:
+                try:
+                    values[column] = json.loads(values[column])
+                except ValueError:
+                    damaged.append(column)
+                    values[column] = {} if column == "spec" else None
+        record = SearchRecord(**values)
+        if damaged:
+            record = record.replace(state=FAILED, error=f"its registry row is damaged ({', '.join(damaged)}: not "
+                                    f"JSON); nas delete {record.id} forgets it")
+        return record
 
 
 def bounded_error(text: str) -> str:

@@ -298,3 +298,99 @@ def test_searches_share_the_clusters_processes(serving):
     launcher.statuses[first.id] = ("succeeded", "")
     wait_state(c, first.id, (pb.STATE_SUCCEEDED,))
     assert c.submit({**RANDOM_ON_RAY, "workers": 3, "cpus_per_child": 0}).state == pb.STATE_RUNNING
+
+
+# -- what a restart, a damaged row and a hostile request leave behind ------------------------------
+
+class ReattachingLauncher(FakeLauncher):
+    """Runners that outlive the service (detached actors): found again after a restart."""
+
+    def find(self, record):
+        return record.id
+
+
+def test_a_pending_force_stop_survives_a_restart(tmp_path):
+    launcher = ReattachingLauncher()
+    srv = start(tmp_path / "state", launcher=launcher, cancel_grace_s=3600)
+    with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+        search = c.submit(TABLE)
+        c.cancel(search.id)  # its runner never reaches a safe point
+    srv.stop(grace=None)
+    srv = start(tmp_path / "state", launcher=launcher, cancel_grace_s=0.1)
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            stopped = wait_state(c, search.id, (pb.STATE_CANCELLED,))
+        assert "force-stopped" in stopped.error and launcher.killed == [search.id]
+    finally:
+        srv.stop(grace=None)
+
+
+def _damage(state_dir, search_id, column):
+    import sqlite3
+
+    with sqlite3.connect(Path(state_dir, "registry.sqlite")) as db:
+        db.execute(f"UPDATE searches SET {column} = ? WHERE id = ?", ('{"torn": ', search_id))
+
+
+def test_a_registry_row_with_damaged_json_fails_alone(tmp_path):
+    launcher = ReattachingLauncher()
+    srv = start(tmp_path / "state", launcher=launcher)
+    with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+        running, finished, good = c.submit(TABLE), c.submit(TABLE), c.submit(TABLE)
+        launcher.statuses[finished.id] = ("succeeded", "")
+        wait_state(c, finished.id, (pb.STATE_SUCCEEDED,))
+    srv.stop(grace=None)
+    _damage(tmp_path / "state", running.id, "spec")
+    _damage(tmp_path / "state", finished.id, "best")
+    srv = start(tmp_path / "state", launcher=launcher)  # reattaching reads the damaged running row
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            listed = {s.id: s for s in c.list().searches}
+            assert set(listed) == {running.id, finished.id, good.id}
+            for damaged, column in ((running.id, "spec"), (finished.id, "best")):
+                search = c.get(damaged)
+                assert search.state == pb.STATE_FAILED and f"its registry row is damaged ({column}" in search.error
+            assert launcher.killed == [running.id]  # nothing follows it any more
+            assert code_of(lambda: c.resume(running.id)) == grpc.StatusCode.FAILED_PRECONDITION
+            assert c.get(good.id).state == pb.STATE_RUNNING
+            c.delete(running.id)
+    finally:
+        srv.stop(grace=None)
+
+
+def test_error_messages_do_not_echo_a_huge_request(serving):
+    _, c, _ = serving()
+    with pytest.raises(RemoteError) as refused:
+        c.submit({**TABLE, "strategy": "\0" * 1_000_000})
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "strategy" in str(refused.value)
+    assert len(str(refused.value)) < 3_000 and "characters cut" in str(refused.value)
+
+
+def test_an_existing_state_directory_is_made_private(tmp_path):
+    import stat
+
+    state = tmp_path / "state"
+    (state / "runs").mkdir(parents=True, mode=0o755)
+    state.chmod(0o755)
+    SearchManager(state, FakeLauncher()).close()
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (state, state / "runs")} == {0o700}
+
+
+def test_a_tls_key_others_can_read_is_refused(tmp_path):
+    from raynas.common import ConfigError
+    from raynas.controller.api.servicer import TLS
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("certificate")
+    key.write_text("private key")
+    key.chmod(0o644)
+    with pytest.raises(ConfigError) as refused:
+        TLS(str(cert), str(key)).credentials()
+    assert refused.value.field == "tls_key" and f"chmod 600 {key}" in str(refused.value)
+
+
+def test_digits_with_a_data_path_is_refused_at_submit(serving, tmp_path):
+    _, c, _ = serving(data_roots=(str(tmp_path),))
+    with pytest.raises(RemoteError) as refused:
+        c.submit({**TABLE, "evaluator": "train", "space": "nb201", "dataset": "digits", "data_path": str(tmp_path)})
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "data_path" in str(refused.value)
