@@ -1,4 +1,5 @@
-"""A small Python client of the search service (what `nas submit/status/watch/...` use)."""
+"""A small Python client of the search service (what `nas submit/status/watch/...` use). It
+imports grpc and the messages, not the service, so that the client commands start fast."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from raynas.common import ConfigError, NasError
-from raynas.controller.api.servicer import STATE_TO_PB, _integral, spec_to_message
-from raynas.controller.service.manager import DEFAULT_PORT
+from raynas.controller.api.messages import STATE_TO_PB, spec_to_message
+from raynas.controller.service.limits import DEFAULT_PORT
 from raynas.protos.nas.v1 import search_pb2 as pb
 from raynas.protos.nas.v1 import search_pb2_grpc as pb_grpc
 
@@ -26,11 +26,6 @@ class RemoteError(NasError):
     def __init__(self, code: grpc.StatusCode, details: str):
         self.code = code
         super().__init__(f"{code.name}: {details}")
-
-
-def message_to_dict(message) -> dict[str, Any]:
-    """A reply as plain data, with the .proto's field names."""
-    return _integral(json_format.MessageToDict(message, preserving_proto_field_name=True))
 
 
 def read_token(token_file: str | None) -> str | None:

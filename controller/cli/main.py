@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from pathlib import Path
 
 from raynas.common import ConfigError, NasError
 from raynas.controller.cli import model, service
-from raynas.controller.cli.flags import add_spec_arguments, key_value, spec_from_args
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,11 +23,22 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(commands: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The `nas` parser, with the arguments of `commands` only when given (all by default). A
+    command's arguments may import what they describe (the spec's flags list the plug-in registries,
+    which import torch): `nas --help` and the client commands build only theirs, and start fast."""
     parser = _Parser(prog="nas", description="Distributed, asynchronous neural architecture search.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_text, arguments, _) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        if commands is None or name in commands:
+            arguments(p)
+    return parser
 
-    s = sub.add_parser("search", help="run a search in this process and write a run directory")
+
+def _search_arguments(s: argparse.ArgumentParser) -> None:
+    from raynas.controller.cli.flags import add_spec_arguments
+
     add_spec_arguments(s)
     s.add_argument("--address",
                    help="Ray cluster to join: auto, or ray://HOST:PORT (default: an embedded single-node Ray)")
@@ -35,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress output")
     s.add_argument("--json", action="store_true", help="print result.json to stdout at the end")
 
-    i = sub.add_parser("inspect", help="describe an architecture: drawing, parameters, FLOPs")
+
+def _inspect_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--space", required=True)
     i.add_argument("--arch", help="architecture string, or a published name such as DARTS_V2")
     i.add_argument("--supernet", action="store_true",
@@ -50,7 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--vocab-size", type=int, default=10000, help="language models (rnn) only")
     i.add_argument("--json", action="store_true")
 
-    b = sub.add_parser("bench", help="benchmarks against published results")
+
+def _bench_arguments(b: argparse.ArgumentParser) -> None:
+    from raynas.controller.cli.flags import key_value
+
     b.add_argument("benchmark", choices=["nb201"])
     b.add_argument("--strategy", required=True)
     b.add_argument("--evaluations", type=int, default=100)
@@ -67,24 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --controllers: barrier (the paper's) or rolling (each replica keeps its m workers busy)")
     b.add_argument("--json", action="store_true")
 
-    o = sub.add_parser("options", help="list the search spaces, strategies, evaluators and datasets, or describe "
-                                       "one with its options")
+
+def _options_arguments(o: argparse.ArgumentParser) -> None:
     o.add_argument("--space", help="describe this search space")
     o.add_argument("--strategy", help="describe this strategy and its options (--strategy-option)")
     o.add_argument("--evaluator", help="describe this evaluator and its options (--evaluator-option)")
     o.add_argument("--dataset", help="describe this dataset and its options (--dataset-option)")
     o.add_argument("--bounds", action="store_true", help="every bounded option as a Markdown table")
 
-    r = sub.add_parser("results", help="a search's evaluations as a table, CSV or JSON lines")
+
+def _results_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("run", help="the search's run directory")
     r.add_argument("--format", default="table", help="table (default), csv or json")
     r.add_argument("--sort", choices=["best", "order"], default="best",
                    help="best first (budget reached, then reward; the default) or in the order recorded")
     r.add_argument("--top", type=int, help="only the first N rows")
-
-    COMMANDS.update(model.add_parsers(sub))
-    COMMANDS.update(service.add_parsers(sub))
-    return parser
 
 
 def _interrupt(signum, frame) -> None:
@@ -101,9 +114,12 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     if args.resume:
         out = args.resume
+        _check_unfinished(out)
         job = SearchJob.resume_from(out, address=args.address, progress=not args.quiet)
         spec = job.spec
     else:
+        from raynas.controller.cli.flags import spec_from_args
+
         spec = spec_from_args(args)
         out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         job = SearchJob(spec, out, address=args.address, progress=not args.quiet)
@@ -126,6 +142,20 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"stopped; continue with: nas search --resume {out}", file=sys.stderr)
         return 130
     return 0
+
+
+def _check_unfinished(out: str) -> None:
+    """Refuse to resume a search that spent its budget: there is nothing left to run, and running it
+    would only replay its log and overwrite its result."""
+    from raynas.controller.runtime.rundir import RESULT, RunDirectory
+
+    if not (Path(out) / RESULT).is_file():
+        return
+    result = RunDirectory(out).result()
+    if result.get("evaluations", 0) >= result.get("budget", float("inf")):
+        raise ConfigError("resume", f"the search in {out} is complete ({result['evaluations']} of its "
+                          f"{result['budget']} evaluations); there is nothing to resume",
+                          f"nas results {out} for its evaluations, or a new search with another --out")
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -203,20 +233,35 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"search": cmd_search, "inspect": cmd_inspect, "bench": cmd_bench, "options": cmd_options,
-            "results": cmd_results}
+#: Every subcommand: name -> (help, arguments, run), in the order `nas --help` lists them.
+COMMANDS = {
+    "search": ("run a search in this process and write a run directory", _search_arguments, cmd_search),
+    "inspect": ("describe an architecture: drawing, parameters, FLOPs", _inspect_arguments, cmd_inspect),
+    "bench": ("benchmarks against published results", _bench_arguments, cmd_bench),
+    "options": ("list the search spaces, strategies, evaluators and datasets, or describe one with its options",
+                _options_arguments, cmd_options),
+    "results": ("a search's evaluations as a table, CSV or JSON lines", _results_arguments, cmd_results),
+    **model.COMMANDS,
+    **service.COMMANDS,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[:1]).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][2](args)
     except NasError as exc:
         print(f"nas {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nas {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (nas watch | head): stop quietly, and keep Python's flush at exit from
+        # failing on the closed pipe as well.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

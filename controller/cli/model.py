@@ -6,14 +6,12 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
-from raynas.controller.cli.flags import key_value
 
+def _train_arguments(t: argparse.ArgumentParser) -> None:
+    from raynas.controller.cli.flags import key_value
 
-def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
-    t = sub.add_parser("train", help="retrain an architecture from scratch with its evaluation recipe")
     t.add_argument("--run", help="a search's run directory: train its best architecture on the search's dataset, "
                                  "data and dataset options (or a nas train output: its architecture and data)")
     t.add_argument("--space", help="search space of --arch")
@@ -41,15 +39,14 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--json", action="store_true", help="print result.json at the end")
 
-    e = sub.add_parser("export", help="write an architecture (json) or a deployable model that takes raw images "
-                                      "(torch-export, onnx), described in OUT.json")
+
+def _export_arguments(e: argparse.ArgumentParser) -> None:
     e.add_argument("source", help="a run directory (its best), an architecture string or a published name")
     e.add_argument("--space", help="search space (not needed for a run directory)")
     e.add_argument("--format", default="json", help="json (the architecture and preprocessing, no weights), "
                                                     "torch-export or onnx (pip install 'raynas[onnx]')")
     e.add_argument("--out", required=True, help="file to write")
     e.add_argument("--checkpoint", help="a nas train output (directory or checkpoint.pt): export its weights")
-    return {"train": cmd_train, "export": cmd_export}
 
 
 def _usable_cpus() -> int:
@@ -149,3 +146,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     if "description" in info:
         print(f"inputs, outputs and preprocessing: {info['description']}")
     return 0
+
+
+#: name -> (help, arguments, run), as controller/cli/main.py reads them.
+COMMANDS = {
+    "train": ("retrain an architecture from scratch with its evaluation recipe", _train_arguments, cmd_train),
+    "export": ("write an architecture (json) or a deployable model that takes raw images (torch-export, onnx), "
+               "described in OUT.json", _export_arguments, cmd_export),
+}

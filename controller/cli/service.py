@@ -9,23 +9,24 @@ import secrets
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from raynas.common import ConfigError
-from raynas.controller.service.manager import CANCEL_GRACE_S, DEFAULT_PORT, MAX_SEARCH_TIME_S, PLACEMENT_TIMEOUT_S
-
-#: WatchSearch streams `nas serve` keeps open at once (the servicer's default; kept here so
-#: that `nas --help` needs no grpc import).
-MAX_WATCHERS = 1024
+from raynas.controller.service.limits import (
+    CANCEL_GRACE_S,
+    DEFAULT_PORT,
+    MAX_JOBS,
+    MAX_SEARCH_TIME_S,
+    MAX_WATCHERS,
+    PLACEMENT_TIMEOUT_S,
+)
+from raynas.controller.service.registry import ACTIVE, RESUMABLE
 
 FINAL_EXIT = {"succeeded": 0, "cancelled": 130, "interrupted": 3, "failed": 1}
 
 
-def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
-    from raynas.controller.cli.flags import add_spec_arguments
-
-    s = sub.add_parser("serve", help="run the search service (gRPC) on the Ray head node")
+def _serve_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--address", help="Ray cluster to join: auto, or HOST:PORT (default: an embedded single-node Ray)")
     s.add_argument("--host", help="interface to listen on (default: loopback only, all interfaces with TLS)")
     s.add_argument("--port", type=int, default=DEFAULT_PORT,
@@ -40,8 +41,8 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     s.add_argument("--data-root", action="append", default=[], metavar="DIR",
                    help="a folder datasets may be read from (repeatable); without one, only the bundled digits")
     s.add_argument("--tls-cert", help="PEM certificate: serve TLS (needs --tls-key)")
-    s.add_argument("--tls-key", help="PEM private key of --tls-cert")
-    s.add_argument("--max-jobs", type=int, default=4, help="searches running at once (default 4)")
+    s.add_argument("--tls-key", help="PEM private key of --tls-cert (owner-only: chmod 600)")
+    s.add_argument("--max-jobs", type=int, default=MAX_JOBS, help=f"searches running at once (default {MAX_JOBS})")
     s.add_argument("--max-jobs-per-client", type=int, metavar="N",
                    help="searches one client may run at once (default: --max-jobs split evenly among the clients "
                         "of --tokens-file; all of them with one token)")
@@ -61,38 +62,28 @@ def add_parsers(sub) -> dict[str, Callable[[argparse.Namespace], int]]:
     s.add_argument("--placement-timeout", type=float, default=PLACEMENT_TIMEOUT_S, metavar="SECONDS",
                    help=f"with --autoscaling (default {PLACEMENT_TIMEOUT_S:g})")
 
-    commands = {"serve": cmd_serve}
-    clients = {
-        "submit": ("submit a search to the service; prints its id", cmd_submit),
-        "status": ("one search's state and progress, or the list of searches", cmd_status),
-        "watch": ("follow a search live until it ends", cmd_watch),
-        "cancel": ("stop a search at its next safe point (resumable)", cmd_cancel),
-        "resume": ("continue a cancelled or interrupted search", cmd_resume),
-        "result": ("the best architecture and top-k of a finished search", cmd_result),
-        "delete": ("forget an ended search and remove its run directory", cmd_delete),
-    }
-    for name, (help_text, fn) in clients.items():
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--server",
-                       help=f"HOST:PORT of `nas serve` (default $NAS_SERVER, else localhost:{DEFAULT_PORT})")
-        p.add_argument("--token-file", help="file holding the service's token (default $NAS_TOKEN)")
-        p.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
-        if name == "submit":
-            add_spec_arguments(p)
-            p.add_argument("--name", default="", help="a name shown in listings")
-            p.add_argument("--watch", action="store_true", help="then follow it like `nas watch`")
-        elif name == "status":
-            p.add_argument("id", nargs="?", help="search id (omit to list searches)")
-            p.add_argument("--state", help="list only searches in this state")
-            p.add_argument("--limit", type=int, default=20, help="searches to list (default 20, at most 100)")
-        else:
-            p.add_argument("id", help="search id")
-        if name == "watch":
-            p.add_argument("--skip", type=int, default=0, help="skip the first N evaluations (already seen)")
-        if name in ("status", "result", "submit"):
-            p.add_argument("--json", action="store_true", help="print the reply as JSON")
-        commands[name] = fn
-    return commands
+
+def _client_arguments(name: str, p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help=f"HOST:PORT of `nas serve` (default $NAS_SERVER, else localhost:{DEFAULT_PORT})")
+    p.add_argument("--token-file", help="file holding the service's token (default $NAS_TOKEN)")
+    p.add_argument("--tls-ca", help="PEM CA certificate: connect with TLS")
+    if name == "submit":
+        # The spec's flags come from the plug-in registries: only submit pays for importing them.
+        from raynas.controller.cli.flags import add_spec_arguments
+
+        add_spec_arguments(p)
+        p.add_argument("--name", default="", help="a name shown in listings")
+        p.add_argument("--watch", action="store_true", help="then follow it like `nas watch`")
+    elif name == "status":
+        p.add_argument("id", nargs="?", help="search id (omit to list searches)")
+        p.add_argument("--state", help="list only searches in this state")
+        p.add_argument("--limit", type=int, default=20, help="searches to list (default 20, at most 100)")
+    else:
+        p.add_argument("id", help="search id")
+    if name == "watch":
+        p.add_argument("--skip", type=int, default=0, help="skip the first N evaluations (already seen)")
+    if name in ("status", "result", "submit"):
+        p.add_argument("--json", action="store_true", help="print the reply as JSON")
 
 
 # -- the server ----------------------------------------------------------------------------
@@ -181,13 +172,13 @@ def _client(args: argparse.Namespace):
 
 
 def _state(value: int) -> str:
-    from raynas.controller.api.servicer import STATE_FROM_PB
+    from raynas.controller.api.messages import STATE_FROM_PB
 
     return STATE_FROM_PB.get(value, "unspecified")
 
 
 def _as_json(message) -> str:
-    from raynas.controller.api.client import message_to_dict
+    from raynas.controller.api.messages import message_to_dict
 
     return json.dumps(message_to_dict(message), indent=2, sort_keys=True)
 
@@ -225,6 +216,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         page = client.list(args.limit, state=args.state)
         if args.json:
             print(_as_json(page))
+        elif not page.searches:
+            print(f"no {args.state} searches" if args.state else "no searches yet (nas submit starts one)")
         else:
             for search in page.searches:
                 print(f"{search.id}  {_state(search.state):<11}  {search.evaluations_done} evaluations"
@@ -233,7 +226,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _follow(client, search_id: str, skip: int) -> int:
-    from raynas.controller.api.servicer import struct_to_dict
+    from raynas.controller.api.messages import struct_to_dict
 
     state = "unspecified"
     for event in client.watch(search_id, skip):
@@ -277,7 +270,13 @@ def cmd_watch(args: argparse.Namespace) -> int:
 def cmd_cancel(args: argparse.Namespace) -> int:
     with _client(args) as client:
         search = client.cancel(args.id)
-        print(f"{search.id}: stop requested ({_state(search.state)}); resume later with: nas resume {search.id}")
+        state = _state(search.state)
+        if state in ACTIVE:
+            print(f"{search.id}: stop requested ({state}); resume later with: nas resume {search.id}")
+        elif state in RESUMABLE:
+            print(f"{search.id}: already {state}; nothing to stop (nas resume {search.id} continues it)")
+        else:
+            print(f"{search.id}: already {state}; nothing to stop")
     return 0
 
 
@@ -298,7 +297,7 @@ def cmd_result(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.result(args.id)
         if args.json:
-            from raynas.controller.api.servicer import struct_to_dict
+            from raynas.controller.api.messages import struct_to_dict
 
             print(json.dumps(struct_to_dict(result.summary), indent=2, sort_keys=True))
             return 0
@@ -308,3 +307,18 @@ def cmd_result(args: argparse.Namespace) -> int:
             print(f"  {rank}. reward {e.reward:.4f}  {e.architecture.arch}")
         print(f"run directory: {result.run_dir}")
     return 0
+
+
+_CLIENTS = {
+    "submit": ("submit a search to the service; prints its id", cmd_submit),
+    "status": ("one search's state and progress, or the list of searches", cmd_status),
+    "watch": ("follow a search live until it ends", cmd_watch),
+    "cancel": ("stop a search at its next safe point (resumable)", cmd_cancel),
+    "resume": ("continue a cancelled or interrupted search", cmd_resume),
+    "result": ("the best architecture and top-k of a finished search", cmd_result),
+    "delete": ("forget an ended search and remove its run directory", cmd_delete),
+}
+#: name -> (help, arguments, run), as controller/cli/main.py reads them.
+COMMANDS = {"serve": ("run the search service (gRPC) on the Ray head node", _serve_arguments, cmd_serve),
+            **{name: (help_text, partial(_client_arguments, name), run)
+               for name, (help_text, run) in _CLIENTS.items()}}

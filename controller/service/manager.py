@@ -47,6 +47,13 @@ from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service import capacity, logs
 from raynas.controller.service.access import SINGLE_CLIENT, Client, private_folder
 from raynas.controller.service.capacity import Footprint, footprint
+from raynas.controller.service.limits import (  # noqa: F401 - DEFAULT_PORT: read here by older callers
+    CANCEL_GRACE_S,
+    DEFAULT_PORT,
+    MAX_JOBS,
+    MAX_SEARCH_TIME_S,
+    PLACEMENT_TIMEOUT_S,
+)
 from raynas.controller.service.logs import LogChunks
 from raynas.controller.service.registry import (
     ACTIVE,
@@ -65,18 +72,10 @@ from raynas.workers.datasets import check_data_root
 
 log = logging.getLogger(__name__)
 
-#: The gRPC port `nas serve` listens on (deploy/ manifests expose the same).
-DEFAULT_PORT = 50051
 #: Ray namespace of the service's runner actors.
 SERVICE_NAMESPACE = "nas-service"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9_-]{0,64}$")
 MAX_PAGE = 100
-#: Seconds a cancelled search has to reach a safe point before it is force-stopped.
-CANCEL_GRACE_S = 30.0
-#: Seconds a search on an autoscaling cluster may wait for a node that can place its workers.
-PLACEMENT_TIMEOUT_S = 600.0
-#: Seconds a search may run (since it started or resumed) before it is stopped: a week.
-MAX_SEARCH_TIME_S = 7 * 24 * 3600.0
 #: In-process callers (tests, scripts) act as the single-token client, an admin.
 LOCAL = Client(SINGLE_CLIENT, admin=True)
 
@@ -376,7 +375,7 @@ class SearchManager:
     (default: all) one client's; each may run `max_search_time_s` at most (or less, as its spec's
     `max_wall_time_s` says), then it is asked to stop and, `cancel_grace_s` later, force-stopped."""
 
-    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = 4,
+    def __init__(self, state_dir: str | Path, launcher: Launcher, *, max_jobs: int = MAX_JOBS,
                  max_jobs_per_client: int | None = None, poll_s: float = 0.5, watch_poll_s: float = 0.05,
                  data_roots: tuple[str, ...] = (), cancel_grace_s: float = CANCEL_GRACE_S,
                  placement_timeout_s: float = PLACEMENT_TIMEOUT_S, max_search_time_s: float = MAX_SEARCH_TIME_S):

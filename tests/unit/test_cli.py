@@ -192,3 +192,82 @@ def test_bench_distributed_scheme_in_simulated_time(capsys):
 def test_console_script_runs():
     done = subprocess.run([sys.executable, "-m", "raynas.controller.cli", "--help"], capture_output=True, text=True)
     assert done.returncode == 0 and "search" in done.stdout
+
+
+# -- the client commands: fast, and smooth at the edges (issue #23) ------------------------------
+
+LIGHT = ("torch", "ray", "numpy", "sklearn")
+
+
+def _in_a_fresh_process(code: str) -> list[str]:
+    """Run `code` in a new interpreter after the CLI; the heavy modules it imported."""
+    script = f"import sys\n{code}\nprint(' '.join(m for m in {LIGHT!r} if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.split("\n")[-2].split()
+
+
+def test_help_and_the_client_commands_import_no_torch(tmp_path):
+    from test_service import TOKEN, start
+
+    assert _in_a_fresh_process(
+        "from raynas.controller.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass") == []
+    srv = start(tmp_path / "state")
+    try:
+        token = tmp_path / "token"
+        token.write_text(TOKEN)
+        argv = ["status", "--server", f"127.0.0.1:{srv.port}", "--token-file", str(token)]
+        assert _in_a_fresh_process(f"from raynas.controller.cli import main\nassert main({argv!r}) == 0") == []
+    finally:
+        srv.stop(grace=None)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A service (runners as threads) and the connection flags of the nas client commands."""
+    from test_service import TOKEN, start
+
+    srv = start(tmp_path / "state")
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    yield srv, ["--server", f"127.0.0.1:{srv.port}", "--token-file", str(token)]
+    srv.stop(grace=None)
+
+
+def test_status_says_when_there_is_no_search(served, capsys):
+    _, conn = served
+    assert run_cli(capsys, "status", *conn)[1] == "no searches yet (nas submit starts one)\n"
+    assert run_cli(capsys, "status", *conn, "--state", "running")[1] == "no running searches\n"
+
+
+def test_cancel_on_an_ended_search_says_so(served, capsys):
+    srv, conn = served
+    search = srv.manager.submit({"space": "nb201", "evaluator": "table", "strategy": "random", "runtime": "local",
+                                 "evaluations": 2})
+    for _ in srv.manager.watch(search.id):
+        pass
+    code, out, _ = run_cli(capsys, "cancel", *conn, search.id)
+    assert code == 0 and out == f"{search.id}: already succeeded; nothing to stop\n"
+
+
+def test_watch_into_a_closed_pipe_stops_without_a_traceback(served):
+    srv, conn = served
+    search = srv.manager.submit({"space": "nb201", "evaluator": "table", "strategy": "random", "runtime": "local",
+                                 "evaluations": 5000})
+    watch = subprocess.Popen([sys.executable, "-m", "raynas.controller.cli", "watch", *conn, search.id],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert watch.stdout.readline()  # like `nas watch ID | head -1`
+    watch.stdout.close()
+    err = watch.stderr.read().decode()
+    assert watch.wait(timeout=120) == 141 and err == ""
+    srv.manager.cancel(search.id)
+
+
+def test_resuming_a_complete_search_says_so_and_changes_nothing(capsys, tmp_path):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--evaluations", "3",
+                   "--out", str(out), "--quiet")[0] == 0
+    before = (out / "result.json").read_text()
+    code, _, err = run_cli(capsys, "search", "--resume", str(out))
+    assert code == 2 and "complete (3 of its 3 evaluations)" in err and "nas results" in err
+    assert (out / "result.json").read_text() == before
