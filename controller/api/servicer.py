@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import logging
 import secrets
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
@@ -67,6 +69,11 @@ CALL_THREADS = 8
 READ_THREADS = 2
 #: Evaluation messages kept for the watchers of the same searches.
 EVALUATION_CACHE = 4096
+#: How often the watchers' pace is set; the event loop's lag and the share of a CPU the server may
+#: use at most while watchers send (what keeps unary calls and health checks answering promptly).
+PACE_TICK_S = 0.01
+PACE_LAG_S = 0.002
+PACE_CPU_SHARE = 0.5
 _HEALTH_PREFIX = f"/{HEALTH_SERVICE_NAME}/"
 
 # -- the servicer ---------------------------------------------------------------------------
@@ -132,6 +139,49 @@ def _authorization(metadata) -> str:
     return values[0] if len(values) == 1 and isinstance(values[0], str) else ""
 
 
+class Pacer:
+    """Lets watchers send only as many messages as the server can take beside everything else.
+
+    Every message a watcher sends costs the event loop that also answers unary calls and health
+    checks, and the GIL their threads need; a few hundred watchers catching up on a long log would
+    keep both busy and every other call waiting. So each message waits for a token, and every tick
+    (PACE_TICK_S) hands out more while the loop's lag stays under PACE_LAG_S and the process used
+    less than PACE_CPU_SHARE of a CPU in the tick, half as many when not (additive increase,
+    multiplicative decrease, like TCP's congestion window). Tokens go to waiting watchers in the
+    order they asked, so all of them progress. A watcher whose client stopped reading waits in its
+    write, holding no token."""
+
+    MIN, MAX, STEP = 8, 100_000, 16
+
+    def __init__(self):
+        self.per_tick = self.MIN
+        self._tokens = 0
+        self._waiting: deque[asyncio.Future] = deque()
+
+    async def take(self) -> None:
+        if self._tokens and not self._waiting:
+            self._tokens -= 1
+            return
+        turn = asyncio.get_running_loop().create_future()
+        self._waiting.append(turn)
+        await turn
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            start, cpu = loop.time(), time.process_time()
+            await asyncio.sleep(PACE_TICK_S)
+            took = loop.time() - start
+            late = took - PACE_TICK_S > PACE_LAG_S or time.process_time() - cpu > PACE_CPU_SHARE * took
+            self.per_tick = max(self.MIN, self.per_tick // 2) if late else min(self.MAX, self.per_tick + self.STEP)
+            self._tokens = self.per_tick  # unused tokens do not pile up into a burst
+            while self._tokens and self._waiting:
+                turn = self._waiting.popleft()
+                if not turn.done():  # a watcher that went away meanwhile
+                    turn.set_result(None)
+                    self._tokens -= 1
+
+
 class SearchServicer(pb_grpc.SearchServiceServicer):
     def __init__(self, manager: SearchManager, tokens: Tokens, *, max_watchers: int = MAX_WATCHERS,
                  max_watchers_per_client: int | None = None):
@@ -147,6 +197,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self._reads = futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nas-watch")
         self._cache_lock = threading.Lock()
         self._evaluations: OrderedDict[tuple, pb.Evaluation] = OrderedDict()
+        self.pacer = Pacer()
 
     def close(self) -> None:
         for pool in (self._reads, self._calls):
@@ -217,6 +268,7 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                 messages = await self._run(self._events, watch, pool=self._reads) if watch.pending() else []
                 # Each send waits for the client to take it: a stalled client holds this chunk only.
                 for message in messages:
+                    await self.pacer.take()
                     yield message
                 if watch.done:
                     return
@@ -359,6 +411,10 @@ class Server:
         except BaseException:
             self._close_loop()
             raise
+        # What the process holds by now (torch and the registries, imported by the manager) lives as long
+        # as it does: kept out of the collector's full passes, which otherwise walk it all and stall every
+        # call for ~100 ms at a time while watchers allocate their messages.
+        gc.freeze()
 
     async def _start(self, tokens: Tokens, address: str, tls: TLS | None) -> int:
         self._server = grpc.aio.server(
@@ -381,7 +437,8 @@ class Server:
         if bound == 0:
             raise ConfigError("port", f"cannot listen on {address} (in use?)")
         await self._server.start()
-        self._health_task = asyncio.get_running_loop().create_task(self._follow_health())
+        self._tasks = [asyncio.get_running_loop().create_task(task) for task in (self._follow_health(),
+                                                                                  self.servicer.pacer.run())]
         return bound
 
     async def _follow_health(self) -> None:
@@ -399,7 +456,8 @@ class Server:
     def stop(self, grace: float | None = 1.0) -> None:
         """Stop answering calls; running searches go on (their runners are independent)."""
         async def shutdown():
-            self._health_task.cancel()
+            for task in self._tasks:
+                task.cancel()
             await self.health.enter_graceful_shutdown()
             await self._server.stop(grace)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 #: The most a reader takes from a log at once (a longer line is read whole: lines are the job's).
-CHUNK_BYTES = 64 << 10
+CHUNK_BYTES = 16 << 10
 #: Parsed chunks kept for the readers behind, counted by their size on disk (parsed, about 5x).
 CACHE_BYTES = 2 << 20
 
