@@ -23,8 +23,6 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.2.0"
-
 #: Public name -> (module, attribute).
 _EXPORTS = {
     "search": ("raynas.controller.library", "search"),
@@ -47,6 +45,12 @@ _EXPORTS = {
 
 
 def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        # One source of the version: pyproject.toml, as the installed package's metadata holds it.
+        from importlib.metadata import version
+
+        globals()[name] = version("raynas")
+        return globals()[name]
     if name not in _EXPORTS:
         raise AttributeError(f"module 'raynas' has no attribute {name!r}")
     module, attribute = _EXPORTS[name]
@@ -56,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+    return sorted({*globals(), "__version__", *_EXPORTS})
 
 
 __all__ = ["__version__", *_EXPORTS]

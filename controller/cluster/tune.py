@@ -97,6 +97,7 @@ class StrategySearcher(_Attachable, Searcher):
 
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec) -> bool:
         ok = self.book.configure(metric, mode)
+        # What Searcher's metric and mode read; a subclass sets them (Tune's own searchers do; there is no setter).
         self._metric, self._mode = self.book.metric, self.book.mode
         return ok
 
@@ -124,6 +125,13 @@ class StrategySearcher(_Attachable, Searcher):
 class RungScheduler(_Attachable, AsyncHyperBandScheduler):
     """Tune's ASHA with the hooks a search job needs.
 
+    Tune has no public API for what these hooks read and write: ASHA's rungs (the values each
+    recorded, its cutoffs) and its brackets, and the controller's experiment checkpoint taken
+    mid-run (a `Stopper` would end the running trials instead of leaving them to resume). They are
+    read here only (`_brackets`, `_trial_info`, a bracket's `_rungs` and `cutoff`, `_num_stopped`,
+    the controller's `checkpoint`), and pyproject.toml holds Ray to the minor version the tests
+    run on (tests/unit/test_rung_scheduler.py, tests/integration/test_asha.py).
+
     `on_rung(event)` hears every rung decision: the trial, its evaluation id, the rung, the
     value it arrived with, the cutoff it was held to (the rung's top 1/eta so far; None while
     the rung is empty) and "continue" (promoted) or "stop". `keep(trial)` False stops a trial
@@ -140,6 +148,8 @@ class RungScheduler(_Attachable, AsyncHyperBandScheduler):
                  stop_requested: Callable[[], bool] | None = None):
         super().__init__(time_attr=time_attr, metric=metric, mode=mode, max_t=max_t, grace_period=grace_period,
                          reduction_factor=reduction_factor, brackets=brackets)
+        # Our own copies of what Tune keeps privately (its metric and mode are public), for reporting its decisions.
+        self.time_attr, self.max_t, self.sign = time_attr, max_t, 1.0 if mode == "max" else -1.0
         self._rng = np.random.default_rng(seed)
         self._on_rung = on_rung or (lambda event: None)
         self._keep = keep or (lambda trial: True)
@@ -165,17 +175,17 @@ class RungScheduler(_Attachable, AsyncHyperBandScheduler):
         if arrival is not None:
             rung, cutoff = arrival
             self._on_rung({"trial_id": trial.trial_id, "evaluation": trial.config.get("evaluation"),
-                           "rung": rung, "budget": result[self._time_attr], "value": result[self._metric],
-                           "cutoff": None if cutoff is None else float(cutoff) * self._metric_op,
+                           "rung": rung, "budget": result[self.time_attr], "value": result[self.metric],
+                           "cutoff": None if cutoff is None else float(cutoff) * self.sign,
                            "decision": "stop" if decision == TrialScheduler.STOP else "continue"})
         return decision
 
     def _arrival(self, trial, result: dict) -> tuple[float, float | None] | None:
         """The rung this result will be recorded at and the cutoff it meets there (Tune's rule:
         the highest rung at or below the result's budget that the trial has not reached yet)."""
-        t, value = result.get(self._time_attr), result.get(self._metric)
+        t, value = result.get(self.time_attr), result.get(self.metric)
         bracket = self._trial_info.get(trial.trial_id)
-        if bracket is None or t is None or value is None or math.isnan(value) or t >= self._max_t:
+        if bracket is None or t is None or value is None or math.isnan(value) or t >= self.max_t:
             return None
         for milestone, recorded in bracket._rungs:
             if t >= milestone and trial.trial_id not in recorded:
