@@ -97,8 +97,8 @@ def write_log(run_dir: str, count: int) -> None:
             f.write("".join(LINE % (1.7e9 + i, i, i, (i % 1000) / 1000) for i in block))
 
 
-def run_watchers(address: str, search_id: str, count: int, stalled: int, seconds: float, nice: int, started,
-                 out) -> None:
+def run_watchers(address: str, search_id: str, count: int, stalled: int, seconds: float, nice: int, live: bool,
+                 started, out) -> None:
     """`count` WatchSearch streams read for `seconds`, `stalled` more take one event each and stop reading;
     sends back the lags, the events received and how many streams were served. At `nice`: the watchers
     stand for clients on other machines, whose decoding should not take the server's CPU here."""
@@ -130,7 +130,7 @@ def run_watchers(address: str, search_id: str, count: int, stalled: int, seconds
                         return
                 elif kind == "evaluation":
                     received += 1
-                    if event.evaluation.finished_at.seconds > 1.8e9:  # a live search's, not a written log's
+                    if live:  # a written log's times are not when its evaluations were recorded
                         lags.append(time.time() - event.evaluation.finished_at.ToNanoseconds() / 1e9)
 
         tasks = [asyncio.create_task(watch(pb_grpc.SearchServiceStub(channels[i % 4]), i < count))
@@ -240,7 +240,7 @@ def watch_load(ctx, args) -> tuple[dict, str, mp.Process, object]:
     watched, results = ctx.Pipe(duplex=False)
     started = ctx.Event()
     watchers = ctx.Process(target=run_watchers, args=(address, search.id, args.watchers, args.stalled, args.seconds,
-                                                      args.watcher_nice, started, results), daemon=True)
+                                                      args.watcher_nice, not held, started, results), daemon=True)
     if args.watchers or args.stalled:
         watchers.start()
         if not started.wait(180):
