@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from raynas.common import ConfigError, check_int, check_number
 from raynas.common.options import option
-from raynas.workers.datasets.images import ImageData
+from raynas.workers.datasets.images import ImageData, to_device
 from raynas.workers.datasets.text import TextData
 
 IMAGE_REWARDS = ("zoph", "last", "max")
@@ -473,7 +473,7 @@ def cutout(x: torch.Tensor, size: int, generator: torch.Generator, pin: bool = F
     them to the GPU from pinned memory without waiting, where a pageable copy syncs the step."""
     b, _, h, w = x.shape
     centres = torch.randint(0, h, (b, 1, 1), generator=generator), torch.randint(0, w, (b, 1, 1), generator=generator)
-    cy, cx = (c.pin_memory().to(x.device, non_blocking=True) if pin else c.to(x.device) for c in centres)
+    cy, cx = (to_device(c, x.device, pin) for c in centres)
     rows = torch.arange(h, device=x.device)[None, :, None]
     cols = torch.arange(w, device=x.device)[None, None, :]
     top, left = cy - size // 2, cx - size // 2
