@@ -12,33 +12,31 @@ but "one more search" and nothing to learn from results.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Hashable, Mapping
-from typing import Any
+from collections.abc import Hashable
 
 from raynas.common import ConfigError
-from raynas.common.options import parse_options
 from raynas.controller.strategies import register
-from raynas.controller.strategies.base import Needs, Strategy, option_errors
+from raynas.controller.strategies.base import Needs, Strategy
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
-from raynas.workers.oneshot import SPACES, OneShotConfig, RSWSConfig, SupernetConfig, rsws_evaluator, search_evaluator
+from raynas.workers.oneshot import (
+    SPACES,
+    Darts2Config,
+    NoisyDartsConfig,
+    OneShotConfig,
+    RSWSConfig,
+    SupernetConfig,
+    rsws_evaluator,
+    search_evaluator,
+)
 
 
 class OneShotStrategy(Strategy):
-    """Options: `OneShotConfig`'s fields (epochs, channels, layers, batch_size, lr, ...),
-    the algorithm being the strategy's name."""
+    """Options: its search's settings (`OneShotConfig`'s fields: epochs, channels, layers,
+    batch_size, lr, ...), their defaults the paper's; the search is named after the strategy."""
 
     needs = Needs(search=search_evaluator)
     Options: type[SupernetConfig] = OneShotConfig
-
-    @classmethod
-    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> SupernetConfig:
-        fixed = {"algorithm": cls.name} if "algorithm" in {f.name for f in dataclasses.fields(cls.Options)} else {}
-        config = parse_options(cls.Options, options, "strategy_options", f"the {cls.name} strategy", **fixed)
-        with option_errors(f.name for f in dataclasses.fields(cls.Options)):
-            cls.check_space(space, config)
-        return config
 
     @classmethod
     def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:
@@ -67,6 +65,7 @@ class Darts2(OneShotStrategy):
 
     name = "darts2"
     summary = "DARTS, second order: the unrolled step (one-shot)"
+    Options = Darts2Config
 
 
 @register
@@ -75,6 +74,7 @@ class NoisyDarts(OneShotStrategy):
 
     name = "noisy-darts"
     summary = "NoisyDARTS: noise on the skip connection (one-shot)"
+    Options = NoisyDartsConfig
 
 
 @register

@@ -37,7 +37,7 @@ def train() -> Evaluator:
 
 def one_shot() -> Evaluator:
     space = get_space("nb201")
-    config = OneShotConfig(algorithm="darts", epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2)
+    config = OneShotConfig(epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2)
     return search_evaluator(config, space, load_dataset("digits", max_train=256), table())
 
 

@@ -2,6 +2,7 @@
 noise, genotype derivation and the search loop (tiny supernets on digits)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -15,12 +16,15 @@ from raynas.search_spaces.nb201 import NB201_OPS
 from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import (
     Architect,
+    Darts2Config,
     DartsSupernet,
     NB201Supernet,
+    NoisyDartsConfig,
     OneShotConfig,
     derive,
     describe_supernet,
     finite_difference_hvp,
+    search_config,
     search_epochs,
     skip_count,
 )
@@ -88,7 +92,7 @@ def test_fast_convs_compute_the_library_convs(shape):
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
     model = tiny_nb201()
-    config = OneShotConfig(algorithm=algorithm, arch_lr=0.03).resolved("nb201")
+    config = search_config(algorithm)(arch_lr=0.03).resolved("nb201")
     w_opt = torch.optim.SGD(model.network_parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
     architect = Architect(model, config)
     train_x, train_y = digits.tensors("train")
@@ -155,7 +159,7 @@ def test_second_order_gradient_is_the_unrolled_one(digits):
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     val_loss = F.cross_entropy(functional_call(model, {**virtual, **buffers}, (xv,)), yv)
     exact = torch.autograd.grad(val_loss, model.arch_parameters())
-    architect = Architect(model, OneShotConfig(algorithm="darts2").resolved("nb201"))
+    architect = Architect(model, Darts2Config().resolved("nb201"))
     weights_before = [p.detach().clone() for p in model.network_parameters()]
     approx = architect.gradient(x, y, xv, yv, xi, w_opt)
     # Central differences at DARTS' eps = 0.01 / ||v|| are off by O(eps^2): here 0.2 % of the largest entry.
@@ -215,7 +219,8 @@ def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
 
 
 def test_config_errors_name_the_field_and_defaults_are_the_papers():
-    for kwargs, field in (({"algorithm": "gdas"}, "algorithm"), ({"epochs": 0}, "epochs"),
+    for kwargs, field in (({"second_order": "yes"}, "second_order"), ({"drop_none": 1}, "drop_none"),
+                          ({"epochs": 0}, "epochs"), ({"skip_drop_path": 1.0}, "skip_drop_path"),
                           ({"arch_betas": (0.5,)}, "arch_betas"), ({"train_portion": 1.0}, "train_portion"),
                           ({"device": "tpu"}, "device"), ({"lr": -1}, "lr"), ({"noise_lambda": -0.1}, "noise_lambda"),
                           ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"batch_size": 0}, "batch_size")):
@@ -230,14 +235,21 @@ def test_config_errors_name_the_field_and_defaults_are_the_papers():
             darts.nesterov, darts.arch_lr, darts.arch_betas, darts.arch_weight_decay, darts.grad_clip,
             darts.layers, darts.channels, darts.train_portion, darts.noise_lambda) == (
         50, 64, 0.025, 0.001, 0.9, 3e-4, False, 3e-4, (0.5, 0.999), 1e-3, 5.0, 8, 16, 0.5, 0.0)
-    noisy = OneShotConfig(algorithm="noisy-darts").resolved("darts")
-    assert (noisy.batch_size, noisy.lr, noisy.noise_lambda) == (128, 0.05, 0.2)  # NoisyDARTS' search settings
+    assert (darts.second_order, darts.skip_drop_path, darts.drop_none) == (False, 0.0, False)
+    assert dataclasses.asdict(Darts2Config().resolved("darts")) == {**dataclasses.asdict(darts), "second_order": True}
+    noisy = NoisyDartsConfig().resolved("darts")  # NoisyDARTS' search settings
+    assert (noisy.batch_size, noisy.lr, noisy.noise_lambda, noisy.skip_drop_path, noisy.drop_none) == (
+        128, 0.05, 0.2, 0.3, True)
+    assert (NoisyDartsConfig(batch_size=64).resolved("darts").batch_size, noisy.second_order) == (64, False)
+    with pytest.raises(ConfigError) as err:
+        search_config("gdas")
+    assert err.value.field == "algorithm"
     nb201 = OneShotConfig().resolved("nb201")  # AutoDL-Projects' DARTS.config
     assert (nb201.layers, nb201.weight_decay, nb201.nesterov, nb201.lr, nb201.batch_size) == (5, 5e-4, True, 0.025, 64)
 
 
 def _run(digits, space, algorithm, seed, layers=1, epochs=2, batches=3):
-    config = OneShotConfig(algorithm=algorithm, epochs=epochs, channels=4, layers=layers, batch_size=32,
+    config = search_config(algorithm)(epochs=epochs, channels=4, layers=layers, batch_size=32,
                            max_batches_per_epoch=batches, device="cpu")
     return list(search_epochs(get_space(space), digits, config, seed))
 

@@ -11,7 +11,7 @@ from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.types import RNNGenotype
 from raynas.workers.datasets import load_dataset
-from raynas.workers.oneshot import OneShotConfig, RSWSConfig
+from raynas.workers.oneshot import NoisyDartsConfig, OneShotConfig, RSWSConfig, search_config
 from raynas.workers.oneshot.rnn import (
     PRIMITIVES,
     RNNSupernet,
@@ -40,8 +40,11 @@ def test_defaults_are_darts_ptb_search_settings():
 
 def test_what_the_rnn_search_cannot_do_is_refused(tiny_ptb):
     with pytest.raises(ConfigError) as err:
-        OneShotConfig(algorithm="noisy-darts").resolved("rnn")
-    assert err.value.field == "algorithm"
+        NoisyDartsConfig().resolved("rnn")
+    assert err.value.field == "noise_lambda"
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig(drop_none=True).resolved("rnn")
+    assert err.value.field == "drop_none"
     with pytest.raises(ConfigError) as err:
         OneShotConfig(early_stop_skips=2).resolved("rnn")
     assert err.value.field == "early_stop_skips"
@@ -89,7 +92,7 @@ def _same(report):
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_search_resumes_exactly_from_its_checkpoint(tiny_ptb, tmp_path, algorithm):
     data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
-    config = OneShotConfig(algorithm=algorithm, **TINY)
+    config = search_config(algorithm)(**TINY)
     straight = list(rnn_search_epochs(space, data, config, seed=1))
     checkpoint = str(tmp_path / "search.pt")
     first = next(iter(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint)))

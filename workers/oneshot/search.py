@@ -59,7 +59,6 @@ from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fra
 from raynas.workers.oneshot.supernet import Path, Supernet, build_supernet
 from raynas.workers.training import pick_device
 
-ALGORITHMS = ("darts", "darts2", "noisy-darts")
 SPACES = ("darts", "nb201", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 #: The weights' cosine steps once per epoch (DARTS) or every iteration (AutoDL-Projects on NB201);
@@ -68,9 +67,8 @@ SCHEDULES = ("epoch", "step", "constant")
 #: DARTS' search network reduces at cells layers//3 and 2*layers//3; below 3 cells no normal cell is left.
 MIN_DARTS_LAYERS = 3
 
-#: Where NoisyDARTS' published search settings differ from DARTS'.
-NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2, "skip_drop_path": 0.3}
-DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0, "skip_drop_path": 0.0}
+#: DARTS' CIFAR search batch and learning rate, kept on NB201 by AutoDL-Projects.
+DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025}
 #: How each space's supernet weights are trained: DARTS' CIFAR search, AutoDL-Projects' NB201 config.
 SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_decay": 3e-4, "momentum": 0.9,
                             "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
@@ -159,20 +157,37 @@ class SupernetConfig:
         return {"algorithm": self.algorithm, **settings}
 
 
+def retuned(base: type, name: str, default: Any) -> Any:
+    """`base`'s option `name` with another default (a search's published setting); its help and
+    its bound stay `base`'s."""
+    return dataclasses.field(default=default, metadata=base.__dataclass_fields__[name].metadata)
+
+
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false, got {value!r}")
+
+
 @dataclass(frozen=True)
 class OneShotConfig(SupernetConfig):
-    """One gradient-based search (darts, darts2, noisy-darts)."""
+    """DARTS' bilevel search, and the settings that vary it: the unrolled second-order step
+    (`Darts2Config` sets it) and NoisyDARTS' noise, drop-path and op list (`NoisyDartsConfig`
+    sets them, with its batch and learning rate)."""
 
-    algorithm: str = "darts"
     arch_lr: float | None = option(None, "the alphas' Adam learning rate (default: 3e-4 on image spaces, 3e-3 on "
                                          "rnn)")
     arch_betas: tuple[float, float] | None = option(None, "the alphas' Adam betas (default: (0.5, 0.999) on image "
                                                           "spaces, (0.9, 0.999) on rnn)")
     arch_weight_decay: float = option(1e-3, "the alphas' weight decay")
-    noise_lambda: float | None = option(None, "NoisyDARTS' lambda: noise std = lambda x std(skip output) (default: "
-                                              "0.2 for noisy-darts, else 0)")
-    skip_drop_path: float | None = option(None, "drop-path probability of the skip branch (NoisyDARTS' search code; "
-                                                "default: 0.3 for noisy-darts, else 0)")
+    second_order: bool = option(False, "step the alphas by DARTS' unrolled second-order gradient (a virtual weight "
+                                       "step and a finite-difference Hessian-vector product), not at the current "
+                                       "weights")
+    noise_lambda: float = option(0.0, "NoisyDARTS' lambda: Gaussian noise of std lambda x std(skip output) on the skip "
+                                      "connection while training (0: none)")
+    skip_drop_path: float = option(0.0, "drop-path probability of the skip branch, in training and evaluation "
+                                        "(NoisyDARTS' search code)")
+    drop_none: bool = option(False, "leave `none` out of the darts supernet's ops (NoisyDARTS' list); nb201 keeps it, "
+                                    "an edge's choice there")
     warmup_epochs: int = option(0, "epochs that train the weights with frozen alphas first (NoisyDARTS' frozen "
                                    "epochs)", most=1000)
     early_stop_skips: int | None = option(None, "stop once the derived normal cell holds this many skip-connections "
@@ -180,18 +195,18 @@ class OneShotConfig(SupernetConfig):
     keep_best: bool = option(False, "answer the genotype of the epoch with the best supernet validation accuracy, "
                                     "not the last")
 
+    algorithm: ClassVar[str] = "darts"
+
     def __post_init__(self):
         super().__post_init__()
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError("algorithm", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
         check_number("arch_lr", self.arch_lr, 0, low_open=True, optional=True)
         check_number("arch_weight_decay", self.arch_weight_decay, 0)
-        check_number("noise_lambda", self.noise_lambda, 0, optional=True)
-        check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True, optional=True)
+        check_number("noise_lambda", self.noise_lambda, 0)
+        check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True)
+        for name in ("second_order", "drop_none", "keep_best"):
+            check_flag(name, getattr(self, name))
         check_int("warmup_epochs", self.warmup_epochs, 0)
         check_int("early_stop_skips", self.early_stop_skips, optional=True)
-        if not isinstance(self.keep_best, bool):
-            raise ConfigError("keep_best", f"must be true or false, got {self.keep_best!r}")
         if self.arch_betas is not None:
             betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
             if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
@@ -203,27 +218,40 @@ class OneShotConfig(SupernetConfig):
 
     def defaults(self, space: str) -> dict[str, Any]:
         if space == "rnn":
-            if self.algorithm == "noisy-darts":
-                raise ConfigError("algorithm", "NoisyDARTS noises the skip connection, which the rnn space has not",
-                                  ("darts", "darts2"))
+            for name, why in (("noise_lambda", "noises"), ("skip_drop_path", "drops")):
+                if getattr(self, name):
+                    raise ConfigError(name, f"{why} the skip connection, which the rnn space has not", (0,))
+            if self.drop_none:
+                raise ConfigError("drop_none", "the rnn supernet mixes its activations with `none`", (False,))
             if self.early_stop_skips is not None:
                 raise ConfigError("early_stop_skips", "counts skip-connections, which the rnn space has not",
                                   (None,))
-            return {**super().defaults(space), "noise_lambda": 0.0, "skip_drop_path": 0.0}
-        return {**super().defaults(space), **ARCH_DEFAULTS,
-                **(NOISY_DEFAULTS if self.algorithm == "noisy-darts" else DARTS_DEFAULTS)}
-
-    @property
-    def second_order(self) -> bool:
-        return self.algorithm == "darts2"
+            return super().defaults(space)
+        return {**super().defaults(space), **ARCH_DEFAULTS, **DARTS_DEFAULTS}
 
 
-def primitives_for(space: str, algorithm: str) -> tuple[str, ...] | None:
-    """The supernet's ops where they are not the space's: NoisyDARTS' code comments `none` out
-    of the DARTS list. On nb201 every algorithm keeps the five NB201 ops."""
-    if space == "darts" and algorithm == "noisy-darts":
-        return tuple(p for p in PRIMITIVES if p != "none")
-    return None
+@dataclass(frozen=True)
+class Darts2Config(OneShotConfig):
+    """darts2: DARTS with its unrolled second-order step."""
+
+    second_order: bool = retuned(OneShotConfig, "second_order", True)
+
+    algorithm: ClassVar[str] = "darts2"
+
+
+@dataclass(frozen=True)
+class NoisyDartsConfig(OneShotConfig):
+    """noisy-darts: DARTS with NoisyDARTS' published search settings (batch 128, lr 0.05, `none`
+    removed, lambda 0.2, drop-path 0.3 on the skip branch). Its NB201 settings are not known to
+    us, so the same batch and learning rate apply there, on top of the NB201 recipe."""
+
+    batch_size: int | None = retuned(OneShotConfig, "batch_size", 128)
+    lr: float | None = retuned(OneShotConfig, "lr", 0.05)
+    noise_lambda: float = retuned(OneShotConfig, "noise_lambda", 0.2)
+    skip_drop_path: float = retuned(OneShotConfig, "skip_drop_path", 0.3)
+    drop_none: bool = retuned(OneShotConfig, "drop_none", True)
+
+    algorithm: ClassVar[str] = "noisy-darts"
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
@@ -481,7 +509,8 @@ def _darts(space: SearchSpace, dataset: ImageData, cfg: OneShotConfig, seed: int
         w_half, a_half = dataset.to(device).halves(cfg.train_portion)
         model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels, w_half.num_classes,
                                noise_lambda=cfg.noise_lambda, skip_drop_path=cfg.skip_drop_path,
-                               primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
+                               primitives=tuple(p for p in PRIMITIVES if p != "none") if cfg.drop_none else None
+                               ).to(device).channels_last()
         w_optimizer = weight_optimizer(model, cfg)
         architect = Architect(model, cfg)
         parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer, "generator": generator}
