@@ -21,7 +21,8 @@ from raynas.workers.oneshot import (
     NB201Supernet,
     NoisyDartsConfig,
     OneShotConfig,
-    derive,
+    derive_darts,
+    derive_nb201,
     describe_supernet,
     finite_difference_hvp,
     search_config,
@@ -190,7 +191,7 @@ def test_nb201_derivation_is_the_argmax_including_none():
     choice = ["none", "skip_connect", "nor_conv_3x3", "avg_pool_3x3", "nor_conv_1x1", "nor_conv_3x3"]
     for e, op in enumerate(choice):
         w[e, NB201_OPS.index(op)] = 0.9
-    arch = derive("nb201", [w])
+    arch = derive_nb201([w], NB201_OPS)
     assert list(arch.ops) == choice and skip_count(arch) == 1
     assert str(arch) == str(get_space("nb201").parse(str(arch)))
 
@@ -207,7 +208,7 @@ def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
     normal[4, P.index("sep_conv_5x5")] = 0.3
     reduce = torch.full((14, 8), 0.01)
     reduce[:, P.index("avg_pool_3x3")] = 0.5
-    genotype = derive("darts", [normal, reduce])
+    genotype = derive_darts([normal, reduce], PRIMITIVES)
     assert genotype.normal[:4] == (("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 1),
                                    ("sep_conv_5x5", 2))
     assert all(op == "avg_pool_3x3" for op, _ in genotype.reduce)
@@ -215,7 +216,7 @@ def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
     assert get_space("darts").parse(str(genotype)) == genotype
     # NoisyDARTS' 7-op alphas name their columns.
     without_none = [p for p in P if p != "none"]
-    assert derive("darts", [normal[:, 1:], reduce[:, 1:]], without_none).normal == genotype.normal
+    assert derive_darts([normal[:, 1:], reduce[:, 1:]], without_none).normal == genotype.normal
 
 
 def test_config_errors_name_the_field_and_defaults_are_the_papers():
