@@ -22,7 +22,7 @@ from contracts import (
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import Evaluator, evaluator_names, get_evaluator
-from raynas.workers.oneshot import AutoDeepLabConfig, OneShotConfig, RSWSConfig, search_evaluator
+from raynas.workers.oneshot import AutoDeepLabConfig, NAOWSConfig, OneShotConfig, RSWSConfig, search_evaluator
 
 TINY_TRAIN = {"epochs": 3, "batch_size": 64, "channels": 4, "layers": 1, "max_train_batches_per_epoch": 3}
 
@@ -47,6 +47,16 @@ def rsws() -> Evaluator:
     return search_evaluator(config, get_space("nb201"), load_dataset("digits", max_train=256), table())
 
 
+def nao_ws() -> Evaluator:
+    config = NAOWSConfig(epochs=2, eval_every=1, channels=4, layers=3, batch_size=32, max_batches_per_epoch=2,
+                         score_batch_size=32, controller={"seed_archs": 4, "new_archs": 2, "top_k": 4, "epochs": 3,
+                                                          "hidden_size": 8, "embedding_size": 4, "mlp_hidden_size": 8})
+    data = load_dataset("digits", max_train=256)
+    child = get_evaluator("train", "darts", data, epochs=1, batch_size=32, channels=4, layers=3, cutout=0,
+                          auxiliary_weight=0, drop_path=0, max_train_batches_per_epoch=2)
+    return search_evaluator(config, get_space("darts"), data, child)
+
+
 def recurrent(tmp_path_factory) -> Evaluator:
     import datafiles
 
@@ -64,11 +74,11 @@ def autodeeplab() -> Evaluator:
     return search_evaluator(config, get_space("autodeeplab"), data, child)
 
 
-EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws, "recurrent": recurrent,
-              "autodeeplab": autodeeplab}
+EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws, "nao-ws": nao_ws,
+              "recurrent": recurrent, "autodeeplab": autodeeplab}
 #: Every one-shot search behind the one wrapper, on each kind of data: images (classification and
 #: segmentation) and text.
-ONE_SHOT = ("one-shot", "rsws", "recurrent", "autodeeplab")
+ONE_SHOT = ("one-shot", "rsws", "nao-ws", "recurrent", "autodeeplab")
 
 
 def test_every_registered_evaluator_has_a_case():

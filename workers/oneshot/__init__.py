@@ -1,7 +1,7 @@
 """One-shot search: supernets registered per space (registry.py: darts and nb201 in cells.py,
 rnn, autodeeplab), one epoch loop (search.py) for every algorithm: the DARTS family (first and
-second order, NoisyDARTS: darts.py), random search with weight sharing (rsws.py) and
-Auto-DeepLab's hierarchical search (autodeeplab.py); NAO-WS (nao_ws.py); genotype derivation and collapse
+second order, NoisyDARTS: darts.py), random search with weight sharing (rsws.py), Auto-DeepLab's
+hierarchical search (autodeeplab.py) and NAO-WS (nao_ws.py); genotype derivation and collapse
 monitors (derive.py); a search as an evaluation (evaluator.py). Plain PyTorch."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig
 from raynas.workers.oneshot.darts import Architect, Darts2Config, NoisyDartsConfig, OneShotConfig, finite_difference_hvp
 from raynas.workers.oneshot.derive import darts_path, derive_darts, derive_nb201, edge_entropy, nb201_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch, search_evaluator
+from raynas.workers.oneshot.nao_ws import NAOWSConfig
 from raynas.workers.oneshot.registry import OneShotSpace, register_supernet, supernet_for, supernet_spaces
 from raynas.workers.oneshot.rnn import RNNSupernet
 from raynas.workers.oneshot.rsws import RSWSConfig
@@ -22,7 +23,7 @@ from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supern
 
 #: The one-shot searches by name (their strategies'), each its settings with its paper's defaults.
 SEARCHES = {config.algorithm: config for config in (OneShotConfig, Darts2Config, NoisyDartsConfig, RSWSConfig,
-                                                     AutoDeepLabConfig)}
+                                                     AutoDeepLabConfig, NAOWSConfig)}
 
 
 def search_config(algorithm: str) -> type[SupernetConfig]:
@@ -50,7 +51,7 @@ def describe_supernet(space: str, channels: int | None = None, layers: int | Non
             "arch_params": sum(a.numel() for a in model.arch_parameters())}
 
 
-__all__ = ["SEARCHES", "Architect", "AutoDeepLabConfig", "Darts2Config", "DartsSupernet",
+__all__ = ["SEARCHES", "Architect", "AutoDeepLabConfig", "Darts2Config", "DartsSupernet", "NAOWSConfig",
            "NB201Supernet", "NoisyDartsConfig", "OneShotConfig", "OneShotSearch", "OneShotSpace", "RNNSupernet",
            "RSWSConfig", "Search", "Supernet", "SupernetConfig", "darts_path", "derive_darts", "derive_nb201",
            "describe_supernet", "edge_entropy", "finite_difference_hvp", "nb201_path", "register_supernet",

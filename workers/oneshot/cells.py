@@ -13,6 +13,9 @@ config (250 epochs, Nesterov, wd 5e-4, cosine per iteration) on the C=16, N=5 su
 same ranking. Sampling is uniform: on nb201 an op (of 5, `none` included) per edge; on darts, per
 cell and node, two distinct inputs, each with an op of the 8 (`none` included).
 
+NAO-WS (darts only; NAO_pytorch@418ff71's NAO_V1 search, the TF NAO-WS run): 150 epochs, SGD
+0.025 cosine to 0.001, momentum 0.9, wd 3e-4, clip 5, 20 channels, 3 cells per stage (11 cells
+with the two reductions), batch 64.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ register_supernet(OneShotSpace(
                   "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0, **ARCH_DEFAULTS},
         "rsws": {"epochs": 150, "channels": 24, "layers": 8, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
                  "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 1.0, "archs": 5000},
+        "nao-ws": {"epochs": 150, "channels": 20, "layers": 11, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
+                   "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
     },
     derive=lambda model: derive_darts(model.arch_weights(), model.primitives),
     monitors=_monitors, sample=sample_darts, path=darts_path, skips=skip_count, check=_check_darts))
