@@ -10,9 +10,10 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from raynas.common import ConfigError
+from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.search_spaces.cell import PRIMITIVES
-from raynas.search_spaces.nb201 import NB201_OPS
+from raynas.search_spaces.nb201 import NB201_OPS, NB201Space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import (
     Architect,
@@ -21,13 +22,18 @@ from raynas.workers.oneshot import (
     NB201Supernet,
     NoisyDartsConfig,
     OneShotConfig,
+    RSWSConfig,
     derive_darts,
     derive_nb201,
     describe_supernet,
     finite_difference_hvp,
+    register_supernet,
+    registry,
     search_config,
     search_epochs,
     skip_count,
+    supernet_for,
+    supernet_spaces,
 )
 from raynas.workers.oneshot.supernet import DilatedDepthwiseConv, MixedOp, PointwiseConv
 
@@ -275,3 +281,27 @@ def test_darts_space_second_order_search_derives_a_valid_genotype(digits):
     genotype = get_space("darts").parse(report["genotype"])
     assert len(genotype.normal) == 8 and len(report["alpha_entropy"]) == 28
     assert report["skip_count"] == sum(op == "skip_connect" for op, _ in genotype.normal)
+
+
+class WideNB201(NB201Space):
+    name = "nb201-wide"
+
+
+def test_a_new_supernet_is_one_registration_that_every_search_runs(digits, monkeypatch):
+    """A space's supernet registered once (here nb201's under another name, with its own published
+    settings) is searched by the DARTS family and by rsws alike, with no search knowing its name."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    nb201 = supernet_for("nb201")
+    wide = {recipe: {**settings, "channels": 6} for recipe, settings in nb201.defaults.items()}
+    register_supernet(dataclasses.replace(nb201, name="nb201-wide", defaults=wide))
+    assert "nb201-wide" in supernet_spaces("rsws") and OneShotConfig().resolved("nb201-wide").channels == 6
+    tiny = dict(epochs=1, layers=1, batch_size=32, max_batches_per_epoch=1, device="cpu", num_threads=1)
+    with torch_threads(1):
+        (darts,) = search_epochs(WideNB201(), digits, NoisyDartsConfig(**tiny), 0)
+        *_, ranked = search_epochs(WideNB201(), digits, RSWSConfig(**tiny, archs=2, block=2, rescore_top=1), 0)
+    for report in (darts, ranked):
+        assert report["candidates"] == [report["genotype"]] and WideNB201().parse(report["genotype"])
+    assert darts["algorithm"] == "noisy-darts" and ranked["algorithm"] == "rsws" and ranked["stage"] == "rank"
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig().resolved("nasnet")
+    assert err.value.field == "space" and "nb201-wide" in err.value.allowed

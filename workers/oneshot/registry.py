@@ -3,19 +3,21 @@ it: how its supernet is built and how its data reaches it, the published setting
 on it, how an architecture is read from the supernet's weights or run through it alone, and the
 monitors its reports carry.
 
-The searches (search.py's driver, the algorithms) read only this, so a new space's supernet is
-one more `register_supernet` call in the module that defines it, listed in `_BUILT_IN` (or
-imported before a search asks for it).
+The searches (search.py's loop, the algorithms) read only this, so a new space's supernet is
+one more `register_supernet` call: in a module of this package, or in a plug-in module
+(common/plugins.py), beside the plug-in's search space.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raynas.common import ConfigError
+from raynas.common.plugins import load_plugins
 
 if TYPE_CHECKING:
     import torch
@@ -23,9 +25,6 @@ if TYPE_CHECKING:
     from raynas.search_spaces import SearchSpace
     from raynas.workers.oneshot.supernet import Supernet
 
-#: The modules that register the built-in supernets, imported when one is first asked for: they
-#: import the searches, which import this module.
-_BUILT_IN = ("cells", "rnn", "autodeeplab")
 _REGISTRY: dict[str, OneShotSpace] = {}
 
 
@@ -70,8 +69,11 @@ def register_supernet(entry: OneShotSpace) -> OneShotSpace:
 
 
 def _load() -> None:
-    for module in _BUILT_IN:
-        importlib.import_module(f"{__package__}.{module}")
+    """Import the modules that register supernets: this package's when first asked (they import
+    the searches, which import this module), and the plug-ins."""
+    for info in pkgutil.iter_modules(importlib.import_module(__package__).__path__):
+        importlib.import_module(f"{__package__}.{info.name}")
+    load_plugins()
 
 
 def supernet_spaces(recipe: str | None = None) -> tuple[str, ...]:
