@@ -33,7 +33,8 @@ from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.search_spaces.types import AutoDeepLabArch
 from raynas.workers.datasets import load_dataset
-from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, AutoDeepLabSupernet, arch_step, autodeeplab_epochs
+from raynas.workers.oneshot import search_epochs
+from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, AutoDeepLabSupernet, arch_step
 from raynas.workers.oneshot.search import weight_optimizer, weight_step
 from raynas.workers.profile import process_memory
 from raynas.workers.retrain import recipe, retrain
@@ -119,7 +120,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             for s in range(args.searches):
                 start = time.perf_counter()
-                last = list(autodeeplab_epochs(space, data, config, seed=s))[-1]
+                last = list(search_epochs(space, data, config, seed=s))[-1]
                 searched = space.parse(last["genotype"])
                 print(json.dumps({"part": "search", "seed": s, "search_s": round(time.perf_counter() - start, 1),
                                   "path": last["path"], "val_miou": round(last["val_miou"], 4),

@@ -20,7 +20,7 @@ import time
 
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
-from raynas.workers.oneshot import OneShotConfig, search_epochs
+from raynas.workers.oneshot import search_config, search_epochs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     for algorithm in args.algorithms.split(","):
         runs, start = [], time.perf_counter()
         for seed in range(args.seeds):
-            config = OneShotConfig(algorithm=algorithm, epochs=args.epochs, channels=args.channels,
-                                   layers=args.layers, device="cpu", **matched)
+            config = search_config(algorithm)(epochs=args.epochs, channels=args.channels, layers=args.layers,
+                                              device="cpu", **matched)
             runs.append(list(search_epochs(space, data, config, seed)))
         out[algorithm] = {
             "skip_count_mean_per_epoch": [round(statistics.fmean(r[e]["skip_count"] for r in runs), 2)

@@ -21,6 +21,7 @@ import shlex
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,7 @@ import torch.nn.functional as F
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.workers.nets import NetConfig, build_model
-from raynas.workers.oneshot import Architect, OneShotConfig, RSWSConfig, build_supernet, primitives_for, single_path
-from raynas.workers.oneshot.rsws import sample_arch
+from raynas.workers.oneshot import Architect, RSWSConfig, search_config, supernet_for
 from raynas.workers.oneshot.search import weight_optimizer, weight_step
 from raynas.workers.profile import process_memory
 from raynas.workers.training import pick_device
@@ -54,18 +54,16 @@ def _step(strategy: str, space: str, args: argparse.Namespace, device: torch.dev
             F.cross_entropy(out[0] if isinstance(out, tuple) else out, y).backward()
             optimizer.step()
         return child, model
-    cls = RSWSConfig if strategy == "rsws" else OneShotConfig
-    options = {} if strategy == "rsws" else {"algorithm": strategy}
-    cfg = cls(channels=args.channels, layers=args.layers, **options).resolved(space)
-    model = build_supernet(space, cfg.channels, cfg.layers, 3, 10, noise_lambda=getattr(cfg, "noise_lambda", 0.0),
-                           skip_drop_path=getattr(cfg, "skip_drop_path", 0.0),
-                           primitives=primitives_for(space, strategy)).to(device).channels_last()
+    cfg = search_config(strategy)(channels=args.channels, layers=args.layers).resolved(space)
+    entry = supernet_for(space)
+    model = entry.build(get_space(space), cfg, SimpleNamespace(in_channels=3, num_classes=10)).to(device)
     optimizer = weight_optimizer(model, cfg)
     if strategy == "rsws":
         generator = torch.Generator().manual_seed(0)
 
         def rsws(x, y, xa, ya):
-            weight_step(model, optimizer, cfg, cfg.lr, x, y, single_path(space, sample_arch(space, generator)))
+            path = entry.path(entry.sample(get_space(space), generator), model.primitives)
+            weight_step(model, optimizer, cfg, cfg.lr, x, y, path)
         return rsws, model
     architect = Architect(model, cfg)
 

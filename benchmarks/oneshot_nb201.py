@@ -27,7 +27,7 @@ from pathlib import Path
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import get_evaluator
-from raynas.workers.oneshot import OneShotConfig, OneShotSearch, RSWSConfig, rsws_epochs, search_epochs
+from raynas.workers.oneshot import OneShotSearch, RSWSConfig, search_config
 
 PUBLISHED = {"darts": "DARTS-V1 54.30", "darts2": "DARTS-V2 54.30", "noisy-darts": "not retrieved",
              "rsws": "RSPS 84.07 +- 3.61", "optimum": "94.37"}
@@ -40,8 +40,8 @@ def config(algorithm: str, args: argparse.Namespace):
     if algorithm == "rsws":
         ranking = {k: v for k, v in {"archs": args.archs, "score_batches": args.score_batches, "block": args.block,
                                      "rescore_top": args.rescore_top}.items() if v is not None}
-        return RSWSConfig(device="cpu", **shared, **ranking), rsws_epochs
-    return OneShotConfig(algorithm=algorithm, device="cpu", **shared), search_epochs
+        return RSWSConfig(device="cpu", **shared, **ranking)
+    return search_config(algorithm)(device="cpu", **shared)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,12 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     log = Path(args.log) if args.log else None
     done = [json.loads(line) for line in log.read_text().splitlines()] if log and log.exists() else []
     for algorithm in args.algorithms.split(","):
-        cfg, run = config(algorithm, args)
+        cfg = config(algorithm, args)
         for seed in range(args.seeds):
             if any(r["algorithm"] == algorithm and r["seed"] == seed for r in done):
                 continue
             start = time.perf_counter()
-            result = OneShotSearch(space, data, cfg, table, run).evaluate(None, seed)
+            result = OneShotSearch(space, data, cfg, table).evaluate(None, seed)
             one_shot = result.metrics.get("one_shot", {})
             record = {"algorithm": algorithm, "seed": seed, "status": result.status, "reason": result.reason,
                       "arch": result.arch, "test_acc_200ep": result.metrics.get("test_acc_200ep"),

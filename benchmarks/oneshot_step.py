@@ -45,7 +45,7 @@ def _sync(device: torch.device) -> None:
 
 def ours(order: int, device: torch.device):
     model = DartsSupernet(16, 8).to(device).channels_last()  # as search_epochs runs it
-    config = OneShotConfig(algorithm="darts2" if order == 2 else "darts").resolved("darts")
+    config = OneShotConfig(second_order=order == 2).resolved("darts")
     w_opt = torch.optim.SGD(model.network_parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WD)
     architect = Architect(model, config)
 

@@ -9,7 +9,7 @@ def ray_context():
     # "local": a Ray of this session's own; without it ray.init joins the last cluster started on
     # this machine (someone else's, on a shared host).
     context = ray.init(address="local", num_cpus=2, include_dashboard=True, logging_level="warning",
-                       log_to_driver=False)
+                       log_to_driver=False, _system_config={"worker_niceness": 0})
     yield context
     ray.shutdown()
 

@@ -2,6 +2,11 @@
 per-step cosine schedule, image and language-model epochs with one host sync each,
 cutout, and a state that resumes exactly (`TrainingRun`).
 
+On CUDA the loop trains fast by default, each switch a `TrainConfig` option and all of them off
+on CPU (`resolve_speed`): autocast (bf16 where the GPU computes in it, else fp16 with a gradient
+scaler), channels-last weights and batches for image models, pinned host memory with copies that
+do not wait, and cuDNN's autotuner. What a run used is in its metrics (`Speed.metrics`).
+
 The train evaluator (workers/evaluation/train.py) and `nas train` (workers/retrain.py)
 both drive it.
 """
@@ -20,12 +25,16 @@ import torch.nn.functional as F
 
 from raynas.common import ConfigError, check_int, check_number
 from raynas.common.options import option
-from raynas.workers.datasets.images import ImageData
+from raynas.workers.datasets.images import ImageData, to_device
 from raynas.workers.datasets.text import TextData
 
 IMAGE_REWARDS = ("zoph", "last", "max")
 LANGUAGE_REWARDS = ("ppl",)
 DEVICES = ("auto", "cpu", "cuda")
+AUTOCAST_DTYPES = ("auto", "bf16", "fp16")
+#: Devices where autocast and channels-last pay: tensor cores compute in half precision and
+#: prefer NHWC. On a CPU both mostly cost time (bf16 is emulated on most cores) and change numerics.
+MIXED_PRECISION_DEVICES = ("cuda",)
 LR_SCHEDULES = ("cosine", "poly", "constant")
 #: DeepLab's poly schedule: lr * (1 - step / steps) ** POLY_POWER.
 POLY_POWER = 0.9
@@ -81,8 +90,19 @@ class TrainConfig:
     max_train_batches_per_epoch: int | None = option(None, "cut every epoch to this many batches (smoke tests and "
                                                            "quick looks)", most=1_000_000)
     device: str = option("auto", "auto (CUDA when there is one), cpu or cuda", choices=DEVICES)
-    autocast: bool = option(True, "bf16 autocast of the forward pass on CUDA (no effect on CPU, which trains in "
-                                  "fp32)")
+    autocast: bool = option(True, "mixed precision on CUDA: the forward pass under autocast, bf16 where the GPU "
+                                  "computes in it, else fp16 with a gradient scaler; language models score their "
+                                  "perplexity in fp32 (no effect on CPU, which trains in fp32)")
+    autocast_dtype: str = option("auto", "the autocast type: auto (bf16 where the GPU has it natively, else fp16), "
+                                         "bf16, or fp16 (always with a gradient scaler)", choices=AUTOCAST_DTYPES)
+    channels_last: bool = option(True, "image models on CUDA: weights and batches in channels-last (NHWC) memory "
+                                       "format, which tensor-core convolutions prefer (no effect on CPU)")
+    pin_memory: bool = option(True, "on CUDA: copy the host tensors the loop makes every step (cutout's squares) "
+                                    "from pinned memory without waiting, so the step does not wait for the GPU "
+                                    "(datasets streamed from disk copy their batches themselves)")
+    cudnn_benchmark: bool = option(True, "on CUDA: let cuDNN time its convolution algorithms for each new shape and "
+                                         "keep the fastest (the first batches pay for it; results may then differ "
+                                         "in the last bits between runs)")
     num_threads: int | None = option(None, "torch intra-op threads while training (default: the child's CPU share, "
                                            "cpus_per_child): more threads than cores only make children fight",
                                      most=256)
@@ -107,6 +127,8 @@ class TrainConfig:
             raise ConfigError("reward", f"unknown reward {self.reward!r}", rewards)
         if self.device not in DEVICES:
             raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
+        if self.autocast_dtype not in AUTOCAST_DTYPES:
+            raise ConfigError("autocast_dtype", f"unknown type {self.autocast_dtype!r}", AUTOCAST_DTYPES)
 
     def resolved(self, task: str) -> TrainConfig:
         """This config with every None / "auto" replaced by the default for `task`
@@ -146,6 +168,46 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if name == "cuda" else torch.device(name)
 
 
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes in bf16 in hardware (CUDA from Ampere on); emulated bf16 is slower than fp32."""
+    return device.type == "cuda" and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
+@dataclass(frozen=True)
+class Speed:
+    """What one training run does to train fast: its effective settings, all off on CPU."""
+
+    #: fp32, bf16 or fp16 (fp16 with a gradient scaler).
+    precision: str = "fp32"
+    channels_last: bool = False
+    pin_memory: bool = False
+    cudnn_benchmark: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype | None:
+        """The autocast type, None for fp32."""
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+
+    def metrics(self) -> dict[str, Any]:
+        return {"precision": self.precision, "channels_last": self.channels_last, "pin_memory": self.pin_memory,
+                "cudnn_benchmark": self.cudnn_benchmark}
+
+
+def resolve_speed(config: TrainConfig, device: torch.device, image: bool, bf16: bool | None = None) -> Speed:
+    """The settings `config` asks for, as they apply on `device` to an image (else language) model;
+    `bf16`: whether the device computes in bf16 natively (default: asked of the device)."""
+    mixed = device.type in MIXED_PRECISION_DEVICES
+    cuda = device.type == "cuda"
+    precision = "fp32"
+    if mixed and config.autocast:
+        bf16 = bf16_native(device) if bf16 is None else bf16
+        if config.autocast_dtype == "bf16" and not bf16:
+            raise ConfigError("autocast_dtype", f"{device} does not compute in bf16 natively", ("auto", "fp16"))
+        precision = "fp16" if config.autocast_dtype == "fp16" or not bf16 else "bf16"
+    return Speed(precision=precision, channels_last=mixed and image and config.channels_last,
+                 pin_memory=cuda and config.pin_memory, cudnn_benchmark=cuda and config.cudnn_benchmark)
+
+
 class TrainingRun:
     """The state of one child's training: its loop, curves and timings."""
 
@@ -153,11 +215,18 @@ class TrainingRun:
                  device: torch.device, generator: torch.Generator, unit: str, metric: str = "acc"):
         self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
         self.generator = generator
+        self.speed = resolve_speed(config, device, image=unit == "images")
+        if self.speed.channels_last:
+            # In place: the optimizer keeps the same Parameter objects.
+            model.to(memory_format=torch.channels_last)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        dtype = self.speed.dtype
         self.autocast: Callable[[], contextlib.AbstractContextManager] = (
-            (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if device.type == "cuda" and config.autocast
-            else contextlib.nullcontext
+            (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
         )
+        # fp16's 5-bit exponent flushes small gradients to zero unless the loss is scaled up first.
+        # Disabled, the scaler passes everything through unchanged.
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.speed.precision == "fp16")
         #: Image curves hold accuracies or, for segmentation (`metric` miou), mean IoUs (higher is
         #: better); text curves perplexities (lower is better).
         self.val_curve: list[float] = []
@@ -177,6 +246,9 @@ class TrainingRun:
             f"val_{self.metric}_best": best(self.val_curve) if self.val_curve else None,
             "train_time_s": self.train_time_s,
             f"{self.unit}_per_s": self.samples / self.train_time_s if self.train_time_s else 0.0,
+            **self.speed.metrics(),
+            # A scale that has collapsed towards 0 says fp16 kept overflowing.
+            **({"loss_scale": self.scaler.get_scale()} if self.scaler.is_enabled() else {}),
         }
 
     def _schedule(self, steps_per_epoch: int) -> list[float]:
@@ -193,10 +265,14 @@ class TrainingRun:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.config.grad_clip:
+            # The bound is on the true gradients, not the scaled ones.
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.params, self.config.grad_clip)
-        self.optimizer.step()
+        # With fp16 this skips a step whose gradients overflowed; checking costs a host sync per step.
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
 
     def _end_epoch(self, epoch: int, losses: torch.Tensor, start: float) -> str | None:
         """Book the epoch's time and mean loss; the loss check is the epoch's only
@@ -211,12 +287,32 @@ class TrainingRun:
         self.train_loss_curve.append(losses.mean().item())
         return None
 
+    @contextlib.contextmanager
+    def _backends(self):
+        """cuDNN's autotuner as this run asks, restored afterwards: the flag is process-wide,
+        and another component in the process may have chosen otherwise."""
+        before = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = self.speed.cudnn_benchmark
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
+
+    def _images(self, x: torch.Tensor) -> torch.Tensor:
+        # A batch in the weights' layout, else the first convolution converts it on every call anyway.
+        return x.contiguous(memory_format=torch.channels_last) if self.speed.channels_last else x
+
     def fit_images(self, data: ImageData, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
                    stop_epoch: int | None = None) -> str | None:
         """Train epochs `start_epoch` (a resumed run restores the state first) to `stop_epoch`
         (default: all of them); `on_epoch(epoch)` runs after each epoch's validation
         (checkpoints, reports). The schedule always spans `config.epochs`, so stopping early
         and continuing later gives the same network as running straight through."""
+        with self._backends():
+            return self._fit_images(data, start_epoch, on_epoch, stop_epoch)
+
+    def _fit_images(self, data: ImageData, start_epoch: int, on_epoch: Callable[[int], None] | None,
+                    stop_epoch: int | None) -> str | None:
         c, model = self.config, self.model
         steps = data.steps(c.batch_size, c.max_train_batches_per_epoch)
         lrs = self._schedule(steps)
@@ -230,9 +326,9 @@ class TrainingRun:
             start = time.perf_counter()
             for step, (x, y) in enumerate(data.train_batches(c.batch_size, self.generator, steps)):
                 if c.cutout:
-                    x = cutout(x, c.cutout, self.generator)
+                    x = cutout(x, c.cutout, self.generator, pin=self.speed.pin_memory)
                 with self.autocast():
-                    out = model(x)
+                    out = model(self._images(x))
                     if auxiliary:
                         logits, aux_logits = out
                         loss = data.loss(logits, y) + c.auxiliary_weight * data.loss(aux_logits, y)
@@ -256,7 +352,7 @@ class TrainingRun:
         meter = data.meter()
         for x, y in data.eval_batches(split, self.config.eval_batch_size):
             with self.autocast():
-                meter.add(self.model(x), y)
+                meter.add(self.model(self._images(x)), y)
         return meter.value()
 
     def state_dict(self) -> dict[str, Any]:
@@ -264,7 +360,8 @@ class TrainingRun:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "val_curve": self.val_curve, "train_loss_curve": self.train_loss_curve,
-                "train_time_s": self.train_time_s, "samples": self.samples, "averaged_from": self.averaged_from}
+                "train_time_s": self.train_time_s, "samples": self.samples, "averaged_from": self.averaged_from,
+                "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -275,10 +372,18 @@ class TrainingRun:
         torch.set_rng_state(state["torch_rng"])
         self.val_curve, self.train_loss_curve = list(state["val_curve"]), list(state["train_loss_curve"])
         self.train_time_s, self.samples = state["train_time_s"], state["samples"]
+        # A run saved in fp32 or bf16 (or by an older version) has no scale: this run's starts afresh.
+        if state.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
 
     def fit_text(self, data: TextData, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
                  stop_epoch: int | None = None) -> str | None:
         """Like `fit_images`; each epoch starts from a fresh hidden state, so a run resumes exactly."""
+        with self._backends():
+            return self._fit_text(data, start_epoch, on_epoch, stop_epoch)
+
+    def _fit_text(self, data: TextData, start_epoch: int, on_epoch: Callable[[int], None] | None,
+                  stop_epoch: int | None) -> str | None:
         c, model = self.config, self.model
         train = data.batchify("train", c.batch_size, self.device)
         valid = data.batchify("val", c.eval_batch_size, self.device)
@@ -351,20 +456,24 @@ class TrainingRun:
         total = torch.zeros((), device=self.device)
         for at in range(0, len(valid) - 1, self.config.bptt):
             x, y = _window(valid, at, self.config.bptt)
-            with self.autocast():
-                output, hidden = self.model(x, hidden)
+            # In fp32, not under autocast: the reward is 80 / exp(mean loss)^2, and logits rounded to
+            # bf16 raised the measured perplexity of small PTB children by 0.2 to 2 % (CPU autocast),
+            # where training under it left their losses unchanged. Validation is a small share of the time.
+            output, hidden = self.model(x, hidden)
             total += F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1), reduction="sum")
         mean_loss = total.item() / ((len(valid) - 1) * valid.shape[1])
         # exp overflows past ~709; a NaN loss also fails the comparison and scores as infinite.
         return math.exp(mean_loss) if mean_loss < 700 else math.inf
 
 
-def cutout(x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
+def cutout(x: torch.Tensor, size: int, generator: torch.Generator, pin: bool = False) -> torch.Tensor:
     """Zero one size x size square per image, centred anywhere (it may hang over the edge),
-    as DeVries & Taylor and DARTS' evaluation do. Zero is the mean after normalisation."""
+    as DeVries & Taylor and DARTS' evaluation do. Zero is the mean after normalisation.
+    The centres come from the CPU `generator` (the same squares on any device); `pin` copies
+    them to the GPU from pinned memory without waiting, where a pageable copy syncs the step."""
     b, _, h, w = x.shape
-    cy = torch.randint(0, h, (b, 1, 1), generator=generator).to(x.device)
-    cx = torch.randint(0, w, (b, 1, 1), generator=generator).to(x.device)
+    centres = torch.randint(0, h, (b, 1, 1), generator=generator), torch.randint(0, w, (b, 1, 1), generator=generator)
+    cy, cx = (to_device(c, x.device, pin) for c in centres)
     rows = torch.arange(h, device=x.device)[None, :, None]
     cols = torch.arange(w, device=x.device)[None, None, :]
     top, left = cy - size // 2, cx - size // 2

@@ -157,6 +157,20 @@ def gpu_timeline(out: Path) -> dict:
         return {**run, "lost": lost, "gpus": 16, "head": c.head_id}
 
 
+def shared_data(out: Path) -> dict:
+    """A search on the image folder `out/data` (the caller writes it) that every node reads at the same
+    path (here one file system, as a shared mount gives a real cluster): children on two worker nodes,
+    the folder streamed from disk by loader processes inside each worker, every worker checking the
+    driver's fingerprint."""
+    folder = out / "data"
+    with LocalCluster({"num_cpus": 0}, [{"num_cpus": 1}, {"num_cpus": 1}]) as c:
+        spec = SearchSpec(space="nb201", strategy="random", evaluations=8, workers=4, cpus_per_child=0.5, seed=2,
+                          dataset="image-folder", data_path=str(folder),
+                          dataset_options={"stream": "disk", "loader_workers": 1},
+                          evaluator_options={"epochs": 1, "channels": 4, "layers": 1})
+        return {**run_job(spec, out / "run"), "worker_nodes": list(c.nodes)}
+
+
 if __name__ == "__main__":
     # To a file: Ray copies its processes' logs to this one's stdout.
     name, out = sys.argv[1], Path(sys.argv[2])

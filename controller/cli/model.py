@@ -30,7 +30,8 @@ def _train_arguments(t: argparse.ArgumentParser) -> None:
     t.add_argument("--seeds", type=int, default=1,
                    help="train N times (seeds --seed .. --seed+N-1, each in OUT/seed-S/) and report the mean and "
                         "standard deviation of the test accuracy, as DARTS' final evaluation does")
-    t.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA (default: fp32, as DARTS trains)")
+    t.add_argument("--bf16", action="store_true", help="mixed precision on CUDA: bf16 where the GPU has it, else fp16 "
+                                                      "with a gradient scaler (default: fp32, as DARTS trains)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--channels", int), ("--layers", int),
                        ("--lr", float), ("--auxiliary-weight", float), ("--drop-path", float), ("--cutout", int),
                        ("--max-train-batches-per-epoch", int), ("--bptt", int), ("--asgd-nonmono", int)):

@@ -8,13 +8,9 @@ monitors in oneshot.jsonl, resumable from each search's epoch checkpoint.
 
 from __future__ import annotations
 
-from raynas.common import ConfigError
 from raynas.controller.strategies import register
-from raynas.controller.strategies.base import Needs
 from raynas.controller.strategies.oneshot import OneShotStrategy
-from raynas.search_spaces import SearchSpace
-from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig, autodeeplab_evaluator
-from raynas.workers.oneshot.search import SupernetConfig
+from raynas.workers.oneshot import AutoDeepLabConfig
 
 
 @register
@@ -24,12 +20,4 @@ class AutoDeepLab(OneShotStrategy):
 
     name = "autodeeplab"
     summary = "Auto-DeepLab's hierarchical cell and path search for segmentation (one-shot)"
-    needs = Needs(search=autodeeplab_evaluator)
     Options = AutoDeepLabConfig
-
-    @classmethod
-    def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:
-        if space.name != "autodeeplab":
-            raise ConfigError("space", f"{cls.name} searches the autodeeplab space, not {space.name!r}",
-                              ("autodeeplab",))
-        options.resolved(space.name)

@@ -26,6 +26,7 @@ training and the number of new proposals are the round's signals (`signals()`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -34,11 +35,12 @@ import numpy as np
 from raynas.common import ConfigError
 from raynas.common.options import parse_options
 from raynas.controller.strategies import register
-from raynas.controller.strategies.base import Needs, Strategy
+from raynas.controller.strategies.base import Strategy, option_errors
+from raynas.controller.strategies.oneshot import OneShotStrategy
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.nao import NAOConfig, NAOController, kendall_tau
-from raynas.workers.oneshot.nao_ws import NAO_PREFIX, NAOWSConfig, nao_ws_evaluator
+from raynas.workers.oneshot.nao_ws import NAO_PREFIX, NAOWSConfig
 
 #: Uniform samples tried for one unseen architecture before a repeat is accepted (a tiny space).
 SAMPLE_TRIES = 100
@@ -181,7 +183,7 @@ class NAOStrategy(Strategy):
 
 
 @register
-class NAOWS(Strategy):
+class NAOWS(OneShotStrategy):
     """NAO-WS: each evaluation is one NAO search whose candidates are scored with the shared
     weights of a supernet trained on NAO's current pool; its best cell is then evaluated
     like any architecture. Several evaluations are independent searches (seeds) in
@@ -189,7 +191,6 @@ class NAOWS(Strategy):
 
     name = "nao-ws"
     summary = "NAO with weight sharing on the darts supernet (one-shot)"
-    needs = Needs(search=nao_ws_evaluator)
     Options = NAOWSConfig
 
     @classmethod
@@ -206,16 +207,6 @@ class NAOWS(Strategy):
             if not exc.field.startswith(NAO_PREFIX):
                 raise
             raise ConfigError(f"strategy_options.{exc.field}", exc.problem, exc.allowed) from None
-        cls.check_space(space, config)
+        with option_errors(f.name for f in dataclasses.fields(NAOWSConfig)):
+            cls.check_space(space, config)
         return config
-
-    @classmethod
-    def check_space(cls, space: SearchSpace, options: NAOWSConfig) -> None:
-        if space.name != "darts":
-            raise ConfigError("space", f"nao-ws searches the darts space's supernet, not {space.name!r}", ("darts",))
-
-    def propose(self, n: int = 1) -> list[None]:
-        return [None] * n
-
-    def observe(self, arch: Hashable, result: EvalResult) -> None:
-        """Each search stands alone; the job keeps the best of them."""

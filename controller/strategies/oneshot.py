@@ -1,50 +1,46 @@
 """One-shot strategies (DARTS first and second order, NoisyDARTS, random search with weight
-sharing): each evaluation is one supernet search with its own seed, then the ordinary
-evaluation of the architecture(s) it names. DARTS' selection protocol (run the search several
-times, train each derived cell briefly, keep the best) is a job of R evaluations, run in
-parallel on the cluster, whose child training is the space's shortened `nas train` recipe
-(controller/runtime/work.py).
+sharing; Auto-DeepLab's and NAO-WS are beside theirs): each evaluation is one supernet search
+with its own seed, then the ordinary evaluation of the architecture(s) it names. DARTS'
+selection protocol (run the search several times, train each derived cell briefly, keep the
+best) is a job of R evaluations, run in parallel on the cluster, whose child training is the
+space's shortened `nas train` recipe (controller/runtime/work.py).
 
 They declare `Needs(search=...)`, so the runtime puts the search in front of the
 evaluator (workers/oneshot/evaluator.py); the strategy itself has nothing to propose
-but "one more search" and nothing to learn from results.
+but "one more search" and nothing to learn from results. Each names its search's settings
+(workers/oneshot: their defaults are its paper's); the search and the space's supernet do the
+rest.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Hashable, Mapping
-from typing import Any
+from collections.abc import Hashable
 
-from raynas.common import ConfigError
-from raynas.common.options import parse_options
 from raynas.controller.strategies import register
-from raynas.controller.strategies.base import Needs, Strategy, option_errors
+from raynas.controller.strategies.base import Needs, Strategy
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
-from raynas.workers.oneshot import SPACES, OneShotConfig, RSWSConfig, SupernetConfig, rsws_evaluator, search_evaluator
+from raynas.workers.oneshot import (
+    Darts2Config,
+    NoisyDartsConfig,
+    OneShotConfig,
+    RSWSConfig,
+    SupernetConfig,
+    search_evaluator,
+)
 
 
 class OneShotStrategy(Strategy):
-    """Options: `OneShotConfig`'s fields (epochs, channels, layers, batch_size, lr, ...),
-    the algorithm being the strategy's name."""
+    """Options: its search's settings (`Options`, e.g. `OneShotConfig`'s fields: epochs,
+    channels, layers, batch_size, lr, ...); the search is named after the strategy
+    (`Options.algorithm`)."""
 
     needs = Needs(search=search_evaluator)
     Options: type[SupernetConfig] = OneShotConfig
 
     @classmethod
-    def parse_options(cls, space: SearchSpace, options: Mapping[str, Any]) -> SupernetConfig:
-        fixed = {"algorithm": cls.name} if "algorithm" in {f.name for f in dataclasses.fields(cls.Options)} else {}
-        config = parse_options(cls.Options, options, "strategy_options", f"the {cls.name} strategy", **fixed)
-        with option_errors(f.name for f in dataclasses.fields(cls.Options)):
-            cls.check_space(space, config)
-        return config
-
-    @classmethod
     def check_space(cls, space: SearchSpace, options: SupernetConfig) -> None:
-        if space.name not in SPACES:
-            raise ConfigError("space", f"{cls.name} needs a space with a supernet, not {space.name!r}", SPACES)
-        options.resolved(space.name)  # what only the space decides (a darts supernet's depth)
+        options.resolved(space.name)  # a supernet for this search, and what only the space decides
 
     def propose(self, n: int = 1) -> list[None]:
         return [None] * n
@@ -67,6 +63,7 @@ class Darts2(OneShotStrategy):
 
     name = "darts2"
     summary = "DARTS, second order: the unrolled step (one-shot)"
+    Options = Darts2Config
 
 
 @register
@@ -75,6 +72,7 @@ class NoisyDarts(OneShotStrategy):
 
     name = "noisy-darts"
     summary = "NoisyDARTS: noise on the skip connection (one-shot)"
+    Options = NoisyDartsConfig
 
 
 @register
@@ -85,6 +83,4 @@ class RandomWeightSharing(OneShotStrategy):
 
     name = "rsws"
     summary = "random search with weight sharing, Li & Talwalkar (one-shot)"
-    needs = Needs(search=rsws_evaluator)
     Options = RSWSConfig
-

@@ -22,7 +22,7 @@ from contracts import (
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.evaluation import Evaluator, evaluator_names, get_evaluator
-from raynas.workers.oneshot import OneShotConfig, RSWSConfig, rsws_evaluator, search_evaluator
+from raynas.workers.oneshot import AutoDeepLabConfig, NAOWSConfig, OneShotConfig, RSWSConfig, search_evaluator
 
 TINY_TRAIN = {"epochs": 3, "batch_size": 64, "channels": 4, "layers": 1, "max_train_batches_per_epoch": 3}
 
@@ -37,18 +37,48 @@ def train() -> Evaluator:
 
 def one_shot() -> Evaluator:
     space = get_space("nb201")
-    config = OneShotConfig(algorithm="darts", epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2)
+    config = OneShotConfig(epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2)
     return search_evaluator(config, space, load_dataset("digits", max_train=256), table())
 
 
 def rsws() -> Evaluator:
     config = RSWSConfig(epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2, archs=4,
                         score_batches=1, block=2, rescore_top=1)
-    return rsws_evaluator(config, get_space("nb201"), load_dataset("digits", max_train=256), table())
+    return search_evaluator(config, get_space("nb201"), load_dataset("digits", max_train=256), table())
 
 
-EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws}
-ONE_SHOT = ("one-shot", "rsws")
+def nao_ws() -> Evaluator:
+    config = NAOWSConfig(epochs=2, eval_every=1, channels=4, layers=3, batch_size=32, max_batches_per_epoch=2,
+                         score_batch_size=32, controller={"seed_archs": 4, "new_archs": 2, "top_k": 4, "epochs": 3,
+                                                          "hidden_size": 8, "embedding_size": 4, "mlp_hidden_size": 8})
+    data = load_dataset("digits", max_train=256)
+    child = get_evaluator("train", "darts", data, epochs=1, batch_size=32, channels=4, layers=3, cutout=0,
+                          auxiliary_weight=0, drop_path=0, max_train_batches_per_epoch=2)
+    return search_evaluator(config, get_space("darts"), data, child)
+
+
+def recurrent(tmp_path_factory) -> Evaluator:
+    import datafiles
+
+    data, space = load_dataset("ptb", datafiles.ptb_folder(tmp_path_factory.mktemp("ptb"))), get_space("rnn", steps=3)
+    child = get_evaluator("train", space, data, epochs=1, batch_size=8, channels=8, bptt=10)
+    config = OneShotConfig(epochs=2, channels=8, batch_size=8, max_batches_per_epoch=2)
+    return search_evaluator(config, space, data, child)
+
+
+def autodeeplab() -> Evaluator:
+    data = load_dataset("digits-seg", max_train=64, val_fraction=0.05)
+    child = get_evaluator("train", "autodeeplab", data, epochs=1, channels=2, batch_size=8,
+                          max_train_batches_per_epoch=1)
+    config = AutoDeepLabConfig(epochs=2, channels=2, layers=1, batch_size=8, max_batches_per_epoch=2)
+    return search_evaluator(config, get_space("autodeeplab"), data, child)
+
+
+EVALUATORS = {"table": table, "train": train, "one-shot": one_shot, "rsws": rsws, "nao-ws": nao_ws,
+              "recurrent": recurrent, "autodeeplab": autodeeplab}
+#: Every one-shot search behind the one wrapper, on each kind of data: images (classification and
+#: segmentation) and text.
+ONE_SHOT = ("one-shot", "rsws", "nao-ws", "recurrent", "autodeeplab")
 
 
 def test_every_registered_evaluator_has_a_case():
@@ -56,8 +86,9 @@ def test_every_registered_evaluator_has_a_case():
 
 
 @pytest.fixture(scope="module", params=sorted(EVALUATORS))
-def case(request):
-    evaluator = EVALUATORS[request.param]()
+def case(request, tmp_path_factory):
+    make = EVALUATORS[request.param]
+    evaluator = make(tmp_path_factory) if request.param == "recurrent" else make()
     # A one-shot search derives its own architecture; the others take one of the space's.
     arch = None if request.param in ONE_SHOT else get_space("nb201").sample(np.random.default_rng(3))
     return evaluator, arch

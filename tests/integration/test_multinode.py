@@ -97,3 +97,15 @@ def test_a_search_waits_for_gpus_that_are_not_there_yet(tmp_path):
     assert d["records_before"] == 0, "children ran before any node had a GPU"
     exactly_once(d["records"], 8)
     assert {r["metrics"]["node"] for r in d["records"]} == {d["added"]}
+
+
+def test_every_node_reads_the_shared_image_folder(tmp_path):
+    import datafiles
+
+    datafiles.image_folder(tmp_path / "data", 120, 30)
+    run = scenario("shared_data", tmp_path)
+    exactly_once(run["records"], 8)
+    assert run["result"]["state"] == "done" and run["result"]["failed"] == 0
+    assert run["result"]["dataset"] == "image-folder"
+    nodes = {r["metrics"]["node"] for r in run["records"]}
+    assert len(nodes) == 2 and nodes <= set(run["worker_nodes"]), "children ran on both worker nodes"

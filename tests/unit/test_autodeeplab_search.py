@@ -22,10 +22,10 @@ from raynas.workers.oneshot.autodeeplab import (
     AutoDeepLabConfig,
     AutoDeepLabSupernet,
     arch_step,
-    autodeeplab_epochs,
     beta_entropy,
     decode,
 )
+from raynas.workers.oneshot.search import search_epochs
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +113,7 @@ def test_first_order_step_reduces_the_validation_loss(tiny_data):
 def test_search_reports_monitors_and_resumes_exactly(tiny_data, tmp_path):
     space = get_space("autodeeplab")
     config = AutoDeepLabConfig(**TINY)
-    straight = list(autodeeplab_epochs(space, tiny_data, config, seed=3))
+    straight = list(search_epochs(space, tiny_data, config, seed=3))
     assert [r["epoch"] for r in straight] == [1, 2]
     assert straight[0]["alphas_frozen"] and not straight[1]["alphas_frozen"]  # warm-up: half the epochs
     last = straight[-1]
@@ -122,8 +122,8 @@ def test_search_reports_monitors_and_resumes_exactly(tiny_data, tmp_path):
     assert space.parse(last["genotype"]).path == tuple(last["path"])
     checkpoint = str(tmp_path / "search.pt")
     # Stopped after its first epoch, then started again on the same file: the same search.
-    next(iter(autodeeplab_epochs(space, tiny_data, config, seed=3, checkpoint=checkpoint)))
-    resumed = list(autodeeplab_epochs(space, tiny_data, config, seed=3, checkpoint=checkpoint))
+    next(iter(search_epochs(space, tiny_data, config, seed=3, checkpoint=checkpoint)))
+    resumed = list(search_epochs(space, tiny_data, config, seed=3, checkpoint=checkpoint))
 
     def timeless(reports):
         return [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")} for r in reports]
@@ -136,7 +136,7 @@ def test_options_and_data_are_checked():
         AutoDeepLabConfig(epochs=2, warmup_epochs=2)
     assert AutoDeepLabConfig().resolved("autodeeplab").warmup_epochs == 20  # the paper: from epoch 20 of 40
     with pytest.raises(ConfigError, match="^dataset"):
-        next(iter(autodeeplab_epochs(get_space("autodeeplab"), load_dataset("digits"), AutoDeepLabConfig(**TINY), 0)))
+        next(iter(search_epochs(get_space("autodeeplab"), load_dataset("digits"), AutoDeepLabConfig(**TINY), 0)))
     with pytest.raises(ConfigError, match="^space"):
         resolve(SearchSpec(space="darts", strategy="autodeeplab", dataset="digits-seg"))
 
@@ -164,7 +164,7 @@ def test_nas_search_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_service_streams_autodeeplab_epochs(tmp_path):
+def test_the_service_streams_search_epochs(tmp_path):
     from raynas.controller.service.manager import SearchManager, ThreadLauncher
 
     manager = SearchManager(tmp_path / "state", ThreadLauncher(), poll_s=0.02)

@@ -249,3 +249,7 @@ def test_options_are_checked_and_nao_ws_takes_the_darts_space_only():
         assert bad.value.field == f"strategy_options.{option}"
     options = get_strategy("nao-ws", get_space("darts"), **{"nao.epochs": 3, "epochs": 6}).options
     assert (options.controller.epochs, options.controller.seed_archs, options.epochs) == (3, 1000, 6)
+    ws = get_strategy("nao-ws", get_space("darts")).options.resolved("darts")  # NAO_pytorch's NAO_V1 search
+    assert (ws.epochs, ws.eval_every, ws.batch_size, ws.lr, ws.lr_min, ws.momentum, ws.nesterov, ws.weight_decay,
+            ws.grad_clip, ws.lr_schedule, ws.channels, ws.layers, ws.train_portion, ws.score_batch_size,
+            ws.score_batches) == (150, 30, 64, 0.025, 0.001, 0.9, False, 3e-4, 5.0, "epoch", 20, 11, 0.9, 500, 1)

@@ -8,14 +8,18 @@ import numpy as np
 import pytest
 import torch
 
+from raynas.common.threads import torch_threads
 from raynas.controller.api.servicer import event_to_message, struct_to_dict
 from raynas.controller.cli.main import main
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.rundir import STRATEGY_LOG
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service.manager import SearchManager, ThreadLauncher
+from raynas.controller.strategies import strategy_class
 from raynas.search_spaces import get_space
-from raynas.workers.oneshot.nao_ws import forward_genotype
+from raynas.workers.datasets import load_dataset
+from raynas.workers.evaluation import CANCELLED, Cancelled, EvalResult, Evaluator
+from raynas.workers.oneshot.derive import darts_path
 from raynas.workers.oneshot.supernet import DartsSupernet
 
 TINY = {"seed_archs": 6, "new_archs": 4, "top_k": 4, "epochs": 5, "batch_size": 16, "hidden_size": 8,
@@ -65,8 +69,9 @@ def test_the_service_streams_strategy_signals(tmp_path):
 
 
 def test_a_child_through_the_supernet_is_the_supernet_with_only_its_ops():
-    """forward_genotype equals the whole supernet with one-hot op weights on the genotype's
-    (node, input, op) choices and zero elsewhere."""
+    """A genotype's single path (a node may read one input twice: both its ops run on that edge)
+    equals the whole supernet with one-hot op weights on the genotype's (node, input, op) choices
+    and zero elsewhere."""
     torch.manual_seed(0)
     model = DartsSupernet(4, 3, in_channels=1, num_classes=10).eval()
     space = get_space("darts")
@@ -82,7 +87,9 @@ def test_a_child_through_the_supernet_is_the_supernet_with_only_its_ops():
         weights.append(w)
     model.arch_weights = lambda: weights
     x = torch.randn(3, 1, 8, 8)
-    assert torch.allclose(forward_genotype(model, x, genotype), model(x), atol=1e-5)
+    assert any(len(set(sources)) == 1 for cell in (genotype.normal, genotype.reduce)
+               for sources in zip(*[iter(s for _, s in cell)] * 2))  # a node that reads one input twice
+    assert torch.allclose(model(x, darts_path(genotype, model.primitives)), model(x), atol=1e-5)
 
 
 @pytest.mark.slow
@@ -102,8 +109,8 @@ def test_nao_ws_searches_the_darts_space_end_to_end_and_its_cell_retrains(tmp_pa
     result = json.loads(capsys.readouterr().out)
     assert result["state"] == "done" and result["failed"] == 0
     (record,) = lines(out / "evaluations.jsonl")
-    summary = record["metrics"]["nao_ws"]
-    assert record["arch"] == summary["genotype"] and summary["epochs"] == 4
+    summary = record["metrics"]["one_shot"]
+    assert summary["algorithm"] == "nao-ws" and record["arch"] == summary["genotype"] and summary["epochs"] == 4
     assert [s["epoch"] for s in summary["nao"]] == [2, 4]
     # NAO's steps found new architectures; the supernet then scored them, and the predictor's error on them is known.
     assert 1 <= summary["nao"][0]["new_proposals"] <= 3 and summary["nao"][1]["predictor_mae"] is not None
@@ -116,6 +123,52 @@ def test_nao_ws_searches_the_darts_space_end_to_end_and_its_cell_retrains(tmp_pa
                  "--max-train-batches-per-epoch", "2", "--json"]) == 0
     retrained = json.loads((trained / "result.json").read_text())
     assert retrained["arch"] == record["arch"] and retrained["state"] == "done"
+
+
+class Spelled(Evaluator):
+    """Scores an architecture by its string: the search's answer, without training it."""
+
+    name = "spelled"
+
+    def _evaluate(self, arch, seed, budget, report, checkpoint):
+        return EvalResult(str(arch), float(sum(map(ord, str(arch))) % 997))
+
+
+WS_OPTIONS = {"epochs": 4, "eval_every": 2, "channels": 4, "layers": 3, "batch_size": 32, "max_batches_per_epoch": 2,
+              "score_batch_size": 32, "num_threads": 1, "device": "cpu", "nao.seed_archs": 6, "nao.new_archs": 3,
+              "nao.top_k": 6, "nao.epochs": 5, "nao.hidden_size": 8, "nao.embedding_size": 4,
+              "nao.mlp_hidden_size": 8}
+
+
+@pytest.mark.slow
+def test_a_stopped_nao_ws_search_continues_from_its_checkpoint(tmp_path):
+    """Stopped after the first scoring and NAO iteration (epoch 2), the search replays the epochs its
+    checkpoint holds and continues: the supernet, NAO and the pool as they were, the end the same."""
+    strategy, space = strategy_class("nao-ws"), get_space("darts")
+    evaluator = strategy.needs.search(strategy.parse_options(space, WS_OPTIONS), space,
+                                      load_dataset("digits", seed=0, val_fraction=0.05, max_train=200), Spelled())
+    checkpoint = str(tmp_path / "search.ckpt")
+
+    def stop_after(epochs, heard):
+        def report(epoch):
+            if epoch["epoch"] > epochs:
+                raise Cancelled("the worker died")
+            heard.append(epoch)
+        return report
+
+    straight, stopped, continued = [], [], []
+    with torch_threads(1):
+        whole = evaluator.evaluate(None, seed=2, report=straight.append)
+        cut = evaluator.evaluate(None, seed=2, report=stop_after(2, stopped), checkpoint=checkpoint)
+        result = evaluator.evaluate(None, seed=2, report=continued.append, checkpoint=checkpoint)
+    # Replayed from the checkpoint, timings and all: not searched again.
+    assert cut.status == CANCELLED and continued[:2] == stopped
+
+    def timeless(reports):
+        return [{k: v for k, v in r.items() if not k.endswith(("_s", "_per_s"))} for r in reports]
+
+    assert timeless(continued) == timeless(straight) and [r["epoch"] for r in continued] == [1, 2, 3, 4]
+    assert result.ok and result.arch == whole.arch == continued[-1]["genotype"]
 
 
 def test_nas_watch_prints_strategy_signals(capsys):

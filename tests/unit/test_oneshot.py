@@ -2,6 +2,7 @@
 noise, genotype derivation and the search loop (tiny supernets on digits)."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,20 +10,30 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from raynas.common import ConfigError
+from raynas.common.threads import torch_threads
 from raynas.search_spaces import get_space
 from raynas.search_spaces.cell import PRIMITIVES
-from raynas.search_spaces.nb201 import NB201_OPS
+from raynas.search_spaces.nb201 import NB201_OPS, NB201Space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.oneshot import (
     Architect,
+    Darts2Config,
     DartsSupernet,
     NB201Supernet,
+    NoisyDartsConfig,
     OneShotConfig,
-    derive,
+    RSWSConfig,
+    derive_darts,
+    derive_nb201,
     describe_supernet,
     finite_difference_hvp,
+    register_supernet,
+    registry,
+    search_config,
     search_epochs,
     skip_count,
+    supernet_for,
+    supernet_spaces,
 )
 from raynas.workers.oneshot.supernet import DilatedDepthwiseConv, MixedOp, PointwiseConv
 
@@ -88,7 +99,7 @@ def test_fast_convs_compute_the_library_convs(shape):
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_bilevel_steps_reduce_the_validation_loss(digits, algorithm):
     model = tiny_nb201()
-    config = OneShotConfig(algorithm=algorithm, arch_lr=0.03).resolved("nb201")
+    config = search_config(algorithm)(arch_lr=0.03).resolved("nb201")
     w_opt = torch.optim.SGD(model.network_parameters(), lr=0.05, momentum=0.9, weight_decay=3e-4)
     architect = Architect(model, config)
     train_x, train_y = digits.tensors("train")
@@ -155,7 +166,7 @@ def test_second_order_gradient_is_the_unrolled_one(digits):
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     val_loss = F.cross_entropy(functional_call(model, {**virtual, **buffers}, (xv,)), yv)
     exact = torch.autograd.grad(val_loss, model.arch_parameters())
-    architect = Architect(model, OneShotConfig(algorithm="darts2").resolved("nb201"))
+    architect = Architect(model, Darts2Config().resolved("nb201"))
     weights_before = [p.detach().clone() for p in model.network_parameters()]
     approx = architect.gradient(x, y, xv, yv, xi, w_opt)
     # Central differences at DARTS' eps = 0.01 / ||v|| are off by O(eps^2): here 0.2 % of the largest entry.
@@ -186,7 +197,7 @@ def test_nb201_derivation_is_the_argmax_including_none():
     choice = ["none", "skip_connect", "nor_conv_3x3", "avg_pool_3x3", "nor_conv_1x1", "nor_conv_3x3"]
     for e, op in enumerate(choice):
         w[e, NB201_OPS.index(op)] = 0.9
-    arch = derive("nb201", [w])
+    arch = derive_nb201([w], NB201_OPS)
     assert list(arch.ops) == choice and skip_count(arch) == 1
     assert str(arch) == str(get_space("nb201").parse(str(arch)))
 
@@ -203,7 +214,7 @@ def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
     normal[4, P.index("sep_conv_5x5")] = 0.3
     reduce = torch.full((14, 8), 0.01)
     reduce[:, P.index("avg_pool_3x3")] = 0.5
-    genotype = derive("darts", [normal, reduce])
+    genotype = derive_darts([normal, reduce], PRIMITIVES)
     assert genotype.normal[:4] == (("sep_conv_3x3", 0), ("skip_connect", 1), ("dil_conv_5x5", 1),
                                    ("sep_conv_5x5", 2))
     assert all(op == "avg_pool_3x3" for op, _ in genotype.reduce)
@@ -211,11 +222,12 @@ def test_darts_derivation_keeps_two_strongest_non_none_edges_per_node():
     assert get_space("darts").parse(str(genotype)) == genotype
     # NoisyDARTS' 7-op alphas name their columns.
     without_none = [p for p in P if p != "none"]
-    assert derive("darts", [normal[:, 1:], reduce[:, 1:]], without_none).normal == genotype.normal
+    assert derive_darts([normal[:, 1:], reduce[:, 1:]], without_none).normal == genotype.normal
 
 
 def test_config_errors_name_the_field_and_defaults_are_the_papers():
-    for kwargs, field in (({"algorithm": "gdas"}, "algorithm"), ({"epochs": 0}, "epochs"),
+    for kwargs, field in (({"second_order": "yes"}, "second_order"), ({"drop_none": 1}, "drop_none"),
+                          ({"epochs": 0}, "epochs"), ({"skip_drop_path": 1.0}, "skip_drop_path"),
                           ({"arch_betas": (0.5,)}, "arch_betas"), ({"train_portion": 1.0}, "train_portion"),
                           ({"device": "tpu"}, "device"), ({"lr": -1}, "lr"), ({"noise_lambda": -0.1}, "noise_lambda"),
                           ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"batch_size": 0}, "batch_size")):
@@ -230,14 +242,21 @@ def test_config_errors_name_the_field_and_defaults_are_the_papers():
             darts.nesterov, darts.arch_lr, darts.arch_betas, darts.arch_weight_decay, darts.grad_clip,
             darts.layers, darts.channels, darts.train_portion, darts.noise_lambda) == (
         50, 64, 0.025, 0.001, 0.9, 3e-4, False, 3e-4, (0.5, 0.999), 1e-3, 5.0, 8, 16, 0.5, 0.0)
-    noisy = OneShotConfig(algorithm="noisy-darts").resolved("darts")
-    assert (noisy.batch_size, noisy.lr, noisy.noise_lambda) == (128, 0.05, 0.2)  # NoisyDARTS' search settings
+    assert (darts.second_order, darts.skip_drop_path, darts.drop_none) == (False, 0.0, False)
+    assert dataclasses.asdict(Darts2Config().resolved("darts")) == {**dataclasses.asdict(darts), "second_order": True}
+    noisy = NoisyDartsConfig().resolved("darts")  # NoisyDARTS' search settings
+    assert (noisy.batch_size, noisy.lr, noisy.noise_lambda, noisy.skip_drop_path, noisy.drop_none) == (
+        128, 0.05, 0.2, 0.3, True)
+    assert (NoisyDartsConfig(batch_size=64).resolved("darts").batch_size, noisy.second_order) == (64, False)
+    with pytest.raises(ConfigError) as err:
+        search_config("gdas")
+    assert err.value.field == "algorithm"
     nb201 = OneShotConfig().resolved("nb201")  # AutoDL-Projects' DARTS.config
     assert (nb201.layers, nb201.weight_decay, nb201.nesterov, nb201.lr, nb201.batch_size) == (5, 5e-4, True, 0.025, 64)
 
 
 def _run(digits, space, algorithm, seed, layers=1, epochs=2, batches=3):
-    config = OneShotConfig(algorithm=algorithm, epochs=epochs, channels=4, layers=layers, batch_size=32,
+    config = search_config(algorithm)(epochs=epochs, channels=4, layers=layers, batch_size=32,
                            max_batches_per_epoch=batches, device="cpu")
     return list(search_epochs(get_space(space), digits, config, seed))
 
@@ -262,3 +281,27 @@ def test_darts_space_second_order_search_derives_a_valid_genotype(digits):
     genotype = get_space("darts").parse(report["genotype"])
     assert len(genotype.normal) == 8 and len(report["alpha_entropy"]) == 28
     assert report["skip_count"] == sum(op == "skip_connect" for op, _ in genotype.normal)
+
+
+class WideNB201(NB201Space):
+    name = "nb201-wide"
+
+
+def test_a_new_supernet_is_one_registration_that_every_search_runs(digits, monkeypatch):
+    """A space's supernet registered once (here nb201's under another name, with its own published
+    settings) is searched by the DARTS family and by rsws alike, with no search knowing its name."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    nb201 = supernet_for("nb201")
+    wide = {recipe: {**settings, "channels": 6} for recipe, settings in nb201.defaults.items()}
+    register_supernet(dataclasses.replace(nb201, name="nb201-wide", defaults=wide))
+    assert "nb201-wide" in supernet_spaces("rsws") and OneShotConfig().resolved("nb201-wide").channels == 6
+    tiny = dict(epochs=1, layers=1, batch_size=32, max_batches_per_epoch=1, device="cpu", num_threads=1)
+    with torch_threads(1):
+        (darts,) = search_epochs(WideNB201(), digits, NoisyDartsConfig(**tiny), 0)
+        *_, ranked = search_epochs(WideNB201(), digits, RSWSConfig(**tiny, archs=2, block=2, rescore_top=1), 0)
+    for report in (darts, ranked):
+        assert report["candidates"] == [report["genotype"]] and WideNB201().parse(report["genotype"])
+    assert darts["algorithm"] == "noisy-darts" and ranked["algorithm"] == "rsws" and ranked["stage"] == "rank"
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig().resolved("nasnet")
+    assert err.value.field == "space" and "nb201-wide" in err.value.allowed

@@ -10,6 +10,7 @@ from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.service.manager import SearchManager, ThreadLauncher
+from raynas.controller.strategies import strategy_class, strategy_names
 
 TINY = {"epochs": 2, "channels": 4, "layers": 1, "batch_size": 32, "max_batches_per_epoch": 2}
 #: Trained on the bundled digits, scored by the table's CIFAR-10 figures: a proxy search, said so.
@@ -59,3 +60,10 @@ def test_the_service_streams_one_shot_epochs(tmp_path):
     assert events[-1] == {"kind": "state", "state": "succeeded", "error": ""}
     epoch = next(e for e in events if e["kind"] == "one_shot_epoch")
     assert {"skip_count", "alpha_entropy", "genotype", "val_acc"} <= set(epoch)
+
+
+def test_every_one_shot_strategy_names_its_search_after_itself():
+    """Reports and result.json's one_shot.algorithm say the search's name: the strategy's."""
+    searching = [strategy_class(name) for name in strategy_names() if strategy_class(name).needs.search is not None]
+    assert {cls.name for cls in searching} >= {"darts", "darts2", "noisy-darts", "rsws", "nao-ws", "autodeeplab"}
+    assert all(cls.Options.algorithm == cls.name for cls in searching)

@@ -23,7 +23,7 @@ from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
 from raynas.workers.datasets.images import ImageData
 from raynas.workers.execution import Task
-from raynas.workers.oneshot import OneShotConfig, search_epochs
+from raynas.workers.oneshot import NoisyDartsConfig, OneShotConfig, search_epochs
 from raynas.workers.oneshot.search import cosine_lr
 from raynas.workers.oneshot.supernet import MixedOp
 from raynas.workers.retrain import recipe, retrain, retrain_seeds
@@ -41,9 +41,9 @@ def strip(reports):
     return [{k: v for k, v in r.items() if k not in ("wall_time_s", "images_per_s")} for r in reports]
 
 
-def search(digits, seed=0, checkpoint=None, **options):
+def search(digits, seed=0, checkpoint=None, config=OneShotConfig, **options):
     with torch_threads(1):
-        return list(search_epochs(get_space("nb201"), digits, OneShotConfig(**{**TINY, **options}), seed, checkpoint))
+        return list(search_epochs(get_space("nb201"), digits, config(**{**TINY, **options}), seed, checkpoint))
 
 
 def test_the_search_halves_the_whole_training_set_and_keeps_augmentation():
@@ -57,8 +57,8 @@ def test_the_search_halves_the_whole_training_set_and_keeps_augmentation():
 
 
 def test_noisy_darts_drops_the_skip_branch_in_training_and_evaluation():
-    assert OneShotConfig(algorithm="noisy-darts").resolved("nb201").skip_drop_path == 0.3  # their search default
-    assert OneShotConfig(algorithm="darts").resolved("nb201").skip_drop_path == 0.0
+    assert NoisyDartsConfig().resolved("nb201").skip_drop_path == 0.3  # their search default
+    assert OneShotConfig().resolved("nb201").skip_drop_path == 0.0
     ops = [torch.nn.Identity() if n == "skip_connect" else torch.nn.AvgPool2d(3, 1, 1)
            for n in ("none", "skip_connect", "avg_pool_3x3")]
     op = MixedOp(("none", "skip_connect", "avg_pool_3x3"), ops, skip_drop_path=0.3).eval()
@@ -114,10 +114,10 @@ def test_early_stop_and_best_epoch(digits):
 
 @pytest.mark.slow
 def test_a_stopped_search_continues_from_its_last_epoch(digits, tmp_path):
-    options = dict(algorithm="noisy-darts")  # noise, drop-path, both optimizers, the RNG all in play
+    options = dict(config=NoisyDartsConfig)  # noise, drop-path, both optimizers, the RNG all in play
     straight = search(digits, 2, str(tmp_path / "straight.ckpt"), **options)
     with torch_threads(1):
-        stopped = search_epochs(get_space("nb201"), digits, OneShotConfig(**{**TINY, **options}), 2,
+        stopped = search_epochs(get_space("nb201"), digits, NoisyDartsConfig(**TINY), 2,
                                 str(tmp_path / "stopped.ckpt"))
         first = next(stopped)
         stopped.close()  # the process dies after epoch 1's checkpoint

@@ -11,15 +11,13 @@ from raynas.controller.runtime.spec import SearchSpec
 from raynas.search_spaces import get_space
 from raynas.search_spaces.types import RNNGenotype
 from raynas.workers.datasets import load_dataset
-from raynas.workers.oneshot import OneShotConfig, RSWSConfig
+from raynas.workers.oneshot import NoisyDartsConfig, OneShotConfig, RSWSConfig, search_config, search_epochs
 from raynas.workers.oneshot.rnn import (
     PRIMITIVES,
     RNNSupernet,
     Window,
     derive_rnn,
     rnn_path,
-    rnn_rsws_epochs,
-    rnn_search_epochs,
 )
 
 TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu", "num_threads": 1}
@@ -40,16 +38,19 @@ def test_defaults_are_darts_ptb_search_settings():
 
 def test_what_the_rnn_search_cannot_do_is_refused(tiny_ptb):
     with pytest.raises(ConfigError) as err:
-        OneShotConfig(algorithm="noisy-darts").resolved("rnn")
-    assert err.value.field == "algorithm"
+        NoisyDartsConfig().resolved("rnn")
+    assert err.value.field == "noise_lambda"
+    with pytest.raises(ConfigError) as err:
+        OneShotConfig(drop_none=True).resolved("rnn")
+    assert err.value.field == "drop_none"
     with pytest.raises(ConfigError) as err:
         OneShotConfig(early_stop_skips=2).resolved("rnn")
     assert err.value.field == "early_stop_skips"
     with pytest.raises(ConfigError) as err:
-        rnn_search_epochs(get_space("rnn"), load_dataset("digits"), OneShotConfig(**TINY), 0)
+        search_epochs(get_space("rnn"), load_dataset("digits"), OneShotConfig(**TINY), 0)
     assert err.value.field == "dataset"
     with pytest.raises(ConfigError) as err:
-        rnn_search_epochs(get_space("rnn"), load_dataset("ptb", tiny_ptb), OneShotConfig(train_portion=0.8), 0)
+        search_epochs(get_space("rnn"), load_dataset("ptb", tiny_ptb), OneShotConfig(train_portion=0.8), 0)
     assert err.value.field == "train_portion"
 
 
@@ -89,11 +90,11 @@ def _same(report):
 @pytest.mark.parametrize("algorithm", ["darts", "darts2"])
 def test_search_resumes_exactly_from_its_checkpoint(tiny_ptb, tmp_path, algorithm):
     data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
-    config = OneShotConfig(algorithm=algorithm, **TINY)
-    straight = list(rnn_search_epochs(space, data, config, seed=1))
+    config = search_config(algorithm)(**TINY)
+    straight = list(search_epochs(space, data, config, seed=1))
     checkpoint = str(tmp_path / "search.pt")
-    first = next(iter(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint)))
-    resumed = list(rnn_search_epochs(space, data, config, seed=1, checkpoint=checkpoint))
+    first = next(iter(search_epochs(space, data, config, seed=1, checkpoint=checkpoint)))
+    resumed = list(search_epochs(space, data, config, seed=1, checkpoint=checkpoint))
 
     assert [_same(r) for r in resumed] == [_same(r) for r in straight]
     assert _same(first) == _same(straight[0])
@@ -107,16 +108,16 @@ def test_rsws_on_rnn_trains_single_paths_then_ranks_by_perplexity(tiny_ptb, tmp_
     data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
     config = RSWSConfig(**TINY, archs=6, block=3, rescore_top=2, score_batches=2)
     checkpoint = str(tmp_path / "rsws.pt")
-    reports = list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=checkpoint))
+    reports = list(search_epochs(space, data, config, seed=0, checkpoint=checkpoint))
     assert [r["stage"] for r in reports] == ["train", "train", "rank", "rank"]
     ranked = reports[-1]
     assert ranked["val_ppl"] == min(r["block_val_ppl"] for r in reports[2:])
     assert ranked["candidates"] == [ranked["genotype"]]
-    assert list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=checkpoint)) == reports  # replayed
+    assert list(search_epochs(space, data, config, seed=0, checkpoint=checkpoint)) == reports  # replayed
     # Stopped after its first epoch, it continues to the same reports.
     other = str(tmp_path / "stopped.pt")
-    next(iter(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other)))
-    resumed = list(rnn_rsws_epochs(space, data, config, seed=0, checkpoint=other))
+    next(iter(search_epochs(space, data, config, seed=0, checkpoint=other)))
+    resumed = list(search_epochs(space, data, config, seed=0, checkpoint=other))
     assert [_same(r) for r in resumed] == [_same(r) for r in reports]
 
 

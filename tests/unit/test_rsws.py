@@ -14,8 +14,8 @@ from raynas.search_spaces import get_space
 from raynas.search_spaces.cell import PRIMITIVES
 from raynas.search_spaces.nb201 import NB201_OPS
 from raynas.workers.datasets import load_dataset
-from raynas.workers.oneshot import DartsSupernet, NB201Supernet, RSWSConfig, rsws_epochs, single_path
-from raynas.workers.oneshot.rsws import sample_arch
+from raynas.workers.oneshot import DartsSupernet, NB201Supernet, RSWSConfig, darts_path, nb201_path, search_epochs
+from raynas.workers.oneshot.cells import sample_darts, sample_nb201
 from raynas.workers.oneshot.supernet import MixedOp
 
 TINY = dict(epochs=2, channels=4, layers=1, batch_size=32, max_batches_per_epoch=2, archs=6, score_batches=1,
@@ -55,7 +55,7 @@ def test_sampling_is_uniform_with_none_and_two_distinct_inputs_per_node():
     generator = torch.Generator().manual_seed(0)
     ops, inputs = collections.Counter(), collections.Counter()
     for _ in range(400):
-        genotype = sample_arch("darts", generator)
+        genotype = sample_darts(get_space("darts"), generator)
         get_space("darts").validate(genotype)
         for cell in (genotype.normal, genotype.reduce):
             for node in range(4):
@@ -67,7 +67,7 @@ def test_sampling_is_uniform_with_none_and_two_distinct_inputs_per_node():
     assert set(ops) == set(PRIMITIVES)  # `none` included
     assert min(ops.values()) > 0.7 * max(ops.values())
     assert min(inputs.values()) > 0.7 * max(inputs.values())  # node 5: 2 of its 5 inputs, uniformly
-    archs = {str(sample_arch("nb201", generator)) for _ in range(50)}
+    archs = {str(sample_nb201(get_space("nb201"), generator)) for _ in range(50)}
     assert len(archs) == 50
 
 
@@ -78,15 +78,17 @@ def test_single_path_runs_only_the_sampled_ops_and_matches_one_hot_mixing():
 
 def _check_single_path():
     torch.manual_seed(0)
-    for model, space in ((NB201Supernet(C=4, N=1, in_channels=1), "nb201"),
-                         (DartsSupernet(C=4, layers=3, in_channels=1), "darts")):
+    for model, space, sample, to_path in ((NB201Supernet(C=4, N=1, in_channels=1), "nb201", sample_nb201, nb201_path),
+                                          (DartsSupernet(C=4, layers=3, in_channels=1), "darts", sample_darts,
+                                           darts_path)):
         model = model.double().eval()
-        arch = sample_arch(space, torch.Generator().manual_seed(1))
-        path = single_path(space, arch, model.primitives)
+        arch = sample(get_space(space), torch.Generator().manual_seed(1))
+        path = to_path(arch, model.primitives)
         one_hot = [torch.zeros_like(a) for a in model.alphas]
         for weights, edges in zip(one_hot, path):
-            for e, op in enumerate(edges):
-                if op is not None:
+            for e, ops in enumerate(edges):
+                assert len(ops) <= 1  # two distinct inputs per node: an edge runs one op at most
+                for op in ops:
                     weights[e, op] = 1.0
         x = torch.randn(2, 1, 8, 8, dtype=torch.float64)
         model.arch_weights = lambda one_hot=one_hot: one_hot  # the mixed forward, every weight 0 or 1
@@ -100,8 +102,8 @@ def _check_single_path():
             edges = path[int(getattr(cell, "reduction", False))]
             for e, mixed in enumerate(cell.edges):
                 assert isinstance(mixed, MixedOp)
-                if edges[e] is not None:
-                    on_path |= {id(p) for p in mixed.ops[edges[e]].parameters()}
+                for op in edges[e]:
+                    on_path |= {id(p) for p in mixed.ops[op].parameters()}
         in_ops = {id(p) for m in model.modules() if isinstance(m, MixedOp) for p in m.parameters()}
         assert ran & in_ops and ran & in_ops <= on_path  # no op off the path took part
         assert all(a.grad is None for a in model.alphas)
@@ -109,42 +111,43 @@ def _check_single_path():
 
 def test_single_path_refuses_what_the_supernet_cannot_run():
     noisy_ops = [p for p in PRIMITIVES if p != "none"]
-    genotype = sample_arch("darts", torch.Generator().manual_seed(0))
+    genotype = sample_darts(get_space("darts"), torch.Generator().manual_seed(0))
     while all(op != "none" for op, _ in genotype.normal + genotype.reduce):
-        genotype = sample_arch("darts", torch.Generator().manual_seed(len(str(genotype))))
+        genotype = sample_darts(get_space("darts"), torch.Generator().manual_seed(len(str(genotype))))
     with pytest.raises(ConfigError):
-        single_path("darts", genotype, noisy_ops)
-    assert [len(edges) for edges in single_path("darts", genotype)] == [14, 14]
-    assert single_path("nb201", get_space("nb201").parse("|none~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|"
-                                                         "avg_pool_3x3~1|none~2|")) == [[0, 1, 2, 3, 4, 0]]
+        darts_path(genotype, noisy_ops)
+    assert [len(edges) for edges in darts_path(genotype, PRIMITIVES)] == [14, 14]
+    assert nb201_path(get_space("nb201").parse("|none~0|+|skip_connect~0|nor_conv_1x1~1|+|nor_conv_3x3~0|"
+                                               "avg_pool_3x3~1|none~2|"), NB201_OPS) == [[(0,), (1,), (2,), (3,), (4,),
+                                                                                          (0,)]]
     assert NB201_OPS[3] == "nor_conv_3x3"
 
 
 @pytest.mark.slow
 def test_the_stages_report_train_epochs_then_ranking_blocks_and_are_seeded(digits):
-    reports = list(rsws_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=3))
+    reports = list(search_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=3))
     assert [(r["stage"], r["epoch"]) for r in reports] == [("train", 1), ("train", 2), ("rank", 1), ("rank", 2)]
     assert [r["scored"] for r in reports[2:]] == [3, 6]
     last = reports[-1]
     best = max(reports[2:], key=lambda r: r["block_val_acc"])
     assert last["candidates"] == [last["genotype"]] and last["val_acc"] == best["block_val_acc"]
     get_space("nb201").parse(last["genotype"])
-    assert strip(list(rsws_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=3))) == strip(reports)
-    assert strip(list(rsws_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=4))) != strip(reports)
-    two = list(rsws_epochs(get_space("nb201"), digits, RSWSConfig(**{**TINY, "candidates": 2}), seed=3))
+    assert strip(list(search_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=3))) == strip(reports)
+    assert strip(list(search_epochs(get_space("nb201"), digits, RSWSConfig(**TINY), seed=4))) != strip(reports)
+    two = list(search_epochs(get_space("nb201"), digits, RSWSConfig(**{**TINY, "candidates": 2}), seed=3))
     assert two[-1]["candidates"][0] == last["genotype"] and len(two[-1]["candidates"]) <= 2
 
 
 @pytest.mark.slow
 def test_a_search_stopped_mid_ranking_continues_from_its_checkpoint(digits, tmp_path):
     space, config = get_space("nb201"), RSWSConfig(**TINY)
-    straight = list(rsws_epochs(space, digits, config, 5, str(tmp_path / "straight.ckpt")))
-    stopped = rsws_epochs(space, digits, config, 5, str(tmp_path / "stopped.ckpt"))
+    straight = list(search_epochs(space, digits, config, 5, str(tmp_path / "straight.ckpt")))
+    stopped = search_epochs(space, digits, config, 5, str(tmp_path / "stopped.ckpt"))
     first = [next(stopped) for _ in range(3)]  # both training epochs and the first ranking block
     stopped.close()
-    continued = list(rsws_epochs(space, digits, config, 5, str(tmp_path / "stopped.ckpt")))
+    continued = list(search_epochs(space, digits, config, 5, str(tmp_path / "stopped.ckpt")))
     assert strip(continued[:3]) == strip(first)  # replayed from the checkpoint
     assert strip(continued) == strip(straight)
     with pytest.raises(ConfigError) as err:
-        list(rsws_epochs(space, digits, RSWSConfig(**{**TINY, "archs": 9}), 5, str(tmp_path / "stopped.ckpt")))
+        list(search_epochs(space, digits, RSWSConfig(**{**TINY, "archs": 9}), 5, str(tmp_path / "stopped.ckpt")))
     assert err.value.field == "checkpoint"

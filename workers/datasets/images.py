@@ -387,6 +387,12 @@ def _statistics(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3)).clamp_min(1e-6)
 
 
+def to_device(t: torch.Tensor, device: torch.device, pin: bool) -> torch.Tensor:
+    """A small host tensor drawn for this step (crops, flips, cutout squares) on `device`; `pin` (on
+    CUDA) copies it from pinned memory without waiting, where a pageable copy makes the step wait."""
+    return t.pin_memory().to(device, non_blocking=True) if pin else t.to(device)
+
+
 def crop_and_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
     """Random crop of the zero-padded batch plus horizontal flip, as one gather.
 
@@ -397,8 +403,8 @@ def crop_and_flip(x: torch.Tensor, padding: int, generator: torch.Generator) -> 
     b, c, h, w = x.shape
     width = w + 2 * padding
     planes = F.pad(x, (padding, padding, padding, padding)).reshape(b * c, -1)
-    offsets = torch.randint(0, 2 * padding + 1, (2, b), generator=generator).to(x.device)
-    flip = (torch.rand(b, generator=generator) < 0.5).to(x.device)
+    offsets = to_device(torch.randint(0, 2 * padding + 1, (2, b), generator=generator), x.device, x.is_cuda)
+    flip = to_device(torch.rand(b, generator=generator) < 0.5, x.device, x.is_cuda)
     cols = torch.arange(w, device=x.device)
     cols = offsets[1, :, None] + torch.where(flip[:, None], cols.flip(0), cols)
     rows = offsets[0, :, None] + torch.arange(h, device=x.device)

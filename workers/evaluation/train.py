@@ -35,6 +35,7 @@ from raynas.workers.training import (
     TrainingRun,
     check_cutout,
     pick_device,
+    resolve_speed,
 )
 
 #: What each epoch's validation reports, by task.
@@ -50,9 +51,12 @@ class TrainEvaluator(Evaluator):
     and an evaluation at a smaller budget stops early on the same cosine schedule, so a
     continued evaluation equals one that ran straight through.
 
-    On CUDA the forward pass runs under bf16 autocast; on CPU in fp32. The same
-    (arch, seed) gives the same result on one machine: the seed drives weight
-    init, dropout and the batch order, and the caller's global RNG is left as it was.
+    On CUDA the loop trains fast unless told otherwise (autocast, channels-last, pinned copies,
+    cuDNN's autotuner: `TrainConfig`); on CPU in fp32, and every evaluation's metrics say which
+    (`precision`, `channels_last`, `pin_memory`, `cudnn_benchmark`). The same (arch, seed) gives
+    the same result on one machine (on CUDA up to cuDNN's choice of algorithms, which its
+    autotuner may make differently between runs): the seed drives weight init, dropout and the
+    batch order, and the caller's global RNG is left as it was.
     """
 
     name = "train"
@@ -88,6 +92,9 @@ class TrainEvaluator(Evaluator):
         self.config = config.resolved(dataset.task)
         self.fidelity = Fidelity(maximum=self.config.epochs, default=self.config.epochs)
         self.device = pick_device(self.config.device)
+        # Here, on the worker that owns the device, so that a setting the GPU cannot honour (bf16 on a
+        # pre-Ampere card) is one ConfigError, not a failure of every child.
+        resolve_speed(self.config, self.device, image=isinstance(dataset, ImageData))
         if isinstance(dataset, ImageData):
             check_cutout(self.config, dataset)
             self.dataset = dataset.to(self.device)

@@ -1,50 +1,58 @@
-"""One-shot search: gradient-based (DARTS first and second order, NoisyDARTS) and random search
-with weight sharing (rsws); supernets, the search loops, genotype derivation and collapse
-monitors; Auto-DeepLab's hierarchical search lives in autodeeplab.py. Plain PyTorch."""
+"""One-shot search: supernets registered per space (registry.py: darts and nb201 in cells.py,
+rnn, autodeeplab), one epoch loop (search.py) for every algorithm: the DARTS family (first and
+second order, NoisyDARTS: darts.py), random search with weight sharing (rsws.py), Auto-DeepLab's
+hierarchical search (autodeeplab.py) and NAO-WS (nao_ws.py); genotype derivation and collapse
+monitors (derive.py); a search as an evaluation (evaluator.py). Plain PyTorch."""
 
 from __future__ import annotations
 
-from raynas.workers.oneshot.derive import derive, edge_entropy, single_path, skip_count
+from types import SimpleNamespace
+
+from raynas.common import ConfigError
+from raynas.search_spaces import get_space
+from raynas.workers.oneshot.autodeeplab import AutoDeepLabConfig
+from raynas.workers.oneshot.darts import Architect, Darts2Config, NoisyDartsConfig, OneShotConfig, finite_difference_hvp
+from raynas.workers.oneshot.derive import darts_path, derive_darts, derive_nb201, edge_entropy, nb201_path, skip_count
 from raynas.workers.oneshot.evaluator import OneShotSearch, search_evaluator
-from raynas.workers.oneshot.rnn import RNNSupernet, rnn_rsws_epochs, rnn_search_epochs
-from raynas.workers.oneshot.rsws import RSWSConfig, rsws_epochs, rsws_evaluator
-from raynas.workers.oneshot.search import (
-    ALGORITHMS,
-    SPACES,
-    Architect,
-    OneShotConfig,
-    SupernetConfig,
-    finite_difference_hvp,
-    primitives_for,
-    search_epochs,
-)
-from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supernet, build_supernet
+from raynas.workers.oneshot.nao_ws import NAOWSConfig
+from raynas.workers.oneshot.registry import OneShotSpace, register_supernet, supernet_for, supernet_spaces
+from raynas.workers.oneshot.rnn import RNNSupernet
+from raynas.workers.oneshot.rsws import RSWSConfig
+from raynas.workers.oneshot.search import Search, SupernetConfig, search_epochs
+from raynas.workers.oneshot.supernet import DartsSupernet, NB201Supernet, Supernet
+
+#: The one-shot searches by name (their strategies'), each its settings with its paper's defaults.
+SEARCHES = {config.algorithm: config for config in (OneShotConfig, Darts2Config, NoisyDartsConfig, RSWSConfig,
+                                                     AutoDeepLabConfig, NAOWSConfig)}
+
+
+def search_config(algorithm: str) -> type[SupernetConfig]:
+    """The settings of the one-shot search `algorithm`."""
+    if algorithm not in SEARCHES:
+        raise ConfigError("algorithm", f"unknown one-shot search {algorithm!r}", sorted(SEARCHES))
+    return SEARCHES[algorithm]
 
 
 def describe_supernet(space: str, channels: int | None = None, layers: int | None = None, num_classes: int = 10,
                       in_channels: int = 3, algorithm: str = "darts", vocab_size: int = 10_000) -> dict[str, int]:
-    """Network weights (`params`) and architecture weights (`arch_params`) of a space's supernet;
-    `channels` and `layers` default to the search settings (16; 8 cells for darts, 5 per stage for
-    nb201; rnn: 300 wide, 8 nodes, over `vocab_size` words; autodeeplab: F = 8, L = 12)."""
-    if space == "autodeeplab":
-        from raynas.search_spaces.autodeeplab import LAYERS
-        from raynas.workers.oneshot.autodeeplab import ADL_DEFAULTS, AutoDeepLabSupernet
-
-        model = AutoDeepLabSupernet(channels or ADL_DEFAULTS["channels"], layers or LAYERS, in_channels, num_classes)
-    elif space == "rnn":
-        cfg = OneShotConfig(algorithm=algorithm, channels=channels).resolved(space)
-        model = RNNSupernet(vocab_size, cfg.channels)
-    else:
-        cfg = OneShotConfig(algorithm=algorithm, channels=16 if channels is None else channels,
-                            layers=layers).resolved(space)
-        model = build_supernet(space, cfg.channels, cfg.layers, in_channels, num_classes,
-                               primitives=primitives_for(space, algorithm))
+    """Network weights (`params`) and architecture weights (`arch_params`) of `space`'s supernet
+    as the search `algorithm` builds it (noisy-darts: without `none`), `channels` and `layers`
+    defaulting to that search's published ones (darts: 16 wide, 8 cells; nb201: 5 cells per
+    stage; rnn: 300 wide, 8 nodes, over `vocab_size` words; autodeeplab: F = 8, L = 12)."""
+    entry = supernet_for(space)
+    config = search_config(algorithm)
+    if config.recipe not in entry.defaults and len(entry.defaults) == 1:
+        # A space with one search (autodeeplab) has that search's supernet, whatever `algorithm` names.
+        config = search_config(next(iter(entry.defaults)))
+    cfg = config(channels=channels, layers=layers).resolved(space)
+    data = SimpleNamespace(in_channels=in_channels, num_classes=num_classes, vocab_size=vocab_size)
+    model = entry.build(get_space(space), cfg, data)
     return {"params": sum(p.numel() for p in model.network_parameters()),
             "arch_params": sum(a.numel() for a in model.arch_parameters())}
 
 
-__all__ = ["ALGORITHMS", "Architect", "DartsSupernet", "NB201Supernet", "OneShotConfig", "OneShotSearch",
-           "RNNSupernet", "RSWSConfig", "SPACES", "Supernet", "SupernetConfig", "build_supernet", "derive",
-           "describe_supernet", "edge_entropy", "finite_difference_hvp", "primitives_for", "rnn_rsws_epochs",
-           "rnn_search_epochs", "rsws_epochs", "rsws_evaluator", "search_epochs", "search_evaluator", "single_path",
-           "skip_count"]
+__all__ = ["SEARCHES", "Architect", "AutoDeepLabConfig", "Darts2Config", "DartsSupernet", "NAOWSConfig",
+           "NB201Supernet", "NoisyDartsConfig", "OneShotConfig", "OneShotSearch", "OneShotSpace", "RNNSupernet",
+           "RSWSConfig", "Search", "Supernet", "SupernetConfig", "darts_path", "derive_darts", "derive_nb201",
+           "describe_supernet", "edge_entropy", "finite_difference_hvp", "nb201_path", "register_supernet",
+           "search_config", "search_epochs", "search_evaluator", "skip_count", "supernet_for", "supernet_spaces"]

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,29 +43,17 @@ from torch import nn
 
 from raynas.common import ConfigError, check_int, check_number
 from raynas.common.options import option
-from raynas.common.threads import torch_threads
-from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.autodeeplab import ADL_OPS, BLOCKS, LEVELS, MOVES, reachable, transition_mask, viterbi
 from raynas.search_spaces.types import AutoDeepLabArch
-from raynas.workers.datasets import SEGMENTATION, Data, require_task
+from raynas.workers.datasets import SEGMENTATION
 from raynas.workers.datasets.images import ImageData
-from raynas.workers.evaluation import Evaluator
 from raynas.workers.nets.autodeeplab import ASPP, STEM_WIDTHS, Resample, Resize, Stem, width
+from raynas.workers.oneshot.darts import Bilevel
 from raynas.workers.oneshot.derive import derive_cell, mean_entropy_fraction
-from raynas.workers.oneshot.evaluator import OneShotSearch
-from raynas.workers.oneshot.search import (
-    SupernetConfig,
-    cosine_lr,
-    endless,
-    load_checkpoint,
-    own_rng,
-    save_checkpoint,
-    steps_per_epoch,
-    weight_optimizer,
-    weight_step,
-)
-from raynas.workers.oneshot.supernet import ALPHA_INIT_SCALE, MixedOp, Supernet, search_op
-from raynas.workers.training import pick_device
+from raynas.workers.oneshot.feeds import ImageFeed
+from raynas.workers.oneshot.registry import OneShotSpace, register_supernet
+from raynas.workers.oneshot.search import SupernetConfig
+from raynas.workers.oneshot.supernet import ALPHA_INIT_SCALE, SKIP, MixedOp, Supernet, search_op
 
 #: Auto-DeepLab's search (paper sec. 5.1): what SupernetConfig's None fields become.
 ADL_DEFAULTS = {"epochs": 40, "batch_size": 2, "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4, "nesterov": False,
@@ -86,7 +72,7 @@ class AutoDeepLabConfig(SupernetConfig):
                                              "(default: half the epochs, the paper's 20 of 40)", most=1000)
 
     algorithm: ClassVar[str] = "autodeeplab"
-    spaces: ClassVar[tuple[str, ...]] = ("autodeeplab",)
+    recipe: ClassVar[str] = "autodeeplab"
 
     def __post_init__(self):
         super().__post_init__()
@@ -97,8 +83,8 @@ class AutoDeepLabConfig(SupernetConfig):
             raise ConfigError("warmup_epochs", f"{self.warmup_epochs} weight-only epochs leave alpha and beta none "
                               f"of the {self.epochs}", f"fewer than epochs ({self.epochs})")
 
-    def defaults(self, space: str) -> dict[str, Any]:
-        return dict(ADL_DEFAULTS)
+    def search_class(self) -> type[AutoDeepLabSearch]:
+        return AutoDeepLabSearch
 
     def resolved(self, space: str) -> AutoDeepLabConfig:
         config = super().resolved(space)
@@ -216,22 +202,8 @@ def beta_entropy(model: AutoDeepLabSupernet) -> float:
     return sum(fractions) / len(fractions)
 
 
-def evaluate(model: nn.Module, data: ImageData, batch_size: int, split: str = "train") -> tuple[float, float]:
-    """Mean per-pixel loss and mean IoU of `model` on `split` of `data`, in eval mode."""
-    model.eval()
-    meter, loss, batches = data.meter(), 0.0, 0
-    with torch.no_grad():
-        for x, y in data.eval_batches(split, batch_size):
-            logits = model(x)
-            loss += data.loss(logits, y).item()
-            meter.add(logits, y)
-            batches += 1
-    model.train()
-    return loss / max(batches, 1), meter.value()
-
-
-def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data: ImageData, x: torch.Tensor,
-              y: torch.Tensor) -> float:
+def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data: ImageData | ImageFeed,
+              x: torch.Tensor, y: torch.Tensor) -> float:
     """The first-order step of alpha and beta on a batch of trainB; returns the batch's loss."""
     optimizer.zero_grad(set_to_none=True)
     loss = data.loss(model(x), y)
@@ -240,76 +212,36 @@ def arch_step(model: AutoDeepLabSupernet, optimizer: torch.optim.Optimizer, data
     return loss.item()
 
 
+class AutoDeepLabSearch(Bilevel):
+    """The bilevel epoch (darts.py) with Auto-DeepLab's architecture step: alpha and beta by
+    Adam, first order, on the dataset's per-pixel loss."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*args)
+        self.a_optimizer = torch.optim.Adam(self.model.arch_parameters(), lr=self.cfg.arch_lr,
+                                            weight_decay=self.cfg.arch_weight_decay)
+
+    def step_architecture(self, x: Any, y: torch.Tensor, x_arch: Any, y_arch: torch.Tensor, lr: float) -> None:
+        arch_step(self.model, self.a_optimizer, self.feed, x_arch, y_arch)
 
 
-def autodeeplab_epochs(space: SearchSpace, dataset: ImageData, config: AutoDeepLabConfig, seed: int,
-                       checkpoint: str | None = None) -> Iterator[dict]:
-    """Run the search; yield a report per epoch (`epoch` from 1); the last names the decoded
-    architecture in `candidates`."""
-    if space.name != "autodeeplab":
-        raise ConfigError("space", f"no Auto-DeepLab supernet for {space.name!r}", ("autodeeplab",))
-    require_task(dataset, SEGMENTATION, "Auto-DeepLab's search")
-    cfg = config.resolved(space.name)
-    device = pick_device(cfg.device)
-    return own_rng(lambda: _search(space, dataset, cfg, seed, device, checkpoint), device)
+def _monitors(model: AutoDeepLabSupernet, arch: AutoDeepLabArch) -> dict[str, Any]:
+    return {"path": list(arch.path), "cell": [list(p) for p in arch.cell], "skip_count": _skips(arch),
+            "beta_entropy_fraction": beta_entropy(model),
+            "alpha_entropy_fraction": mean_entropy_fraction(model.arch_weights()[:1]),
+            "beta": model.transition_weights().detach().cpu().tolist()}
 
 
-def _search(space: SearchSpace, dataset: ImageData, cfg: AutoDeepLabConfig, seed: int, device: torch.device,
-            checkpoint: str | None) -> Iterator[dict]:
-    with torch_threads(cfg.num_threads):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        w_half, a_half = dataset.to(device).halves(cfg.train_portion)
-        model = AutoDeepLabSupernet(cfg.channels, cfg.layers or space.layers, w_half.in_channels,
-                                    w_half.num_classes).to(device)
-        w_optimizer = weight_optimizer(model, cfg)
-        a_optimizer = torch.optim.Adam(model.arch_parameters(), lr=cfg.arch_lr, weight_decay=cfg.arch_weight_decay)
-        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": a_optimizer, "generator": generator}
-        history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
-        yield from history
-        if history and "candidates" in history[-1]:
-            return
-        model.train()
-        steps = steps_per_epoch(w_half, cfg)
-        for epoch in range(len(history), cfg.epochs):
-            lr = cosine_lr(cfg, epoch, 0, steps)
-            start, losses, seen = time.perf_counter(), [], 0
-            a_batches = endless(a_half, cfg.batch_size, generator)
-            searching = epoch >= cfg.warmup_epochs
-            for step, (x, y) in enumerate(w_half.train_batches(cfg.batch_size, generator, steps)):
-                if searching:
-                    arch_step(model, a_optimizer, a_half, *next(a_batches))
-                loss, _ = weight_step(model, w_optimizer, cfg, cosine_lr(cfg, epoch, step, steps), x, y,
-                                      loss_fn=w_half.loss)
-                losses.append(loss)
-                seen += len(y)
-            wall = time.perf_counter() - start
-            val_loss, val_miou = evaluate(model, a_half, 2 * cfg.batch_size)
-            arch = decode(model)
-            report = {
-                "epoch": epoch + 1, "algorithm": cfg.algorithm, "lr": lr, "alphas_frozen": not searching,
-                "train_loss": float(torch.stack(losses).mean()), "val_loss": val_loss, "val_miou": val_miou,
-                "genotype": str(arch), "path": list(arch.path), "cell": [list(p) for p in arch.cell],
-                "skip_count": sum(op == "skip_connect" for op, _ in arch.cell),
-                "beta_entropy_fraction": beta_entropy(model),
-                "alpha_entropy_fraction": mean_entropy_fraction(model.arch_weights()[:1]),
-                "beta": model.transition_weights().detach().cpu().tolist(),
-                "wall_time_s": wall, "images_per_s": seen / wall if wall else 0.0,
-            }
-            if epoch + 1 == cfg.epochs:
-                report["candidates"] = [report["genotype"]]
-            history.append(report)
-            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
-            yield report
+def _skips(arch: AutoDeepLabArch) -> int:
+    return sum(op == SKIP for op, _ in arch.cell)
 
 
-def autodeeplab_evaluator(config: AutoDeepLabConfig, space: SearchSpace, dataset: Data,
-                          evaluator: Evaluator) -> Evaluator:
-    """What the autodeeplab strategy's evaluations are: one search, its decoded network then
-    trained and scored (mean IoU) by `evaluator`."""
-    require_task(dataset, SEGMENTATION, "Auto-DeepLab's search")
-    return OneShotSearch(space, dataset, config, evaluator, autodeeplab_epochs)
+register_supernet(OneShotSpace(
+    name="autodeeplab", task=SEGMENTATION,
+    build=lambda space, cfg, data: AutoDeepLabSupernet(cfg.channels, cfg.layers or space.layers, data.in_channels,
+                                                       data.num_classes),
+    feed=ImageFeed, defaults={"autodeeplab": ADL_DEFAULTS}, derive=decode, monitors=_monitors, skips=_skips))
 
 
-__all__ = ["ADL_DEFAULTS", "AutoDeepLabConfig", "AutoDeepLabSupernet", "arch_step", "autodeeplab_epochs",
-           "autodeeplab_evaluator", "beta_entropy", "decode"]
+__all__ = ["ADL_DEFAULTS", "AutoDeepLabConfig", "AutoDeepLabSearch", "AutoDeepLabSupernet", "arch_step",
+           "beta_entropy", "decode"]

@@ -1,15 +1,16 @@
-"""From alphas to an architecture, and the collapse monitors recorded every epoch."""
+"""From alphas to an architecture and back (an architecture's path through the supernet), and the
+collapse monitors recorded every epoch."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from raynas.common import ConfigError
-from raynas.search_spaces.cell import PRIMITIVES
-from raynas.search_spaces.nb201 import NB201_OPS, NB201Arch
+from raynas.search_spaces.nb201 import NB201Arch
 from raynas.search_spaces.types import Genotype
 from raynas.workers.oneshot.supernet import SKIP, Path
 
@@ -47,45 +48,29 @@ def derive_nb201(weights: Sequence[torch.Tensor], primitives: Sequence[str]) -> 
     return NB201Arch(tuple(primitives[int(i)] for i in w.detach().argmax(dim=-1).cpu()))
 
 
-def derive(space: str, weights: Sequence[torch.Tensor], primitives: Sequence[str] | None = None
-           ) -> Genotype | NB201Arch:
-    """The architecture a search's op weights (softmax of the alphas: [normal, reduce] for darts,
-    [edges] for nb201) stand for, by the space's rule. `primitives` names the weights' columns:
-    by default the space's ops (pass the 7 ops without `none` for a noisy-darts darts supernet)."""
-    if space == "darts":
-        return derive_darts(weights, primitives or PRIMITIVES)
-    if space == "nb201":
-        return derive_nb201(weights, primitives or NB201_OPS)
-    raise ConfigError("space", f"no derivation rule for {space!r}", ("darts", "nb201"))
+def nb201_path(arch: NB201Arch, primitives: Sequence[str]) -> Path:
+    """The nb201 supernet's path of `arch`: its op on every edge of the one alpha matrix."""
+    return [[(_column(primitives, op),) for op in arch.ops]]
 
 
-def single_path(space: str, arch: Genotype | NB201Arch, primitives: Sequence[str] | None = None) -> Path:
-    """The supernet path of a discrete architecture (the inverse of derivation): per alpha
-    matrix, per edge, the column of the op the architecture puts there, None where it has none.
-    Raises ConfigError for an op the supernet lacks or two ops on one edge."""
-    if space == "nb201":
-        names = list(primitives or NB201_OPS)
-        return [[_column(names, op) for op in arch.ops]]
-    if space != "darts":
-        raise ConfigError("space", f"no supernet path for {space!r}", ("darts", "nb201"))
-    names = list(primitives or PRIMITIVES)
+def darts_path(arch: Genotype, primitives: Sequence[str]) -> Path:
+    """The darts supernet's path of `arch` (the inverse of derivation): per cell, per edge, the
+    ops the genotype puts there; a node that reads one input twice (NAO's cells may) runs both
+    ops on that edge. Raises ConfigError for an op the supernet lacks."""
     path = []
     for cell in (arch.normal, arch.reduce):
-        edges: list[int | None] = [None] * sum(2 + node for node in range(len(cell) // 2))
+        edges: list[tuple[int, ...]] = [()] * sum(2 + node for node in range(len(cell) // 2))
         for i, (op, source) in enumerate(cell):
-            node = i // 2
-            e = sum(2 + n for n in range(node)) + source
-            if edges[e] is not None:
-                raise ConfigError("arch", f"node {node + 2} reads input {source} twice; a supernet edge runs one op")
-            edges[e] = _column(names, op)
+            e = sum(2 + n for n in range(i // 2)) + source
+            edges[e] = (*edges[e], _column(primitives, op))
         path.append(edges)
     return path
 
 
-def _column(names: list[str], op: str) -> int:
+def _column(names: Sequence[str], op: str) -> int:
     if op not in names:
-        raise ConfigError("arch", f"op {op!r} is not in the supernet", names)
-    return names.index(op)
+        raise ConfigError("arch", f"op {op!r} is not in the supernet", list(names))
+    return list(names).index(op)
 
 
 def skip_count(arch: Genotype | NB201Arch) -> int:
@@ -109,3 +94,10 @@ def mean_entropy_fraction(weights: Sequence[torch.Tensor]) -> float:
     """Mean edge entropy over its maximum: 1 = undecided, 0 = one-hot."""
     entropies = edge_entropy(weights)
     return sum(entropies) / (len(entropies) * math.log(weights[0].shape[-1]))
+
+
+def alpha_monitors(weights: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """What an epoch's report holds of the alphas' softmax: each edge's entropy, their mean
+    fraction of the maximum, and the weights themselves."""
+    return {"alpha_entropy": edge_entropy(weights), "alpha_entropy_fraction": mean_entropy_fraction(weights),
+            "alphas": [w.detach().cpu().tolist() for w in weights]}

@@ -11,23 +11,21 @@ the final training of the kept cell over several seeds is `nas train --seeds N`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Hashable
 from typing import Any
 
 from raynas.common import ConfigError
 from raynas.search_spaces import SearchSpace
-from raynas.workers.datasets import Data
+from raynas.workers.datasets import Data, require_task
 from raynas.workers.evaluation.base import Cancelled, EvalResult, Evaluator, Fidelity, Report
-from raynas.workers.oneshot.rnn import rnn_search_epochs
-from raynas.workers.oneshot.search import OneShotConfig, SupernetConfig, search_epochs
+from raynas.workers.oneshot.registry import supernet_for
+from raynas.workers.oneshot.search import SupernetConfig, search_epochs
 
-#: One search: (space, dataset, config, seed, checkpoint) -> its reports, the last naming `candidates`.
-SearchRun = Callable[[SearchSpace, Data, Any, int, "str | None"], Iterator[dict]]
 #: Figures of the search's last epoch repeated in the evaluation's metrics (every report goes to
 #: the run's oneshot.jsonl).
 SUMMARY = ("skip_count", "val_acc", "val_loss", "alpha_entropy_fraction")
-#: Figures only some searches report (Auto-DeepLab's), repeated in the metrics where present.
-EXTRA_SUMMARY = ("val_miou", "path", "beta_entropy_fraction")
+#: Figures only some searches report (Auto-DeepLab's, the recurrent cell's), repeated in the metrics where present.
+EXTRA_SUMMARY = ("val_miou", "path", "beta_entropy_fraction", "val_ppl")
 
 
 class OneShotSearch(Evaluator):
@@ -41,9 +39,9 @@ class OneShotSearch(Evaluator):
 
     name = "one-shot"
 
-    def __init__(self, space: SearchSpace, dataset: Data, config: SupernetConfig, evaluator: Evaluator,
-                 run: SearchRun = search_epochs):
-        self.space, self.dataset, self.evaluator, self.run = space, dataset, evaluator, run
+    def __init__(self, space: SearchSpace, dataset: Data, config: SupernetConfig, evaluator: Evaluator):
+        require_task(dataset, supernet_for(space.name).task, f"one-shot searches on the {space.name} space")
+        self.space, self.dataset, self.evaluator = space, dataset, evaluator
         self.config = config.resolved(space.name)
         epochs = self.config.epochs
         self.fidelity = Fidelity(maximum=epochs, default=epochs, choices=(epochs,))
@@ -53,7 +51,7 @@ class OneShotSearch(Evaluator):
             raise ConfigError("arch", "a one-shot search derives its architecture; submit its task with arch None")
         history: list[dict[str, Any]] = []
         try:
-            for epoch in self.run(self.space, self.dataset, self.config, seed, checkpoint):
+            for epoch in search_epochs(self.space, self.dataset, self.config, seed, checkpoint):
                 history.append(epoch)
                 report(dict(epoch))
         except Cancelled:
@@ -68,14 +66,14 @@ class OneShotSearch(Evaluator):
         scored = [r for r in results if r.ok]
         result = max(scored, key=lambda r: r.reward) if scored else results[0]
         searched = [r for r in history if r.get("stage", "train") == "train"]
-        last = next((r for r in reversed(history) if "skip_count" in r), {})
+        last = next((r for r in reversed(history) if "genotype" in r), {})
         # This evaluation's budget is the search's epochs; the genotype's own evaluation keeps its budget here.
         result.metrics["one_shot"] = {
             "algorithm": self.config.algorithm, "epochs": len(searched),
             "evaluation_budget": result.metrics.pop("budget", None),
             "search_time_s": sum(r.get("wall_time_s", 0.0) for r in history),
             "genotype": result.arch, **{k: last.get(k) for k in SUMMARY},
-            **{k: last[k] for k in EXTRA_SUMMARY if k in last},
+            **{k: last[k] for k in EXTRA_SUMMARY if k in last}, **self.config.search_class().summary(history),
             "skip_count_per_epoch": [r.get("skip_count") for r in searched],
             "stopped_early": history[-1].get("stopped_early"),
             "candidates": [{"arch": r.arch, "reward": r.reward, "status": r.status} for r in results],
@@ -83,6 +81,6 @@ class OneShotSearch(Evaluator):
         return result
 
 
-def search_evaluator(config: OneShotConfig, space: SearchSpace, dataset: Data, evaluator: Evaluator) -> Evaluator:
-    """What a gradient-based strategy's evaluations are: this config's search in front of `evaluator`."""
-    return OneShotSearch(space, dataset, config, evaluator, rnn_search_epochs if space.name == "rnn" else search_epochs)
+def search_evaluator(config: SupernetConfig, space: SearchSpace, dataset: Data, evaluator: Evaluator) -> Evaluator:
+    """What a one-shot strategy's evaluations are: the search its settings drive in front of `evaluator`."""
+    return OneShotSearch(space, dataset, config, evaluator)

@@ -17,44 +17,34 @@ length, we keep it at `bptt`). The dropouts are the DARTS search code's (0.75 on
 x_t, 0.25 on h_{t-1}, 0.2 on embeddings) [U: not in the paper's text].
 
 Batches reach the supernet as one `Window` (tokens, hidden state, stream name) so that the
-one-shot machinery (the Architect, its unrolled step and finite differences, `weight_step`)
-runs unchanged: `model(window)` returns the logits flattened to [T*B, vocab], and the state it
-ends in is kept per stream in `model.last_hidden`.
+one-shot machinery (the searches' epochs, the Architect, its unrolled step and finite
+differences, `weight_step`) runs unchanged: `model(window)` returns the logits flattened to
+[T*B, vocab], and the state it ends in is kept per stream in `model.last_hidden`.
+
+Registered here as the `rnn` space's supernet (registry.py), with the settings of DARTS' and of
+Li & Talwalkar's PTB searches; `TextFeed` serves the streams.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Iterator
-from typing import NamedTuple
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from raynas.common import ConfigError
-from raynas.common.threads import torch_threads
-from raynas.search_spaces import SearchSpace
 from raynas.search_spaces.rnn import ACTIVATIONS
 from raynas.search_spaces.types import RNNGenotype
+from raynas.workers.datasets import LANGUAGE_MODEL
 from raynas.workers.datasets.text import TextData
 from raynas.workers.nets.rnn import INIT_RANGE, dropout_mask
-from raynas.workers.oneshot.derive import edge_entropy, mean_entropy_fraction
-from raynas.workers.oneshot.search import (
-    Architect,
-    OneShotConfig,
-    check_search,
-    cosine_lr,
-    load_checkpoint,
-    own_rng,
-    save_checkpoint,
-    weight_optimizer,
-    weight_step,
-)
+from raynas.workers.oneshot.derive import alpha_monitors
+from raynas.workers.oneshot.registry import OneShotSpace, register_supernet
 from raynas.workers.oneshot.supernet import ALPHA_INIT_SCALE, Supernet
 from raynas.workers.ops import RNN_ACTIVATIONS
-from raynas.workers.training import pick_device
 
 #: DARTS' rnn PRIMITIVES: the alphas' columns.
 PRIMITIVES = ("none", *ACTIVATIONS)
@@ -160,8 +150,8 @@ def derive_rnn(weights: list[torch.Tensor], steps: int) -> RNNGenotype:
     return RNNGenotype(tuple(recurrent), tuple(range(1, steps + 1)))
 
 
-def rnn_path(arch: RNNGenotype) -> RNNPath:
-    return [(source, PRIMITIVES.index(act)) for act, source in arch.recurrent]
+def rnn_path(arch: RNNGenotype, primitives: Sequence[str] = PRIMITIVES) -> RNNPath:
+    return [(source, primitives.index(act)) for act, source in arch.recurrent]
 
 
 def sample_cell(steps: int, generator: torch.Generator) -> RNNGenotype:
@@ -219,148 +209,82 @@ def perplexity(model: RNNSupernet, stream: torch.Tensor, bptt: int, path: RNNPat
     return math.exp(loss) if loss < 700 else math.inf
 
 
-def rnn_search_epochs(space: SearchSpace, dataset: TextData, config: OneShotConfig, seed: int,
-                      checkpoint: str | None = None, bptt: int = 35) -> Iterator[dict]:
-    """DARTS on the rnn space: like `search_epochs` (one report per epoch, the last naming the
-    `candidates`; checkpoint after every epoch and exact resume), with `val_ppl` for `val_acc`."""
-    check_search(space, dataset)
-    cfg = config.resolved(space.name)
-    check_rnn_options(cfg)
-    device = pick_device(cfg.device)
-    return own_rng(lambda: _darts_rnn(space, dataset, cfg, seed, device, checkpoint, bptt), device)
+#: DARTS' PTB search reads its streams in windows of 35 tokens.
+BPTT = 35
 
 
-def _darts_rnn(space: SearchSpace, dataset: TextData, cfg: OneShotConfig, seed: int, device: torch.device,
-               checkpoint: str | None, bptt: int) -> Iterator[dict]:
-    with torch_threads(cfg.num_threads):
-        torch.manual_seed(seed)
-        model = RNNSupernet(dataset.vocab_size, cfg.channels, space.steps).to(device)
-        w_optimizer = weight_optimizer(model, cfg)
-        architect = Architect(model, cfg)
-        train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
-        search = Stream(model, dataset.batchify("val", cfg.batch_size, device), "val", bptt)
-        valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
-        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer, "train": train,
-                 "search": search}
-        history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
-        yield from history
-        if history and "candidates" in history[-1]:
-            return
-        model.train()
-        steps = steps_per_epoch(train.data, bptt, cfg.max_batches_per_epoch)
-        for epoch in range(len(history), cfg.epochs):
-            start, losses, tokens = time.perf_counter(), [], 0
-            for step in range(steps):
-                lr = cosine_lr(cfg, epoch, step, steps)
-                window, targets = train.next()
-                if epoch >= cfg.warmup_epochs:
-                    val_window, val_targets = search.next()
-                    architect.step(window, targets, val_window, val_targets, lr, w_optimizer)
-                    search.carry()
-                loss, _ = weight_step(model, w_optimizer, cfg, lr, window, targets)
-                train.carry()
-                losses.append(loss)
-                tokens += targets.numel()
-            wall = time.perf_counter() - start
-            weights = model.arch_weights()
-            arch = derive_rnn(weights, space.steps)
-            val_ppl = perplexity(model, valid, bptt, windows=cfg.max_batches_per_epoch)
-            report = {
-                "epoch": epoch + 1, "algorithm": cfg.algorithm, "lr": cosine_lr(cfg, epoch, 0, steps),
-                "alphas_frozen": epoch < cfg.warmup_epochs,
-                "train_loss": float(torch.stack(losses).mean()), "val_ppl": val_ppl,
-                "val_loss": math.log(val_ppl) if math.isfinite(val_ppl) else math.inf,
-                "genotype": str(arch), "alpha_entropy": edge_entropy(weights),
-                "alpha_entropy_fraction": mean_entropy_fraction(weights),
-                "alphas": [w.detach().cpu().tolist() for w in weights],
-                "wall_time_s": wall, "tokens_per_s": tokens / wall if wall else 0.0,
-            }
-            history.append(report)
-            if epoch + 1 == cfg.epochs:
-                best = min(history, key=lambda r: r["val_ppl"]) if cfg.keep_best else history[-1]
-                report["candidates"] = [best["genotype"]]
-            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
-            yield report
+class TextFeed:
+    """DARTS' PTB search data: the training stream trains the weights and the validation stream
+    the alphas, each in `batch_size` columns read window after window, its hidden state carried
+    across windows (both streams' positions are the search's state); the supernet's validation
+    figures and the architectures' scores read the validation stream in 10 columns."""
+
+    unit = "tokens"
+    metric = "ppl"
+    sign = 1
+    loss = staticmethod(F.cross_entropy)
+
+    def __init__(self, data: TextData, cfg: Any, model: RNNSupernet, generator: torch.Generator,
+                 device: torch.device):
+        self.train = Stream(model, data.batchify("train", cfg.batch_size, device), "train", BPTT)
+        self.search = Stream(model, data.batchify("val", cfg.batch_size, device), "val", BPTT)
+        self.valid = data.batchify("val", EVAL_BATCH_SIZE, device)
+        windows = -(-(len(self.train.data) - 1) // BPTT)
+        self.steps = min(windows, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else windows
+        self.windows = cfg.max_batches_per_epoch
+        self.parts = {"train": self.train, "search": self.search}
+
+    def count(self, y: torch.Tensor) -> int:
+        return y.numel()
+
+    def batches(self) -> Iterator[tuple[Window, torch.Tensor]]:
+        for _ in range(self.steps):
+            yield self.train.next()
+            self.train.carry()
+
+    def arch_batch(self, step: Callable[[Window, torch.Tensor], None]) -> None:
+        step(*self.search.next())
+        self.search.carry()
+
+    def training(self, correct: torch.Tensor | int, seen: int) -> dict[str, float]:
+        return {}
+
+    def assess(self, model: RNNSupernet) -> dict[str, float]:
+        ppl = perplexity(model, self.valid, BPTT, windows=self.windows)
+        return {"val_ppl": ppl, "val_loss": math.log(ppl) if math.isfinite(ppl) else math.inf}
+
+    def rescore(self, model: RNNSupernet, path: RNNPath) -> float:
+        return perplexity(model, self.valid, BPTT, path)
+
+    def scorer(self, batches: int) -> Callable[[RNNSupernet, RNNPath], float]:
+        return lambda model, path: perplexity(model, self.valid, BPTT, path, batches)
 
 
-def steps_per_epoch(stream: torch.Tensor, bptt: int, cap: int | None) -> int:
-    windows = -(-(len(stream) - 1) // bptt)
-    return min(windows, cap) if cap else windows
-
-
-def rnn_rsws_epochs(space: SearchSpace, dataset: TextData, config, seed: int,
-                    checkpoint: str | None = None, bptt: int = 35) -> Iterator[dict]:
-    """Random search with weight sharing on the rnn supernet (Li & Talwalkar's PTB search), in
-    rsws.py's stages and reports, architectures ranked by validation perplexity."""
-    check_search(space, dataset)
-    cfg = config.resolved(space.name)
-    check_rnn_options(cfg)
-    device = pick_device(cfg.device)
-    return own_rng(lambda: _rsws_rnn(space, dataset, cfg, seed, device, checkpoint, bptt), device)
-
-
-def _rsws_rnn(space: SearchSpace, dataset: TextData, cfg, seed: int, device: torch.device,
-              checkpoint: str | None, bptt: int) -> Iterator[dict]:
-    with torch_threads(cfg.num_threads):
-        torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        model = RNNSupernet(dataset.vocab_size, cfg.channels, space.steps).to(device)
-        optimizer = weight_optimizer(model, cfg)
-        train = Stream(model, dataset.batchify("train", cfg.batch_size, device), "train", bptt)
-        valid = dataset.batchify("val", EVAL_BATCH_SIZE, device)
-        parts = {"model": model, "optimizer": optimizer, "generator": generator, "train": train}
-        state = load_checkpoint(checkpoint, cfg, seed, device, parts)
-        history: list[dict] = state.get("history", [])
-        winners: list[dict] = state.get("winners", [])
-        yield from history
-        if history and "candidates" in history[-1]:
-            return
-
-        def save() -> None:
-            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history, winners=winners)
-
-        model.train()
-        steps = steps_per_epoch(train.data, bptt, cfg.max_batches_per_epoch)
-        for epoch in range(sum(r["stage"] == "train" for r in history), cfg.epochs):
-            start, losses, tokens = time.perf_counter(), [], 0
-            for step in range(steps):
-                window, targets = train.next()
-                path = rnn_path(sample_cell(space.steps, generator))
-                loss, _ = weight_step(model, optimizer, cfg, cosine_lr(cfg, epoch, step, steps), window, targets, path)
-                train.carry()
-                losses.append(loss)
-                tokens += targets.numel()
-            wall = time.perf_counter() - start
-            history.append({"stage": "train", "epoch": epoch + 1, "algorithm": cfg.algorithm,
-                            "lr": cosine_lr(cfg, epoch, 0, steps), "train_loss": float(torch.stack(losses).mean()),
-                            "wall_time_s": wall, "tokens_per_s": tokens / wall if wall else 0.0})
-            save()
-            yield history[-1]
-
-        blocks = -(-cfg.archs // cfg.block)
-        for b in range(len(winners), blocks):
-            start = time.perf_counter()
-            size = min(cfg.block, cfg.archs - b * cfg.block)
-            archs = [sample_cell(space.steps, generator) for _ in range(size)]
-            scored = sorted(((perplexity(model, valid, bptt, rnn_path(a), cfg.score_batches), i, a)
-                             for i, a in enumerate(archs)), key=lambda t: (t[0], t[1]))[:cfg.rescore_top]
-            rescored = [(perplexity(model, valid, bptt, rnn_path(a)), i, a, score) for score, i, a in scored]
-            ppl, _, arch, score = min(rescored, key=lambda t: (t[0], t[1]))
-            winners.append({"genotype": str(arch), "val_ppl": ppl, "minibatch_ppl": score})
-            best = min(winners, key=lambda w: w["val_ppl"])
-            report = {"stage": "rank", "epoch": b + 1, "algorithm": cfg.algorithm, "scored": b * cfg.block + size,
-                      "genotype": best["genotype"], "val_ppl": best["val_ppl"], "block_genotype": str(arch),
-                      "block_val_ppl": ppl, "block_minibatch_ppl": score, "wall_time_s": time.perf_counter() - start}
-            if b + 1 == blocks:
-                ranked = sorted(enumerate(winners), key=lambda t: (t[1]["val_ppl"], t[0]))
-                report["candidates"] = list(dict.fromkeys(w["genotype"] for _, w in ranked))[:cfg.candidates]
-            history.append(report)
-            save()
-            yield report
-
-
-def check_rnn_options(cfg) -> None:
-    """What the image searches offer but the rnn search has no use for."""
-    if cfg.train_portion != 0.5:
+def _check(config: Any) -> None:
+    """What the image searches offer but the recurrent cell has no use for."""
+    if config.train_portion != 0.5:
         raise ConfigError("train_portion", "the rnn search trains on PTB's training stream and its alphas (or "
                           "ranking) read the validation stream; there is no split to set", (0.5,))
+    if config.drop_none:
+        raise ConfigError("drop_none", "the rnn supernet's alphas weigh `none` against its activations", (False,))
+
+
+register_supernet(OneShotSpace(
+    name="rnn", task=LANGUAGE_MODEL,
+    build=lambda space, cfg, data: RNNSupernet(data.vocab_size, cfg.channels, space.steps),
+    feed=TextFeed,
+    defaults={
+        # DARTS' PTB search (Liu et al., ICLR 2019): embedding and hidden 300, plain SGD at a constant lr 20,
+        # batch 256, BPTT 35, wd 5e-7, alphas Adam 3e-3 with betas (0.9, 0.999); clip 0.25 and 50 epochs are
+        # the DARTS code's (rnn/train_search.py) [U: not in the paper's text].
+        "darts": {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
+                  "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.25, "arch_lr": 3e-3,
+                  "arch_betas": (0.9, 0.999)},
+        # Li & Talwalkar's PTB search: DARTS' recurrent supernet and training (300 wide, SGD 20 constant,
+        # wd 5e-7), proxyless, 50 epochs, batch 64, clip 0.1, 2000 architectures ranked.
+        "rsws": {"epochs": 50, "channels": 300, "batch_size": 64, "lr": 20.0, "weight_decay": 5e-7,
+                 "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.1, "archs": 2000},
+    },
+    derive=lambda model: derive_rnn(model.arch_weights(), model.steps),
+    monitors=lambda model, arch: alpha_monitors(model.arch_weights()),
+    sample=lambda space, generator: sample_cell(space.steps, generator), path=rnn_path, check=_check))

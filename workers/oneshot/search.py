@@ -1,35 +1,17 @@
-"""The bilevel search: network weights on one half of the training data, alphas on the
-other (DARTS), first order or with the unrolled second-order step, and NoisyDARTS; and
-what every one-shot search shares (the data split, the weights' schedule, checkpoints,
-its own RNG), which random search with weight sharing (rsws.py) reuses.
+"""What every one-shot search shares: its settings (`SupernetConfig`, defaults from the space's
+registration, registry.py), the weights' schedule and step, and the one epoch loop that runs them
+all (`search_epochs`). An algorithm (darts.py, rsws.py, autodeeplab.py, nao_ws.py) is a `Search`:
+it builds its optimizers around the registered supernet and its data (feeds.py), names its
+stages and does one epoch (or ranking block) of each when asked; the loop owns the rest.
 
-Settings follow the papers (Liu et al., DARTS, ICLR 2019, sec. A.1; Chu et al., NoisyDARTS):
-DARTS' CIFAR search (50 epochs, batch 64, SGD 0.025 cosine to 0.001, momentum 0.9, wd 3e-4,
-clip 5; alphas Adam 3e-4, betas (0.5, 0.999), wd 1e-3; xi = the weights' learning rate; eps = 0.01 / ||grad||), and
-NoisyDARTS' own search settings (batch 128, lr 0.05, `none` removed, lambda 0.2, drop-path 0.3
-on the skip branch). On nb201 the weights follow AutoDL-Projects' NB201 config instead (wd 5e-4,
-Nesterov momentum, the cosine stepped every iteration). NoisyDARTS' NB201 settings are not known
-to us, so noisy-darts uses its DARTS-space batch and learning rate there too, on top of the NB201
-recipe.
+The loop seeds the search, runs it on an RNG of its own, times each step (its own work, not the
+evaluation after it) and adds the fields every report has (`epoch` counting from 1 within its
+`stage`, `algorithm`, `wall_time_s`, the throughput); the last report names the `candidates`.
 
-Data as the papers use it: the whole official training set (our loader's train and validation
-splits together) is halved, the first `train_portion` trains the weights and the rest the alphas
-(CIFAR-10: 25k/25k), and batches of both halves get the dataset's augmentation (random crop with
-padding 4 and horizontal flip on cifar10), as the DARTS code applies its training transform to both.
-
-Where the papers' code and text differ we follow the code: the weights' cosine ends at
-lr_min = 0.001 (DARTS' text: 0) and alphas start at 1e-3 * N(0, 1) (text: zeros).
-
-The collapse monitors can act (all off by default, as in the papers): `warmup_epochs` train the
-weights with frozen alphas first (NoisyDARTS' --frozen-epochs), `early_stop_skips` stops the
-search once the derived normal cell holds that many skip-connections (DARTS+: 2), and
-`keep_best` answers the genotype of the epoch with the best supernet validation accuracy
-instead of the last one.
-
-A search given a checkpoint file saves its whole state there after every epoch (weights,
-alphas, both optimizers, the schedule's position, every RNG, the epoch reports) and, started
-again with the same file, seed and settings, replays the reports it holds and continues as if
-it had never stopped.
+A search given a checkpoint file saves its whole state there after every epoch or ranking block
+(weights, alphas, optimizers, the schedule's position, every RNG, the data's position, the
+reports) and, started again with the same file, seed and settings, replays the reports it holds
+and continues as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -38,58 +20,35 @@ import dataclasses
 import math
 import os
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from raynas.common import ConfigError, check_int, check_number
 from raynas.common.files import atomic_save
 from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.search_spaces import SearchSpace
-from raynas.search_spaces.cell import PRIMITIVES
 from raynas.workers.datasets import Data, require_task
-from raynas.workers.datasets.images import ImageData
-from raynas.workers.nets import space_task
-from raynas.workers.oneshot.derive import derive, edge_entropy, mean_entropy_fraction, skip_count
-from raynas.workers.oneshot.supernet import Path, Supernet, build_supernet
+from raynas.workers.oneshot.feeds import Feed
+from raynas.workers.oneshot.registry import OneShotSpace, supernet_for, supernet_spaces
+from raynas.workers.oneshot.supernet import Path, Supernet
 from raynas.workers.training import pick_device
 
-ALGORITHMS = ("darts", "darts2", "noisy-darts")
-SPACES = ("darts", "nb201", "rnn")
 DEVICES = ("auto", "cpu", "cuda")
 #: The weights' cosine steps once per epoch (DARTS) or every iteration (AutoDL-Projects on NB201);
 #: DARTS' recurrent search keeps its learning rate constant.
 SCHEDULES = ("epoch", "step", "constant")
-#: DARTS' search network reduces at cells layers//3 and 2*layers//3; below 3 cells no normal cell is left.
-MIN_DARTS_LAYERS = 3
-
-#: Where NoisyDARTS' published search settings differ from DARTS'.
-NOISY_DEFAULTS = {"batch_size": 128, "lr": 0.05, "noise_lambda": 0.2, "skip_drop_path": 0.3}
-DARTS_DEFAULTS = {"batch_size": 64, "lr": 0.025, "noise_lambda": 0.0, "skip_drop_path": 0.0}
-#: How each space's supernet weights are trained: DARTS' CIFAR search, AutoDL-Projects' NB201 config.
-SPACE_DEFAULTS = {"darts": {"epochs": 50, "channels": 16, "layers": 8, "weight_decay": 3e-4, "momentum": 0.9,
-                            "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
-                  "nb201": {"epochs": 50, "channels": 16, "layers": 5, "weight_decay": 5e-4, "momentum": 0.9,
-                            "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0}}
-#: DARTS' PTB search (Liu et al., ICLR 2019): embedding and hidden 300, plain SGD at a constant lr 20,
-#: batch 256, BPTT 35, wd 5e-7, alphas Adam 3e-3 with betas (0.9, 0.999); clip 0.25 and 50 epochs are
-#: the DARTS code's (rnn/train_search.py) [U: not in the paper's text].
-SPACE_DEFAULTS["rnn"] = {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
-                         "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.25,
-                         "arch_lr": 3e-3, "arch_betas": (0.9, 0.999)}
-#: The alphas' Adam on the image spaces (DARTS' CIFAR search, kept on NB201 by AutoDL-Projects).
-ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999)}
 
 
 @dataclass(frozen=True)
 class SupernetConfig:
     """What every one-shot search sets: the supernet's size and how its weights train. Fields
-    left None take the published default of the search and space (`resolved`)."""
+    left None take the published setting of the search on the space (`resolved`)."""
 
     epochs: int | None = option(None, "search epochs (default: the paper's for the space)", most=1000)
     batch_size: int | None = option(None, "batch size (default: the paper's)", most=4096)
@@ -110,10 +69,16 @@ class SupernetConfig:
     device: str = option("auto", "auto, cpu or cuda", choices=DEVICES)
     num_threads: int | None = option(None, "torch intra-op threads (default: the search's CPU share)", most=256)
 
-    #: The search's name in reports and results.
+    #: The search's name in reports and results: its strategy's.
     algorithm: ClassVar[str] = ""
-    #: The spaces this search has supernets and published settings for.
-    spaces: ClassVar[tuple[str, ...]] = SPACES
+    #: Whose published settings the None fields take from a space's registration (a search
+    #: that only changes another's defaults, noisy-darts, keeps that one's: darts).
+    recipe: ClassVar[str] = ""
+    #: How the supernet mixes its skip branch and which ops it has; fixed for the searches that
+    #: do not offer them as options (`OneShotConfig` does).
+    noise_lambda: ClassVar[float] = 0.0
+    skip_drop_path: ClassVar[float] = 0.0
+    drop_none: ClassVar[bool] = False
 
     def __post_init__(self):
         check_int("epochs", self.epochs, optional=True)
@@ -134,22 +99,22 @@ class SupernetConfig:
         if self.device not in DEVICES:
             raise ConfigError("device", f"unknown device {self.device!r}", DEVICES)
 
-    def defaults(self, space: str) -> dict[str, Any]:
-        """The published settings of this search on `space`, for the fields left None."""
-        return dict(SPACE_DEFAULTS[space])
+    def search_class(self) -> type[Search]:
+        """The algorithm these settings drive."""
+        raise NotImplementedError
 
     def resolved(self, space: str) -> SupernetConfig:
-        """This config with every None field set for `space` (one of `spaces`)."""
-        if space not in self.spaces:
-            raise ConfigError("space", f"no supernet for {space!r}", self.spaces)
-        defaults = self.defaults(space)
+        """This config with every None field set to its search's published setting on `space`; a
+        ConfigError where the space has no supernet for this search or cannot honour a setting."""
+        entry = supernet_for(space)
+        if self.recipe not in entry.defaults:
+            raise ConfigError("space", f"the {self.algorithm} search has no supernet for {space!r}",
+                              supernet_spaces(self.recipe))
+        defaults = dict(entry.defaults[self.recipe])
         momentum = defaults["momentum"] if self.momentum is None else self.momentum
         defaults["nesterov"] = defaults["nesterov"] and momentum > 0  # torch's SGD refuses it otherwise
         config = dataclasses.replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
-        if space == "darts" and config.layers < MIN_DARTS_LAYERS:
-            raise ConfigError("layers", f"a darts supernet of {config.layers} cells has no normal cell (reductions "
-                              f"sit at cells layers//3 and 2*layers//3), so its normal alphas never learn",
-                              f"at least {MIN_DARTS_LAYERS}")
+        entry.check(config)
         return config
 
     def identity(self) -> dict[str, Any]:
@@ -159,189 +124,18 @@ class SupernetConfig:
         return {"algorithm": self.algorithm, **settings}
 
 
-@dataclass(frozen=True)
-class OneShotConfig(SupernetConfig):
-    """One gradient-based search (darts, darts2, noisy-darts)."""
-
-    algorithm: str = "darts"
-    arch_lr: float | None = option(None, "the alphas' Adam learning rate (default: 3e-4 on image spaces, 3e-3 on "
-                                         "rnn)")
-    arch_betas: tuple[float, float] | None = option(None, "the alphas' Adam betas (default: (0.5, 0.999) on image "
-                                                          "spaces, (0.9, 0.999) on rnn)")
-    arch_weight_decay: float = option(1e-3, "the alphas' weight decay")
-    noise_lambda: float | None = option(None, "NoisyDARTS' lambda: noise std = lambda x std(skip output) (default: "
-                                              "0.2 for noisy-darts, else 0)")
-    skip_drop_path: float | None = option(None, "drop-path probability of the skip branch (NoisyDARTS' search code; "
-                                                "default: 0.3 for noisy-darts, else 0)")
-    warmup_epochs: int = option(0, "epochs that train the weights with frozen alphas first (NoisyDARTS' frozen "
-                                   "epochs)", most=1000)
-    early_stop_skips: int | None = option(None, "stop once the derived normal cell holds this many skip-connections "
-                                                "(DARTS+: 2)", most=1000)
-    keep_best: bool = option(False, "answer the genotype of the epoch with the best supernet validation accuracy, "
-                                    "not the last")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.algorithm not in ALGORITHMS:
-            raise ConfigError("algorithm", f"unknown one-shot algorithm {self.algorithm!r}", ALGORITHMS)
-        check_number("arch_lr", self.arch_lr, 0, low_open=True, optional=True)
-        check_number("arch_weight_decay", self.arch_weight_decay, 0)
-        check_number("noise_lambda", self.noise_lambda, 0, optional=True)
-        check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True, optional=True)
-        check_int("warmup_epochs", self.warmup_epochs, 0)
-        check_int("early_stop_skips", self.early_stop_skips, optional=True)
-        if not isinstance(self.keep_best, bool):
-            raise ConfigError("keep_best", f"must be true or false, got {self.keep_best!r}")
-        if self.arch_betas is not None:
-            betas = tuple(self.arch_betas) if isinstance(self.arch_betas, (list, tuple)) else ()
-            if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-                raise ConfigError("arch_betas", f"must be two numbers in [0, 1), got {self.arch_betas!r}")
-            object.__setattr__(self, "arch_betas", betas)
-        if self.epochs is not None and self.warmup_epochs >= self.epochs:
-            raise ConfigError("warmup_epochs", f"{self.warmup_epochs} frozen epochs leave the alphas none of "
-                              f"the {self.epochs}", f"fewer than epochs ({self.epochs})")
-
-    def defaults(self, space: str) -> dict[str, Any]:
-        if space == "rnn":
-            if self.algorithm == "noisy-darts":
-                raise ConfigError("algorithm", "NoisyDARTS noises the skip connection, which the rnn space has not",
-                                  ("darts", "darts2"))
-            if self.early_stop_skips is not None:
-                raise ConfigError("early_stop_skips", "counts skip-connections, which the rnn space has not",
-                                  (None,))
-            return {**super().defaults(space), "noise_lambda": 0.0, "skip_drop_path": 0.0}
-        return {**super().defaults(space), **ARCH_DEFAULTS,
-                **(NOISY_DEFAULTS if self.algorithm == "noisy-darts" else DARTS_DEFAULTS)}
-
-    @property
-    def second_order(self) -> bool:
-        return self.algorithm == "darts2"
+def retuned(base: type, name: str, default: Any) -> Any:
+    """`base`'s option `name` with another default (a search's published setting); its help and
+    its bound stay `base`'s."""
+    return dataclasses.field(default=default, metadata=base.__dataclass_fields__[name].metadata)
 
 
-def primitives_for(space: str, algorithm: str) -> tuple[str, ...] | None:
-    """The supernet's ops where they are not the space's: NoisyDARTS' code comments `none` out
-    of the DARTS list. On nb201 every algorithm keeps the five NB201 ops."""
-    if space == "darts" and algorithm == "noisy-darts":
-        return tuple(p for p in PRIMITIVES if p != "none")
-    return None
+def check_flag(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(name, f"must be true or false, got {value!r}")
 
 
-def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-    logits = model(x) if params is None else functional_call(model, params, (x,))
-    return F.cross_entropy(logits, y)
-
-
-def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Gradients, zeros for inputs the loss does not use."""
-    grads = torch.autograd.grad(loss, inputs, allow_unused=True)
-    return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
-
-
-def finite_difference_hvp(model: Supernet, vector: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
-                          r: float = 0.01) -> list[torch.Tensor]:
-    """d/d(alpha) of (grad_w L(w, alpha) . v) by central differences, DARTS eq. 8:
-    [grad_alpha L(w + eps v) - grad_alpha L(w - eps v)] / (2 eps), eps = r / ||v||.
-
-    `vector` follows `model.named_network_parameters()`. The shifted weights are passed to a
-    functional call, so the model's own weights are never modified (quark0/darts shifts them
-    in place and back, which leaves rounding residue in w). Both passes draw the same random
-    numbers (NoisyDARTS' noise, the skip branch's drop-path): with independent draws the
-    difference of the two gradients is dominated by the difference of the noise, divided by
-    2 eps, and the product is noise."""
-    named = model.named_network_parameters()
-    weights = [p.detach() for _, p in named]
-    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(vector)))
-    eps = r / max(norm.item(), 1e-12)
-    alphas = model.arch_parameters()
-    device = weights[0].device
-    randomness = get_rng(device)
-    grads = []
-    for sign in (1.0, -1.0):
-        set_rng(randomness, device)
-        # One fused multiply-add over all tensors per shift (torch.optim's multi-tensor path).
-        shifted = dict(zip((n for n, _ in named), torch._foreach_add(weights, vector, alpha=sign * eps)))
-        grads.append(_grad(_loss(model, x, y, shifted), alphas))
-    return [(gp - gm) / (2 * eps) for gp, gm in zip(*grads)]
-
-
-class Architect:
-    """Updates the alphas on validation batches (Adam), first order or by DARTS' unrolled step."""
-
-    def __init__(self, model: Supernet, config: OneShotConfig):
-        self.model = model
-        self.second_order = config.second_order
-        self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, betas=config.arch_betas,
-                                          weight_decay=config.arch_weight_decay)
-
-    def step(self, x_train, y_train, x_val, y_val, lr: float, w_optimizer: torch.optim.SGD) -> None:
-        for alpha, grad in zip(self.model.arch_parameters(),
-                               self.gradient(x_train, y_train, x_val, y_val, lr, w_optimizer)):
-            alpha.grad = grad
-        self.optimizer.step()
-
-    def gradient(self, x_train, y_train, x_val, y_val, lr: float, w_optimizer: torch.optim.SGD
-                 ) -> list[torch.Tensor]:
-        """The alphas' gradient: of L_val(w, alpha) (first order), or DARTS eq. 7 (second order)."""
-        if self.second_order:
-            return self._unrolled(x_train, y_train, x_val, y_val, lr, w_optimizer)
-        return _grad(_loss(self.model, x_val, y_val), self.model.arch_parameters())
-
-    def _unrolled(self, x_train, y_train, x_val, y_val, xi: float, w_optimizer: torch.optim.SGD
-                  ) -> list[torch.Tensor]:
-        """grad_alpha L_val(w', alpha) - xi * HVP, with w' = w - xi * (grad_w L_train + weight
-        decay * w + momentum * momentum buffer): the step `w_optimizer` would take, momentum
-        and weight decay read from it. xi is the weights' current learning rate."""
-        model = self.model
-        named = model.named_network_parameters()
-        weights = [p.detach() for _, p in named]
-        step = list(torch.autograd.grad(_loss(model, x_train, y_train), [p for _, p in named]))
-        group = w_optimizer.param_groups[0]
-        if group["weight_decay"]:
-            torch._foreach_add_(step, weights, alpha=group["weight_decay"])
-        moving = [(i, w_optimizer.state[p]["momentum_buffer"]) for i, (_, p) in enumerate(named)
-                  if w_optimizer.state.get(p, {}).get("momentum_buffer") is not None]
-        if moving and group["momentum"]:
-            torch._foreach_add_([step[i] for i, _ in moving], [b for _, b in moving], alpha=group["momentum"])
-        virtual = [w.requires_grad_() for w in torch._foreach_add(weights, step, alpha=-xi)]
-        alphas = model.arch_parameters()
-        # Cloned BN statistics: the virtual step must not leave a trace in the real model.
-        buffers = {n: b.clone() for n, b in model.named_buffers()}
-        val_loss = _loss(model, x_val, y_val, {**dict(zip((n for n, _ in named), virtual)), **buffers})
-        grads = _grad(val_loss, alphas + virtual)
-        d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
-        hvp = finite_difference_hvp(model, d_w, x_train, y_train)
-        return [da - xi * h for da, h in zip(d_alpha, hvp)]
-
-
-# -- what every one-shot search shares ----------------------------------------------------------
-
-
-def evaluate(model: Supernet, data: ImageData, batch_size: int, path: Path | None = None, split: str = "train"
-             ) -> tuple[float, float]:
-    """Mean loss and accuracy of the supernet (or of one path through it) in eval mode, on `split`
-    of `data` (one-shot searches score on the architecture half's `train` split)."""
-    model.eval()
-    loss, correct, seen = 0.0, 0, 0
-    with torch.no_grad():
-        for x, y in data.eval_batches(split, batch_size):
-            logits = model(x, path)
-            loss += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(1) == y).sum().item()
-            seen += len(y)
-    model.train()
-    return loss / seen, correct / seen
-
-
-def endless(data: ImageData, batch_size: int,
-            generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled batches, reshuffled whenever the split runs out: the alphas' half may hold one
-    sample fewer than the weights' half, and it must not run dry before it."""
-    while True:
-        yield from data.train_batches(batch_size, generator)
-
-
-def steps_per_epoch(data: ImageData, cfg: SupernetConfig) -> int:
-    return data.steps(cfg.batch_size, cfg.max_batches_per_epoch)
+# -- the weights ----------------------------------------------------------------------------------
 
 
 def cosine_lr(cfg: SupernetConfig, epoch: int, step: int, steps: int) -> float:
@@ -358,8 +152,8 @@ def weight_optimizer(model: Supernet, cfg: SupernetConfig) -> torch.optim.SGD:
                            weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
 
 
-def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig, lr: float, x: torch.Tensor,
-                y: torch.Tensor, path: Path | None = None,
+def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig, lr: float, x: Any,
+                y: torch.Tensor, path: Any = None,
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step of the weights (of the whole supernet, or of one path); returns the
@@ -377,6 +171,9 @@ def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
 
 
+# -- checkpoints and the search's own RNG ---------------------------------------------------------
+
+
 def get_rng(device: torch.device) -> tuple:
     return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
@@ -391,12 +188,12 @@ def load_checkpoint(checkpoint: str | None, cfg: SupernetConfig, seed: int, devi
                     parts: dict[str, Any]) -> dict[str, Any]:
     """Restore what a search saved in `checkpoint` (`save_checkpoint` with the same `parts`) into
     `parts` and the global RNG; returns the other entries it saved (e.g. `history`), {} when there
-    is no checkpoint yet. A file written by another search (settings or seed) is refused rather
-    than continued."""
+    is no checkpoint yet. A file written by another search (settings, seed, or what it holds) is
+    refused rather than continued."""
     if not checkpoint or not os.path.exists(checkpoint):
         return {}
     state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    if state.get("identity") != cfg.identity() or state.get("seed") != seed:
+    if state.get("identity") != cfg.identity() or state.get("seed") != seed or not set(parts) <= set(state):
         raise ConfigError("checkpoint", f"{checkpoint} holds another search (its settings or seed differ); "
                           "remove it to start this one afresh")
     for name, part in parts.items():
@@ -440,92 +237,139 @@ def own_rng(run: Callable[[], Iterator[dict]], device: torch.device) -> Iterator
         yield report
 
 
-def check_search(space: SearchSpace, dataset: Data) -> None:
-    if space.name not in SPACES:
-        raise ConfigError("space", f"no supernet for {space.name!r}", SPACES)
-    require_task(dataset, space_task(space.name), f"one-shot searches on the {space.name} space")
+# -- the algorithms and the loop that runs them ---------------------------------------------------
 
 
-# -- the DARTS family -----------------------------------------------------------------------------
+class Clock:
+    """A step's wall time and throughput: of its own work (an epoch's training, a block's
+    ranking) up to `stop`, not of the evaluation a step adds after it (the whole step when it
+    never stops the clock)."""
+
+    def __init__(self, unit: str):
+        self.unit = unit
+        self.start = time.perf_counter()
+        self.wall: float | None = None
+        self.done: int | None = None
+
+    def stop(self, done: int | None = None) -> None:
+        """The work is over; `done`: how many `unit`s it went through (images, tokens)."""
+        self.wall, self.done = time.perf_counter() - self.start, done
+
+    def fields(self) -> dict[str, float]:
+        wall = time.perf_counter() - self.start if self.wall is None else self.wall
+        rate = {} if self.done is None else {f"{self.unit}_per_s": self.done / wall if wall else 0.0}
+        return {"wall_time_s": wall, **rate}
 
 
-def search_epochs(space: SearchSpace, dataset: ImageData, config: OneShotConfig, seed: int,
+@dataclass(frozen=True)
+class Stage:
+    """`length` steps of one kind (training epochs, ranking blocks): `step(i, clock)` does the
+    i-th (from 0) and returns its report's own fields."""
+
+    name: str
+    length: int
+    step: Callable[[int, Clock], dict[str, Any]]
+
+
+class Search(ABC):
+    """One algorithm at work on one space: the registered supernet and its data (built where
+    the search runs, on the search's seeded RNG), whatever the algorithm adds, its stages, and
+    its answer. `search_epochs` runs it."""
+
+    def __init__(self, space: SearchSpace, entry: OneShotSpace, data: Data, cfg: SupernetConfig, seed: int,
+                 device: torch.device):
+        self.space, self.entry, self.cfg = space, entry, cfg
+        #: Every random choice about data (shuffles, augmentation, scoring batches, sampled
+        #: architectures) comes from here, so that it is checkpointed with the search.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.model = entry.build(space, cfg, data).to(device)
+        self.feed: Feed = entry.feed(data, cfg, self.model, self.generator, device)
+
+    def parts(self) -> dict[str, Any]:
+        """What the checkpoint holds, by name: modules, optimizers, torch Generators, anything
+        with `state_dict` and `load_state_dict`."""
+        return {"model": self.model, "generator": self.generator, **self.feed.parts}
+
+    @abstractmethod
+    def stages(self) -> tuple[Stage, ...]:
+        """What the search does, in order; reports name their stage where it has several."""
+
+    def stops(self, report: dict[str, Any]) -> str | None:
+        """Why the search ends after the step that made `report`, before its last (None: it goes on)."""
+        return None
+
+    @abstractmethod
+    def candidates(self, history: list[dict[str, Any]]) -> list[str]:
+        """The architectures the search answers, best first, once `history` holds its last report."""
+
+    @classmethod
+    def summary(cls, history: list[dict[str, Any]]) -> dict[str, Any]:
+        """Figures of the whole search for its evaluation's metrics, beyond those every search has."""
+        return {}
+
+    def train_epoch(self, optimizer: torch.optim.Optimizer, epoch: int, clock: Clock,
+                    before: Callable[[Any, torch.Tensor, float], None] | None = None,
+                    path: Callable[[], Path | Any] | None = None) -> dict[str, Any]:
+        """One epoch of weight steps on the feed's batches: `before(x, y, lr)` runs ahead of each
+        (an architecture step), `path()` names the architecture each trains alone (None: the
+        whole supernet, mixed). Stops `clock` once trained; returns the epoch's learning rate (at
+        its start), its mean training loss and what else the feed reports of training."""
+        cfg, feed, model = self.cfg, self.feed, self.model
+        model.train()
+        losses, correct, seen = [], 0, 0
+        for step, (x, y) in enumerate(feed.batches()):
+            lr = cosine_lr(cfg, epoch, step, feed.steps)
+            if before is not None:
+                before(x, y, lr)
+            loss, right = weight_step(model, optimizer, cfg, lr, x, y, None if path is None else path(), feed.loss)
+            losses.append(loss)
+            correct += right
+            seen += feed.count(y)
+        clock.stop(seen)
+        return {"lr": cosine_lr(cfg, epoch, 0, feed.steps), "train_loss": float(torch.stack(losses).mean()),
+                **feed.training(correct, seen)}
+
+
+def search_epochs(space: SearchSpace, dataset: Data, config: SupernetConfig, seed: int,
                   checkpoint: str | None = None) -> Iterator[dict]:
-    """Run the search; yield one JSON-ready report per epoch (`epoch` counts from 1). The last
-    report names the answer: `candidates`, a list of one genotype.
+    """Run the search `config` sets on `space`'s supernet, trained on `dataset`; yield one
+    JSON-ready report per epoch (or ranking block). The last report names the answer:
+    `candidates`, genotype strings, best first.
 
-    Each step updates the alphas on a batch of the architecture half, then the weights on a
-    batch of the weights' half (DARTS' order). `val_loss` and `val_acc` are the supernet's, in
-    eval mode, on the architecture half: DARTS' search-time validation.
-
-    With `checkpoint`, the state after each epoch is saved there, and a search started on a
+    With `checkpoint`, the state after each step is saved there, and a search started on a
     file that holds one first replays the reports saved with it, then continues.
     """
-    check_search(space, dataset)
+    entry = supernet_for(space.name)
+    require_task(dataset, entry.task, f"one-shot searches on the {space.name} space")
     cfg = config.resolved(space.name)
     device = pick_device(cfg.device)
-    return own_rng(lambda: _darts(space, dataset, cfg, seed, device, checkpoint), device)
+    return own_rng(lambda: _run(cfg.search_class(), space, entry, dataset, cfg, seed, device, checkpoint), device)
 
 
-def _selected(history: list[dict], cfg: OneShotConfig) -> str:
-    if cfg.keep_best:
-        return max(history, key=lambda r: r["val_acc"])["genotype"]  # the first of equals: the earliest
-    return history[-1]["genotype"]
-
-
-def _darts(space: SearchSpace, dataset: ImageData, cfg: OneShotConfig, seed: int, device: torch.device,
-           checkpoint: str | None) -> Iterator[dict]:
+def _run(algorithm: type[Search], space: SearchSpace, entry: OneShotSpace, dataset: Data, cfg: SupernetConfig,
+         seed: int, device: torch.device, checkpoint: str | None) -> Iterator[dict]:
     with torch_threads(cfg.num_threads):
         torch.manual_seed(seed)
-        generator = torch.Generator().manual_seed(seed)
-        w_half, a_half = dataset.to(device).halves(cfg.train_portion)
-        model = build_supernet(space.name, cfg.channels, cfg.layers, w_half.in_channels, w_half.num_classes,
-                               noise_lambda=cfg.noise_lambda, skip_drop_path=cfg.skip_drop_path,
-                               primitives=primitives_for(space.name, cfg.algorithm)).to(device).channels_last()
-        w_optimizer = weight_optimizer(model, cfg)
-        architect = Architect(model, cfg)
-        parts = {"model": model, "w_optimizer": w_optimizer, "a_optimizer": architect.optimizer, "generator": generator}
+        search = algorithm(space, entry, dataset, cfg, seed, device)
+        parts = search.parts()
         history: list[dict] = load_checkpoint(checkpoint, cfg, seed, device, parts).get("history", [])
         yield from history
         if history and "candidates" in history[-1]:
             return
-        model.train()
-        steps = steps_per_epoch(w_half, cfg)
-        for epoch in range(len(history), cfg.epochs):
-            lr = cosine_lr(cfg, epoch, 0, steps)
-            start, losses, correct, seen = time.perf_counter(), [], 0, 0
-            a_batches = endless(a_half, cfg.batch_size, generator)
-            for step, (x, y) in enumerate(w_half.train_batches(cfg.batch_size, generator, steps)):
-                step_lr = cosine_lr(cfg, epoch, step, steps)
-                if epoch >= cfg.warmup_epochs:
-                    x_a, y_a = next(a_batches)
-                    architect.step(x, y, x_a, y_a, step_lr, w_optimizer)
-                loss, right = weight_step(model, w_optimizer, cfg, step_lr, x, y)
-                losses.append(loss)
-                correct += right
-                seen += len(y)
-            wall = time.perf_counter() - start
-            val_loss, val_acc = evaluate(model, a_half, 2 * cfg.batch_size)
-            weights = model.arch_weights()
-            arch = derive(space.name, weights, model.primitives)
-            report = {
-                "epoch": epoch + 1, "algorithm": cfg.algorithm, "lr": lr, "alphas_frozen": epoch < cfg.warmup_epochs,
-                "train_loss": float(torch.stack(losses).mean()), "train_acc": float(correct) / max(seen, 1),
-                "val_loss": val_loss, "val_acc": val_acc,
-                "genotype": str(arch), "skip_count": skip_count(arch),
-                "alpha_entropy": edge_entropy(weights), "alpha_entropy_fraction": mean_entropy_fraction(weights),
-                "alphas": [w.detach().cpu().tolist() for w in weights],
-                "wall_time_s": wall, "images_per_s": seen / wall if wall else 0.0,
-            }
-            history.append(report)
-            collapsed = (cfg.early_stop_skips is not None and epoch >= cfg.warmup_epochs
-                         and report["skip_count"] >= cfg.early_stop_skips)
-            if collapsed:
-                report["stopped_early"] = (f"{report['skip_count']} skip-connections in the derived cell "
-                                           f"(early_stop_skips={cfg.early_stop_skips})")
-            if collapsed or epoch + 1 == cfg.epochs:
-                report["candidates"] = [_selected(history, cfg)]
-            save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
-            yield report
-            if collapsed:
-                return
+        stages = search.stages()
+        for stage in stages:
+            done = sum(r.get("stage", stages[0].name) == stage.name for r in history)
+            for i in range(done, stage.length):
+                clock = Clock(search.feed.unit)
+                named = {"stage": stage.name} if len(stages) > 1 else {}
+                report = {**named, "epoch": i + 1, "algorithm": cfg.algorithm, **stage.step(i, clock), **clock.fields()}
+                history.append(report)
+                stop = search.stops(report)
+                if stop:
+                    report["stopped_early"] = stop
+                if stop or (stage is stages[-1] and i + 1 == stage.length):
+                    report["candidates"] = search.candidates(history)
+                save_checkpoint(checkpoint, cfg, seed, device, parts, history=history)
+                yield report
+                if stop:
+                    return

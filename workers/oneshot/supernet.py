@@ -21,9 +21,10 @@ released search code also drops the (noised) skip branch per example with probab
 drop_path has no training check. Theirs scales in place, which in evaluation (no noise, the
 identity op) rescales the cell's input state itself; ours never writes its input.
 
-Single path (random search with weight sharing): `forward(x, path=...)` runs only the ops a
-discrete architecture names, one per chosen edge (`derive.single_path` builds the path), so
-autograd keeps the activations of one child, not of the supernet. The alphas are unused then.
+Single path (random search with weight sharing, NAO-WS): `forward(x, path=...)` runs only the
+ops a discrete architecture names on the edges it uses (derive.py's `darts_path` and
+`nb201_path` build the path), so autograd keeps the activations of one child, not of the
+supernet. The alphas are unused then.
 
 Speed without changing the function: the supernet runs NHWC (`channels_last`), MixedOp
 skips `none` and accumulates each node with fused multiply-adds, and the 1x1 and dilated
@@ -50,9 +51,10 @@ SKIP = "skip_connect"
 ALPHA_INIT_SCALE = 1e-3
 
 
-#: One discrete architecture as the supernet runs it: per alpha matrix, per edge, the index of
-#: the op that edge runs (in the supernet's primitives), or None where the edge is not used.
-Path = list[list[int | None]]
+#: One discrete architecture as the supernet runs it: per alpha matrix, per edge, the indices (in
+#: the supernet's primitives) of the ops that edge runs: none where the edge is not used, two
+#: where a node reads one input twice.
+Path = list[list[tuple[int, ...]]]
 
 
 class MixedOp(nn.Module):
@@ -115,7 +117,7 @@ class DartsSearchCell(nn.Module):
         )
 
     def forward(self, s0: torch.Tensor, s1: torch.Tensor, weights: torch.Tensor | None,
-                path: list[int | None] | None = None) -> torch.Tensor:
+                path: list[tuple[int, ...]] | None = None) -> torch.Tensor:
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.steps):
@@ -134,12 +136,14 @@ def num_edges(steps: int) -> int:
     return sum(2 + i for i in range(steps))
 
 
-def _edge(edge: MixedOp, h: torch.Tensor, weights: torch.Tensor | None, path: list[int | None] | None, e: int,
-          total: torch.Tensor | None) -> torch.Tensor | None:
-    """Edge `e` added to `total`: mixed by `weights`, or only its path op (unused edges add nothing)."""
+def _edge(edge: MixedOp, h: torch.Tensor, weights: torch.Tensor | None, path: list[tuple[int, ...]] | None,
+          e: int, total: torch.Tensor | None) -> torch.Tensor | None:
+    """Edge `e` added to `total`: mixed by `weights`, or only its path ops (unused edges add nothing)."""
     if path is None:
         return edge(h, weights[e], total)
-    return total if path[e] is None else edge.single(h, path[e], total)
+    for op in path[e]:
+        total = edge.single(h, op, total)
+    return total
 
 
 class Supernet(nn.Module):
@@ -214,7 +218,7 @@ class NB201SearchCell(nn.Module):
                     skip_drop_path)
             for _ in EDGES)
 
-    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, path: list[int | None] | None = None
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None, path: list[tuple[int, ...]] | None = None
                 ) -> torch.Tensor:
         nodes = [x]
         for node in (1, 2, 3):
@@ -310,14 +314,3 @@ def _nhwc(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.is_contiguous(memory_format=torch.channels_last) and weight.dim() == 4 and weight.shape[-1] > 1:
         return x.contiguous(memory_format=torch.channels_last)
     return x
-
-
-def build_supernet(space: str, C: int, layers: int, in_channels: int, num_classes: int, noise_lambda: float = 0.0,
-                   primitives: tuple[str, ...] | None = None, skip_drop_path: float = 0.0) -> Supernet:
-    """`layers`: cells for darts, cells per stage for nb201."""
-    if space == "darts":
-        return DartsSupernet(C, layers, in_channels=in_channels, num_classes=num_classes,
-                             primitives=primitives or PRIMITIVES, noise_lambda=noise_lambda,
-                             skip_drop_path=skip_drop_path)
-    return NB201Supernet(C, layers, in_channels=in_channels, num_classes=num_classes, noise_lambda=noise_lambda,
-                         skip_drop_path=skip_drop_path)
