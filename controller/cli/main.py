@@ -200,12 +200,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from raynas.controller.bench.nb201 import bench_nb201, format_bench
 
-    # The figures come at the end, after every seed: say at once what is running.
-    scheme = (f" as the distributed scheme (K={args.controllers}, m={args.children}, S={args.ps_shards}) in simulated "
-              "time" if args.controllers else "")
-    print(f"nas bench: {args.strategy}{scheme}, {args.seeds} seeds of {args.evaluations} evaluations on the "
-          f"NAS-Bench-201 table ({args.dataset}); the figures come when every seed is done",
-          file=sys.stderr, flush=True)
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
                          strategy_options=dict(args.strategy_option), controllers=args.controllers,
                          children=args.children, ps_shards=args.ps_shards, workers=args.workers,
