@@ -4,14 +4,15 @@ The real replicas, shards and ledger (plain Python, no Ray), driven by an event 
 replica's own steps (`open`, `refill`, `finished`, `close`, as the actor host drives them), on
 workers placed as the runtime places them: with W >= K x m workers each replica owns m (the
 paper's layout), with fewer every child waits in one queue for the next free worker (the
-dispatcher's rule). The table gives each child its training time (`simulated_time_s`, proportional
-to its FLOPs); the scheduler only ever sees its estimate (workers/execution/cost.py: FLOPs x epochs,
-and each worker's measured seconds per unit), and the simulation draws the actual duration around
-it with log-normal noise (`noise`, 10 % by default), so a scheduler that ordered children by their
-true durations would not look better than it is. A replica's gradient waits for its m children
-(barrier batches: the whole batch); it then reaches the shards, which may have moved on
-(staleness). This gives the search quality, wall time and worker utilisation of the scheme at any
-K, m, S, W without a cluster, and the barrier-synchronous baseline as K = 1 with K x m children.
+dispatcher's rule). The table gives each child its training time (`simulated_time_s`,
+proportional to its FLOPs; other evaluators their measured wall time). The scheduler only ever
+sees its estimate (workers/execution/cost.py: FLOPs x epochs, and each worker's measured seconds
+per unit), and the simulation draws the actual duration around it with log-normal noise
+(`noise`, 10 % by default), so that ordering children by cost is not credited with knowing their
+durations. A replica's gradient waits for its m children (barrier batches: the whole batch); it
+then reaches the shards, which may have moved on (staleness). This gives the search quality,
+wall time and worker utilisation of the scheme at any K, m, S, W without a cluster, and the
+barrier-synchronous baseline as K = 1 with K x m children.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from raynas.common import ConfigError, check_choice, check_int, check_number
+from raynas.common.threads import torch_threads
 from raynas.controller.runtime.ledger import Ledger, Tail
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
 from raynas.controller.runtime.spec import BATCHING
@@ -32,6 +34,7 @@ from raynas.controller.strategies.reinforce import replica_seed
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import Evaluator
+from raynas.workers.evaluation.table import TableEvaluator
 from raynas.workers.execution.cost import CostModel, table_flops
 
 #: The spread of actual child times around their estimate (the log-normal's sigma).
@@ -115,10 +118,14 @@ def simulate_scheme(space: SearchSpace, evaluator: Evaluator, budget: int, seed:
     rolling = batching == "rolling"
     ledger = Ledger(None, budget, seed, baseline_decay=settings.baseline_decay,
                     tail=Tail.of(pool.size, controllers) if rolling else Tail())
-    costs = CostModel(table_flops(evaluator.dataset), evaluator.fidelity.default)
+    # Only the table knows a child's FLOPs without building it; other evaluators' children pool in claim order.
+    costs = (CostModel(table_flops(evaluator.dataset), evaluator.fidelity.default)
+             if isinstance(evaluator, TableEvaluator) else None)
     replicas = [ControllerReplica(f"controller-{k}", cls.shared_policy(space, replica_seed(seed, k), options),
                                   children, rolling, costs) for k in range(controllers)]
-    clock, errors = _run(replicas, shards, ledger, evaluator, pool, costs, np.random.default_rng([seed, 7]), noise)
+    with torch_threads(1):  # the policy's tensors are tiny: more threads only synchronise (common/threads.py)
+        clock, errors = _run(replicas, shards, ledger, evaluator, pool, costs, np.random.default_rng([seed, 7]),
+                             noise)
     staleness = [s for r in replicas for s in r.staleness]
     return ledger, {
         "replica_batch": batching,
@@ -151,7 +158,8 @@ def _run(replicas, shards, ledger, evaluator, pool, costs, rng, noise) -> tuple[
     def refill(k: int, now: float) -> None:
         for task in replicas[k].refill(shards, ledger):
             result = evaluator.evaluate(task.arch, seed=task.seed)
-            running[task.id] = result, result.metrics["simulated_time_s"] * float(np.exp(rng.normal(0.0, noise)))
+            took = result.metrics.get("simulated_time_s", result.metrics.get("wall_time_s", 0.0))
+            running[task.id] = result, took * float(np.exp(rng.normal(0.0, noise)))
             start(pool.submit(now, k, task, running[task.id][1]))
 
     for k, replica in enumerate(replicas):
@@ -160,7 +168,7 @@ def _run(replicas, shards, ledger, evaluator, pool, costs, rng, noise) -> tuple[
     while events:
         clock, _, worker, k, task = heapq.heappop(events)
         result, duration = running.pop(task.id)
-        estimate = costs.seconds(task.cost, str(worker))
+        estimate = None if costs is None else costs.seconds(task.cost, str(worker))
         if estimate is not None:
             errors.append(abs(estimate - duration) / duration)
         result.metrics.update(worker=str(worker), wall_time_s=duration)

@@ -21,6 +21,7 @@ import heapq
 import json
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,33 @@ class Tail:
         return cls(start, -(-start // replicas))
 
 
+class Claims(dict):
+    """Evaluation id -> claimant, indexed by claimant as well: every claim asks what its claimant holds."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()):
+        super().__init__()
+        self.of: dict[str, set[str]] = defaultdict(set)
+        for eid, who in items:
+            self[eid] = who
+
+    def __setitem__(self, eid: str, who: str) -> None:
+        if eid in self:
+            self.of[self[eid]].discard(eid)
+        super().__setitem__(eid, who)
+        self.of[who].add(eid)
+
+    def __delitem__(self, eid: str) -> None:
+        self.of[self[eid]].discard(eid)
+        super().__delitem__(eid)
+
+    def pop(self, eid: str, default: Any = None) -> Any:
+        if eid not in self:
+            return default
+        who = self[eid]
+        del self[eid]
+        return who
+
+
 class Ledger:
     def __init__(self, run: RunDirectory | None, budget: int, seed: int, deadline: float | None = None,
                  baseline_decay: float | None = None, checkpoints: str | Path | None = None, tail: Tail = Tail()):
@@ -148,7 +176,7 @@ class Ledger:
         self.records: list[dict[str, Any]] = run.evaluations() if run else []
         self.recorded: set[str] = {r["id"] for r in self.records}
         self.checkpoints = Path(checkpoints) if checkpoints else None
-        self.claims: dict[str, str] = {}  # evaluation id -> claimant
+        self.claims = Claims()
         #: Evaluations handed out again because the process holding them died (a replica that took
         #: its children down with it, e.g. on a lost node): retries no worker pool saw.
         self.resent: set[str] = set()
@@ -178,7 +206,7 @@ class Ledger:
         call once a restarted recorder is back, and the retry must not hand out other ones), then
         unclaimed ones; none once stopping or out of time (and those it never got are released)."""
         held = set(holding)
-        unknown = sorted(eid for eid, who in self.claims.items() if who == claimant and eid not in held)
+        unknown = sorted(self.claims.of[claimant] - held)
         if self.stopping or (self.deadline is not None and time.time() >= self.deadline):
             for eid in unknown:
                 del self.claims[eid]
@@ -208,7 +236,7 @@ class Ledger:
 
     def unclaimed(self) -> int:
         """Evaluations of the budget nobody holds or recorded."""
-        return self.budget - len(self.recorded) - sum(1 for eid in self.claims if eid not in self.recorded)
+        return max(0, self.budget - len(self.recorded) - len(self.claims))  # claims hold no recorded id
 
     def _load_claims(self) -> None:
         """Claims in flight when a restarted ledger went down: they stay their holders', so no
@@ -218,7 +246,8 @@ class Ledger:
         if path is None or not path.exists():
             return
         data = json.loads(path.read_text())
-        self.claims = {eid: who for eid, who in data["claims"].items() if eid not in self.recorded and who != POOL}
+        self.claims = Claims((eid, who) for eid, who in data["claims"].items()
+                             if eid not in self.recorded and who != POOL)
         self.resent = set(data["resent"])
 
     def _save_claims(self) -> None:
@@ -235,8 +264,7 @@ class Ledger:
         left, else up to `n` pooled children, the longest first."""
         held = set(holding)
         if self.tail.start and self.unclaimed() <= self.tail.start and not self.stopping:
-            known = [eid for eid, who in self.claims.items() if who == claimant and eid not in held]
-            if self.unclaimed() or known:
+            if self.unclaimed() or self.claims.of[claimant] - held:
                 return Grant(self.claim(claimant, max(n, self.tail.share), held), ahead=True)
             return Grant(pooled=self._from_pool(claimant, n))
         return Grant(self.claim(claimant, n, held))
@@ -313,7 +341,7 @@ class Ledger:
         for who, cycle in self._numbers:
             if who == replica and cycle > kept:
                 self._lose(replica, cycle, "its replica died before it kept the gradient")
-        held = {eid for eid, who in self.claims.items() if who == replica}
+        held = set(self.claims.of[replica])
         claims = self.claim(replica, n)
         again = held.intersection(c.id for c in claims) - self.resent
         if again:
