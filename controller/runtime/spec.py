@@ -118,8 +118,8 @@ class SearchSpec:
                                            "gradient every m results, the budget's last children pooled) or barrier "
                                            "(the paper's: sample m, wait for all m, push)")
     max_staleness: int | None = _field(None, "staleness bound in versions (drop/scale; {most})", most=1_000_000)
-    #: Shard checkpoint interval, in applied updates.
-    checkpoint_every: int = _field(10, "parameter-shard checkpoint interval, in applied updates (default 10, {most})",
+    #: Updates a parameter shard logs between fsyncs of its update log (what a power cut may cost it).
+    checkpoint_every: int = _field(10, "updates a parameter shard logs between fsyncs (default 10, {most})",
                                    most=1_000_000)
     #: Stop handing out evaluations after this many seconds (None: only the evaluation budget).
     max_wall_time_s: float | None = _field(None, "time budget in seconds ({most}, a year)", flag="--max-wall-time",
