@@ -22,15 +22,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
+import numpy as np
 import torch
 
 from raynas.common import ConfigError
-from raynas.common.files import atomic_save
 from raynas.param_server.shard_map import check_named_tensors
 
 STALENESS_POLICIES = ("none", "drop", "scale")
@@ -156,19 +155,24 @@ class ParameterShard:
         """The current version and a copy of the slice (copies, so callers cannot alias the shard)."""
         return self._version, {name: p.detach().clone() for name, p in self._params.items()}
 
-    def push(self, gradients: Mapping[str, torch.Tensor], staleness: int, replica: str | int,
+    def has(self, replica: str | int, cycle: int) -> bool:
+        """Whether the gradient (replica, cycle) was processed here (a replica's cycles only grow)."""
+        return cycle <= self._last_cycle.get(replica, -1)
+
+    def push(self, gradients: Mapping[str, torch.Tensor | np.ndarray], staleness: int, replica: str | int,
              cycle: int) -> PushReceipt:
         """Offer the gradient of this slice that `replica` computed in its `cycle`, `staleness`
         gradients after the weights it was computed on (counted by the job's recorder, the same
-        number on every shard)."""
+        number on every shard). Tensors or numpy arrays (what travels between actors)."""
         if not _is_int(staleness) or staleness < 0:
             raise ConfigError("staleness", f"must be an integer >= 0, got {staleness!r}")
         if not _is_int(cycle) or cycle < 0:
             raise ConfigError("cycle", f"must be an integer >= 0, got {cycle!r}")
-        if cycle <= self._last_cycle.get(replica, -1):
+        if self.has(replica, cycle):
             self._outcomes["duplicate"] += 1
             return PushReceipt(self.shard_id, replica, cycle, "duplicate", staleness, self._version,
                                self._pending_count)
+        gradients = {name: torch.tensor(g) if isinstance(g, np.ndarray) else g for name, g in gradients.items()}
         check_named_tensors(gradients, self._shapes, "gradients")
         # Checked before anything is recorded: one NaN would poison Adam's moments for good.
         for name, g in gradients.items():
@@ -274,17 +278,3 @@ class ParameterShard:
         self._outcomes = dict(state["stats"]["outcomes"])
         self._staleness = dict(state["stats"]["staleness"])
         self._by_replica = dict(state["stats"]["by_replica"])
-
-    def save(self, path: str | os.PathLike, durable: bool = True) -> None:
-        """Write a checkpoint atomically: a crash leaves either the old file or the new one, whole.
-        `durable` also survives a power cut (fsync)."""
-        atomic_save(self.state_dict(), path, durable)
-
-    @classmethod
-    def restore(cls, path: str | os.PathLike) -> ParameterShard:
-        """The shard saved at `path`, with the config it was saved with."""
-        # weights_only: a checkpoint is plain data, so nothing in it gets to run code on load.
-        state = torch.load(path, weights_only=True)
-        shard = cls(state["shard_id"], state["params"], ShardConfig(**state["config"]))
-        shard.load_state_dict(state)
-        return shard

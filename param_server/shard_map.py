@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from raynas.common import ConfigError
@@ -35,8 +36,8 @@ def check_named_tensors(given: Mapping[str, torch.Tensor], shapes: Mapping[str, 
         raise ConfigError(field, f"missing parameter {missing[0]!r}")
     for name, expected in shapes.items():
         value = given[name]
-        if not isinstance(value, torch.Tensor):
-            raise ConfigError(f"{field}[{name!r}]", f"expected a tensor, got {type(value).__name__}")
+        if not isinstance(value, (torch.Tensor, np.ndarray)):
+            raise ConfigError(f"{field}[{name!r}]", f"expected a tensor or an array, got {type(value).__name__}")
         if tuple(value.shape) != expected:
             raise ConfigError(f"{field}[{name!r}]",
                               f"shape {tuple(value.shape)} does not match the parameter's {expected}")

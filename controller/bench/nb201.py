@@ -29,7 +29,7 @@ PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFOR
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
-    ps_shards: int = 1, workers: int | None = None, batching: str = "barrier",
+    ps_shards: int = 1, workers: int | None = None, batching: str = "rolling",
 ) -> dict[str, Any]:
     """Any registered strategy, run in this process by the proposer loop. `controllers` set: a
     strategy with a shared policy (rl) runs as the asynchronous distributed scheme (K replicas
@@ -70,6 +70,8 @@ def bench_nb201(
         "worker_utilization_steady": statistics.fmean(s["worker_utilization_steady"] for s in simulated),
         "updates_per_simulated_hour": statistics.fmean(s["updates_per_simulated_hour"] for s in simulated),
         "staleness_mean": statistics.fmean(s["staleness_mean"] for s in simulated),
+        "duration_noise": simulated[0]["duration_noise"],
+        "estimate_error_mean": statistics.fmean(s["estimate_error"] or 0.0 for s in simulated),
     }
     return {
         **scheme,

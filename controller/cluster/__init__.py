@@ -6,15 +6,18 @@ from raynas.controller.cluster.launch import (
                                               ActorLost,
                                               CallTimeout,
                                               Remote,
+                                              Terminated,
                                               call,
                                               call_all,
                                               connect,
                                               find_actor,
                                               job_namespace,
                                               kill,
+                                              queue_executor,
                                               remove_group,
                                               result,
                                               send,
+                                              session,
                                               shutdown,
                                               start_actor,
                                               start_workers,
@@ -23,6 +26,6 @@ from raynas.controller.cluster.launch import (
                                               worker_group,
 )
 
-__all__ = ["ActorLost", "CallTimeout", "Remote", "call", "call_all", "connect", "find_actor", "job_namespace", "kill",
-           "remove_group", "result", "send", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor",
-           "worker_group"]
+__all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "connect", "find_actor",
+           "job_namespace", "kill", "queue_executor", "remove_group", "result", "send", "session", "shutdown",
+           "start_actor", "start_workers", "wait_any", "worker_executor", "worker_group"]

@@ -4,9 +4,12 @@ actors are made remote at wiring time."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +17,16 @@ from raynas.common import ConfigError, NasError
 
 
 class ActorLost(NasError):
-    """An actor died (or was never started) while a call to it was pending. `cause` is the
-    error its constructor raised, when that is why it is gone."""
+    """An actor died (or was never started) while a call to it was pending; when its constructor
+    raised, the message ends with that error's last line. `cause` is that error where Ray kept it."""
 
     cause: BaseException | None = None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Kubernetes, `ray job stop`, systemd): stop now, as after Ctrl-C, but without
+    waiting for the children in flight (they run again on resume; `ray job stop` kills the
+    process 3 s after its SIGTERM)."""
 
 
 class CallTimeout(NasError):
@@ -29,6 +38,35 @@ def job_namespace(out: str | Path) -> str:
     out = Path(out)
     digest = hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:8]
     return f"nas-{out.name}-{digest}"
+
+
+@contextlib.contextmanager
+def session(address: str | None, quiet: bool = False) -> Iterator[bool]:
+    """The cluster at `address` (or a private one, shut down at the end) for the length of a search;
+    yields whether we started it. ray.init replaces the SIGTERM handler with one that exits the
+    process in the middle of whatever it runs (exit 134, no result.json): once connected, SIGTERM
+    does what Ctrl-C does at that moment (Ray Tune's handler while Tune runs, which saves its
+    experiment; else `Terminated`), and the handler of before comes back at the end."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
+    started = connect(address, quiet)
+    if main:
+        signal.signal(signal.SIGTERM, _terminate)
+    try:
+        yield started
+    finally:
+        if started:
+            shutdown()
+        if main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    interrupt = signal.getsignal(signal.SIGINT)
+    if callable(interrupt) and interrupt is not signal.default_int_handler:
+        interrupt(signal.SIGINT, frame)
+        return
+    raise Terminated()
 
 
 def connect(address: str | None, quiet: bool = False) -> bool:
@@ -121,8 +159,9 @@ def _get(refs: Any, timeout: float | None = None) -> Any:
     except GetTimeoutError:
         raise CallTimeout(f"no answer within {timeout} s") from None
     except RayActorError as exc:
-        lost = ActorLost(str(exc).splitlines()[0])
-        # The actor's constructor raising one of our errors is that error, not a loss.
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # A constructor that raised: the message's last line is its error ("...DataError: line 2 is damaged").
+        lost = ActorLost(f"{lines[0]}: {lines[-1]}" if getattr(exc, "_actor_init_failed", False) else lines[0])
         lost.cause = getattr(exc, "cause", None)
         raise lost from None
 
@@ -205,3 +244,10 @@ def worker_executor(handles: list, max_retries: int, on_retry=None, on_report=No
     from raynas.workers.execution.ray_pool import RayExecutor
 
     return RayExecutor(handles, max_retries=max_retries, on_retry=on_retry, on_report=on_report)
+
+
+def queue_executor(dispatcher: Any, capacity: int):
+    """An Executor whose children wait in a dispatcher actor's queue for the next free worker."""
+    from raynas.workers.execution.ray_pool import QueueExecutor
+
+    return QueueExecutor(dispatcher, capacity)

@@ -4,55 +4,51 @@ time under names that read like the design picture (`ps-0`, `controller-3`, `rec
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 from typing import Any
 
 import torch
 
-from raynas.controller.cluster import Remote, find_actor, metrics, worker_executor
-from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.cluster import Remote, call, find_actor, metrics, queue_executor, result, send, worker_executor
+from raynas.controller.runtime.ledger import Ledger, Tail
 from raynas.controller.runtime.plan import Plan
-from raynas.controller.runtime.replica import ControllerReplica, RemoteShards
+from raynas.controller.runtime.replica import ControllerReplica, RemoteShards, child_costs, to_numpy, to_torch
 from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.strategies.reinforce import replica_seed
-from raynas.param_server import ParameterShard, ShardConfig, ShardMap
+from raynas.param_server import ParameterShard, ShardConfig, ShardMap, ShardStore
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.execution import Executor, Task
 
 
 class ShardHost:
-    """One parameter shard. Every update is on disk before the push that made it is answered,
-    so a shard that Ray restarts comes back with all it acknowledged, and the push it was
-    answering when it died is retried by Ray and applied once."""
+    """One parameter shard. Every gradient it accepts is in its update log before the push that
+    brought it is answered, and snapshots are written off the push path (param_server/store.py):
+    a shard that Ray restarts comes back with all it acknowledged, and the push it was answering
+    when it died is retried by Ray and applied once. Weights and gradients travel as numpy arrays."""
 
     def __init__(self, job: str, shard_id: int, initial: dict, config: ShardConfig, path: str, fsync_every: int):
         torch.set_num_threads(1)  # tiny tensors: more threads only fight the other actors for the cores
-        self.job, self.path, self.fsync_every = job, path, fsync_every
-        if os.path.exists(path):
-            self.shard = ParameterShard.restore(path)
-        else:
-            self.shard = ParameterShard(shard_id, initial, config)
-            self.shard.save(path)
+        self.job = job
+        self.store = ShardStore(path, fsync_every)
+        self.shard = self.store.open(lambda: ParameterShard(shard_id, to_torch(initial), config))
 
     def pull(self):
-        return self.shard.pull()
+        version, weights = self.shard.pull()
+        return version, to_numpy(weights)
 
     def push(self, gradients: dict, staleness: int, replica: str, cycle: int) -> dict[str, Any]:
         receipt = self.shard.push(gradients, staleness, replica, cycle)
         if receipt.outcome != "duplicate":
+            self.store.append(gradients, staleness, replica, cycle, self.shard)
             metrics.report_push(self.job, self.shard.shard_id, receipt.outcome == "applied", receipt.staleness)
-            # Written before the answer; fsynced only every `fsync_every` updates (a power cut, unlike a
-            # process crash, may then cost the last few updates of this shard).
-            self.shard.save(self.path, durable=self.shard.version % self.fsync_every == 0)
         return vars(receipt)
 
     def push_pull(self, gradients: dict, staleness: int, replica: str, cycle: int):
-        return self.push(gradients, staleness, replica, cycle), self.shard.pull()
+        return self.push(gradients, staleness, replica, cycle), self.pull()
 
     def checkpoint(self) -> int:
-        self.shard.save(self.path)
+        self.store.snapshot(self.shard, wait=True)
         return self.shard.version
 
     def stats(self) -> dict[str, Any]:
@@ -60,32 +56,45 @@ class ShardHost:
 
 
 class RecorderHost:
-    """The job's single writer of evaluations.jsonl, shared by all replicas: the ledger, with the
-    gradients' order, the shared baseline and the replicas' checkpoints. Restartable: everything
-    it keeps is rebuilt from the run directory."""
+    """The job's single writer of evaluations.jsonl and gradients.jsonl, shared by all replicas: the
+    ledger, with the gradients' order, the shared baseline, the replicas' checkpoints and the tail's
+    pool. Restartable: everything but the pool is rebuilt from the run directory (the pool's
+    evaluations are handed out again)."""
 
     def __init__(self, job: str, run_dir: str, budget: int, seed: int, deadline: float | None,
-                 baseline_decay: float | None, checkpoints: str):
+                 baseline_decay: float | None, checkpoints: str, tail: Tail):
         self.job = job
-        self.ledger = Ledger(RunDirectory(run_dir), budget, seed, deadline, baseline_decay, checkpoints)
+        self.ledger = Ledger(RunDirectory(run_dir), budget, seed, deadline, baseline_decay, checkpoints, tail)
         self.best = max((r["reward"] for r in self.ledger.records if r.get("reward") is not None), default=None)
 
     def start(self, replica: str, n: int):
         return self.ledger.start(replica, n)
 
-    def claim(self, claimant: str, n: int):
-        return self.ledger.claim(claimant, n)
+    def take(self, claimant: str, n: int, holding: list[str]):
+        return self.ledger.take(claimant, n, holding)
 
-    def record_update(self, entries, replica: str, n: int, cycle: int, synced: int, state: dict):
+    def pool(self, claimant: str, children: list, n: int):
+        return self.ledger.pool(claimant, children, n)
+
+    def record_children(self, entries, replica: str, cycle: int) -> None:
+        self._report(entries, lambda: self.ledger.record_children(entries, replica, cycle))
+
+    def record_update(self, entries, replica: str, cycle: int, ids: list[str], synced: int, state: dict, n: int,
+                      holding: list[str]):
+        return self._report(entries, lambda: self.ledger.record_update(entries, replica, cycle, ids, synced, state,
+                                                                       n, holding))
+
+    def _report(self, entries, record):
+        """Record, then count the new evaluations on the dashboard."""
         fresh = {task.id for task, _, _ in entries if task.id not in self.ledger.recorded}
-        receipt = self.ledger.record_update(entries, replica, n, cycle, synced, state)
-        for task, result, _ in entries:
+        answer = record()
+        for task, evaluation, _ in entries:
             if task.id in fresh:
-                if result.reward is not None:
-                    self.best = result.reward if self.best is None else max(self.best, result.reward)
-                metrics.report_evaluation(self.job, result.status, result.reward,
-                                          result.metrics.get("wall_time_s"), self.best)
-        return receipt
+                if evaluation.reward is not None:
+                    self.best = evaluation.reward if self.best is None else max(self.best, evaluation.reward)
+                metrics.report_evaluation(self.job, evaluation.status, evaluation.reward,
+                                          evaluation.metrics.get("wall_time_s"), self.best)
+        return answer
 
     def lose(self, replica: str, cycle: int, reason: str) -> None:
         self.ledger.lose(replica, cycle, reason)
@@ -103,8 +112,8 @@ class RecorderHost:
 class Dispatcher:
     """One queue in front of workers that several callers share (fewer workers than the
     scheme's K x m children): each child goes to the next free worker, in the order asked,
-    and a busy worker never gets a second one. `run_all` may be called from many threads
-    (one per replica); one pump thread alone drives the executor."""
+    and a busy worker never gets a second one. `run` may be called from many threads (one per
+    child a replica has in flight); one pump thread alone drives the executor."""
 
     def __init__(self, executor: Executor):
         self.executor = executor
@@ -113,12 +122,11 @@ class Dispatcher:
         self._changed = threading.Condition()
         threading.Thread(target=self._pump, name="dispatcher", daemon=True).start()
 
-    def run_all(self, tasks: list[Task]) -> list[EvalResult]:
-        for task in tasks:
-            self._inbox.put(task)
+    def run(self, task: Task) -> EvalResult:
+        self._inbox.put(task)
         with self._changed:
-            self._changed.wait_for(lambda: all(t.id in self._done for t in tasks))
-            return [self._done.pop(t.id) for t in tasks]
+            self._changed.wait_for(lambda: task.id in self._done)
+            return self._done.pop(task.id)
 
     def _pump(self) -> None:
         while True:
@@ -144,41 +152,55 @@ class DispatcherHost:
                                    on_retry=lambda task, reason: metrics.report_retry(job))
         self.dispatcher = Dispatcher(executor)
 
-    def run_all(self, tasks: list[Task]) -> list[EvalResult]:
-        return self.dispatcher.run_all(tasks)
+    def run(self, task: Task) -> EvalResult:
+        return self.dispatcher.run(task)
 
     def retries(self) -> int:
         return self.dispatcher.executor.retries
 
 
+class RecorderClient(Remote):
+    """The recorder as a replica's ledger. Children are recorded without waiting for the answer: the
+    recorder runs one caller's calls in the order sent (retried in that order after a restart), so
+    they are in the log before the gradient that learns from them, whose call waits for them all
+    (and raises what any of them raised)."""
+
+    def __init__(self, handle: Any):
+        super().__init__(handle)
+        self._sent: list[Any] = []
+
+    def record_children(self, entries, replica: str, cycle: int) -> None:
+        self._sent.append(send(self.handle, "record_children", entries, replica, cycle))
+
+    def record_update(self, *args):
+        sent, self._sent = self._sent, []
+        for future in sent:
+            result(future)
+        return call(self.handle, "record_update", *args)
+
+
 class ReplicaHost:
-    """Controller replica k: its copy of the shared policy and its loop, its children sent to
-    its own workers (W >= K x m, the paper's layout) or to the shared dispatcher."""
+    """Controller replica k: its copy of the shared policy and its loop, its children sent straight
+    to its own workers (W >= K x m, the paper's layout) or to the shared dispatcher."""
 
     def __init__(self, job: str, k: int, plan: Plan, shard_map: dict, namespace: str, shards: int,
                  workers: list[str] | None, max_retries: int):
         torch.set_num_threads(1)  # tiny tensors: more threads only fight the other actors for the cores
-        name = f"controller-{k}"
         spec = plan.spec
         policy = plan.strategy.shared_policy(plan.space, replica_seed(spec.seed, k), plan.strategy_options)
-        self.replica = ControllerReplica(name, policy, spec.children)
+        self.replica = ControllerReplica(f"controller-{k}", policy, spec.children, spec.replica_batch == "rolling",
+                                         child_costs(plan))
         self.shards = RemoteShards([find_actor(f"ps-{i}", namespace) for i in range(shards)],
                                    ShardMap.from_dict(shard_map))
-        self.ledger = Remote(find_actor("recorder", namespace))
-        self.rolling = spec.replica_batch == "rolling"
-        self.executor = None if workers is None else worker_executor(
-            [find_actor(w, namespace) for w in workers], max_retries,
-            on_retry=lambda task, reason: metrics.report_retry(job))
-        self.evaluate = (Remote(find_actor("dispatcher", namespace)).run_all if workers is None
-                         else self.executor.run_all)
+        self.ledger = RecorderClient(find_actor("recorder", namespace))
+        self.executor = (queue_executor(find_actor("dispatcher", namespace), spec.children) if workers is None
+                         else worker_executor([find_actor(w, namespace) for w in workers], max_retries,
+                                              on_retry=lambda task, reason: metrics.report_retry(job)))
 
     def ready(self) -> bool:
         return True
 
     def run(self) -> dict[str, Any]:
-        if self.rolling:
-            cycles = self.replica.run_rolling(self.shards, self.ledger, self.executor)
-        else:
-            cycles = self.replica.run(self.shards, self.ledger, self.evaluate)
+        cycles = self.replica.run(self.shards, self.ledger, self.executor)
         return {"cycles": cycles, "staleness": self.replica.staleness, "timings_s": self.replica.timings,
-                "retries": 0 if self.executor is None else self.executor.retries}
+                "retries": getattr(self.executor, "retries", 0)}

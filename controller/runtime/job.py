@@ -23,7 +23,7 @@ from raynas.common import ConfigError
 from raynas.controller.cluster import job_namespace
 from raynas.controller.runtime.plan import LOCAL, PROPOSER, SCHEME, TUNE, Plan, resolve
 from raynas.controller.runtime.progress import Progress
-from raynas.controller.runtime.rundir import RunDirectory, summarize
+from raynas.controller.runtime.rundir import RunDirectory, RunLock, summarize
 from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner
 from raynas.controller.runtime.runners.local import LocalRunner
 from raynas.controller.runtime.runners.ray import ProposerRunner
@@ -43,7 +43,8 @@ class SearchJob:
                  progress: bool = True, on_record: Callable[[dict], None] | None = None):
         self.plan = spec if isinstance(spec, Plan) else resolve(spec)
         self.spec = self.plan.spec
-        self.out = Path(out)
+        # Absolute: actors on a cluster resolve a relative path against their own working directory.
+        self.out = Path(out).absolute()
         self.resume = resume
         self.address = address
         self.progress = Progress(self.spec.evaluations, enabled=progress)
@@ -76,11 +77,18 @@ class SearchJob:
 
     def run(self) -> dict[str, Any]:
         plan = self.plan = self.plan.fingerprinted()
-        spec = self.spec
         # Built here first so that a bad dataset file fails now, in one line, before any file is
         # written; the local path evaluates with it.
         evaluator = plan.make_evaluator()
+        self.out.mkdir(parents=True, exist_ok=True)
+        with RunLock(self.out).held("resume" if self.resume else "out"):
+            return self._run(plan, evaluator)
+
+    def _run(self, plan: Plan, evaluator: Any) -> dict[str, Any]:
+        spec = self.spec
         run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
+        if self.resume:
+            run.check()
         (run.path / CHECKPOINTS).mkdir(exist_ok=True)
         deadline = time.time() + spec.max_wall_time_s if spec.max_wall_time_s else None
         context = self._context = Context(plan, run, resume=self.resume, deadline=deadline,

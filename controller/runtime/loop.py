@@ -83,7 +83,7 @@ def run_loop(
             in_flight[task.id] = task
     while True:
         while len(in_flight) < executor.capacity:
-            claims = ledger.claim(PROPOSER, 1)
+            claims = ledger.claim(PROPOSER, 1, in_flight)
             if not claims:
                 break
             (proposal,) = strategy.propose(1)

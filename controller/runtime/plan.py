@@ -132,9 +132,6 @@ def resolve(spec: SearchSpec) -> Plan:
 
     ShardConfig(accumulate=spec.ps_accumulate, staleness_policy=spec.staleness_policy,
                 max_staleness=spec.max_staleness)
-    if spec.replica_batch == "rolling" and spec.workers < spec.controllers * spec.children:
-        raise ConfigError("replica_batch", f"rolling batches keep each replica's own workers busy: "
-                          f"give --workers {spec.controllers * spec.children} (K x m) or more, or use barrier")
     with prefixed_errors("space_options", spec.space_options):
         space = get_space(spec.space, **spec.space_options)
     strategy = strategy_class(spec.strategy)

@@ -2,19 +2,26 @@
 
     spec.json           the validated spec
     evaluations.jsonl   one line per finished evaluation, flushed and fsynced as it lands
+    gradients.jsonl     Zoph & Le's scheme: one line per gradient (its number, replica, cycle, evaluations)
     oneshot.jsonl       one-shot strategies: one line per search epoch (collapse monitors)
     rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
     strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
+    lock                who runs the search now (RunLock): one process at a time
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
-from collections.abc import Iterable
+import socket
+import sys
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +30,13 @@ from raynas.common.files import json_default, write_json_atomic
 
 SPEC = "spec.json"
 EVALUATIONS = "evaluations.jsonl"
+GRADIENTS = "gradients.jsonl"
 ONE_SHOT_LOG = "oneshot.jsonl"
 RUNG_LOG = "rungs.jsonl"
 STRATEGY_LOG = "strategy.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
+LOCK = "lock"
 
 
 class RunDirectory:
@@ -81,6 +90,12 @@ class RunDirectory:
                 os.fsync(f.fileno())
         return size - good
 
+    def check(self) -> None:
+        """Read every log through: a damaged line before a log's end is a DataError naming it (a torn
+        last line is no damage; it is cut before anything is appended)."""
+        for log in (EVALUATIONS, GRADIENTS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG):
+            self.records(log)
+
     def spec(self) -> dict[str, Any]:
         return json.loads((self.path / SPEC).read_text())
 
@@ -92,6 +107,73 @@ class RunDirectory:
 
     def write_plot(self, records: list[dict[str, Any]]) -> None:
         (self.path / PLOT).write_text(progress_svg(records))
+
+
+class RunLock:
+    """The one process that runs the search in a run directory now: a CLI, the search service's
+    runner or a Ray Job's driver (two at once each thought itself alone: 548 evaluations logged
+    twice, shards applying gradients no log held). An exclusive flock on `DIR/lock`, which the
+    kernel releases when its process ends however it ends, so the lock of a holder killed with -9 is
+    free to take and no pid is guessed at; the file names the holder for whoever is refused. It is
+    never removed: a process that opened it before a removal would lock a file nobody else sees."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path) / LOCK
+
+    @contextlib.contextmanager
+    def held(self, field: str) -> Iterator[None]:
+        """Hold the lock for the length of the block; a ConfigError naming `field` and the holder
+        when another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(field, f"{self.path.parent} is in use by {_describe(_holder(fd))}",
+                                  "wait for that search to end, or stop it first") from None
+            stale = _holder(fd)
+            if stale:
+                print(f"{self.path.parent}: took over the lock of {_describe(stale)}, which is no longer running",
+                      file=sys.stderr)
+            _write_holder(fd, {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time(),
+                               "command": _command()})
+            try:
+                yield
+            finally:
+                _write_holder(fd, {})
+        finally:
+            os.close(fd)  # releases the flock
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    os.lseek(fd, 0, os.SEEK_SET)
+    data = os.read(fd, 1 << 16)
+    try:
+        return json.loads(data) if data.strip() else {}
+    except json.JSONDecodeError:
+        return {}  # a holder killed while it wrote its name
+
+
+def _write_holder(fd: int, holder: dict[str, Any]) -> None:
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, json.dumps(holder).encode())
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    if not holder:
+        return "another process"
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["since"]))
+    return f"pid {holder['pid']} on {holder['host']} ({holder['command']}, since {since})"
+
+
+def _command() -> str:
+    """What this process is, for the holder's description: a Ray Job's entrypoint says its job."""
+    job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")).get("metadata", {}).get("job_submission_id")
+    argv = " ".join(sys.argv)
+    if os.path.basename(sys.argv[0]) in ("nas", "__main__.py"):
+        argv = "nas " + " ".join(sys.argv[1:])
+    return f"Ray Job {job}: {argv}" if job else argv
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], int]:

@@ -114,11 +114,12 @@ class SearchSpec:
     #: What shards do with stale gradients: none, drop (beyond max_staleness) or scale (by 1/(1+staleness)).
     staleness_policy: str = _field("none", "none, drop or scale: what shards do with stale gradients")
     #: How a replica batches its m children (BATCHING).
-    replica_batch: str = _field("barrier", "barrier (the paper's: sample m, wait for all m, push) or rolling (keep "
-                                           "each replica's own m workers busy; needs --workers >= K x m)")
+    replica_batch: str = _field("rolling", "rolling (the default: a child the moment one of a replica's m ends, a "
+                                           "gradient every m results, the budget's last children pooled) or barrier "
+                                           "(the paper's: sample m, wait for all m, push)")
     max_staleness: int | None = _field(None, "staleness bound in versions (drop/scale; {most})", most=1_000_000)
-    #: Shard checkpoint interval, in applied updates.
-    checkpoint_every: int = _field(10, "parameter-shard checkpoint interval, in applied updates (default 10, {most})",
+    #: Updates a parameter shard logs between fsyncs of its update log (what a power cut may cost it).
+    checkpoint_every: int = _field(10, "updates a parameter shard logs between fsyncs (default 10, {most})",
                                    most=1_000_000)
     #: Stop handing out evaluations after this many seconds (None: only the evaluation budget).
     max_wall_time_s: float | None = _field(None, "time budget in seconds ({most}, a year)", flag="--max-wall-time",

@@ -32,11 +32,11 @@ def assert_exactly_once(out, budget):
 
 def test_rl_scheme_runs_the_budget_with_sharded_updates(tmp_path):
     out = tmp_path / "run"
-    result = SearchJob(table_spec(), out, progress=False).run()
+    result = SearchJob(table_spec(replica_batch="barrier"), out, progress=False).run()
     assert result["state"] == "done"
     assert_exactly_once(out, 32)
     assert result["scheme"]["controllers"] == 2 and result["scheme"]["ps_shards"] == 2
-    # Every replica step pushes one update to every shard: 32 evaluations / m=4 = 8 steps.
+    # Every barrier step pushes one update to every shard: 32 evaluations / m=4 = 8 steps.
     assert [s["version"] for s in result["parameter_servers"]] == [8, 8]
     assert sum(r["cycles"] for r in result["replicas"].values()) == 8
     assert result["staleness"]["pushes"] == 8
@@ -87,8 +87,8 @@ def test_killed_parameter_shard_comes_back_from_its_checkpoint(tmp_path, ray_clu
     result = job.run()
     assert killed and result["state"] == "done"
     assert_exactly_once(out, 32)
-    # Checkpointed at every update, the restarted shard lost nothing.
-    assert [s["version"] for s in result["parameter_servers"]] == [8, 8]
+    # Every update in its log, the restarted shard lost nothing.
+    assert [s["version"] for s in result["parameter_servers"]] == [result["gradients"]["gradients"]] * 2
 
 
 @pytest.mark.parametrize("strategy", ["rl", "evolution"])
@@ -114,3 +114,13 @@ def test_stopped_job_resumes_without_repeating_work(tmp_path, strategy):
     if strategy == "rl":
         # The policy continued from the checkpoint: one update per replica step of the remaining work.
         assert resumed["parameter_servers"][0]["version"] >= version + (40 - done_before) // 4
+
+
+def test_a_relative_run_directory_reaches_every_actor(tmp_path, monkeypatch):
+    """Actors resolved a relative --out against their own working directory: every shard died in its
+    constructor and the job failed after minutes."""
+    monkeypatch.chdir(tmp_path)  # the driver's working directory is not the cluster's
+    result = SearchJob(table_spec(evaluations=8), "run", progress=False).run()
+    assert result["state"] == "done" and result["run_dir"] == str(tmp_path / "run")
+    assert_exactly_once(tmp_path / "run", 8)
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoint").glob("ps-*.pt")) == ["ps-0.pt", "ps-1.pt"]

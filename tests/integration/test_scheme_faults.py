@@ -17,7 +17,9 @@ import numpy as np
 import pytest
 import torch
 
+from raynas.common import DataError
 from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -44,22 +46,24 @@ def check_invariants(out: Path, budget: int) -> dict:
     assert result["state"] == "done"
     versions = [torch.load(p, weights_only=True)["version"] for p in sorted((out / "checkpoint").glob("ps-*.pt"))]
     assert len(set(versions)) == 1, f"shards disagree: {versions}"
-    updates = {r["update"] for r in records(out)}
-    assert updates == set(range(len(updates)))
+    gradients = RunDirectory(out).records("gradients.jsonl")
+    assert [g["update"] for g in gradients] == list(range(len(gradients)))
     lost = json.loads((out / "checkpoint" / "lost_gradients.json").read_text()) \
         if (out / "checkpoint" / "lost_gradients.json").exists() else []
-    assert versions[0] == len(updates) - len(lost)
+    assert versions[0] == len(gradients) - len(lost)
     return result
 
 
 def kill_when(job_holder: dict, plan: list[tuple[int, str]], ray_cluster):
     """An on_record hook that kills actor `name` once the log holds `count` records."""
     done: list[str] = []
+    fired: set[int] = set()
 
     def hook(record):
         job = job_holder["job"]
-        for count, name in plan:
-            if name not in done and len(records(job.out)) >= count:
+        for i, (count, name) in enumerate(plan):
+            if i not in fired and len(records(job.out)) >= count:
+                fired.add(i)
                 done.append(name)
                 ray_cluster.kill(ray_cluster.get_actor(name, namespace=job.namespace), no_restart=False)
 
@@ -106,6 +110,46 @@ def test_a_killed_actor_costs_time_never_the_job_or_the_shards_agreement(tmp_pat
     assert killed == [victim]
     check_invariants(tmp_path / "run", 48)
     assert result["gradients"]["lost"] == 0
+
+
+def test_a_recorder_and_a_replica_killed_together_lose_and_repeat_nothing(tmp_path, ray_cluster):
+    """Both die at once, three times (a replica mid-record with its recorder): Ray retries the replica's
+    call on the restarted recorder, and the replica comes back on a cycle the logs never held. Before,
+    the retry's new claims and a reused cycle left evaluations unrecorded (22 of 24) and shards a
+    version ahead of the log."""
+    plan = [(count, name) for count in (8, 20, 32) for name in ("recorder", f"controller-{count % 2}")]
+    result, killed = run_with_kills(tmp_path, scheme_spec(), plan, ray_cluster)
+    assert len(killed) == len(plan)
+    check_invariants(tmp_path / "run", 48)
+
+
+def test_a_second_driver_on_the_run_directory_is_refused(tmp_path):
+    """`nas search --resume DIR` with its own Ray while the job runs: both used to end "done", with
+    1,348 log lines for a budget of 800 and shards at versions 408 and 402 for 400 gradients."""
+    out = tmp_path / "run"
+    second: list[subprocess.CompletedProcess] = []
+
+    def resume_beside(record):
+        if not second and len(records(out)) >= 6:
+            second.append(subprocess.run([sys.executable, "-m", "raynas.controller.cli", "search", "--resume",
+                                          str(out), "--quiet"], capture_output=True, text=True, timeout=300,
+                                         env={**os.environ, "RAY_ADDRESS": ""}))
+
+    result = SearchJob(scheme_spec(), out, progress=False, on_record=resume_beside).run()
+    assert second and second[0].returncode == 2, second
+    assert f"resume: {out} is in use by pid {os.getpid()} on " in second[0].stderr
+    assert result["state"] == "done"
+    check_invariants(out, 48)
+
+
+def test_a_damaged_line_in_the_log_is_named_not_an_actor_lost(tmp_path):
+    out = tmp_path / "run"
+    SearchJob(scheme_spec(evaluations=8), out, progress=False).run()
+    lines = (out / "evaluations.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:25]
+    (out / "evaluations.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match="evaluations.jsonl line 2 is damaged"):
+        SearchJob.resume_from(out, progress=False).run()
 
 
 def test_chaos_rounds_keep_every_invariant(tmp_path, ray_cluster):
@@ -156,6 +200,59 @@ def test_a_driver_killed_with_its_embedded_ray_resumes_to_a_consistent_end(tmp_p
     _, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
     check_invariants(out, 40)
+
+
+def test_sigterm_stops_a_search_on_ray_like_ctrl_c(tmp_path):
+    """ray.init replaced the SIGTERM handler: the search aborted (exit 134, no result.json, no hint)."""
+    out = tmp_path / "run"
+    search = _cli("search", "--evaluator", "table", "--table-option", f"sleep={0.2 / 120}", "--evaluations", "60",
+                  "--controllers", "2", "--children", "2", "--ps-shards", "2", "--workers", "4",
+                  "--cpus-per-child", "0.25", "--out", str(out), start_new_session=True,
+                  env={**os.environ, "RAY_ADDRESS": ""})
+    _wait_for_records(out, 8, search)
+    search.send_signal(signal.SIGTERM)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130 and f"nas search --resume {out}" in err, err
+    assert json.loads((out / "result.json").read_text())["state"] == "stopped"
+    assert SearchJob.resume_from(out, progress=False).run()["state"] == "done"
+    check_invariants(out, 60)
+
+
+def test_ray_job_stop_stops_a_search_that_resumes(ray_context, tmp_path):
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(f"http://{ray_context.dashboard_url}")
+    out = tmp_path / "run"
+    entrypoint = (f"nas search --address auto --evaluator table --table-option sleep={0.2 / 120} --evaluations 60 "
+                  "--controllers 2 --children 2 --ps-shards 2 --workers 4 --cpus-per-child 0.25 --quiet "
+                  f"--out {out}")
+    job = client.submit_job(entrypoint=entrypoint)
+    deadline = time.monotonic() + 240
+    while len(records(out)) < 8:
+        status = client.get_job_status(job)
+        assert status in (JobStatus.PENDING, JobStatus.RUNNING) and time.monotonic() < deadline, \
+            client.get_job_logs(job)
+        time.sleep(0.2)
+    client.stop_job(job)
+    while client.get_job_status(job) not in (JobStatus.STOPPED, JobStatus.SUCCEEDED, JobStatus.FAILED):
+        time.sleep(0.2)
+    assert json.loads((out / "result.json").read_text())["state"] == "stopped", client.get_job_logs(job)
+    assert f"nas search --resume {out}" in client.get_job_logs(job)
+    assert SearchJob.resume_from(out, progress=False).run()["state"] == "done"
+    check_invariants(out, 60)
+
+
+def test_sigterm_stops_an_asha_search_like_ctrl_c(tmp_path):
+    out = tmp_path / "run"
+    search = _cli("search", "--space", "nb201", "--strategy", "random", "--evaluator", "table", "--scheduler", "asha",
+                  "--table-option", f"sleep={0.5 / 120}", "--evaluations", "200", "--workers", "2",
+                  "--cpus-per-child", "0.5", "--out", str(out), start_new_session=True,
+                  env={**os.environ, "RAY_ADDRESS": ""})
+    _wait_for_records(out, 4, search)
+    search.send_signal(signal.SIGTERM)
+    _, err = search.communicate(timeout=120)
+    assert search.returncode == 130 and f"nas search --resume {out}" in err, err
+    assert json.loads((out / "result.json").read_text())["state"] == "stopped"
 
 
 def test_sigterm_stops_a_search_like_ctrl_c(tmp_path):

@@ -1,8 +1,7 @@
 """Parameter server: the shard map balances and round-trips, shards reproduce torch's Adam
 exactly (sharded or not), accumulation and staleness policies do what they say, and
-checkpoints restore the exact state and survive a crash mid-write."""
+a shard comes back from its snapshot and update log exactly."""
 
-import os
 import pickle
 import random
 
@@ -10,8 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from raynas.common import ConfigError
-from raynas.param_server import ParameterShard, ShardConfig, ShardMap
+from raynas.common import ConfigError, DataError
+from raynas.controller.runtime.hosts import ShardHost
+from raynas.param_server import ParameterShard, ShardConfig, ShardMap, ShardStore
 
 
 def named_shapes():
@@ -299,20 +299,69 @@ def busy_shard():
     return shard
 
 
-def test_checkpoint_round_trip_restores_identical_state_and_future(tmp_path):
-    shard = busy_shard()
+def store_with(shard, path, pushes=0, fsync_every=10, snapshot_every=100, seed=6):
+    """`shard` kept in a store at `path` (a snapshot now), then `pushes` more pushes logged."""
+    store = ShardStore(path, fsync_every, snapshot_every)
+    kept = store.open(lambda: shard)
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(pushes):
+        grads = random_grads(kept.shapes, gen)
+        kept.push(grads, i % 2, replica="r0", cycle=10 + i)
+        store.append(grads, i % 2, "r0", 10 + i, kept)
+    return store, kept
+
+
+def test_a_shard_comes_back_from_its_snapshot_and_log_with_identical_state_and_future(tmp_path):
     path = tmp_path / "ps-0.pt"
-    shard.save(path)
-    restored = ParameterShard.restore(path)
+    # Snapshots every 3 updates: the 7 pushes span three log segments.
+    store, shard = store_with(busy_shard(), path, pushes=7, snapshot_every=3)
+    store._join()  # the last snapshot is written; then the process dies (no close)
+    restored = ShardStore(path, 10).open(lambda: pytest.fail("the snapshot exists"))
     assert restored.config == shard.config
     assert_same(restored.state_dict(), shard.state_dict())
-    gen_a, gen_b = torch.Generator().manual_seed(6), torch.Generator().manual_seed(6)
+    assert restored.stats() == shard.stats()  # the replay counted no duplicates
+    gen_a, gen_b = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for i in range(5):
-        a = shard.push(random_grads(shard.shapes, gen_a), i % 2, replica="r0", cycle=10 + i)
-        b = restored.push(random_grads(restored.shapes, gen_b), i % 2, replica="r0", cycle=10 + i)
+        a = shard.push(random_grads(shard.shapes, gen_a), i % 2, replica="r0", cycle=30 + i)
+        b = restored.push(random_grads(restored.shapes, gen_b), i % 2, replica="r0", cycle=30 + i)
         assert a == b
     assert_same(restored.state_dict(), shard.state_dict())
-    assert restored.stats() == shard.stats()
+
+
+def test_a_push_writes_a_log_entry_not_a_checkpoint(tmp_path):
+    """A push used to rewrite the whole checkpoint before it was answered (71 % of its time)."""
+    path = tmp_path / "ps-0.pt"
+    store, shard = store_with(busy_shard(), path, pushes=5)
+    assert shard.version > busy_shard().version
+    assert torch.load(path, weights_only=True)["version"] == busy_shard().version  # the snapshot at open
+    assert [p.name for p in tmp_path.glob("ps-0.*.log")] == ["ps-0.1.log"] and (tmp_path / "ps-0.1.log").stat().st_size
+    store.close()
+
+
+def test_a_torn_last_log_entry_is_cut_and_damage_before_it_named(tmp_path):
+    path = tmp_path / "ps-0.pt"
+    store, shard = store_with(busy_shard(), path, pushes=3)
+    store.close()
+    log = tmp_path / "ps-0.1.log"
+    whole = log.read_bytes()
+    log.write_bytes(whole + whole[:40])  # the process died mid-append
+    back = ShardStore(path, 10).open(lambda: None)
+    assert back.version == shard.version and log.stat().st_size == len(whole)
+    damaged = bytearray(whole)
+    damaged[20] ^= 0xFF
+    log.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="ps-0.1.log is damaged at byte 0"):
+        ShardStore(path, 10).open(lambda: None)
+
+
+def test_a_snapshot_write_killed_midway_leaves_no_file_behind(tmp_path):
+    """A kill during a shard's checkpoint write left its temporary file behind for good."""
+    path = tmp_path / "ps-0.pt"
+    initial = {"w": torch.zeros(3, 4), "b": torch.zeros(4)}
+    ShardHost("job", 0, initial, ShardConfig(), str(path), 10)
+    (tmp_path / ".ps-0.pt.x1y2.tmp").write_bytes(b"half a checkpoint")  # killed mid-write
+    ShardHost("job", 0, initial, ShardConfig(), str(path), 10)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == []
 
 
 def test_state_dict_is_a_snapshot():
@@ -352,35 +401,3 @@ def test_shards_and_maps_pickle_for_ray():
     assert_same(copy.state_dict(), shard.state_dict())
     smap = ShardMap.build(named_shapes(), 3)
     assert pickle.loads(pickle.dumps(smap)) == smap
-
-
-def test_save_leaves_no_temporary_file(tmp_path):
-    busy_shard().save(tmp_path / "ps-0.pt")
-    busy_shard().save(tmp_path / "ps-0.pt")
-    assert os.listdir(tmp_path) == ["ps-0.pt"]
-
-
-@pytest.mark.parametrize("crash_in", ["write", "replace"])
-def test_crash_mid_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, crash_in):
-    shard = busy_shard()
-    path = tmp_path / "ps-0.pt"
-    shard.save(path)
-    saved = shard.state_dict()
-    shard.push({"w": torch.ones(3, 4), "b": torch.ones(4)}, 0, replica=0, cycle=20)
-
-    def partial_write(obj, f):
-        f.write(b"half a checkpoint")
-        raise OSError("disk full")
-
-    def failing_replace(src, dst):
-        raise OSError("power cut")
-
-    if crash_in == "write":
-        monkeypatch.setattr(torch, "save", partial_write)
-    else:
-        monkeypatch.setattr(os, "replace", failing_replace)
-    with pytest.raises(OSError):
-        shard.save(path)
-    monkeypatch.undo()
-    assert os.listdir(tmp_path) == ["ps-0.pt"]
-    assert_same(ParameterShard.restore(path).state_dict(), saved)

@@ -4,7 +4,6 @@ REINFORCE math as the single-process strategy, sharded."""
 import pytest
 import torch
 
-from raynas.common import ConfigError
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.plan import resolve
@@ -16,6 +15,7 @@ from raynas.controller.strategies.reinforce import PolicyCore
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
 from raynas.search_spaces import get_space
 from raynas.workers.evaluation import get_evaluator
+from raynas.workers.execution import InProcessExecutor
 
 
 def table():
@@ -33,7 +33,7 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
     replica = ControllerReplica("controller-0", core, children=4)
     ledger = Ledger(None, 12, seed=5, baseline_decay=0.95)
     evaluator = table()
-    replica.run(shards, ledger, lambda tasks: [evaluator.evaluate(t.arch, t.seed) for t in tasks])
+    replica.run(shards, ledger, InProcessExecutor(evaluator, 4))
     proposed = []
     for _ in range(3):
         archs = strategy.propose(4)
@@ -50,16 +50,19 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
 
 def test_simulated_scheme_spends_the_budget_with_stale_gradients():
     space = get_space("nb201")
-    ledger, figures = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
+    ledger, figures = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2,
+                                      batching="barrier")
     assert len(ledger.records) == 64 and len({r["id"] for r in ledger.records}) == 64
     assert figures["shard_versions"] == [16, 16]
     assert figures["staleness_max"] > 0
-    again, _ = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2)
+    again, _ = simulate_scheme(space, table(), budget=64, seed=0, controllers=4, children=4, ps_shards=2,
+                               batching="barrier")
     assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
 
 
 def test_one_replica_is_never_stale():
-    _, figures = simulate_scheme(get_space("nb201"), table(), budget=24, seed=1, controllers=1, children=8, ps_shards=3)
+    _, figures = simulate_scheme(get_space("nb201"), table(), budget=24, seed=1, controllers=1, children=8, ps_shards=3,
+                                 batching="barrier")
     assert figures["staleness_max"] == 0 and figures["shard_versions"] == [3, 3, 3]
 
 
@@ -88,28 +91,29 @@ def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_p
     parameter_shards = [ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))]
     evaluator = table()
 
-    def evaluate(tasks):
-        return [evaluator.evaluate(t.arch, t.seed) for t in tasks]
+    def evaluate():
+        return InProcessExecutor(evaluator, 2)
 
     replica = ControllerReplica("controller-0", core, children=2)
     with pytest.raises(KeyboardInterrupt):
         replica.run(DiesMidPush(parameter_shards, shard_map, cycle=1),
-                    Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints), evaluate)
+                    Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints), evaluate())
     assert [s.version for s in parameter_shards] == [2, 1]  # the shards disagree: the push was cut short
     # The recorder comes back from the run directory, the replica (another seed: its RNG must come back too).
     ledger = Ledger(run, 6, 2, baseline_decay=0.95, checkpoints=checkpoints)
     back = ControllerReplica("controller-0", PolicyCore(space, seed=99), children=2)
-    back.run(LocalShards(parameter_shards, shard_map), ledger, evaluate)
+    back.run(LocalShards(parameter_shards, shard_map), ledger, evaluate())
     assert [s.version for s in parameter_shards] == [3, 3]
     assert parameter_shards[0].stats()["duplicates"] == 1 and ledger.lost == []
     records = run.evaluations()
     assert [r["id"] for r in records] == [f"e{i:06d}" for i in range(6)]
-    assert [r["update"] for r in records] == [0, 0, 1, 1, 2, 2] and back.cycle == 3
+    assert [g["ids"] for g in run.records("gradients.jsonl")] == [[r["id"] for r in records[i:i + 2]]
+                                                                  for i in (0, 2, 4)] and back.cycle == 3
     # Without the kill the same seed samples the same architectures: the RNG came back with the replica.
     straight_run = RunDirectory.create(tmp_path / "straight", {})
     straight = ControllerReplica("controller-0", PolicyCore(space, seed=2), children=2)
     straight_shards = [ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))]
-    straight.run(LocalShards(straight_shards, shard_map), Ledger(straight_run, 6, 2, baseline_decay=0.95), evaluate)
+    straight.run(LocalShards(straight_shards, shard_map), Ledger(straight_run, 6, 2, baseline_decay=0.95), evaluate())
     assert [r["arch"] for r in straight_run.evaluations()] == [r["arch"] for r in records]
     for a, b in zip(straight_shards, parameter_shards):
         torch.testing.assert_close(a.pull()[1], b.pull()[1])
@@ -118,24 +122,98 @@ def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_p
 def test_rolling_batches_keep_every_replica_worker_busy_until_the_budget_runs_out():
     space = get_space("nb201")
     ledger, figures = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
-                                      workers=16, batching="rolling")
+                                      workers=16)
     assert sorted(r["id"] for r in ledger.records) == [f"e{i:06d}" for i in range(96)]
     assert figures["worker_utilization_steady"] == pytest.approx(1.0)
     barrier = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
-                              workers=16)[1]
+                              workers=16, batching="barrier")[1]
     assert barrier["worker_utilization_steady"] < 0.9 < figures["worker_utilization_steady"]
     # Every m results made one gradient and every shard applied each of them.
-    # (The budget's last results make smaller batches: each replica flushes what it has.)
+    # (The budget's last results make smaller batches: each replica learns from what it has.)
     assert figures["shard_versions"] == [ledger.updates] * 2 and 96 // 4 <= ledger.updates <= 96 // 4 + 4
     again, _ = simulate_scheme(space, table(), budget=96, seed=0, controllers=4, children=4, ps_shards=2,
-                               workers=16, batching="rolling")
+                               workers=16)
     assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
 
 
-def test_rolling_batches_need_each_replica_to_own_its_workers():
-    with pytest.raises(ConfigError, match="^replica_batch:"):
-        simulate_scheme(get_space("nb201"), table(), budget=8, seed=0, controllers=2, children=4, ps_shards=1,
-                        workers=4, batching="rolling")
-    with pytest.raises(ConfigError, match="^replica_batch:"):
-        resolve(SearchSpec(space="nb201", evaluator="table", controllers=2, children=4, workers=4,
-                   replica_batch="rolling"))
+def test_rolling_batches_share_fewer_workers_through_one_queue():
+    space = get_space("nb201")
+    ledger, figures = simulate_scheme(space, table(), budget=32, seed=0, controllers=2, children=4, ps_shards=1,
+                                      workers=4)
+    assert figures["dispatch"] == "shared"
+    assert sorted(r["id"] for r in ledger.records) == [f"e{i:06d}" for i in range(32)]
+    plan = resolve(SearchSpec(space="nb201", evaluator="table", controllers=2, children=4, workers=4))
+    assert plan.spec.replica_batch == "rolling"
+
+
+class DiesAfterLogging(Ledger):
+    """A recorder that goes down, with its replica (a power cut), after it wrote cycle `cycle`'s
+    batch to the log and before it saved the replica's checkpoint."""
+
+    def __init__(self, *args, cycle, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cycle = cycle
+
+    def _save_state(self, replica, state):
+        if state["cycle"] == self.cycle:
+            raise KeyboardInterrupt("the power goes")
+        super()._save_state(replica, state)
+
+
+def test_a_replica_and_its_recorder_dying_together_never_reuse_a_cycle(tmp_path):
+    """The replica came back on the cycle the log already held: its new batch was silently not
+    recorded while the shards applied its gradient (22 of 24 recorded, shards one version ahead)."""
+    space = get_space("nb201")
+    run = RunDirectory.create(tmp_path / "run", {})
+    checkpoints = tmp_path / "run" / "checkpoint"
+    checkpoints.mkdir()
+    weights = PolicyCore(space, seed=2).weights()
+    shard_map = ShardMap.build(weights, 2)
+    parameter_shards = [ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))]
+    shards = LocalShards(parameter_shards, shard_map)
+    evaluator = table()
+
+    with pytest.raises(KeyboardInterrupt):
+        ControllerReplica("controller-0", PolicyCore(space, seed=2), children=2).run(
+            shards, DiesAfterLogging(run, 8, 2, baseline_decay=0.95, checkpoints=checkpoints, cycle=1),
+            InProcessExecutor(evaluator, 2))
+    ledger = Ledger(run, 8, 2, baseline_decay=0.95, checkpoints=checkpoints)
+    ControllerReplica("controller-0", PolicyCore(space, seed=2), children=2).run(shards, ledger,
+                                                                                 InProcessExecutor(evaluator, 2))
+    assert sorted(r["id"] for r in run.evaluations()) == [f"e{i:06d}" for i in range(8)]
+    # The gradient numbered before the power cut never reached the shards: counted lost, none applied twice.
+    assert len(ledger.lost) == 1
+    assert [s.version for s in parameter_shards] == [ledger.updates - len(ledger.lost)] * 2
+
+
+class OneByOne(InProcessExecutor):
+    """Children that finish one at a time; before each wait it notes how many results it returned
+    and how many records the log held then."""
+
+    def __init__(self, evaluator, capacity, run):
+        super().__init__(evaluator, capacity)
+        self.run, self.returned, self.seen = run, 0, []
+
+    def wait(self, timeout=None):
+        self.seen.append((self.returned, len(self.run.evaluations())))
+        done = super().wait(timeout)
+        self.returned += len(done)
+        return done
+
+
+@pytest.mark.parametrize("rolling", [False, True])
+def test_each_child_is_recorded_when_it_finishes_not_with_its_batch(tmp_path, rolling):
+    """A replica recorded its children only when all m were in (one that finished at +86 s was logged
+    at +103 s); only the gradient waits for the m."""
+    space = get_space("nb201")
+    run = RunDirectory.create(tmp_path / "run", {})
+    core = PolicyCore(space, seed=2)
+    weights = core.weights()
+    shard_map = ShardMap.build(weights, 2)
+    shards = LocalShards([ParameterShard(i, p, ShardConfig()) for i, p in enumerate(shard_map.split(weights))],
+                         shard_map)
+    executor = OneByOne(table(), 4, run)
+    ControllerReplica("controller-0", core, children=4, rolling=rolling).run(
+        shards, Ledger(run, 12, 2, baseline_decay=0.95), executor)
+    assert executor.returned == 12
+    assert all(logged == returned for returned, logged in executor.seen), executor.seen

@@ -22,6 +22,8 @@ class Task:
     `arch` None: the work derives the architecture itself (a one-shot search).
     `budget` None: the evaluator's default. `checkpoint`: the file the evaluation keeps
     its state in, so that a later task with the same id-line (a promotion) continues it.
+    `cost`: its estimated cost (workers/execution/cost.py), by which a pool of waiting
+    children is ordered; None where nobody estimated it.
     """
 
     id: str
@@ -29,6 +31,7 @@ class Task:
     seed: int
     budget: int | None = None
     checkpoint: str | None = None
+    cost: float | None = None
 
 
 #: Called with each intermediate report of a running task (one per epoch).

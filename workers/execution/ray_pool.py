@@ -139,7 +139,7 @@ class RayExecutor(Executor):
         self._cancelled: set[str] = set()
         #: Evaluations re-sent after their worker died (result.json counts them).
         self.retries = 0
-        #: Results ready for the next `wait` (cancelled queued tasks; results `run_all` did not ask for).
+        #: Results ready for the next `wait` (cancelled queued tasks).
         self._ready: list[tuple[Task, EvalResult]] = []
 
     def submit(self, task: Task) -> None:
@@ -161,7 +161,10 @@ class RayExecutor(Executor):
 
     def _dispatch(self) -> None:
         while self._idle and self._queue:
-            self._start(self._idle.popleft(), [self._queue.popleft()])
+            # More waiting than there are workers: a worker takes its share in one call (one round
+            # trip for several children, which is what limits instant evaluators).
+            share = -(-len(self._queue) // self.capacity)
+            self._start(self._idle.popleft(), [self._queue.popleft() for _ in range(share)])
 
     def cancel(self, task_id: str, force: bool = False) -> bool:
         for i, (task, _) in enumerate(self._queue):
@@ -254,30 +257,36 @@ class RayExecutor(Executor):
         except _DEAD:
             self._recovering[worker.ping.remote()] = worker
 
-    def run_all(self, tasks: list[Task]) -> list[EvalResult]:
-        """Evaluate `tasks` and return their results in the same order.
-
-        The free workers each get a share of the tasks in one call (one round trip per
-        worker rather than per task, which is what limits instant evaluators); tasks of a
-        share whose worker died are re-sent one by one.
-        """
-        wanted = {t.id for t in tasks}
-        n = min(len(self._idle), len(tasks))
-        for i in range(n):
-            self._start(self._idle.popleft(), [(t, 0) for t in tasks[i::n]])
-        if n == 0:
-            self._queue.extend((t, 0) for t in tasks)
-        results: dict[str, EvalResult] = {}
-        others: list[tuple[Task, EvalResult]] = []
-        while len(results) < len(tasks):
-            for task, result in self.wait():
-                if task.id in wanted:
-                    results[task.id] = result
-                else:
-                    others.append((task, result))
-        self._ready += others
-        return [results[t.id] for t in tasks]
-
     def ready(self, timeout: float = 300.0) -> None:
         """Block until every worker has started (its evaluator built)."""
         ray.get([w.ping.remote() for w in self.workers], timeout=timeout)
+
+
+class QueueExecutor(Executor):
+    """An Executor whose children go to a dispatcher actor that several callers share (fewer
+    workers than children; controller/runtime/hosts.py): one call per child, answered with its
+    result once a worker ran it. A child behind the dispatcher runs to its end: no cancel."""
+
+    def __init__(self, dispatcher: Any, capacity: int):
+        super().__init__()
+        self.dispatcher = dispatcher
+        self.capacity = capacity
+        self._calls: dict[ray.ObjectRef, Task] = {}
+
+    def submit(self, task: Task) -> None:
+        self._calls[self.dispatcher.run.remote(task)] = task
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._calls)
+
+    def cancel(self, task_id: str, force: bool = False) -> bool:
+        return False
+
+    def wait(self, timeout: float | None = None) -> list[tuple[Task, EvalResult]]:
+        if not self._calls:
+            raise NotReady("wait() called with no task in flight")
+        ready, rest = ray.wait(list(self._calls), num_returns=1, timeout=timeout)
+        if ready and rest:
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return [(self._calls.pop(ref), ray.get(ref)) for ref in ready]

@@ -18,21 +18,19 @@ class RayRunner(Runner):
     stops), killing every actor it started when the search ends, however it ends."""
 
     def run(self) -> bool:
-        started = cluster.connect(self.context.address)
         self.actors: list[Any] = []
         self.groups: list[Any] = []
-        try:
-            return self.run_on_ray()
-        except KeyboardInterrupt:
-            print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
-            return True
-        finally:
-            for actor in self.actors:
-                cluster.kill(actor)
-            for group in self.groups:
-                cluster.remove_group(group)
-            if started:
-                cluster.shutdown()
+        with cluster.session(self.context.address):
+            try:
+                return self.run_on_ray()
+            except KeyboardInterrupt:
+                print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
+                return True
+            finally:
+                for actor in self.actors:
+                    cluster.kill(actor)
+                for group in self.groups:
+                    cluster.remove_group(group)
 
     @abstractmethod
     def run_on_ray(self) -> bool:

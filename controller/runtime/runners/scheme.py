@@ -16,6 +16,7 @@ import sys
 
 from raynas.controller import cluster
 from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
+from raynas.controller.runtime.ledger import Tail
 from raynas.controller.runtime.runners.ray import RayRunner
 from raynas.param_server import ShardConfig, ShardMap
 
@@ -53,15 +54,19 @@ class SchemeRunner(RayRunner):
             for i, part in enumerate(shard_map.split(initial))
         ]
         self.actors += shards
+        tail = Tail.of(count, spec.controllers) if spec.replica_batch == "rolling" else Tail()
         recorder = cluster.start_actor(RecorderHost, ns, str(context.run.path), spec.evaluations, spec.seed,
-                                       context.deadline, settings.baseline_decay, str(checkpoints), name="recorder",
-                                       namespace=ns, restartable=True, pin_here=True)
+                                       context.deadline, settings.baseline_decay, str(checkpoints), tail,
+                                       name="recorder", namespace=ns, restartable=True, pin_here=True)
         self.actors.append(recorder)
+        # Before any replica leans on them: a shard or recorder that cannot start (a damaged log, a run
+        # directory it cannot reach) fails the job now, with its constructor's error.
+        cluster.call_all([(s, "stats", ()) for s in shards] + [(recorder, "scheme_stats", ())])
         dispatcher = None
         if own is None:
             dispatcher = cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(count)],
                                              spec.max_retries, name="dispatcher", namespace=ns, restartable=True,
-                                             max_concurrency=spec.controllers + 1, spread=True)
+                                             max_concurrency=spec.controllers * spec.children + 1, spread=True)
             self.actors.append(dispatcher)
         replicas = [
             cluster.start_actor(ReplicaHost, ns, k, plan, shard_map.to_dict(), ns, spec.ps_shards,
@@ -81,6 +86,13 @@ class SchemeRunner(RayRunner):
                 for future in cluster.wait_any(list(runs), timeout=0.5):
                     replica_stats[f"controller-{runs.pop(future)}"] = cluster.result(future)
                 seen = self._show(recorder, seen)
+            except cluster.Terminated:
+                # Stop now: what is recorded stays, the children in flight run again on resume.
+                context.stop.set()
+                cluster.call(recorder, "stop")
+                interrupted = True
+                print("\nterminated: stopping without waiting for the children in flight", file=sys.stderr)
+                break
             except KeyboardInterrupt:
                 if interrupted:
                     raise

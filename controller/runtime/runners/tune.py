@@ -56,7 +56,7 @@ class LedgerBook(TrialBook):
         if self.ledger.stopping:
             self.halt()
             return None
-        claims = self.ledger.claim(CLAIMANT, 1)
+        claims = self.ledger.claim(CLAIMANT, 1, [t["evaluation"] for t in self.trials.values()])
         if not claims:  # the budget is spent, or its time
             return FINISHED
         claim = claims[0]
