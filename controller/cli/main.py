@@ -79,8 +79,9 @@ def _bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--workers", type=int,
                    help="W workers (with --controllers; default one per child): fewer share one queue")
-    b.add_argument("--replica-batch", default="barrier",
-                   help="with --controllers: barrier (the paper's) or rolling (each replica keeps its m workers busy)")
+    b.add_argument("--replica-batch", default="rolling",
+                   help="with --controllers: rolling (the default, as nas search: each replica keeps its m workers "
+                        "busy) or barrier (the paper's: a replica waits for all m)")
     b.add_argument("--json", action="store_true")
 
 

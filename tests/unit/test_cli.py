@@ -174,15 +174,20 @@ def test_distributed_rl_batch_is_children(capsys, tmp_path):
 
 
 def test_bench_distributed_scheme_in_simulated_time(capsys):
+    code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "1",
+                           "--controllers", "2", "--children", "4", "--json")
+    assert code == 0 and json.loads(out)["scheme"]["replica_batch"] == "rolling"  # as nas search's default
     code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "2",
-                           "--controllers", "2", "--children", "4", "--ps-shards", "2", "--json")
+                           "--controllers", "2", "--children", "4", "--ps-shards", "2", "--replica-batch", "barrier",
+                           "--json")
     assert code == 0
     result = json.loads(out)
     assert result["scheme"] == {"controllers": 2, "children": 4, "ps_shards": 2, "workers": 8,
                                 "workers_requested": None, "dispatch": "dedicated", "replica_batch": "barrier"}
     assert result["simulated_wall_time_s_mean"] > 0 and 0 < result["worker_utilization"] <= 1
     code, out, _ = run_cli(capsys, "bench", "nb201", "--strategy", "rl", "--evaluations", "32", "--seeds", "1",
-                           "--controllers", "2", "--children", "4", "--workers", "3", "--json")
+                           "--controllers", "2", "--children", "4", "--workers", "3", "--replica-batch", "barrier",
+                           "--json")
     shared = json.loads(out)
     assert shared["scheme"]["dispatch"] == "shared" and shared["scheme"]["workers"] == 3
     # Three workers for eight children in flight: the queue keeps them busier than dedicated ones.
