@@ -105,3 +105,20 @@ def test_runs_as_the_distributed_scheme():
 def test_bad_options_name_themselves(option, value):
     with pytest.raises(ConfigError, match=option):
         PPOOptions(**{option: value})
+
+
+def test_the_distributed_scheme_learns_from_stale_batches():
+    """K replicas on the real replica, shard and ledger code (simulated time): every child recorded once,
+    every gradient applied, the same search again from the same seed."""
+    from raynas.controller.bench.simulate import simulate_scheme
+    from raynas.workers.evaluation import get_evaluator
+
+    space = get_space("nb201")
+    table = get_evaluator("table", space)
+    ledger, figures = simulate_scheme(space, table, budget=64, seed=0, controllers=4, children=4, ps_shards=2,
+                                      strategy="ppo")
+    assert len({r["id"] for r in ledger.records}) == len(ledger.records) == 64
+    assert figures["shard_versions"] == [16, 16] and figures["staleness_max"] > 0
+    again, _ = simulate_scheme(space, table, budget=64, seed=0, controllers=4, children=4, ps_shards=2,
+                               strategy="ppo")
+    assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
