@@ -13,6 +13,7 @@ recurrent space, whose genotype uses the same notation.
 from __future__ import annotations
 
 import ast
+import dataclasses
 from collections.abc import Callable, Sequence
 
 from raynas.common import InvalidArchitecture
@@ -86,6 +87,18 @@ GENOTYPES: dict[str, Genotype] = {
     ),
 }
 GENOTYPES["DARTS"] = GENOTYPES["DARTS_V2"]
+# The official NASNet-A (TF-slim nasnet_utils.py), in this notation. Its blocks are the port's: TF's
+# hidden state 0 is the previous cell (our input 1) and 1 the cell before it (our 0); its `none` is an
+# identity where the port writes skip_connect, and every `none` of NASNet-A keeps stride and width, so
+# the two agree op for op. The cell output differs: TF concatenates each state its `used` list does not
+# flag, the older cell input too in the normal cell ([1, 0, 0, 0, 0, 0, 0]: all but input 1) and block 1
+# of the reduction cell although block 4 reads it ([1, 1, 1, 0, 0, 0, 0]).
+GENOTYPES["NASNet-A"] = dataclasses.replace(GENOTYPES["NASNet"], normal_concat=(0, 2, 3, 4, 5, 6),
+                                            reduce_concat=(3, 4, 5, 6))
+#: (initial channels, parameters in millions) of published CIFAR-10 networks at 20 cells (REFERENCES'
+#: table; NASNet-A 6@768: 32 channels, 6 normal cells per stage, 768 filters before the classifier).
+PUBLISHED_SIZES: dict[str, tuple[int, float]] = {"NASNet-A": (32, 3.3), "DARTS_V2": (36, 3.3),
+                                                 "DARTS": (36, 3.3), "DARTS_V1": (36, 3.3)}
 
 
 # -- reading and checking quark0/darts genotype text (shared with the rnn space) ------------
@@ -162,12 +175,12 @@ def check_pairs(
 
 
 def check_concat(concat: object, field: str, nodes: range) -> None:
-    """`concat` is a non-empty tuple of distinct nodes from `nodes`."""
+    """`concat` is a non-empty tuple of distinct nodes from `nodes` (a range)."""
     if not (
         isinstance(concat, tuple) and concat and all(type(n) is int and n in nodes for n in concat)
         and len(set(concat)) == len(concat)
     ):
-        raise InvalidArchitecture(field, f"must list distinct intermediate nodes, got {concat!r}", nodes)
+        raise InvalidArchitecture(field, f"must list distinct nodes from {nodes.start} to {nodes.stop - 1}, got {concat!r}", nodes)
 
 
 # -- the cell spaces --------------------------------------------------------------------------
@@ -190,7 +203,10 @@ def check_genotype(arch: object) -> Genotype:
             raise InvalidArchitecture(
                 f"arch.{cell}", f"has {len(pairs) // 2} nodes but the normal cell has {arch.steps}"
             )
-        check_concat(getattr(arch, f"{cell}_concat"), f"arch.{cell}_concat", range(2, arch.steps + 2))
+        # A normal cell may concatenate its inputs too, as TF-slim's NASNet-A does; a reduction cell's
+        # inputs are at the resolution before it.
+        check_concat(getattr(arch, f"{cell}_concat"), f"arch.{cell}_concat",
+                     range(0 if cell == "normal" else 2, arch.steps + 2))
     return arch
 
 
@@ -263,6 +279,9 @@ class CellSpace(SearchSpace):
         if name in GENOTYPES:
             return GENOTYPES[name]
         return check_genotype(Genotype(**read_genotype_call(text, GENOTYPE_FIELDS, tuple(GENOTYPES))))
+
+    def published_size(self, text: str) -> tuple[int, float] | None:
+        return PUBLISHED_SIZES.get(text.strip())
 
     def draw(self, arch: Genotype) -> str:
         check_genotype(arch)

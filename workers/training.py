@@ -36,6 +36,7 @@ AUTOCAST_DTYPES = ("auto", "bf16", "fp16")
 #: prefer NHWC. On a CPU both mostly cost time (bf16 is emulated on most cores) and change numerics.
 MIXED_PRECISION_DEVICES = ("cuda",)
 LR_SCHEDULES = ("cosine", "poly", "constant")
+DROP_PATH_SCHEDULES = ("darts", "nasnet")
 #: DeepLab's poly schedule: lr * (1 - step / steps) ** POLY_POWER.
 POLY_POWER = 0.9
 #: Zoph & Le score a child by its best validation accuracy over this many final epochs.
@@ -75,7 +76,12 @@ class TrainConfig:
     layers: int | None = option(None, "network depth: cells, cells per stage (nb201) or language-model layers "
                                       "(default: the space's)", most=64)
     auxiliary_weight: float = option(0.0, "weight of the auxiliary head's loss; above 0 builds the auxiliary head")
-    drop_path: float = option(0.0, "final drop-path probability, ramped linearly from 0 over the epochs (DARTS)")
+    drop_path: float = option(0.0, "final drop-path probability, ramped linearly from 0 over training (see "
+                                   "drop_path_schedule)")
+    drop_path_schedule: str = option("darts", "darts: every cell drops with p x epoch / epochs, stepped per epoch; "
+                                              "nasnet (ScheduledDropPath, TF-slim's NASNet): cell i of n drops with "
+                                              "p x (i + 1) / n x step / steps, ramped per step",
+                                     choices=DROP_PATH_SCHEDULES)
     lr_schedule: str = option("cosine", "the learning rate per step: cosine to 0, DeepLab's poly (lr x (1 - t/T)^0.9) "
                                         "or constant (DARTS' PTB evaluation)", choices=LR_SCHEDULES)
     cutout: int = option(0, "side of the square cut out of each training image (DeVries & Taylor; DARTS: 16 on "
@@ -120,6 +126,9 @@ class TrainConfig:
         check_number("drop_path", self.drop_path, 0.0, 1.0, high_open=True)
         check_int("cutout", self.cutout, 0)
         check_int("asgd_nonmono", self.asgd_nonmono, 0)
+        if self.drop_path_schedule not in DROP_PATH_SCHEDULES:
+            raise ConfigError("drop_path_schedule", f"unknown schedule {self.drop_path_schedule!r}",
+                              DROP_PATH_SCHEDULES)
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("lr_schedule", f"unknown schedule {self.lr_schedule!r}", LR_SCHEDULES)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
@@ -318,6 +327,9 @@ class TrainingRun:
         lrs = self._schedule(steps)
         auxiliary = c.auxiliary_weight > 0
         ramp_drop_path = hasattr(model, "drop_path_prob")
+        scheduled = ramp_drop_path and c.drop_path_schedule == "nasnet"
+        if ramp_drop_path:
+            model.drop_path_by_depth = scheduled
         losses = torch.zeros(steps, device=self.device)
         for epoch in range(start_epoch, c.epochs if stop_epoch is None else stop_epoch):
             if ramp_drop_path:
@@ -325,6 +337,8 @@ class TrainingRun:
             model.train()
             start = time.perf_counter()
             for step, (x, y) in enumerate(data.train_batches(c.batch_size, self.generator, steps)):
+                if scheduled:
+                    model.drop_path_prob = c.drop_path * min(1.0, (epoch * steps + step) / (c.epochs * steps))
                 if c.cutout:
                     x = cutout(x, c.cutout, self.generator, pin=self.speed.pin_memory)
                 with self.autocast():

@@ -36,6 +36,9 @@ def _train_arguments(t: argparse.ArgumentParser) -> None:
                        ("--lr", float), ("--auxiliary-weight", float), ("--drop-path", float), ("--cutout", int),
                        ("--max-train-batches-per-epoch", int), ("--bptt", int), ("--asgd-nonmono", int)):
         t.add_argument(flag, type=kind, help="overrides the space's evaluation recipe")
+    t.add_argument("--drop-path-schedule", choices=("darts", "nasnet"),
+                   help="darts (default): every cell's drop-path probability ramped per epoch; nasnet: NASNet's "
+                        "ScheduledDropPath, ramped per step and scaled by the cell's depth")
     t.add_argument("--num-threads", type=int, help="torch intra-op threads (default: the CPUs this process may use)")
     t.add_argument("--device", help="auto (default), cpu or cuda")
     t.add_argument("--json", action="store_true", help="print result.json at the end")
@@ -97,7 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     source = _data_of(args)
     config = recipe(space, source["dataset"], epochs=args.epochs, batch_size=args.batch_size, channels=args.channels,
                     layers=args.layers, lr=args.lr, auxiliary_weight=args.auxiliary_weight,
-                    drop_path=args.drop_path, cutout=args.cutout, device=args.device,
+                    drop_path=args.drop_path,
+                    drop_path_schedule=args.drop_path_schedule, cutout=args.cutout, device=args.device,
                     max_train_batches_per_epoch=args.max_train_batches_per_epoch,
                     num_threads=_usable_cpus() if args.num_threads is None else args.num_threads,
                     bptt=args.bptt, asgd_nonmono=args.asgd_nonmono, autocast=True if args.bf16 else None)

@@ -99,6 +99,10 @@ class RLOptions:
                                      most=100_000_000)
     max_depth: int | None = option(None, "the depth schedule's last depth (default: the space's max_layers)",
                                    most=1024)
+    hidden_size: int = option(35, "units per layer of the controller's LSTM (Zoph & Le: 35; NASNet: 100)", most=4096)
+    num_layers: int = option(2, "layers of the controller's LSTM (Zoph & Le: 2; NASNet: 1)", most=16)
+    init_range: float = option(0.08, "the controller's weights start uniform in +-init_range (Zoph & Le: 0.08; "
+                                     "NASNet: 0.1)")
 
     def __post_init__(self):
         check_number("lr", self.lr, 0, low_open=True)
@@ -110,6 +114,9 @@ class RLOptions:
         for name in ("start_depth", "max_depth", "depth_every"):
             check_int(name, getattr(self, name), optional=True)
         check_int("depth_step", self.depth_step, 0, optional=True)
+        check_int("hidden_size", self.hidden_size)
+        check_int("num_layers", self.num_layers)
+        check_number("init_range", self.init_range, 0, low_open=True)
 
 
 def reward_of(result: EvalResult) -> float:
@@ -177,7 +184,8 @@ class PolicyCore:
         # so the policy's parameters never change shape as the network grows.
         widest = space if self.depths is None else space.with_depth(self.depths.maximum)
         self.generator = torch.Generator().manual_seed(seed)
-        self.policy = LSTMPolicy(widest.decisions(), temperature=options.temperature,
+        self.policy = LSTMPolicy(widest.decisions(), hidden_size=options.hidden_size, num_layers=options.num_layers,
+                                 init_range=options.init_range, temperature=options.temperature,
                                  tanh_constant=options.tanh_constant, generator=self.generator)
         self.entropy_weight = options.entropy_weight
         self._depth_space: SearchSpace | None = None

@@ -52,7 +52,7 @@ class RLStrategy(Strategy):
     def __init__(self, space: SearchSpace, seed: int = 0, options: RLOptions | None = None):
         super().__init__(space, seed, options)
         self.batch_size = self.options.batch_size or DEFAULT_BATCH
-        self.core = PolicyCore(space, seed, self.options)
+        self.core = self.shared_policy(space, seed, self.options)
         self.policy = self.core.policy
         self.baseline = EmaBaseline(self.options.baseline_decay)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=self.options.lr)
@@ -99,10 +99,13 @@ class RLStrategy(Strategy):
         self._batch.append((values, reward_of(result) * self.fidelity(result)))
         if len(self._batch) == self.batch_size:
             values_batch, rewards = zip(*self._batch)
-            grads = self.core.gradients(values_batch, rewards, self.baseline.value)
-            apply_gradients(self.policy, self.optimizer, grads)
+            self.learn(values_batch, rewards)
             self.baseline.update(rewards)
             self._batch = []
+
+    def learn(self, values_batch: tuple, rewards: tuple) -> None:
+        """One update of the policy from a completed batch, against the baseline before it."""
+        apply_gradients(self.policy, self.optimizer, self.core.gradients(values_batch, rewards, self.baseline.value))
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

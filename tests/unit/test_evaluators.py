@@ -215,6 +215,24 @@ def test_auxiliary_head_and_drop_path_ramp(monkeypatch):
     assert result.metrics["params"] < sum(p.numel() for p in built[-1].parameters())
 
 
+def test_scheduled_drop_path_ramps_per_step_and_by_depth(monkeypatch):
+    """NASNet's ScheduledDropPath: cell i of n at step t of T drops with p (i + 1) / n * t / T."""
+    from raynas.workers.nets import cell as cell_module
+
+    seen = []
+    forward = cell_module.Cell.forward
+    monkeypatch.setattr(cell_module.Cell, "forward",
+                        lambda self, s0, s1, p: (self.training and seen.append(p)) or forward(self, s0, s1, p))
+    darts = get_space("darts")
+    evaluator = get_evaluator("train", darts, digits(), epochs=2, max_train_batches_per_epoch=2, drop_path=0.2,
+                              drop_path_schedule="nasnet", channels=4, layers=3, num_threads=1)
+    result = evaluator.evaluate(darts.sample(np.random.default_rng(0)), seed=0)
+    assert result.ok, result.reason
+    # 2 epochs x 2 steps, 3 cells per step.
+    expected = [0.2 * (i + 1) / 3 * t / 4 for t in range(4) for i in range(3)]
+    assert seen == pytest.approx(expected)
+
+
 def test_language_model_on_a_tiny_corpus(tmp_path):
     words = "the cat sat on the mat and the dog ran to the cat".split()
     for split, lines in (("train", 40), ("valid", 6), ("test", 6)):

@@ -96,14 +96,53 @@ def test_darts_v2_eval_network_size():
     assert count_params(model) + count_aux_params(model) == sum(p.numel() for p in model.parameters())
 
 
+def test_official_nasnet_a_against_a_hand_count():
+    """NASNet-A 6@768 (32 channels, 18 normal and 2 reduction cells): TF-slim's concatenation, counted
+    by hand from the ops (DARTS-form: a separable conv is two (depthwise k x k, pointwise, BN) layers; a
+    1x1 ReLU-conv-BN and a factorized reduction both have C_in x C weights and a BN)."""
+    def sep(c, k):
+        return 2 * (k * k * c + c * c + 2 * c)
+
+    def conv1x1(c_in, c):
+        return c_in * c + 2 * c
+
+    normal_ops = lambda c: 2 * sep(c, 5) + 3 * sep(c, 3)  # noqa: E731
+    reduce_ops = lambda c: 2 * sep(c, 5) + 2 * sep(c, 7) + sep(c, 3)  # noqa: E731
+    stem = 3 * 96 * 9 + 2 * 96
+    total, prev_prev, prev, c = stem, 96, 96, 32
+    for i in range(20):
+        reduction = i in (6, 13)
+        c *= 2 if reduction else 1
+        # After a reduction the older input is factorized-reduced: C_in x C weights as well.
+        total += conv1x1(prev_prev, c) + conv1x1(prev, c) + (reduce_ops(c) if reduction else normal_ops(c))
+        prev_prev, prev = prev, (4 if reduction else 6) * c
+    total += prev * 10 + 10
+    assert prev == 768
+    model = build_model("nasnet", GENOTYPES["NASNet-A"], NetConfig(in_channels=3, num_classes=10, image_size=32,
+                                                                   channels=32, layers=20))
+    assert count_params(model) == total == 3_328_234
+    assert get_space("nasnet").published_size("NASNet-A") == (32, 3.3)
+    # The DARTS port's concatenation (blocks only) loses the older input and reduction block 1.
+    port = build_model("nasnet", GENOTYPES["NASNet"], NetConfig(in_channels=3, num_classes=10, image_size=32,
+                                                               channels=32, layers=20))
+    assert count_params(port) == 3_061_738
+
+
+def test_a_reduction_cell_cannot_concatenate_its_inputs():
+    genotype = GENOTYPES["NASNet-A"]
+    with pytest.raises(InvalidArchitecture, match="reduce_concat"):
+        get_space("nasnet").validate(type(genotype)(genotype.normal, genotype.normal_concat, genotype.reduce, (0, 3)))
+
+
 PORT_GENOTYPES = [
     GENOTYPES["DARTS_V2"],
     GENOTYPES["NASNet"],      # 5 steps, concat [2..6] / [4, 5, 6]
     GENOTYPES["AmoebaNet"],   # concat [4, 5, 6] / [3, 4, 6], conv_7x1_1x7, input 5
+    GENOTYPES["NASNet-A"],    # TF-slim's concat: input 0 in the normal cell
 ]
 
 
-@pytest.mark.parametrize("genotype", PORT_GENOTYPES, ids=["DARTS_V2", "NASNet", "AmoebaNet"])
+@pytest.mark.parametrize("genotype", PORT_GENOTYPES, ids=["DARTS_V2", "NASNet", "AmoebaNet", "NASNet-A"])
 def test_cell_network_tiny_training_step(genotype):
     torch.manual_seed(0)
     model = build_model("nasnet", genotype, TINY_IMAGES)

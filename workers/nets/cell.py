@@ -101,6 +101,8 @@ class NetworkCIFAR(nn.Module):
                  image_size: int, auxiliary: bool, drop_path_prob: float):
         super().__init__()
         self.drop_path_prob = drop_path_prob
+        #: ScheduledDropPath (NASNet): cell i of n drops with drop_path_prob x (i + 1) / n, deeper cells more.
+        self.drop_path_by_depth = False
         C_stem = STEM_MULTIPLIER * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
         reductions = {layers // 3, 2 * layers // 3}
@@ -129,7 +131,8 @@ class NetworkCIFAR(nn.Module):
         s0 = s1 = self.stem(x)
         aux_logits = None
         for i, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            p = self.drop_path_prob * (i + 1) / len(self.cells) if self.drop_path_by_depth else self.drop_path_prob
+            s0, s1 = s1, cell(s0, s1, p)
             if i == self.auxiliary_at and self.auxiliary_head is not None and self.training:
                 aux_logits = self.auxiliary_head(s1)
         logits = self.classifier(self.pool(s1).flatten(1))
