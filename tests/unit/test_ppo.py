@@ -118,7 +118,9 @@ def test_the_distributed_scheme_learns_from_stale_batches():
     ledger, figures = simulate_scheme(space, table, budget=64, seed=0, controllers=4, children=4, ps_shards=2,
                                       strategy="ppo")
     assert len({r["id"] for r in ledger.records}) == len(ledger.records) == 64
-    assert figures["shard_versions"] == [16, 16] and figures["staleness_max"] > 0
+    # Rolling batches: a gradient every 4 results, and each replica's last, smaller batch.
+    assert figures["shard_versions"] == [ledger.updates] * 2 and 64 // 4 <= ledger.updates <= 64 // 4 + 4
+    assert figures["staleness_max"] > 0
     again, _ = simulate_scheme(space, table, budget=64, seed=0, controllers=4, children=4, ps_shards=2,
                                strategy="ppo")
     assert [r["arch"] for r in again.records] == [r["arch"] for r in ledger.records]
