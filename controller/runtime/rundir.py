@@ -7,6 +7,7 @@
     strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
     progress.svg        reward per evaluation and best so far
+    events.out.tfevents.*  TensorBoard's view of the logs above (controller/runtime/tensorboard.py)
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ PLOT = "progress.svg"
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._board = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The TensorBoard writer is this process's own open file: another process opens its own.
+        return {**self.__dict__, "_board": None}
 
     @classmethod
     def create(cls, path: str | Path, spec: dict[str, Any]) -> RunDirectory:
@@ -57,6 +63,12 @@ class RunDirectory:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        if self._board is None:
+            # Imported here: the view imports this module, and readers of a run never need it.
+            from raynas.controller.runtime.tensorboard import RunBoard
+
+            self._board = RunBoard(self.path)
+        self._board.write(log, records)
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Every whole record of the evaluation log (see `records`)."""

@@ -1,0 +1,165 @@
+"""TensorBoard event files in a run directory, beside its JSON logs.
+
+The run directory's logs are the record; these files are a view of them for `tensorboard
+--logdir runs/`, where each run directory under runs/ is one run and several searches show side
+by side. The logs are written first (fsynced) and this view after, so it can never cost a
+record: a writer that fails (a full disk, a broken protobuf) logs one warning and stops, and
+the search goes on.
+
+Each process that appends to a run directory (the recorder, the driver) has its own event
+file there; TensorBoard merges the files of one directory into one run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tensorboardX import summary
+from tensorboardX.proto import event_pb2
+
+from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG, RunDirectory
+
+log = logging.getLogger(__name__)
+_boards = itertools.count()
+
+#: An evaluation's metrics shown per evaluation (where it has them): the scoring accuracy of each
+#: kind of evaluator, its size and cost, and the budget (epochs) it reached.
+EVALUATION_SCALARS = ("val_acc_best", "val_miou_best", "val_ppl_best", "test_acc_200ep", "valid_acc_12ep",
+                      "params", "flops", "train_time_s", "wall_time_s", "simulated_time_s", "budget")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _flat(value: Any) -> list[float] | None:
+    """The numbers of a (nested) list, or None when it holds anything else."""
+    if _number(value):
+        return [float(value)]
+    if not isinstance(value, list) or not value:
+        return None
+    out = []
+    for item in value:
+        numbers = _flat(item)
+        if numbers is None:
+            return None
+        out += numbers
+    return out
+
+
+class RunBoard:
+    """The TensorBoard view of one run directory: `write(log, records)` after each append."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.best: float | None = None
+        self.failed = 0
+        self.decisions = 0
+        self._counted = False
+        self._writer = None
+        self._broken = False
+
+    def write(self, log_name: str, records: list[dict[str, Any]]) -> None:
+        """Add `records` of the log `log_name` (a file name of rundir); logs with no view are skipped."""
+        view = VIEWS.get(log_name)
+        if view is None or self._broken or not records:
+            return
+        try:
+            if self._writer is None:
+                self._writer = _open(self.path)
+            view(self, records)
+            self._writer.flush()
+        except Exception as exc:  # noqa: BLE001 - any failure of the view must leave the search running
+            self._broken = True
+            log.warning("TensorBoard files in %s stop here (%s: %s); the JSON logs keep every record",
+                        self.path, type(exc).__name__, exc)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def scalar(self, tag: str, value: float, step: int, wall: float | None = None) -> None:
+        self._event(summary.scalar(tag, value), step, wall)
+
+    def histogram(self, tag: str, values: list[float], step: int) -> None:
+        self._event(summary.histogram(tag, np.asarray(values), bins="auto"), step, None)
+
+    def _event(self, summ, step: int, wall: float | None) -> None:
+        self._writer.write_event(event_pb2.Event(summary=summ, step=step, wall_time=wall or time.time()))
+
+    def _evaluations(self, records: list[dict[str, Any]]) -> None:
+        if not self._counted:
+            # A resumed search goes on from the best and the failures its log already holds.
+            self._counted = True
+            fresh = {r["id"] for r in records}
+            prior = [r for r in RunDirectory(self.path).evaluations() if r["id"] not in fresh]
+            self.failed = sum(r.get("reward") is None for r in prior)
+            self.best = max((r["reward"] for r in prior if r.get("reward") is not None), default=None)
+        for r in records:
+            step, wall = r["index"], r.get("finished_at")
+            metrics = r.get("metrics") or {}
+            if r.get("reward") is None:
+                self.failed += 1
+                self.scalar("evaluation/failed", self.failed, step, wall)
+            else:
+                self.scalar("evaluation/reward", r["reward"], step, wall)
+                self.best = r["reward"] if self.best is None else max(self.best, r["reward"])
+                self.scalar("evaluation/best_so_far", self.best, step, wall)
+            for key in EVALUATION_SCALARS:
+                if _number(metrics.get(key)):
+                    self.scalar(f"evaluation/{key}", metrics[key], step, wall)
+
+    def _one_shot_epochs(self, records: list[dict[str, Any]]) -> None:
+        """Each weight-sharing search (`run`) and stage apart; numbers as scalars, lists of numbers
+        (alphas, betas, per-edge entropies) as histograms of their values."""
+        for r in records:
+            prefix = f"oneshot/run{r.get('run', 0)}" + (f"/{r['stage']}" if r.get("stage") else "")
+            step = r.get("epoch", 0)
+            for key, value in r.items():
+                if key in ("run", "stage", "epoch"):
+                    continue
+                if _number(value):
+                    self.scalar(f"{prefix}/{key}", value, step)
+                elif (numbers := _flat(value)) is not None:
+                    self.histogram(f"{prefix}/{key}", numbers, step)
+
+    def _strategy_rounds(self, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            for key, value in r.items():
+                if key != "iteration" and _number(value):
+                    self.scalar(f"strategy/{key}", value, r["iteration"])
+
+    def _rungs(self, records: list[dict[str, Any]]) -> None:
+        """ASHA's bar at each rung, stepped by its decisions in this process (the log's order)."""
+        for r in records:
+            self.decisions += 1
+            if _number(r.get("cutoff")):
+                self.scalar(f"rung/{r['rung']:g}/cutoff", r["cutoff"], self.decisions)
+
+
+def _open(path: Path):
+    """tensorboardX's synchronous event file: its SummaryWriter queues events for a daemon thread,
+    which a process (an actor) that exits may never flush; this one is on disk at each flush."""
+    from tensorboardX.event_file_writer import EventsWriter
+
+    # The file is named by the second and the host, and opened for writing anew: the process and
+    # a count keep two boards of one second (the recorder's, the driver's) apart.
+    return EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards)}")
+
+
+#: The logs with a TensorBoard view.
+VIEWS: dict[str, Callable[[RunBoard, list[dict[str, Any]]], None]] = {
+    EVALUATIONS: RunBoard._evaluations,
+    ONE_SHOT_LOG: RunBoard._one_shot_epochs,
+    STRATEGY_LOG: RunBoard._strategy_rounds,
+    RUNG_LOG: RunBoard._rungs,
+}
