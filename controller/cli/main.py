@@ -100,6 +100,13 @@ def _results_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--top", type=int, help="only the first N rows")
 
 
+def _plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, drawn on one figure")
+    p.add_argument("--out", default="anytime.svg", help="the figure: FILE.svg or FILE.png (default anytime.svg)")
+    p.add_argument("--x", default="evaluations", choices=["evaluations", "time"],
+                   help="best so far against evaluations finished (default) or seconds since each search started")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -233,6 +240,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from raynas.controller.runtime.plot import anytime_figure
+
+    path = anytime_figure(args.runs, args.x).save(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 #: Every subcommand: name -> (help, arguments, run), in the order `nas --help` lists them.
 COMMANDS = {
     "search": ("run a search in this process and write a run directory", _search_arguments, cmd_search),
@@ -241,6 +256,8 @@ COMMANDS = {
     "options": ("list the search spaces, strategies, evaluators and datasets, or describe one with its options",
                 _options_arguments, cmd_options),
     "results": ("a search's evaluations as a table, CSV or JSON lines", _results_arguments, cmd_results),
+    "plot": ("anytime curves: best so far of several runs against evaluations or time, as SVG or PNG",
+             _plot_arguments, cmd_plot),
     **model.COMMANDS,
     **service.COMMANDS,
 }
