@@ -206,11 +206,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from raynas.controller.bench.nb201 import bench_nb201, format_bench
+    from raynas.controller.runtime.progress import Progress
 
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
                          strategy_options=dict(args.strategy_option), controllers=args.controllers,
                          children=args.children, ps_shards=args.ps_shards, workers=args.workers,
-                         batching=args.replica_batch)
+                         batching=args.replica_batch, progress=Progress(args.seeds))
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -265,7 +266,17 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[:1]).parse_args(argv)
+    # The search's flags list the registered plug-ins, which import torch: seconds before anything
+    # else can be said. A terminal sees what is happening at once; the line goes again before the
+    # flags are read, so a bad flag is still one line.
+    loading = argv[:1] == ["search"] and not {"-h", "--help", "--quiet"} & set(argv) and sys.stderr.isatty()
+    if loading:
+        sys.stderr.write("nas search: loading torch and the registered spaces, strategies and evaluators ...")
+        sys.stderr.flush()
+    parser = build_parser(argv[:1])
+    if loading:
+        sys.stderr.write("\r\x1b[2K")
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
     except NasError as exc:

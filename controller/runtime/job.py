@@ -89,7 +89,8 @@ class SearchJob:
                                           on_record=self.on_record)
         start = time.perf_counter()
         try:
-            interrupted = RUNNERS[plan.path](context).run()
+            with self.progress.announcing("the first child is being evaluated"):
+                interrupted = RUNNERS[plan.path](context).run()
         except KeyboardInterrupt:
             interrupted = True
         records = run.evaluations()
