@@ -10,6 +10,7 @@ import xml.etree.ElementTree as ET
 import numpy as np
 import pytest
 import torch
+from events import scalars
 
 from raynas.controller.api.servicer import event_to_message
 from raynas.controller.cli import main
@@ -72,6 +73,9 @@ def test_table_asha_stops_at_the_rungs_asha_gives(tmp_path):
     svg = ET.fromstring((out / "progress.svg").read_text())
     stopped = svg.find(".//{*}g[@data-label='stopped at a rung (epochs)']")
     assert len(stopped.findall("{*}circle")) + len(stopped.findall("{*}polygon")) == summary["stopped_early"]
+    board = scalars(out)
+    assert len(board["evaluation/reward"]) == 24 and len(board["evaluation/budget"]) == 24
+    assert board["rung/12/cutoff"], "the rung decisions' TensorBoard view"
 
 
 @pytest.mark.slow

@@ -3,46 +3,12 @@ read back with the protobuf classes of the writer's own library, and never a cau
 
 import json
 import logging
-import struct
-from collections import defaultdict
 
-from tensorboardX.proto import event_pb2
+from events import histograms, read_events, scalars
 
 from raynas.controller.cli.main import main
 from raynas.controller.runtime import tensorboard
 from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG, RunDirectory
-
-
-def read_events(run_dir):
-    """Every event of every event file in `run_dir`: the TFRecord frames (length, its CRC, the
-    payload, its CRC) around tensorboardX's own Event messages."""
-    events = []
-    for path in sorted(run_dir.glob("events.out.tfevents.*")):
-        data = path.read_bytes()
-        offset = 0
-        while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
-            offset += 12 + length + 4
-    return events
-
-
-def scalars(run_dir):
-    out = defaultdict(list)
-    for event in read_events(run_dir):
-        for value in event.summary.value:
-            if value.HasField("simple_value"):
-                out[value.tag].append((event.step, value.simple_value))
-    return out
-
-
-def histograms(run_dir):
-    out = defaultdict(list)
-    for event in read_events(run_dir):
-        for value in event.summary.value:
-            if value.HasField("histo"):
-                out[value.tag].append((event.step, value.histo))
-    return out
 
 
 def evaluation(index, reward, **metrics):
