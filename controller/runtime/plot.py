@@ -133,13 +133,17 @@ class Figure:
             canvas.text(14, (top + bottom) / 2, self.ylabel, anchor="middle", rotate=True, cls="axis-label")
         legend: list[tuple[str, str, str]] = []
         clipped = 0
+        # Runs that found the same children draw the same curve: earlier lines are wider, so that
+        # one that another covers still shows at its edges.
+        lines = [s for s in self.series if s.kind == "line"]
         for s in self.series:
             with canvas.group("series", s.label):
                 if s.kind == "hline":
                     canvas.line(left, py(s.points[0][1]), right, py(s.points[0][1]), s.color, dash=True)
                 elif s.kind == "line":
                     steps = [s.points[0]] + [p for a, b in zip(s.points, s.points[1:]) for p in ((b[0], a[1]), b)]
-                    canvas.polyline([(px(x), py(y)) for x, y in steps], s.color)
+                    canvas.polyline([(px(x), py(y)) for x, y in steps], s.color,
+                                    1.8 + 1.6 * (len(lines) - 1 - lines.index(s)))
                 else:
                     for i, (x, y) in enumerate(s.points):
                         if y < lo:  # below the range: a triangle at the bottom edge, pointing down
@@ -202,7 +206,7 @@ class Canvas(Protocol):
     def group(self, cls: str, label: str | None = None): ...
     def rect(self, x: float, y: float, w: float, h: float, fill: str) -> None: ...
     def line(self, x1: float, y1: float, x2: float, y2: float, color: str, dash: bool = False) -> None: ...
-    def polyline(self, points: list[tuple[float, float]], color: str) -> None: ...
+    def polyline(self, points: list[tuple[float, float]], color: str, width: float) -> None: ...
     def polygon(self, points: list[tuple[float, float]], fill: str, cls: str | None = None) -> None: ...
     def circle(self, x: float, y: float, r: float, fill: str | None, stroke: str) -> None: ...
     def text(self, x: float, y: float, s: str, anchor: str = "start", size: int = 11, color: str = "black",
@@ -238,9 +242,9 @@ class SvgCanvas:
         style = ' stroke-dasharray="6 4"' if dash else ""
         self.parts.append(f'<line x1="{x1:.1f}" y1="{y1:.1f}" x2="{x2:.1f}" y2="{y2:.1f}" stroke="{color}"{style}/>')
 
-    def polyline(self, points, color):
+    def polyline(self, points, color, width):
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
-        self.parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="1.8"/>')
+        self.parts.append(f'<polyline points="{coords}" fill="none" stroke="{color}" stroke-width="{width:g}"/>')
 
     def polygon(self, points, fill, cls=None):
         coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
@@ -291,8 +295,8 @@ class PngCanvas:
             self.draw.line(self._xy([(x1 + (x2 - x1) * a, y1 + (y2 - y1) * a),
                                      (x1 + (x2 - x1) * b, y1 + (y2 - y1) * b)]), fill=color, width=self.SCALE)
 
-    def polyline(self, points, color):
-        self.draw.line(self._xy(points), fill=color, width=2 * self.SCALE)
+    def polyline(self, points, color, width):
+        self.draw.line(self._xy(points), fill=color, width=round(width * self.SCALE))
 
     def polygon(self, points, fill, cls=None):
         self.draw.polygon(self._xy(points), fill=fill)

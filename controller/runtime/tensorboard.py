@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from tensorboardX import summary
 from tensorboardX.proto import event_pb2
+from tensorboardX.proto.summary_pb2 import Summary
 
 from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG, RunDirectory
 
@@ -74,7 +75,7 @@ class RunBoard:
             return
         try:
             if self._writer is None:
-                self._writer = _open(self.path)
+                self._writer = _EventFile(self.path)
             view(self, records)
             self._writer.flush()
         except Exception as exc:  # noqa: BLE001 - any failure of the view must leave the search running
@@ -87,14 +88,10 @@ class RunBoard:
             self._writer.close()
             self._writer = None
 
-    def scalar(self, tag: str, value: float, step: int, wall: float | None = None) -> None:
-        self._event(summary.scalar(tag, value), step, wall)
-
-    def histogram(self, tag: str, values: list[float], step: int) -> None:
-        self._event(summary.histogram(tag, np.asarray(values), bins="auto"), step, None)
-
-    def _event(self, summ, step: int, wall: float | None) -> None:
-        self._writer.write_event(event_pb2.Event(summary=summ, step=step, wall_time=wall or time.time()))
+    def _event(self, step: int, values: list[Summary.Value], wall: float | None = None) -> None:
+        """One event of all the values a record has at its step (one frame, one checksum)."""
+        if values:
+            self._writer.write(event_pb2.Event(summary=Summary(value=values), step=step, wall_time=wall or time.time()))
 
     def _evaluations(self, records: list[dict[str, Any]]) -> None:
         if not self._counted:
@@ -105,55 +102,70 @@ class RunBoard:
             self.failed = sum(r.get("reward") is None for r in prior)
             self.best = max((r["reward"] for r in prior if r.get("reward") is not None), default=None)
         for r in records:
-            step, wall = r["index"], r.get("finished_at")
             metrics = r.get("metrics") or {}
             if r.get("reward") is None:
                 self.failed += 1
-                self.scalar("evaluation/failed", self.failed, step, wall)
+                values = [_scalar("evaluation/failed", self.failed)]
             else:
-                self.scalar("evaluation/reward", r["reward"], step, wall)
                 self.best = r["reward"] if self.best is None else max(self.best, r["reward"])
-                self.scalar("evaluation/best_so_far", self.best, step, wall)
-            for key in EVALUATION_SCALARS:
-                if _number(metrics.get(key)):
-                    self.scalar(f"evaluation/{key}", metrics[key], step, wall)
+                values = [_scalar("evaluation/reward", r["reward"]), _scalar("evaluation/best_so_far", self.best)]
+            values += [_scalar(f"evaluation/{key}", metrics[key]) for key in EVALUATION_SCALARS
+                       if _number(metrics.get(key))]
+            self._event(r["index"], values, r.get("finished_at"))
 
     def _one_shot_epochs(self, records: list[dict[str, Any]]) -> None:
         """Each weight-sharing search (`run`) and stage apart; numbers as scalars, lists of numbers
         (alphas, betas, per-edge entropies) as histograms of their values."""
         for r in records:
             prefix = f"oneshot/run{r.get('run', 0)}" + (f"/{r['stage']}" if r.get("stage") else "")
-            step = r.get("epoch", 0)
+            values = []
             for key, value in r.items():
                 if key in ("run", "stage", "epoch"):
                     continue
                 if _number(value):
-                    self.scalar(f"{prefix}/{key}", value, step)
+                    values.append(_scalar(f"{prefix}/{key}", value))
                 elif (numbers := _flat(value)) is not None:
-                    self.histogram(f"{prefix}/{key}", numbers, step)
+                    values += summary.histogram(f"{prefix}/{key}", np.asarray(numbers), bins="auto").value
+            self._event(r.get("epoch", 0), values)
 
     def _strategy_rounds(self, records: list[dict[str, Any]]) -> None:
         for r in records:
-            for key, value in r.items():
-                if key != "iteration" and _number(value):
-                    self.scalar(f"strategy/{key}", value, r["iteration"])
+            self._event(r["iteration"], [_scalar(f"strategy/{key}", value) for key, value in r.items()
+                                         if key != "iteration" and _number(value)])
 
     def _rungs(self, records: list[dict[str, Any]]) -> None:
         """ASHA's bar at each rung, stepped by its decisions in this process (the log's order)."""
         for r in records:
             self.decisions += 1
             if _number(r.get("cutoff")):
-                self.scalar(f"rung/{r['rung']:g}/cutoff", r["cutoff"], self.decisions)
+                self._event(self.decisions, [_scalar(f"rung/{r['rung']:g}/cutoff", r["cutoff"])])
 
 
-def _open(path: Path):
-    """tensorboardX's synchronous event file: its SummaryWriter queues events for a daemon thread,
-    which a process (an actor) that exits may never flush; this one is on disk at each flush."""
-    from tensorboardX.event_file_writer import EventsWriter
+def _scalar(tag: str, value: float) -> Summary.Value:
+    return Summary.Value(tag=tag, simple_value=float(value))
 
-    # The file is named by the second and the host, and opened for writing anew: the process and
-    # a count keep two boards of one second (the recorder's, the driver's) apart.
-    return EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards)}")
+
+class _EventFile:
+    """tensorboardX's event file, written in this thread: its SummaryWriter queues events for a
+    daemon thread, which an actor that exits may never flush. The file is named by the second and
+    the host, and opened anew: the process and a count keep two of one second (the recorder's, the
+    driver's) apart."""
+
+    def __init__(self, path: Path):
+        from tensorboardX.event_file_writer import EventsWriter
+
+        self.events = EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards)}")
+
+    def write(self, event: event_pb2.Event) -> None:
+        self.events.write_event(event)
+
+    def flush(self) -> None:
+        # EventsWriter.flush() fsyncs too: a second trip to the disk on every append, for a view of
+        # a log that has just made its own. TensorBoard reads what the file's buffer hands the OS.
+        self.events._py_recordio_writer._writer.flush()
+
+    def close(self) -> None:
+        self.events.close()
 
 
 #: The logs with a TensorBoard view.
