@@ -16,8 +16,8 @@ import statistics
 import tempfile
 import time
 
-from raynas.controller.runtime import tensorboard
-from raynas.controller.runtime.rundir import EVALUATIONS, RunDirectory
+from raynas.controller.runtime import rundir, tensorboard
+from raynas.controller.runtime.rundir import RunDirectory
 
 
 def record(i: int) -> dict:
@@ -40,11 +40,11 @@ def appends(records: int, batch: int) -> float:
 def view_alone(records: int) -> float:
     run = RunDirectory.create(tempfile.mkdtemp() + "/run", {})
     run.append(record(0))
-    board = tensorboard.RunBoard(run.path)
-    board.write(EVALUATIONS, [record(0)])
+    board = tensorboard.RunBoard(run.path, run.evaluations)
+    board.write("evaluations", [record(0)])
     batch = [record(j) for j in range(1, records + 1)]
     start = time.perf_counter()
-    board.write(EVALUATIONS, batch)
+    board.write("evaluations", batch)
     return (time.perf_counter() - start) / records * 1e6
 
 
@@ -60,14 +60,14 @@ def main() -> None:
     except ImportError:
         native = False
     print(f"native crc32c: {native}")
-    views = dict(tensorboard.VIEWS)
+    views = dict(rundir.VIEWS)
     for batch in (1, 32):
         for label, on in (("view on", views), ("view off", {})):
-            tensorboard.VIEWS.clear()
-            tensorboard.VIEWS.update(on)
+            rundir.VIEWS.clear()
+            rundir.VIEWS.update(on)
             times = [appends(args.records, batch) for _ in range(args.repeats)]
             print(f"append, {batch:2d} per append, {label:8s}: {statistics.median(times):8.1f} us per record")
-    tensorboard.VIEWS.update(views)
+    rundir.VIEWS.update(views)
     times = [view_alone(args.records * 4) for _ in range(args.repeats)]
     print(f"the view alone: {statistics.median(times):8.1f} us per record")
 

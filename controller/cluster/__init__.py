@@ -12,6 +12,7 @@ from raynas.controller.cluster.launch import (
                                               find_actor,
                                               job_namespace,
                                               kill,
+                                              phase,
                                               remove_group,
                                               result,
                                               send,
@@ -24,5 +25,5 @@ from raynas.controller.cluster.launch import (
 )
 
 __all__ = ["ActorLost", "CallTimeout", "Remote", "call", "call_all", "connect", "find_actor", "job_namespace", "kill",
-           "remove_group", "result", "send", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor",
-           "worker_group"]
+           "phase", "remove_group", "result", "send", "shutdown", "start_actor", "start_workers", "wait_any",
+           "worker_executor", "worker_group"]

@@ -5,13 +5,17 @@ actors are made remote at wiring time."""
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, NasError
-from raynas.controller.runtime.progress import phase
+
+#: Where the start-up's steps are announced; a job that shows progress prints them
+#: (controller/runtime/progress.py).
+PHASES = logging.getLogger("raynas.phases")
 
 
 class ActorLost(NasError):
@@ -23,6 +27,12 @@ class ActorLost(NasError):
 
 class CallTimeout(NasError):
     """An actor did not answer in time (it may be busy starting)."""
+
+
+def phase(message: str, waiting: str | None = None) -> None:
+    """One step of a search's start-up, for whoever shows them; `waiting`: what a search that
+    waits after this step waits for."""
+    PHASES.info(message, extra={"waiting": waiting})
 
 
 def job_namespace(out: str | Path) -> str:

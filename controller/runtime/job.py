@@ -22,6 +22,7 @@ from typing import Any
 from raynas.common import ConfigError
 from raynas.controller.cluster import job_namespace
 from raynas.controller.runtime.plan import LOCAL, PROPOSER, SCHEME, TUNE, Plan, resolve
+from raynas.controller.runtime.plot import write_progress
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import RunDirectory, summarize
 from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner
@@ -103,7 +104,7 @@ class SearchJob:
             "wall_time_s": time.perf_counter() - start, "run_dir": str(run.path), **context.extra,
         }
         run.write_result(result)
-        run.write_plot(records)
+        write_progress(run, records)
         return result
 
 

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from xml.sax.saxutils import escape
 
 from raynas.common import ConfigError
-from raynas.controller.runtime.rundir import SPEC, RunDirectory
+from raynas.controller.runtime.rundir import PLOT, SPEC, RunDirectory
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 GREY = "#7f7f7f"
@@ -361,6 +361,11 @@ def progress_figure(records: list[dict[str, Any]]) -> Figure:
         fig.add(Series("best so far", "line", COLORS[1], best_so_far((i, v, v) for i, v in sorted(finished))))
     fig.fail(r["index"] for r in records if r.get("reward") is None)
     return fig
+
+
+def write_progress(run: RunDirectory, records: list[dict[str, Any]]) -> None:
+    """A run's progress.svg."""
+    (run.path / PLOT).write_text(progress_figure(records).svg())
 
 
 def anytime_figure(runs: Sequence[str | Path], x: str = "evaluations") -> Figure:

@@ -1,8 +1,9 @@
 """What a terminal user sees while a search or a benchmark runs: a line per step of the start-up
 (Ray starting, actors coming up), then a live progress line (plain lines for logs).
 
-Code that starts things (controller/cluster) says so through `phase(...)`, a log record on the
-`raynas.phases` logger, whatever runs it; a job that shows progress prints them while it runs.
+Code that starts things (controller/cluster) says so through `cluster.phase(...)`, a log record
+on the `raynas.phases` logger, whatever runs it; a job that shows progress prints them while it
+runs.
 """
 
 from __future__ import annotations
@@ -15,15 +16,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-PHASES = logging.getLogger("raynas.phases")
+from raynas.controller.cluster.launch import PHASES
+
 #: Seconds between the reminders that a search is still waiting for its first result.
 WAITING_EVERY_S = 15.0
-
-
-def phase(message: str, waiting: str | None = None) -> None:
-    """One step of a search's start-up, for whoever shows them (nas search's progress); `waiting`:
-    what a search that waits after this step waits for."""
-    PHASES.info(message, extra={"waiting": waiting})
 
 
 class Progress:

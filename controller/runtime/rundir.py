@@ -6,7 +6,7 @@
     rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
     strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
-    progress.svg        reward per evaluation, best so far and failures (controller/runtime/plot.py)
+    progress.svg        reward per evaluation, best so far and failures (written by controller/runtime/plot.py)
     events.out.tfevents.*  TensorBoard's view of the logs above (controller/runtime/tensorboard.py)
 """
 
@@ -28,6 +28,9 @@ RUNG_LOG = "rungs.jsonl"
 STRATEGY_LOG = "strategy.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
+#: The logs with a TensorBoard view, and its name (controller/runtime/tensorboard.py, RunBoard).
+VIEWS = {EVALUATIONS: "evaluations", ONE_SHOT_LOG: "one_shot_epochs", STRATEGY_LOG: "strategy_rounds",
+         RUNG_LOG: "rungs"}
 
 
 class RunDirectory:
@@ -62,12 +65,14 @@ class RunDirectory:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        if log not in VIEWS:
+            return
         if self._board is None:
-            # Imported here: the view imports this module, and readers of a run never need it.
+            # Imported here: readers of a run (nas results, the service) never need its writer.
             from raynas.controller.runtime.tensorboard import RunBoard
 
-            self._board = RunBoard(self.path)
-        self._board.write(log, records)
+            self._board = RunBoard(self.path, self.evaluations)
+        self._board.write(VIEWS[log], records)
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Every whole record of the evaluation log (see `records`)."""
@@ -101,11 +106,6 @@ class RunDirectory:
     def write_result(self, result: dict[str, Any]) -> None:
         write_json_atomic(self.path / RESULT, result)
 
-    def write_plot(self, records: list[dict[str, Any]]) -> None:
-        # Imported here: the figures read run directories with this module.
-        from raynas.controller.runtime.plot import progress_figure
-
-        (self.path / PLOT).write_text(progress_figure(records).svg())
 
 
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], int]:

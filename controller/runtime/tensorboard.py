@@ -26,8 +26,6 @@ from tensorboardX import summary
 from tensorboardX.proto import event_pb2
 from tensorboardX.proto.summary_pb2 import Summary
 
-from raynas.controller.runtime.rundir import EVALUATIONS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG, RunDirectory
-
 log = logging.getLogger(__name__)
 _boards = itertools.count()
 
@@ -57,10 +55,12 @@ def _flat(value: Any) -> list[float] | None:
 
 
 class RunBoard:
-    """The TensorBoard view of one run directory: `write(log, records)` after each append."""
+    """The TensorBoard view of one run directory: `write(view, records)` after each append; `history`
+    reads the evaluations already logged (a resumed search's)."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, history: Callable[[], list[dict[str, Any]]]):
         self.path = Path(path)
+        self.history = history
         self.best: float | None = None
         self.failed = 0
         self.decisions = 0
@@ -68,15 +68,14 @@ class RunBoard:
         self._writer = None
         self._broken = False
 
-    def write(self, log_name: str, records: list[dict[str, Any]]) -> None:
-        """Add `records` of the log `log_name` (a file name of rundir); logs with no view are skipped."""
-        view = VIEWS.get(log_name)
-        if view is None or self._broken or not records:
+    def write(self, view: str, records: list[dict[str, Any]]) -> None:
+        """Add `records` through the view of their log (rundir's VIEWS names it)."""
+        if self._broken or not records:
             return
         try:
             if self._writer is None:
                 self._writer = _EventFile(self.path)
-            view(self, records)
+            getattr(self, view)(records)
             self._writer.flush()
         except Exception as exc:  # noqa: BLE001 - any failure of the view must leave the search running
             self._broken = True
@@ -93,12 +92,12 @@ class RunBoard:
         if values:
             self._writer.write(event_pb2.Event(summary=Summary(value=values), step=step, wall_time=wall or time.time()))
 
-    def _evaluations(self, records: list[dict[str, Any]]) -> None:
+    def evaluations(self, records: list[dict[str, Any]]) -> None:
         if not self._counted:
             # A resumed search goes on from the best and the failures its log already holds.
             self._counted = True
             fresh = {r["id"] for r in records}
-            prior = [r for r in RunDirectory(self.path).evaluations() if r["id"] not in fresh]
+            prior = [r for r in self.history() if r["id"] not in fresh]
             self.failed = sum(r.get("reward") is None for r in prior)
             self.best = max((r["reward"] for r in prior if r.get("reward") is not None), default=None)
         for r in records:
@@ -113,7 +112,7 @@ class RunBoard:
                        if _number(metrics.get(key))]
             self._event(r["index"], values, r.get("finished_at"))
 
-    def _one_shot_epochs(self, records: list[dict[str, Any]]) -> None:
+    def one_shot_epochs(self, records: list[dict[str, Any]]) -> None:
         """Each weight-sharing search (`run`) and stage apart; numbers as scalars, lists of numbers
         (alphas, betas, per-edge entropies) as histograms of their values."""
         for r in records:
@@ -128,12 +127,12 @@ class RunBoard:
                     values += summary.histogram(f"{prefix}/{key}", np.asarray(numbers), bins="auto").value
             self._event(r.get("epoch", 0), values)
 
-    def _strategy_rounds(self, records: list[dict[str, Any]]) -> None:
+    def strategy_rounds(self, records: list[dict[str, Any]]) -> None:
         for r in records:
             self._event(r["iteration"], [_scalar(f"strategy/{key}", value) for key, value in r.items()
                                          if key != "iteration" and _number(value)])
 
-    def _rungs(self, records: list[dict[str, Any]]) -> None:
+    def rungs(self, records: list[dict[str, Any]]) -> None:
         """ASHA's bar at each rung, stepped by its decisions in this process (the log's order)."""
         for r in records:
             self.decisions += 1
@@ -166,12 +165,3 @@ class _EventFile:
 
     def close(self) -> None:
         self.events.close()
-
-
-#: The logs with a TensorBoard view.
-VIEWS: dict[str, Callable[[RunBoard, list[dict[str, Any]]], None]] = {
-    EVALUATIONS: RunBoard._evaluations,
-    ONE_SHOT_LOG: RunBoard._one_shot_epochs,
-    STRATEGY_LOG: RunBoard._strategy_rounds,
-    RUNG_LOG: RunBoard._rungs,
-}

@@ -5,8 +5,9 @@ import io
 import threading
 
 from raynas.controller.cli.main import main
+from raynas.controller.cluster import phase
 from raynas.controller.runtime import progress as progress_module
-from raynas.controller.runtime.progress import Progress, phase
+from raynas.controller.runtime.progress import Progress
 
 
 class Stream(io.StringIO):

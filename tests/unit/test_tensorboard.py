@@ -70,7 +70,7 @@ def test_a_failing_writer_warns_once_and_loses_no_record(tmp_path, monkeypatch, 
     def broken(board, records):
         raise OSError("No space left on device")
 
-    monkeypatch.setitem(tensorboard.VIEWS, "evaluations.jsonl", broken)
+    monkeypatch.setattr(tensorboard.RunBoard, "evaluations", broken)
     run = RunDirectory.create(tmp_path / "run", {})
     with caplog.at_level(logging.WARNING, logger=tensorboard.__name__):
         run.append(evaluation(0, 0.5))
