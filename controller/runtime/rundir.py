@@ -107,7 +107,6 @@ class RunDirectory:
         write_json_atomic(self.path / RESULT, result)
 
 
-
 def _read_log(path: Path) -> tuple[list[dict[str, Any]], int]:
     """The records of a JSON-lines log and the byte length of its whole part."""
     if not path.exists():

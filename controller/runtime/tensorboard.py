@@ -82,11 +82,6 @@ class RunBoard:
             log.warning("TensorBoard files in %s stop here (%s: %s); the JSON logs keep every record",
                         self.path, type(exc).__name__, exc)
 
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
     def _event(self, step: int, values: list[Summary.Value], wall: float | None = None) -> None:
         """One event of all the values a record has at its step (one frame, one checksum)."""
         if values:
@@ -162,6 +157,3 @@ class _EventFile:
         # EventsWriter.flush() fsyncs too: a second trip to the disk on every append, for a view of
         # a log that has just made its own. TensorBoard reads what the file's buffer hands the OS.
         self.events._py_recordio_writer._writer.flush()
-
-    def close(self) -> None:
-        self.events.close()
