@@ -40,7 +40,7 @@ def appends(records: int, batch: int) -> float:
 def view_alone(records: int) -> float:
     run = RunDirectory.create(tempfile.mkdtemp() + "/run", {})
     run.append(record(0))
-    board = tensorboard.RunBoard(run.path, run.evaluations)
+    board = tensorboard.RunBoard(run.path, run.evaluations, rundir.rank)
     board.write("evaluations", [record(0)])
     batch = [record(j) for j in range(1, records + 1)]
     start = time.perf_counter()

@@ -71,7 +71,7 @@ class RunDirectory:
             # Imported here: readers of a run (nas results, the service) never need its writer.
             from raynas.controller.runtime.tensorboard import RunBoard
 
-            self._board = RunBoard(self.path, self.evaluations)
+            self._board = RunBoard(self.path, self.evaluations, rank)
         self._board.write(VIEWS[log], records)
 
     def evaluations(self) -> list[dict[str, Any]]:

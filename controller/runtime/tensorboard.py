@@ -55,13 +55,16 @@ def _flat(value: Any) -> list[float] | None:
 
 
 class RunBoard:
-    """The TensorBoard view of one run directory: `write(view, records)` after each append; `history`
-    reads the evaluations already logged (a resumed search's)."""
+    """The TensorBoard view of one run directory: `write(view, records)` after each append. `history`
+    reads the evaluations already logged (a resumed search's); `rank` orders successful ones, as
+    the search's result does (under a scheduler, the budget reached first: a child stopped at a
+    rung never shows as the best so far above one trained to the full budget)."""
 
-    def __init__(self, path: str | Path, history: Callable[[], list[dict[str, Any]]]):
+    def __init__(self, path: str | Path, history: Callable[[], list[dict[str, Any]]],
+                 rank: Callable[[dict[str, Any]], tuple]):
         self.path = Path(path)
-        self.history = history
-        self.best: float | None = None
+        self.history, self.rank = history, rank
+        self.best: dict[str, Any] | None = None
         self.failed = 0
         self.decisions = 0
         self._counted = False
@@ -94,15 +97,17 @@ class RunBoard:
             fresh = {r["id"] for r in records}
             prior = [r for r in self.history() if r["id"] not in fresh]
             self.failed = sum(r.get("reward") is None for r in prior)
-            self.best = max((r["reward"] for r in prior if r.get("reward") is not None), default=None)
+            self.best = max((r for r in prior if r.get("reward") is not None), key=self.rank, default=None)
         for r in records:
             metrics = r.get("metrics") or {}
             if r.get("reward") is None:
                 self.failed += 1
                 values = [_scalar("evaluation/failed", self.failed)]
             else:
-                self.best = r["reward"] if self.best is None else max(self.best, r["reward"])
-                values = [_scalar("evaluation/reward", r["reward"]), _scalar("evaluation/best_so_far", self.best)]
+                if self.best is None or self.rank(r) > self.rank(self.best):
+                    self.best = r
+                values = [_scalar("evaluation/reward", r["reward"]),
+                          _scalar("evaluation/best_so_far", self.best["reward"])]
             values += [_scalar(f"evaluation/{key}", metrics[key]) for key in EVALUATION_SCALARS
                        if _number(metrics.get(key))]
             self._event(r["index"], values, r.get("finished_at"))

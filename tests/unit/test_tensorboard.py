@@ -66,6 +66,14 @@ def test_a_resumed_run_goes_on_from_its_best(tmp_path):
     assert len(list(run.path.glob("events.out.tfevents.*"))) == 2
 
 
+def test_best_so_far_ranks_the_budget_first_as_the_result_does(tmp_path):
+    run = RunDirectory.create(tmp_path / "run", {})
+    run.append_many([evaluation(0, 0.8, budget=12), evaluation(1, 0.7, budget=200), evaluation(2, 0.9, budget=12),
+                     evaluation(3, 0.75, budget=200)])
+    assert scalars(run.path)["evaluation/best_so_far"] == [(0, 0.800000011920929), (1, 0.699999988079071),
+                                                           (2, 0.699999988079071), (3, 0.75)]
+
+
 def test_a_failing_writer_warns_once_and_loses_no_record(tmp_path, monkeypatch, caplog):
     def broken(board, records):
         raise OSError("No space left on device")
