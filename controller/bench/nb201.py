@@ -13,6 +13,7 @@ from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
 from raynas.controller.runtime.plan import resolve
+from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import strategy_class
 from raynas.workers.execution import InProcessExecutor
@@ -29,12 +30,12 @@ PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFOR
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
-    ps_shards: int = 1, workers: int | None = None, batching: str = "rolling",
+    ps_shards: int = 1, workers: int | None = None, batching: str = "rolling", progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Any registered strategy, run in this process by the proposer loop. `controllers` set: a
     strategy with a shared policy (rl) runs as the asynchronous distributed scheme (K replicas
     x m children, S shards, W workers; None: one per child) in simulated time
-    (controller/bench/simulate.py)."""
+    (controller/bench/simulate.py). `progress` shows each seed as it ends."""
     if workers is not None and controllers is None:
         raise ConfigError("workers", "places the distributed scheme's children: give --controllers too")
     check_int("evaluations", evaluations)
@@ -61,6 +62,8 @@ def bench_nb201(
             raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
         best = max((r for r in ledger.records if r["reward"] is not None), key=lambda r: r["reward"])
         chosen.append(best["metrics"]["test_acc_200ep"])
+        if progress is not None:
+            progress.step(f"seed {seed}: test accuracy {chosen[-1]:.2f}, mean so far {statistics.fmean(chosen):.2f}")
     scheme = {} if controllers is None else {
         "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards,
                    "workers": simulated[0]["workers"], "workers_requested": workers,

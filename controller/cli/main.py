@@ -101,6 +101,13 @@ def _results_arguments(r: argparse.ArgumentParser) -> None:
     r.add_argument("--top", type=int, help="only the first N rows")
 
 
+def _plot_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run directories, drawn on one figure")
+    p.add_argument("--out", default="anytime.svg", help="the figure: FILE.svg or FILE.png (default anytime.svg)")
+    p.add_argument("--x", default="evaluations", choices=["evaluations", "time"],
+                   help="best so far against evaluations finished (default) or seconds since each search started")
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -200,11 +207,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from raynas.controller.bench.nb201 import bench_nb201, format_bench
+    from raynas.controller.runtime.progress import Progress
 
     result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
                          strategy_options=dict(args.strategy_option), controllers=args.controllers,
                          children=args.children, ps_shards=args.ps_shards, workers=args.workers,
-                         batching=args.replica_batch)
+                         batching=args.replica_batch, progress=Progress(args.seeds))
     print(json.dumps(result, indent=2) if args.json else format_bench(result))
     return 0
 
@@ -234,6 +242,14 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from raynas.controller.runtime.plot import anytime_figure
+
+    path = anytime_figure(args.runs, args.x).save(args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 #: Every subcommand: name -> (help, arguments, run), in the order `nas --help` lists them.
 COMMANDS = {
     "search": ("run a search in this process and write a run directory", _search_arguments, cmd_search),
@@ -242,6 +258,8 @@ COMMANDS = {
     "options": ("list the search spaces, strategies, evaluators and datasets, or describe one with its options",
                 _options_arguments, cmd_options),
     "results": ("a search's evaluations as a table, CSV or JSON lines", _results_arguments, cmd_results),
+    "plot": ("anytime curves: best so far of several runs against evaluations or time, as SVG or PNG",
+             _plot_arguments, cmd_plot),
     **model.COMMANDS,
     **service.COMMANDS,
 }
@@ -249,7 +267,17 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = build_parser(argv[:1]).parse_args(argv)
+    # The search's flags list the registered plug-ins, which import torch: seconds before anything
+    # else can be said. A terminal sees what is happening at once; the line goes again before the
+    # flags are read, so a bad flag is still one line.
+    loading = argv[:1] == ["search"] and not {"-h", "--help", "--quiet"} & set(argv) and sys.stderr.isatty()
+    if loading:
+        sys.stderr.write("nas search: loading torch and the registered spaces, strategies and evaluators ...")
+        sys.stderr.flush()
+    parser = build_parser(argv[:1])
+    if loading:
+        sys.stderr.write("\r\x1b[2K")
+    args = parser.parse_args(argv)
     try:
         return COMMANDS[args.command][2](args)
     except NasError as exc:

@@ -13,6 +13,7 @@ from raynas.controller.cluster.launch import (
                                               find_actor,
                                               job_namespace,
                                               kill,
+                                              phase,
                                               queue_executor,
                                               remove_group,
                                               result,
@@ -27,5 +28,5 @@ from raynas.controller.cluster.launch import (
 )
 
 __all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "connect", "find_actor",
-           "job_namespace", "kill", "queue_executor", "remove_group", "result", "send", "session", "shutdown",
+           "job_namespace", "kill", "phase", "queue_executor", "remove_group", "result", "send", "session", "shutdown",
            "start_actor", "start_workers", "wait_any", "worker_executor", "worker_group"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import signal
 import sys
 import threading
@@ -14,6 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, NasError
+
+#: Where the start-up's steps are announced; a job that shows progress prints them
+#: (controller/runtime/progress.py).
+PHASES = logging.getLogger("raynas.phases")
 
 
 class ActorLost(NasError):
@@ -31,6 +36,12 @@ class Terminated(KeyboardInterrupt):
 
 class CallTimeout(NasError):
     """An actor did not answer in time (it may be busy starting)."""
+
+
+def phase(message: str, waiting: str | None = None) -> None:
+    """One step of a search's start-up, for whoever shows them; `waiting`: what a search that
+    waits after this step waits for."""
+    PHASES.info(message, extra={"waiting": waiting})
 
 
 def job_namespace(out: str | Path) -> str:
@@ -84,6 +95,8 @@ def connect(address: str | None, quiet: bool = False) -> bool:
     # program (4.7x slower than --runtime local beside one busy process). A cluster we start runs
     # children at the priority the local runtime has; one we join keeps its operator's setting.
     embedded = {} if address else {"_system_config": {"worker_niceness": 0}}
+    phase(f"joining the Ray cluster at {address}" if address else "starting a single-node Ray cluster",
+          "Ray starts its processes (GCS, raylet, dashboard)")
     try:
         context = ray.init(address=address or "local", logging_level="warning", log_to_driver=False,
                            configure_logging=True, **embedded)
@@ -131,6 +144,7 @@ def start_actor(cls: type, *args: Any, name: str, namespace: str, restartable: b
         options["scheduling_strategy"] = "SPREAD"
     if max_concurrency:
         options["max_concurrency"] = max_concurrency
+    phase(f"starting {name}")
     return ray.remote(cls).options(**options).remote(*args)
 
 
@@ -216,6 +230,9 @@ def start_workers(make_evaluator, size: int, namespace: str, cpus_per_child: flo
 
     from raynas.workers.execution.ray_pool import start_workers as start
 
+    last = f" ... worker-{first + size - 1}" if size > 1 else ""
+    phase(f"starting worker-{first}{last} ({cpus_per_child:g} CPU, {gpus_per_child:g} GPU each)",
+          "each worker starts a process, imports torch and builds its evaluator, then evaluates its first child")
     slots = None if group is None else [
         PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=j) for j in range(size)]
     return start(make_evaluator, size, namespace, cpus_per_child, gpus_per_child, first, slots)

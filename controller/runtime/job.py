@@ -22,6 +22,7 @@ from typing import Any
 from raynas.common import ConfigError
 from raynas.controller.cluster import job_namespace
 from raynas.controller.runtime.plan import LOCAL, PROPOSER, SCHEME, TUNE, Plan, resolve
+from raynas.controller.runtime.plot import write_progress
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import RunDirectory, RunLock, summarize
 from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner
@@ -97,7 +98,8 @@ class SearchJob:
                                           on_record=self.on_record)
         start = time.perf_counter()
         try:
-            interrupted = RUNNERS[plan.path](context).run()
+            with self.progress.announcing("the first child is being evaluated"):
+                interrupted = RUNNERS[plan.path](context).run()
         except KeyboardInterrupt:
             interrupted = True
         records = run.evaluations()
@@ -110,7 +112,7 @@ class SearchJob:
             "wall_time_s": time.perf_counter() - start, "run_dir": str(run.path), **context.extra,
         }
         run.write_result(result)
-        run.write_plot(records)
+        write_progress(run, records)
         return result
 
 

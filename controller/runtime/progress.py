@@ -1,10 +1,25 @@
-"""A live progress line for terminal users, and plain lines for logs."""
+"""What a terminal user sees while a search or a benchmark runs: a line per step of the start-up
+(Ray starting, actors coming up), then a live progress line (plain lines for logs).
+
+Code that starts things (controller/cluster) says so through `cluster.phase(...)`, a log record
+on the `raynas.phases` logger, whatever runs it; a job that shows progress prints them while it
+runs.
+"""
 
 from __future__ import annotations
 
+import logging
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
+
+from raynas.controller.cluster.launch import PHASES
+
+#: Seconds between the reminders that a search is still waiting for its first result.
+WAITING_EVERY_S = 15.0
 
 
 class Progress:
@@ -17,26 +32,29 @@ class Progress:
         self.done = 0
         self.failed = 0
         self.best: float | None = None
+        self._first = threading.Event()
 
     def update(self, record: dict) -> None:
-        self.done += 1
+        """A finished evaluation."""
+        self._first.set()
         reward = record.get("reward")
         if reward is None:
             self.failed += 1
         elif self.best is None or reward > self.best:
             self.best = reward
-        if not self.enabled:
-            return
-        elapsed = time.perf_counter() - self.start
         best = "-" if self.best is None else f"{self.best:.4f}"
         last = f"failed ({record.get('reason')})" if reward is None else f"{reward:.4f}"
+        self.step(f"best {best} last {last}", str(record.get("arch")))
+
+    def step(self, text: str, tail: str = "") -> None:
+        """One of `total` steps done: the bar, the count, `text`, the time so far, and `tail`."""
+        self.done += 1
+        if not self.enabled:
+            return
         width = 28
         filled = int(width * self.done / max(self.total, 1))
         bar = "#" * filled + "." * (width - filled)
-        line = (
-            f"[{bar}] {self.done}/{self.total} best {best} last {last} "
-            f"{elapsed:.0f}s  {record.get('arch')}"
-        )
+        line = f"[{bar}] {self.done}/{self.total} {text} {self.elapsed():.0f}s  {tail}".rstrip()
         if self.live:
             self.stream.write("\r\x1b[2K" + line[:200])
             if self.done >= self.total:
@@ -44,3 +62,53 @@ class Progress:
         else:
             self.stream.write(line + "\n")
         self.stream.flush()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def say(self, message: str) -> None:
+        """A line of its own, stamped with the time since the start (a live bar is redrawn below it)."""
+        if not self.enabled:
+            return
+        self.stream.write(("\r\x1b[2K" if self.live else "") + f"[{self.elapsed():6.1f}s] {message}\n")
+        self.stream.flush()
+
+    @contextmanager
+    def announcing(self, waiting: str) -> Iterator[None]:
+        """While the block runs: each start-up phase on a line, and every WAITING_EVERY_S seconds
+        until the first result a reminder of what it is `waiting` for (workers importing torch and
+        building their evaluator say nothing themselves)."""
+        if not self.enabled:
+            yield
+            return
+        handler = _PhaseHandler(self, waiting)
+        PHASES.addHandler(handler)
+        PHASES.setLevel(logging.INFO)
+        ended = threading.Event()
+
+        def remind() -> None:
+            while not ended.wait(WAITING_EVERY_S) and not self._first.is_set():
+                self.say(f"no result yet, {self.elapsed() - handler.since:.0f} s after the last step: "
+                         f"{handler.waiting}")
+
+        reminder = threading.Thread(target=remind, name="progress-waiting", daemon=True)
+        reminder.start()
+        try:
+            yield
+        finally:
+            ended.set()
+            reminder.join()
+            PHASES.removeHandler(handler)
+
+
+class _PhaseHandler(logging.Handler):
+    """Shows each phase, and keeps what the search waits for after the latest."""
+
+    def __init__(self, progress: Progress, waiting: str):
+        super().__init__(logging.INFO)
+        self.progress, self.waiting, self.since = progress, waiting, progress.elapsed()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.progress.say(record.getMessage())
+        self.since = self.progress.elapsed()
+        self.waiting = getattr(record, "waiting", None) or self.waiting

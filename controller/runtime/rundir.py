@@ -7,7 +7,8 @@
     rungs.jsonl         --scheduler asha: one line per rung decision (promoted or stopped)
     strategy.jsonl      strategies with signals of their own (NAO): one line per iteration
     result.json         the summary (best, top-k, counts, timing), written atomically
-    progress.svg        reward per evaluation and best so far
+    progress.svg        reward per evaluation, best so far and failures (written by controller/runtime/plot.py)
+    events.out.tfevents.*  TensorBoard's view of the logs above (controller/runtime/tensorboard.py)
     lock                who runs the search now (RunLock): one process at a time
 """
 
@@ -16,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import math
 import os
 import socket
 import sys
@@ -37,11 +37,19 @@ STRATEGY_LOG = "strategy.jsonl"
 RESULT = "result.json"
 PLOT = "progress.svg"
 LOCK = "lock"
+#: The logs with a TensorBoard view, and its name (controller/runtime/tensorboard.py, RunBoard).
+VIEWS = {EVALUATIONS: "evaluations", ONE_SHOT_LOG: "one_shot_epochs", STRATEGY_LOG: "strategy_rounds",
+         RUNG_LOG: "rungs"}
 
 
 class RunDirectory:
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self._board = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The TensorBoard writer is this process's own open file: another process opens its own.
+        return {**self.__dict__, "_board": None}
 
     @classmethod
     def create(cls, path: str | Path, spec: dict[str, Any]) -> RunDirectory:
@@ -66,6 +74,14 @@ class RunDirectory:
             f.write(lines)
             f.flush()
             os.fsync(f.fileno())
+        if log not in VIEWS:
+            return
+        if self._board is None:
+            # Imported here: readers of a run (nas results, the service) never need its writer.
+            from raynas.controller.runtime.tensorboard import RunBoard
+
+            self._board = RunBoard(self.path, self.evaluations, rank)
+        self._board.write(VIEWS[log], records)
 
     def evaluations(self) -> list[dict[str, Any]]:
         """Every whole record of the evaluation log (see `records`)."""
@@ -104,9 +120,6 @@ class RunDirectory:
 
     def write_result(self, result: dict[str, Any]) -> None:
         write_json_atomic(self.path / RESULT, result)
-
-    def write_plot(self, records: list[dict[str, Any]]) -> None:
-        (self.path / PLOT).write_text(progress_svg(records))
 
 
 class RunLock:
@@ -251,59 +264,3 @@ def summarize(records: Iterable[dict[str, Any]], top_k: int = 5) -> dict[str, An
 def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
     """The scalar metrics worth repeating in a summary (curves stay in the log)."""
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str)) and k != "traceback"}
-
-
-def progress_svg(records: list[dict[str, Any]], width: int = 640, height: int = 320) -> str:
-    """Reward per evaluation (dots) and best so far (line), as a standalone SVG.
-
-    When a scheduler stopped children early (evaluations of several budgets), a dot's shade is
-    the budget it reached (hollow: stopped at a rung, labelled with it; filled: the full budget)
-    and the line is the best of the full-budget children, the ones a search's result is chosen from.
-    """
-    pad = 40
-    rewards = [(r["index"], r["reward"], r.get("metrics", {}).get("budget")) for r in records
-               if r.get("reward") is not None]
-    full = max((b for _, _, b in rewards if b is not None), default=None)
-    staged = len({b for _, _, b in rewards}) > 1
-    title = "reward per evaluation (dots) and best so far (line)"
-    if staged:
-        title = (f"reward per evaluation (filled: the full {full} epochs; hollow: stopped at a rung, "
-                 "at its epochs) and best full-budget so far (line)")
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-        'font-family="sans-serif" font-size="11">',
-        f'<rect width="{width}" height="{height}" fill="white"/>',
-        f'<text x="{pad}" y="16">{title}</text>',
-    ]
-    if rewards:
-        n = max(max(i for i, _, _ in rewards) + 1, 2)
-        lo = min(v for _, v, _ in rewards)
-        hi = max(v for _, v, _ in rewards)
-        if math.isclose(lo, hi):
-            lo, hi = lo - 0.5, hi + 0.5
-
-        def xy(i: float, v: float) -> tuple[float, float]:
-            return (pad + (width - 2 * pad) * i / (n - 1), height - pad - (height - 2 * pad) * (v - lo) / (hi - lo))
-
-        parts.append(
-            f'<line x1="{pad}" y1="{height - pad}" x2="{width - pad}" y2="{height - pad}" stroke="black"/>'
-            f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height - pad}" stroke="black"/>'
-            f'<text x="2" y="{pad + 4}">{hi:.3g}</text><text x="2" y="{height - pad}">{lo:.3g}</text>'
-            f'<text x="{width - pad}" y="{height - pad + 16}" text-anchor="end">evaluation {n - 1}</text>'
-        )
-        for i, v, b in rewards:
-            x, y = xy(i, v)
-            if staged and b != full:
-                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="none" stroke="#7f7f7f"/>'
-                             f'<text x="{x + 4:.1f}" y="{y + 3:.1f}" font-size="8" fill="#7f7f7f">{b}</text>')
-            else:
-                parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="2.5" fill="#4a7fb5"/>')
-        best, points = -math.inf, []
-        for i, v, b in sorted(rewards):
-            if staged and b != full:
-                continue
-            best = max(best, v)
-            points.append("{:.1f},{:.1f}".format(*xy(i, best)))
-        parts.append(f'<polyline points="{" ".join(points)}" fill="none" stroke="#d62728" stroke-width="1.5"/>')
-    parts.append("</svg>")
-    return "\n".join(parts) + "\n"

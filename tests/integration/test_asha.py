@@ -5,10 +5,12 @@ search resumes (Tune's own restore) into the same search as one never stopped.""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import torch
+from events import scalars
 
 from raynas.controller.api.servicer import event_to_message
 from raynas.controller.cli import main
@@ -68,8 +70,12 @@ def test_table_asha_stops_at_the_rungs_asha_gives(tmp_path):
     assert summary["rungs"][0]["rung"] == 12 and summary["rungs"][0]["reached"] == 24
     assert summary["full_budget"] + summary["stopped_early"] == 24
     assert result["best"]["metrics"]["budget"] == 200
-    svg = (out / "progress.svg").read_text()
-    assert "stopped at a rung" in svg and svg.count('stroke="#7f7f7f"') == summary["stopped_early"]
+    svg = ET.fromstring((out / "progress.svg").read_text())
+    stopped = svg.find(".//{*}g[@data-label='stopped at a rung (epochs)']")
+    assert len(stopped.findall("{*}circle")) + len(stopped.findall("{*}polygon")) == summary["stopped_early"]
+    board = scalars(out)
+    assert len(board["evaluation/reward"]) == 24 and len(board["evaluation/budget"]) == 24
+    assert board["rung/12/cutoff"], "the rung decisions' TensorBoard view"
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from events import scalars
 
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.spec import SearchSpec
@@ -45,6 +46,9 @@ def test_rl_scheme_runs_the_budget_with_sharded_updates(tmp_path):
     assert result["scheme"]["dispatch"] == "shared"
     assert {r["replica"] for r in records(out)} == {"controller-0", "controller-1"}
     assert result["best"]["reward"] == max(r["reward"] for r in records(out))
+    # The recorder actor appends the evaluations, and writes their TensorBoard view beside them.
+    rewards = scalars(out)["evaluation/reward"]
+    assert sorted(step for step, _ in rewards) == list(range(32))
 
 
 def test_other_strategies_dispatch_to_the_worker_pool(tmp_path):

@@ -4,6 +4,7 @@ genotype evaluated like any child, monitors in the log and the event stream."""
 import json
 
 import pytest
+from events import histograms, scalars
 
 from raynas.common import ConfigError
 from raynas.controller.runtime.job import SearchJob
@@ -32,6 +33,9 @@ def test_darts_on_nb201_runs_r_searches_and_scores_their_genotypes_on_the_table(
         assert r["arch"] == last["genotype"] == monitors["genotype"]
         assert "test_acc_200ep" in r["metrics"]  # scored by the ordinary (table) evaluator
     assert records[0]["seed"] != records[1]["seed"]
+    # The epochs' TensorBoard view: monitors as scalars, the alphas as a histogram per epoch.
+    assert [step for step, _ in scalars(tmp_path / "run")["oneshot/run1/skip_count"]] == [1, 2]
+    assert [step for step, _ in histograms(tmp_path / "run")["oneshot/run0/alphas"]] == [1, 2]
 
 
 def test_one_shot_specs_are_checked_up_front():
