@@ -180,7 +180,8 @@ def check_concat(concat: object, field: str, nodes: range) -> None:
         isinstance(concat, tuple) and concat and all(type(n) is int and n in nodes for n in concat)
         and len(set(concat)) == len(concat)
     ):
-        raise InvalidArchitecture(field, f"must list distinct nodes from {nodes.start} to {nodes.stop - 1}, got {concat!r}", nodes)
+        raise InvalidArchitecture(field, f"must list distinct nodes from {nodes.start} to {nodes.stop - 1}, "
+                                  f"got {concat!r}", nodes)
 
 
 # -- the cell spaces --------------------------------------------------------------------------
