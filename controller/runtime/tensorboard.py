@@ -148,12 +148,13 @@ class _EventFile:
     """tensorboardX's event file, written in this thread: its SummaryWriter queues events for a
     daemon thread, which an actor that exits may never flush. The file is named by the second and
     the host, and opened anew: the process and a count keep two of one second (the recorder's, the
-    driver's) apart."""
+    driver's) apart; the count is zero-padded so that the names sort in the order the files were
+    opened (TensorBoard and readers take a directory's files in name order)."""
 
     def __init__(self, path: Path):
         from tensorboardX.event_file_writer import EventsWriter
 
-        self.events = EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards)}")
+        self.events = EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards):06d}")
 
     def write(self, event: event_pb2.Event) -> None:
         self.events.write_event(event)
