@@ -144,3 +144,54 @@ def test_supernet_size_at_darts_search_width():
     # 10k x 300 tied embedding + decoder bias, [x, h] -> 2H for node 0, 8 nodes of H -> 2H; 36 edges x 5 ops.
     assert describe_supernet("rnn") == {"params": 10_000 * 300 + 10_000 + 600 * 600 + 8 * 300 * 600,
                                         "arch_params": 36 * 5}
+
+
+def test_darts2_on_rnn_clips_its_virtual_step_as_darts_recurrent_architect():
+    """quark0/darts rnn/architect.py: the virtual step's gradient is clipped to the weights' clip,
+    w' = w - xi (c g + wd w), the validation gradient at w' is clipped too, and the implicit term
+    is scaled by the virtual step's clip coefficient c: grad_alpha L_val(w') - xi c H clip(grad_w' L_val).
+    Checked against the formula with an exact Hessian-vector product, in float64."""
+    from torch.func import functional_call
+
+    from raynas.workers.oneshot.darts import Architect
+
+    torch.manual_seed(0)
+    model = RNNSupernet(vocab_size=20, size=6, steps=3).double().eval()
+    cfg = search_config("darts2")().resolved("rnn")
+    assert cfg.unrolled_clip and cfg.grad_clip == 0.25 and cfg.lr == 20.0
+    architect = Architect(model, cfg)
+    optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tokens = torch.randint(0, 20, (5, 4))
+    x_train, y_train = Window(tokens[:-1], torch.zeros(4, 6, dtype=torch.float64), "train"), tokens[1:].reshape(-1)
+    tokens = torch.randint(0, 20, (5, 4))
+    x_val, y_val = Window(tokens[:-1], torch.zeros(4, 6, dtype=torch.float64), "val"), tokens[1:].reshape(-1)
+    xi, clip, wd = cfg.lr, cfg.grad_clip, cfg.weight_decay
+
+    names = [n for n, _ in model.named_network_parameters()]
+    weights = [p.detach() for _, p in model.named_network_parameters()]
+    alphas = model.arch_parameters()
+
+    def loss(params, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+
+    def clipped(tensors):
+        norm = torch.sqrt(sum((t ** 2).sum() for t in tensors))
+        coef = min(1.0, clip / (float(norm) + 1e-6))
+        return [t * coef for t in tensors], coef
+
+    w = [t.clone().requires_grad_() for t in weights]
+    g, c = clipped(torch.autograd.grad(loss(w, x_train, y_train), w))
+    assert c < 1, "the setting must clip for the test to mean anything"
+    virtual = [(t - xi * (gi + wd * t)).detach().requires_grad_() for t, gi in zip(weights, g)]
+    grads = torch.autograd.grad(loss(virtual, x_val, y_val), alphas + virtual)
+    d_alpha, (v, _) = grads[:len(alphas)], clipped(grads[len(alphas):])
+    w = [t.clone().requires_grad_() for t in weights]
+    grad_w = torch.autograd.grad(loss(w, x_train, y_train), w, create_graph=True)
+    hvp = torch.autograd.grad(sum((gw * vi).sum() for gw, vi in zip(grad_w, v)), alphas)
+    expected = [da - xi * c * h for da, h in zip(d_alpha, hvp)]
+
+    actual = architect.gradient(x_train, y_train, x_val, y_val, xi, optimizer)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-9)
+    # The image spaces keep the CNN architect (DARTS' cnn/architect.py clips nothing).
+    assert not search_config("darts2")().resolved("darts").unrolled_clip

@@ -47,7 +47,7 @@ MIN_DARTS_LAYERS = 3
 #: Nodes of a DARTS cell.
 CELL_STEPS = 4
 #: The alphas' Adam on the image spaces (DARTS' CIFAR search, kept on NB201 by AutoDL-Projects).
-ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999)}
+ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999), "unrolled_clip": False}
 
 
 def sample_darts(space: SearchSpace, generator: torch.Generator) -> Genotype:

@@ -279,7 +279,7 @@ register_supernet(OneShotSpace(
         # the DARTS code's (rnn/train_search.py) [U: not in the paper's text].
         "darts": {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
                   "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.25, "arch_lr": 3e-3,
-                  "arch_betas": (0.9, 0.999)},
+                  "arch_betas": (0.9, 0.999), "unrolled_clip": True},
         # Li & Talwalkar's PTB search: DARTS' recurrent supernet and training (300 wide, SGD 20 constant,
         # wd 5e-7), proxyless, 50 epochs, batch 64, clip 0.1, 2000 architectures ranked.
         "rsws": {"epochs": 50, "channels": 300, "batch_size": 64, "lr": 20.0, "weight_decay": 5e-7,
