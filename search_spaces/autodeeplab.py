@@ -150,9 +150,10 @@ class AutoDeepLabSpace(SearchSpace):
         values = read_genotype_call(text, FIELDS, NAMES, function="AutoDeepLab")
         return check_arch(AutoDeepLabArch(**values))
 
-    def published_size(self, text: str) -> tuple[int, float] | None:
-        """Auto-DeepLab-S/M/L: the filter multiplier F and the paper's parameter count."""
-        return PUBLISHED.get(text.strip())
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
+        """Auto-DeepLab-S/M/L: the filter multiplier F and the paper's parameter count (the path fixes the depth)."""
+        published = PUBLISHED.get(text.strip())
+        return None if published is None else (*published, None)
 
     def draw(self, arch: AutoDeepLabArch) -> str:
         check_arch(arch)

@@ -142,7 +142,7 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
     preprocessing = dataset.preprocessing()
     if language:
         split, data = "test", dataset
-        net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, **LANGUAGE_NET)
+        net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, layers=config.layers, **LANGUAGE_NET)
     else:
         check_cutout(config, dataset)
         split = "test" if dataset.has_test else "val"
