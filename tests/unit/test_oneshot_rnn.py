@@ -15,6 +15,7 @@ from raynas.workers.oneshot import NoisyDartsConfig, OneShotConfig, RSWSConfig, 
 from raynas.workers.oneshot.rnn import (
     PRIMITIVES,
     RNNSupernet,
+    TextFeed,
     Window,
     derive_rnn,
     rnn_path,
@@ -195,3 +196,51 @@ def test_darts2_on_rnn_clips_its_virtual_step_as_darts_recurrent_architect():
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-9)
     # The image spaces keep the CNN architect (DARTS' cnn/architect.py clips nothing).
     assert not search_config("darts2")().resolved("darts").unrolled_clip
+
+
+def _feed(data, config, model, seed=0):
+    return TextFeed(data, config.resolved("rnn"), model, torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+
+def test_the_search_reads_ptb_as_both_references_do(tiny_ptb):
+    """rnn/train_search.py and randomNAS_release: windows of 35, or int(35 / 2) = 17 with probability
+    0.05, one pass per epoch from a zero state; the step's learning rate times the length / 35; the
+    alphas' validation window of 35 at the training position, modulo the validation stream's length."""
+    data = load_dataset("ptb", tiny_ptb)
+    model = RNNSupernet(data.vocab_size, 6, 3).eval()  # eval and no_grad: the forwards only carry states
+    config = OneShotConfig(batch_size=16, channels=6, device="cpu")
+    feed = _feed(data, config, model)
+    draws = torch.Generator().manual_seed(0)  # the feed's seed; its 13th window (second pass) is a 17
+    length, at, passes, seen = len(feed.train.data), 0, [], []
+    with torch.no_grad():
+        for _ in range(2):
+            windows = []
+            for x, y in feed.batches():
+                drawn = 17 if float(torch.rand((), generator=draws)) < 0.05 else 35
+                assert (x.drawn, feed.lr_scale(x), len(x.tokens)) == (drawn, drawn / 35, min(drawn, length - 1 - at))
+                assert torch.equal(x.tokens, feed.train.data[at:at + len(x.tokens)]) and len(y) == 16 * len(x.tokens)
+                if at == 0:
+                    assert not x.hidden.any()  # each pass starts from a zero state
+                seen.clear()
+                feed.arch_batch(lambda window, targets: seen.append(model(window) is not None and window))
+                position = at % (len(feed.search.data) - 1)
+                assert torch.equal(seen[0].tokens, feed.search.data[position:position + 35][:len(seen[0].tokens)])
+                model(x)  # the weight step's forward, whose state the stream carries
+                windows.append(drawn)
+                at += drawn
+            passes.append(windows)
+            assert at >= length - 2
+            at = 0
+    assert all(w in (17, 35) for p in passes for w in p) and 17 in passes[0] + passes[1]
+
+
+def test_the_weights_loss_adds_temporal_activation_regularisation(tiny_ptb):
+    data = load_dataset("ptb", tiny_ptb)
+    torch.manual_seed(0)
+    model = RNNSupernet(data.vocab_size, 6, 3)
+    feed = _feed(data, OneShotConfig(batch_size=4, channels=6, device="cpu"), model)
+    x, y = next(iter(feed.batches()))
+    logits = model(x)
+    out = model.raw_output
+    expected = torch.nn.functional.cross_entropy(logits, y) + 1e-3 * (out[1:] - out[:-1]).pow(2).mean()
+    torch.testing.assert_close(feed.loss(logits, y), expected)

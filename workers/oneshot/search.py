@@ -337,7 +337,7 @@ class Search(ABC):
         model.train()
         losses, correct, seen = [], 0, 0
         for step, (x, y) in enumerate(feed.batches()):
-            lr = cosine_lr(cfg, epoch, step, feed.steps)
+            lr = cosine_lr(cfg, epoch, step, feed.steps) * feed.lr_scale(x)
             if before is not None:
                 before(x, y, lr)
             loss, right = weight_step(model, optimizer, cfg, lr, x, y, None if path is None else path(), feed.loss)
