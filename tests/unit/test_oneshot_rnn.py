@@ -18,7 +18,9 @@ from raynas.workers.oneshot.rnn import (
     TextFeed,
     Window,
     derive_rnn,
+    perplexity,
     rnn_path,
+    sample_cell,
 )
 
 TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu", "num_threads": 1}
@@ -32,6 +34,10 @@ def test_defaults_are_darts_ptb_search_settings():
     rsws = RSWSConfig().resolved("rnn")  # Li & Talwalkar's PTB search
     assert (rsws.epochs, rsws.batch_size, rsws.grad_clip, rsws.archs, rsws.lr) == (50, 64, 0.1, 2000, 20.0)
     assert RSWSConfig().resolved("darts").archs == 5000
+    # Proxyless as randomNAS_release's DartsWrapper(config="eval"): 850 wide, wd 8e-7; every sampled
+    # cell scored on the whole validation stream, none re-scored.
+    assert (rsws.channels, rsws.weight_decay, rsws.score_batches, rsws.rescore_top) == (850, 8e-7, 0, 0)
+    assert (RSWSConfig().resolved("darts").score_batches, RSWSConfig().resolved("darts").rescore_top) == (10, 10)
     # The image searches keep theirs.
     darts = OneShotConfig().resolved("darts")
     assert (darts.momentum, darts.arch_lr, darts.arch_betas) == (0.9, 3e-4, (0.5, 0.999))
@@ -244,3 +250,27 @@ def test_the_weights_loss_adds_temporal_activation_regularisation(tiny_ptb):
     out = model.raw_output
     expected = torch.nn.functional.cross_entropy(logits, y) + 1e-3 * (out[1:] - out[:-1]).pow(2).mean()
     torch.testing.assert_close(feed.loss(logits, y), expected)
+
+
+def test_rsws_shares_the_evaluation_cells_weights_and_scores_on_the_whole_validation_stream(tiny_ptb, tmp_path):
+    """Li & Talwalkar's PTB wrapper: DARTS' RNNModel (the evaluation cell, no batch norm, word
+    dropout 0.1) with each batch's genotype; every sampled cell's perplexity on all of the
+    validation stream (256 x 4 columns; this corpus holds 260), the best of each block a winner."""
+    from raynas.workers.oneshot import supernet_for
+
+    data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
+    config = RSWSConfig(**{**TINY, "epochs": 1}, archs=4, block=2)
+    model = supernet_for("rnn").build(space, config.resolved("rnn"), data)
+    assert isinstance(model.norm, torch.nn.Identity) and model.dropouts["dropout_e"] == 0.1
+    assert isinstance(supernet_for("rnn").build(space, OneShotConfig(**TINY).resolved("rnn"), data).norm,
+                      torch.nn.BatchNorm1d)
+    checkpoint = tmp_path / "rsws.pt"
+    reports = list(search_epochs(space, data, config, seed=0, checkpoint=str(checkpoint)))
+    model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    scoring = data.batchify("val", 260)
+    for report in reports[1:]:
+        path = rnn_path(space.parse(report["block_genotype"]))
+        assert report["block_val_ppl"] == report["block_minibatch_ppl"] == perplexity(model, scoring, 35, path)
+    # Sampled as randomNAS_release samples: a predecessor and one of the four activations per node.
+    cell = sample_cell(3, torch.Generator().manual_seed(0))
+    assert all(act != "none" and 0 <= j < i for i, (act, j) in enumerate(cell.recurrent, start=1))

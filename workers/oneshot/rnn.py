@@ -1,7 +1,7 @@
 """One-shot search on the recurrent `rnn` space (DARTS' PTB search, Liu et al., ICLR 2019; Li &
-Talwalkar's random search with weight sharing on the same supernet).
+Talwalkar's random search with weight sharing).
 
-The supernet is DARTS' recurrent search cell in the language model every rnn child trains in
+DARTS' supernet is its recurrent search cell in the language model every rnn child trains in
 (workers/nets/rnn.py): node 0 is the highway step over [x_t, h_{t-1}]; node i (1..steps) sums,
 over every earlier node j and every activation, w_{ij,op} * highway(s_j, W_i s_j, op), with w
 the softmax of node i's alphas over (none, tanh, relu, sigmoid, identity): the mixed activation
@@ -10,6 +10,11 @@ state goes through an affine-free batch norm (their search cell has one; the chi
 and h_t is the mean of nodes 1..steps. Derivation keeps, per node, the one predecessor whose
 strongest non-`none` activation weighs most, with that activation (the paper's k = 1).
 
+Li & Talwalkar share the weights of DARTS' evaluation cell instead (their wrapper builds
+`RNNModel` and sets each batch's genotype): the same supernet without the batch norms, run one
+sampled path at a time, at the evaluation's size (proxyless: 850 wide, wd 8e-7, word dropout
+0.1); every sampled cell is scored on the whole validation stream (in 256 x 4 columns).
+
 Data as both searches' code reads it: the PTB training stream trains the weights, one pass per
 epoch from a zero state (truncated BPTT, the state carried across windows), in windows of 35
 tokens, or of 17 one time in 20, each weight step (and DARTS' architect step) at the learning
@@ -17,7 +22,7 @@ rate scaled by the window's length / 35; the weights' loss adds AWD-LSTM's tempo
 penalty (beta 1e-3). DARTS' alphas read the validation stream at the training window's position
 (modulo its length), 35 tokens, their own hidden state carried across steps and reset with each
 pass. The dropouts are the search code's (0.75 on outputs and x_t, 0.25 on h_{t-1}, 0.2 on
-embeddings) [U: not in the papers' text].
+embeddings; word dropout 0.1 in Li & Talwalkar's proxyless setting) [U: not in the papers' text].
 
 Batches reach the supernet as one `Window` (tokens, hidden state, stream name) so that the
 one-shot machinery (the searches' epochs, the Architect, its unrolled step and finite
@@ -52,10 +57,14 @@ from raynas.workers.training import BPTT_HALF_EVERY, temporal_activation_penalty
 
 #: DARTS' rnn PRIMITIVES: the alphas' columns.
 PRIMITIVES = ("none", *ACTIVATIONS)
-#: The DARTS search code's dropouts: outputs, h_{t-1}, x_t, embeddings.
-SEARCH_DROPOUTS = {"dropout": 0.75, "dropout_h": 0.25, "dropout_x": 0.75, "dropout_i": 0.2}
+#: The DARTS search code's dropouts: outputs, h_{t-1}, x_t, embeddings, words.
+SEARCH_DROPOUTS = {"dropout": 0.75, "dropout_h": 0.25, "dropout_x": 0.75, "dropout_i": 0.2, "dropout_e": 0.0}
+#: Li & Talwalkar's proxyless setting shares the evaluation network's: the same, with word dropout 0.1.
+PROXYLESS_DROPOUTS = {**SEARCH_DROPOUTS, "dropout_e": 0.1}
 #: Validation windows' batch size (DARTS evaluates with 10 columns).
 EVAL_BATCH_SIZE = 10
+#: Li & Talwalkar's wrapper scores sampled cells on the validation stream in 256 x 4 columns.
+SCORE_COLUMNS = 1024
 #: Both searches' windows: BPTT tokens, or int(BPTT / 2) one time in BPTT_HALF_EVERY.
 BPTT = 35
 #: AWD-LSTM's temporal activation penalty in both searches' weight steps (their `--beta`).
@@ -81,10 +90,12 @@ def _gate(projected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class RNNSupernet(Supernet):
-    """DARTS' recurrent search cell in its language model. A training forward leaves its outputs
-    before the output dropout in `raw_output` (for TAR)."""
+    """DARTS' recurrent search cell in its language model; without `batch_norm`, run one path at
+    a time, DARTS' evaluation cell (Li & Talwalkar's shared weights). A training forward leaves
+    its outputs before the output dropout in `raw_output` (for TAR)."""
 
-    def __init__(self, vocab_size: int, size: int, steps: int = 8, dropouts: dict[str, float] | None = None):
+    def __init__(self, vocab_size: int, size: int, steps: int = 8, dropouts: dict[str, float] | None = None,
+                 batch_norm: bool = True):
         super().__init__()
         self.primitives = PRIMITIVES
         self.steps, self.size = steps, size
@@ -94,7 +105,7 @@ class RNNSupernet(Supernet):
         self.step_projs = nn.ModuleList(nn.Linear(size, 2 * size, bias=False) for _ in range(steps))
         self.decoder = nn.Linear(size, vocab_size)
         self.decoder.weight = self.embedding.weight
-        self.norm = nn.BatchNorm1d(size, affine=False)
+        self.norm = nn.BatchNorm1d(size, affine=False) if batch_norm else nn.Identity()
         for p in self.parameters():
             nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE)
         nn.init.zeros_(self.decoder.bias)
@@ -110,7 +121,10 @@ class RNNSupernet(Supernet):
     def forward(self, window: Window, path: RNNPath | None = None) -> torch.Tensor:
         tokens, hidden, stream = window.tokens, window.hidden, window.stream
         d = self.dropouts if self.training else dict.fromkeys(self.dropouts, 0.0)
-        x = F.embedding(tokens, self.embedding.weight)
+        weight = self.embedding.weight
+        if d["dropout_e"]:
+            weight = weight * dropout_mask(weight, (weight.shape[0], 1), d["dropout_e"])
+        x = F.embedding(tokens, weight)
         if d["dropout_i"]:
             x = x * dropout_mask(x, (1, *x.shape[1:]), d["dropout_i"])
         x_mask = dropout_mask(x, x.shape[1:], d["dropout_x"]) if d["dropout_x"] else None
@@ -233,8 +247,8 @@ class TextFeed:
     """PTB as DARTS' and Li & Talwalkar's searches read it (the module's docstring): one pass over
     the training stream per epoch in jittered windows (capped by `max_batches_per_epoch`, then the
     pass goes on in the next epoch), the alphas' windows of the validation stream at the training
-    position, the supernet's validation figures and the architectures' scores in 10 columns.
-    Both streams' positions and states are the search's state."""
+    position, the supernet's validation figures in 10 columns, sampled cells' scores in
+    SCORE_COLUMNS. Both streams' positions and states are the search's state."""
 
     unit = "tokens"
     metric = "ppl"
@@ -246,6 +260,8 @@ class TextFeed:
         self.train = Stream(model, data.batchify("train", cfg.batch_size, device), "train")
         self.search = Stream(model, data.batchify("val", cfg.batch_size, device), "val")
         self.valid = data.batchify("val", EVAL_BATCH_SIZE, device)
+        # A corpus too small for 1024 columns of two steps is scored in as many as it holds.
+        self.scoring = data.batchify("val", min(SCORE_COLUMNS, len(data.val) // 2), device)
         windows = -(-(len(self.train.data) - 1) // BPTT)
         self.steps = min(windows, cfg.max_batches_per_epoch) if cfg.max_batches_per_epoch else windows
         self.cap = cfg.max_batches_per_epoch
@@ -291,10 +307,10 @@ class TextFeed:
         return {"val_ppl": ppl, "val_loss": math.log(ppl) if math.isfinite(ppl) else math.inf}
 
     def rescore(self, model: RNNSupernet, path: RNNPath) -> float:
-        return perplexity(model, self.valid, BPTT, path)
+        return perplexity(model, self.scoring, BPTT, path)
 
     def scorer(self, batches: int) -> Callable[[RNNSupernet, RNNPath], float]:
-        return lambda model, path: perplexity(model, self.valid, BPTT, path, batches)
+        return lambda model, path: perplexity(model, self.scoring, BPTT, path, batches)
 
 
 def _check(config: Any) -> None:
@@ -306,9 +322,17 @@ def _check(config: Any) -> None:
         raise ConfigError("drop_none", "the rnn supernet's alphas weigh `none` against its activations", (False,))
 
 
+def _build(space: Any, cfg: Any, data: TextData) -> RNNSupernet:
+    """DARTS' search cell for DARTS; for random search with weight sharing the evaluation cell,
+    with the word dropout of the proxyless setting its shared weights train in."""
+    if cfg.recipe == "rsws":
+        return RNNSupernet(data.vocab_size, cfg.channels, space.steps, PROXYLESS_DROPOUTS, batch_norm=False)
+    return RNNSupernet(data.vocab_size, cfg.channels, space.steps)
+
+
 register_supernet(OneShotSpace(
     name="rnn", task=LANGUAGE_MODEL,
-    build=lambda space, cfg, data: RNNSupernet(data.vocab_size, cfg.channels, space.steps),
+    build=_build,
     feed=TextFeed,
     defaults={
         # DARTS' PTB search (Liu et al., ICLR 2019): embedding and hidden 300, plain SGD at a constant lr 20,
@@ -318,10 +342,13 @@ register_supernet(OneShotSpace(
         "darts": {"epochs": 50, "channels": 300, "batch_size": 256, "lr": 20.0, "weight_decay": 5e-7,
                   "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.25, "arch_lr": 3e-3,
                   "arch_betas": (0.9, 0.999), "unrolled_clip": True},
-        # Li & Talwalkar's PTB search: DARTS' recurrent supernet and training (300 wide, SGD 20 constant,
-        # wd 5e-7), proxyless, 50 epochs, batch 64, clip 0.1, 2000 architectures ranked.
-        "rsws": {"epochs": 50, "channels": 300, "batch_size": 64, "lr": 20.0, "weight_decay": 5e-7,
-                 "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.1, "archs": 2000},
+        # Li & Talwalkar's PTB search, proxyless (randomNAS_release's DartsWrapper, config "eval": the
+        # evaluation network, 850 wide, wd 8e-7, word dropout 0.1), 50 epochs, batch 64, clip 0.1, SGD 20
+        # constant; 2000 architectures (two blocks of 1000) each scored on the whole validation stream,
+        # each block's best a winner, none re-scored.
+        "rsws": {"epochs": 50, "channels": 850, "batch_size": 64, "lr": 20.0, "weight_decay": 8e-7,
+                 "momentum": 0.0, "nesterov": False, "lr_schedule": "constant", "grad_clip": 0.1, "archs": 2000,
+                 "score_batches": 0, "rescore_top": 0},
     },
     derive=lambda model: derive_rnn(model.arch_weights(), model.steps),
     monitors=lambda model, arch: alpha_monitors(model.arch_weights()),
