@@ -2,7 +2,9 @@
 
 Cell level: B = 5 blocks; each adds two ops, each applied to h_{l-2}, h_{l-1} or an earlier
 block of the cell; the cell's output concatenates all five blocks (the paper's combine is add
-only). Ops: the paper's eight (sec. 3.1), under the names the DARTS family uses.
+only). Ops: the paper's eight (sec. 3.1), under the names the DARTS family uses; here
+`dil_conv_3x3` / `dil_conv_5x5` name the paper's dense atrous convs at rate 2 (the networks build
+them from workers/ops.py's AUTODEEPLAB_OPS), not DARTS' separable ones.
 
 Network level: L layers (12 in the paper), each at one of four resolution levels, output
 strides 4, 8, 16, 32 (level 0..3). The two-layer stem leaves the image at stride 4, and from
@@ -150,9 +152,10 @@ class AutoDeepLabSpace(SearchSpace):
         values = read_genotype_call(text, FIELDS, NAMES, function="AutoDeepLab")
         return check_arch(AutoDeepLabArch(**values))
 
-    def published_size(self, text: str) -> tuple[int, float] | None:
-        """Auto-DeepLab-S/M/L: the filter multiplier F and the paper's parameter count."""
-        return PUBLISHED.get(text.strip())
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
+        """Auto-DeepLab-S/M/L: the filter multiplier F and the paper's parameter count (the path fixes the depth)."""
+        published = PUBLISHED.get(text.strip())
+        return None if published is None else (*published, None)
 
     def draw(self, arch: AutoDeepLabArch) -> str:
         check_arch(arch)

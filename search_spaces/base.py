@@ -95,9 +95,10 @@ class SearchSpace(ABC):
         self.check_values(values)
         return arch
 
-    def published_size(self, text: str) -> tuple[int, float] | None:
-        """(width, parameters in millions) of the published network named `text`, for `nas inspect`
-        to build it at its width and show its figure; None where the space records none."""
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
+        """(width, parameters in millions, depth or None for the builder's) of the published network
+        named `text`, for `nas inspect` to build it at that size and show its figure; None where the
+        space records none."""
         return None
 
     def draw(self, arch: Hashable) -> str:

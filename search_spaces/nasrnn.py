@@ -38,6 +38,13 @@ GENOTYPES: dict[str, TreeCell] = {
     ),
 }
 
+#: Zoph & Le's PTB models (their Tab. 2: "base 8 and shared embeddings", two layers): 25M and
+#: 54M parameters. The paper gives the counts, not the widths [U]: these are the widths at which
+#: two layers of the cell with a tied 10k embedding hold those counts (16 H^2 per layer + 10k H +
+#: 10k biases), named after their sizes.
+PUBLISHED = {"NAS-25M": (741, 25.0, 2), "NAS-54M": (1152, 54.0, 2)}
+GENOTYPES.update(dict.fromkeys(PUBLISHED, GENOTYPES["NAS"]))
+
 _PAIR = re.compile(r"^(\w+)/(\w+)$")
 
 
@@ -106,6 +113,9 @@ class NASRNNSpace(SearchSpace):
 
     def validate(self, arch: TreeCell) -> TreeCell:
         return check_cell(arch)
+
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
+        return PUBLISHED.get(text.strip())
 
     def parse(self, text: str) -> TreeCell:
         """A published name, or str(TreeCell): `comb/act` per node, `inject=comb/act`, `cell=I,M`."""

@@ -44,6 +44,8 @@ GENOTYPES: dict[str, RNNGenotype] = {
     ),
 }
 GENOTYPES["DARTS"] = GENOTYPES["DARTS_V2"]
+#: DARTS' PTB model (Liu et al., ICLR 2019, Tab. 2): the cell in one layer, 850 wide, 23M parameters.
+PUBLISHED = {"DARTS_V2": (850, 23.0, 1), "DARTS": (850, 23.0, 1)}
 
 
 def check_genotype(arch: object) -> RNNGenotype:
@@ -100,6 +102,9 @@ class RNNSpace(SearchSpace):
         if name in GENOTYPES:
             return GENOTYPES[name]
         return check_genotype(RNNGenotype(**read_genotype_call(text, GENOTYPE_FIELDS, tuple(GENOTYPES))))
+
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
+        return PUBLISHED.get(text.strip())
 
     def draw(self, arch: RNNGenotype) -> str:
         check_genotype(arch)

@@ -21,6 +21,7 @@ def inspect_arch(
     published = space.published_size(arch_text)
     if published and channels is None:
         channels = published[0]
+        layers = published[2] if layers is None else layers
     if space_name in LANGUAGE_SPACES:
         config = NetConfig(vocab_size=vocab_size, **_sizes(channels, layers))
         sample = torch.zeros(35, 1, dtype=torch.long)

@@ -56,15 +56,20 @@ from raynas.search_spaces.cell import CellSpace
 #: The decoder's start symbol; the space's tokens are shifted up by one.
 START = 0
 
-#: NAO_pytorch's settings (../shared/REFERENCES.md, NAO rows): V1, V2 and TF NAO-WS.
+#: NAO_pytorch's settings (../shared/REFERENCES.md, NAO rows): V1, V2 and TF NAO-WS. The Adam weight
+#: decay is NAO_V1/train_search.py's `controller_l2_reg` and TF NAO-WS's `controller_weight_decay`
+#: (1e-4), NAO_V2's 0.
 PRESETS: dict[str, dict[str, Any]] = {
     "v1": {"seed_archs": 600, "new_archs": 300, "hidden_size": 96, "embedding_size": 48, "mlp_layers": 3,
-           "mlp_hidden_size": 200},
+           "mlp_hidden_size": 200, "weight_decay": 1e-4},
     "v2": {"seed_archs": 1000, "new_archs": 300, "hidden_size": 64, "embedding_size": 32, "mlp_layers": 0,
-           "mlp_hidden_size": 200},
+           "mlp_hidden_size": 200, "weight_decay": 0.0},
     "ws": {"seed_archs": 1000, "new_archs": 500, "hidden_size": 96, "embedding_size": 48, "mlp_layers": 3,
-           "mlp_hidden_size": 100},
+           "mlp_hidden_size": 100, "weight_decay": 1e-4},
 }
+#: NAO_pytorch follows its seed architectures with 2-3 iterations of `new_archs` each; a budget
+#: smaller than the seeds and this many rounds gets the preset's phases scaled down to fit it.
+PLANNED_ROUNDS = 2
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,8 @@ class NAOConfig:
     epochs: int = option(1000, "epochs over the pool that train the three networks at every iteration", most=1000)
     batch_size: int = option(100, "their batch size", most=4096)
     lr: float = option(1e-3, "their Adam learning rate")
-    weight_decay: float = option(0.0, "their Adam weight decay")
+    weight_decay: float | None = option(None, "their Adam weight decay (default: the preset's: 1e-4 v1 and ws, 0 "
+                                              "v2)")
     grad_bound: float = option(5.0, "their largest gradient norm")
     expand: int = option(10, "copies of each architecture in the training data, all but one with a node's two inputs "
                              "swapped in each cell (the paper's augmentation; cell spaces only; 1 turns it off)",
@@ -116,12 +122,29 @@ class NAOConfig:
         check_number("mlp_dropout", self.mlp_dropout, 0, 1, high_open=True)
         check_number("trade_off", self.trade_off, 0, 1)
         check_number("lr", self.lr, 0, low_open=True)
-        check_number("weight_decay", self.weight_decay, 0)
+        check_number("weight_decay", self.weight_decay, 0, optional=True)
         check_number("grad_bound", self.grad_bound, 0)
         check_number("step_increment", self.step_increment, 0, low_open=True)
 
-    def resolved(self) -> NAOConfig:
-        return dataclasses.replace(self, **{k: v for k, v in PRESETS[self.preset].items() if getattr(self, k) is None})
+    def resolved(self, budget: int | None = None) -> NAOConfig:
+        """The preset's values for the fields left None; with the search's `budget` of evaluations,
+        the preset's seed phase and round size scaled down (in proportion) where the budget cannot
+        hold the seeds and PLANNED_ROUNDS rounds: NAO_pytorch's 600 seeds would leave a budget of
+        600 or less a random search. Seeds that leave no evaluation to NAO are a ConfigError."""
+        config = dataclasses.replace(self, **{k: v for k, v in PRESETS[self.preset].items()
+                                              if getattr(self, k) is None})
+        if budget is None:
+            return config
+        planned = config.seed_archs + PLANNED_ROUNDS * config.new_archs
+        if budget < planned:
+            scaled = {k: max(1, getattr(config, k) * budget // planned) for k in ("seed_archs", "new_archs")
+                      if getattr(self, k) is None}
+            config = dataclasses.replace(config, **scaled)
+        if config.seed_archs >= budget:
+            raise ConfigError("strategy_options.seed_archs", f"{config.seed_archs} random architectures take the "
+                              f"whole budget of {budget} evaluations: NAO would never propose one",
+                              f"fewer than {budget}")
+        return config
 
 
 # -- architectures as NAO's sequences ------------------------------------------------------------
@@ -192,7 +215,10 @@ class NAOModel(nn.Module):
         self.predictor = nn.Sequential(*layers, nn.Linear(width, 1))
         self.decoder_embedding = nn.Embedding(codec.vocab_size, hidden)
         self.decoder = nn.LSTM(hidden, hidden, cfg.decoder_layers, batch_first=True)
-        self.attention = nn.Linear(2 * hidden, hidden)
+        # Luong's "general" attention as NAO_pytorch's decoder has it: score = (W_in h) . o, then
+        # tanh(W_out [context; h]); neither projection has a bias.
+        self.attention_in = nn.Linear(hidden, hidden, bias=False)
+        self.attention = nn.Linear(2 * hidden, hidden, bias=False)
         self.out = nn.Linear(hidden, codec.vocab_size)
         # Not a buffer: it follows from the space, not from training, so it stays out of the state.
         self.mask = torch.where(codec.allowed, 0.0, -math.inf)
@@ -206,11 +232,14 @@ class NAOModel(nn.Module):
     def predict(self, embedding: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.predictor(embedding)).squeeze(-1)
 
+    def attend(self, h: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
+        """The decoder's states [B, T, H] after attending to the encoder's outputs [B, L, H]."""
+        weights = torch.bmm(self.attention_in(h), outputs.transpose(1, 2)).softmax(-1)
+        return torch.tanh(self.attention(torch.cat([torch.bmm(weights, outputs), h], -1)))
+
     def _decode(self, inputs: torch.Tensor, state, outputs: torch.Tensor):
         h, state = self.decoder(self.decoder_embedding(inputs), state)
-        attention = torch.bmm(h, outputs.transpose(1, 2)).softmax(-1)
-        h = torch.tanh(self.attention(torch.cat([torch.bmm(attention, outputs), h], -1)))
-        return self.out(h), state
+        return self.out(self.attend(h, outputs)), state
 
     def _start(self, embedding: torch.Tensor):
         h = embedding.unsqueeze(0).repeat(self.decoder_layers, 1, 1).contiguous()
@@ -255,8 +284,8 @@ class NAOController:
     torch RNG never moves and the controller resumes exactly from `state_dict`.
     """
 
-    def __init__(self, space: SearchSpace, config: NAOConfig, seed: int):
-        self.config = cfg = config.resolved()
+    def __init__(self, space: SearchSpace, config: NAOConfig, seed: int, budget: int | None = None):
+        self.config = cfg = config.resolved(budget)
         self.codec = Codec(space)
         self.rng = np.random.default_rng(seed)
         self._torch_state = None

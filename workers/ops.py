@@ -9,6 +9,9 @@ namespace rather than one dictionary that would have to pick a meaning:
   genotype may name (search_spaces.cell.CELL_OPS); ops keep the width C.
 - `NB201_OPS[name](C_in, C_out, stride, affine, track_running_stats)`:
   NAS-Bench-201's five ops.
+- `AUTODEEPLAB_OPS[name](C, stride, affine)`: Auto-DeepLab's eight, under the DARTS
+  names; its atrous convs are dense (the paper's and TensorFlow's hnasnet), not DARTS'
+  depthwise-separable `dil_conv`.
 - `RNN_ACTIVATIONS[name](tensor)`: the recurrent cell's activations.
 
 Structures follow the reference implementations (quark0/darts
@@ -161,6 +164,16 @@ DARTS_OPS: dict[str, OpFactory] = {
     "sep_conv_7x7": lambda C, stride, affine: SepConv(C, C, 7, stride, affine),
     "dil_conv_3x3": lambda C, stride, affine: DepthwiseSeparable(C, C, 3, stride, 2, dilation=2, affine=affine),
     "dil_conv_5x5": lambda C, stride, affine: DepthwiseSeparable(C, C, 5, stride, 4, dilation=2, affine=affine),
+}
+
+#: Auto-DeepLab (Liu et al., CVPR 2019, sec. 3.1): "3x3 and 5x5 atrous conv with rate 2" are full
+#: k x k convs (hnasnet's `atrous_kxk`: ReLU, conv at rate 2, BN), k^2 C^2 weights against the
+#: depthwise-separable k^2 C + C^2 of DARTS' `dil_conv`; the other six are DARTS'.
+AUTODEEPLAB_OPS: dict[str, OpFactory] = {
+    **{name: DARTS_OPS[name] for name in ("sep_conv_3x3", "sep_conv_5x5", "avg_pool_3x3", "max_pool_3x3",
+                                          "skip_connect", "none")},
+    "dil_conv_3x3": lambda C, stride, affine: ReLUConvBN(C, C, 3, stride, 2, dilation=2, affine=affine),
+    "dil_conv_5x5": lambda C, stride, affine: ReLUConvBN(C, C, 5, stride, 4, dilation=2, affine=affine),
 }
 
 

@@ -55,13 +55,18 @@ NB201_RECIPE: dict[str, Any] = {"epochs": 200, "batch_size": 256, "lr": 0.1, "mo
 #: F = 8) is ours, sized for the composed set on a CPU.
 AUTODEEPLAB_RECIPE: dict[str, Any] = {"epochs": 30, "batch_size": 16, "lr": 0.05, "momentum": 0.9, "nesterov": False,
                                       "weight_decay": 1e-4, "grad_clip": 5.0, "lr_schedule": "poly"}
-#: DARTS' PTB evaluation (Liu et al., ICLR 2019; the DARTS code's rnn/train.py defaults [U: only the
-#: 850 size and the 23M parameters are in REFERENCES]): embedding = hidden = 850, batch 64, BPTT 35,
-#: plain SGD at a constant lr 20, wd 8e-7, clip 0.25, averaged SGD once the validation perplexity
-#: stops improving over 5 epochs, up to 8000 epochs; dropouts in `LANGUAGE_NET`.
+#: DARTS' PTB evaluation (Liu et al., ICLR 2019; quark0/darts rnn/train.py's defaults): embedding =
+#: hidden = 850, batch 64, windows drawn around BPTT 35 with the learning rate scaled to their
+#: length, plain SGD at a constant lr 20, wd 8e-7, clip 0.25, TAR 1e-3, averaged SGD once the
+#: validation perplexity stops improving over 5 epochs, up to 8000 epochs, the weights of the best
+#: validation epoch kept (a NaN goes back to them; the test perplexity is theirs, at batch
+#: TEST_BATCH_SIZE); dropouts in `LANGUAGE_NET`.
 LANGUAGE_RECIPE: dict[str, Any] = {"epochs": 8000, "batch_size": 64, "bptt": 35, "lr": 20.0, "momentum": 0.0,
                                    "weight_decay": 8e-7, "grad_clip": 0.25, "channels": 850,
-                                   "lr_schedule": "constant", "asgd_nonmono": 5, "eval_batch_size": 10}
+                                   "lr_schedule": "constant", "asgd_nonmono": 5, "eval_batch_size": 10, "tar": 1e-3,
+                                   "bptt_jitter": True, "keep_best": True}
+#: DARTS' rnn/train.py scores the test split in one column.
+TEST_BATCH_SIZE = 1
 #: DARTS' PTB evaluation dropouts: outputs 0.75, h 0.25, x 0.75, embeddings 0.2, words 0.1.
 LANGUAGE_NET: dict[str, float] = {"dropout": 0.75, "dropout_h": 0.25, "dropout_x": 0.75, "dropout_i": 0.2,
                                   "dropout_e": 0.1}
@@ -142,7 +147,7 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
     preprocessing = dataset.preprocessing()
     if language:
         split, data = "test", dataset
-        net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, **LANGUAGE_NET)
+        net = NetConfig(vocab_size=data.vocab_size, channels=config.channels, layers=config.layers, **LANGUAGE_NET)
     else:
         check_cutout(config, dataset)
         split = "test" if dataset.has_test else "val"
@@ -179,8 +184,10 @@ def retrain(space: str, arch: str, dataset: Data, config: TrainConfig, out: str 
 
         if language:
             failure = run.fit_text(data, start_epoch, on_epoch)
-            score = {"metric": "ppl", "test_ppl": None if failure else run.perplexity(data, "test"),
-                     "averaged_from": run.averaged_from, "train_samples": len(data.train)}
+            score = {"metric": "ppl", "test_ppl": None if failure else run.perplexity(data, "test", TEST_BATCH_SIZE),
+                     "averaged_from": run.averaged_from, "rollbacks": run.rollbacks,
+                     "best_epoch": None if run.best is None else run.best["epoch"] + 1,
+                     "train_samples": len(data.train)}
         else:
             failure = run.fit_images(data, start_epoch, on_epoch)
             score = {"metric": data.metric, "test_acc": None if failure else run.accuracy(data),

@@ -14,9 +14,10 @@ both drive it.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -43,6 +44,15 @@ POLY_POWER = 0.9
 REWARD_WINDOW = 5
 #: Zoph & Le's PTB reward is PPL_REWARD_CONSTANT / ppl**2.
 PPL_REWARD_CONSTANT = 80.0
+#: DARTS' evaluation (rnn/train.py) draws each window's length around bptt, or around bptt / 2 one
+#: time in BPTT_HALF_EVERY, with this standard deviation, at least BPTT_SHORTEST and at most
+#: bptt + BPTT_LONGER (AWD-LSTM's variable-length backprop).
+BPTT_HALF_EVERY = 20
+BPTT_STD = 5.0
+BPTT_SHORTEST = 5
+BPTT_LONGER = 20
+#: A run whose NaN losses keep coming back after this many returns to its best epoch fails.
+MAX_ROLLBACKS = 10
 
 # Fields left as None in TrainConfig take their task's default: NAS-RL's CIFAR
 # child training for images, DARTS' PTB recipe for language models (plain SGD
@@ -90,8 +100,16 @@ class TrainConfig:
                                  "(80 / perplexity^2, language models); auto: zoph for images, ppl for text")
     bptt: int = option(35, "truncated-backprop window of language models", most=1000)
     asgd_nonmono: int = option(0, "language models: switch to averaged SGD once the validation perplexity is worse "
-                                  "than the best of all but the last N epochs (AWD-LSTM's NT-ASGD; DARTS: 5); 0: "
+                                  "than the best of the epochs before the last N (AWD-LSTM's NT-ASGD; DARTS: 5); 0: "
                                   "never", most=1000)
+    tar: float = option(0.0, "language models: temporal activation regularisation, beta x the mean squared change "
+                             "of the last layer's outputs from one step to the next (AWD-LSTM; DARTS: 1e-3)")
+    bptt_jitter: bool = option(False, "language models: each window's length drawn as DARTS' evaluation draws it "
+                                      "(normal around bptt, or bptt / 2 one time in 20, std 5, 5 to bptt + 20), the "
+                                      "learning rate scaled by length / bptt")
+    keep_best: bool = option(False, "language models: keep the weights and optimizer of the epoch with the best "
+                                    "validation perplexity; the test perplexity is theirs, and a NaN loss rolls "
+                                    "training back to them (DARTS' evaluation) instead of failing it")
     eval_batch_size: int | None = option(None, "evaluation batch size (default: the task's)", most=4096)
     max_train_batches_per_epoch: int | None = option(None, "cut every epoch to this many batches (smoke tests and "
                                                            "quick looks)", most=1_000_000)
@@ -129,6 +147,10 @@ class TrainConfig:
         if self.drop_path_schedule not in DROP_PATH_SCHEDULES:
             raise ConfigError("drop_path_schedule", f"unknown schedule {self.drop_path_schedule!r}",
                               DROP_PATH_SCHEDULES)
+        check_number("tar", self.tar, 0.0)
+        for name in ("bptt_jitter", "keep_best"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, f"must be true or false, got {getattr(self, name)!r}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError("lr_schedule", f"unknown schedule {self.lr_schedule!r}", LR_SCHEDULES)
         rewards = ("auto", *IMAGE_REWARDS, *LANGUAGE_REWARDS)
@@ -151,8 +173,11 @@ class TrainConfig:
         if task == "language_model" and (config.auxiliary_weight or config.drop_path):
             raise ConfigError("auxiliary_weight" if config.auxiliary_weight else "drop_path",
                               "applies to image models only")
-        if task != "language_model" and config.asgd_nonmono:
-            raise ConfigError("asgd_nonmono", "applies to language models only", (0,))
+        if task != "language_model":
+            for name in ("asgd_nonmono", "tar", "bptt_jitter", "keep_best"):
+                if getattr(config, name):
+                    raise ConfigError(name, "applies to language models only", (TrainConfig.__dataclass_fields__[
+                        name].default,))
         return config
 
     @classmethod
@@ -223,6 +248,8 @@ class TrainingRun:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
                  device: torch.device, generator: torch.Generator, unit: str, metric: str = "acc"):
         self.model, self.optimizer, self.config, self.device = model, optimizer, config, device
+        #: The optimizer the run started with, which a roll-back to before averaging takes up again.
+        self.sgd = optimizer
         self.generator = generator
         self.speed = resolve_speed(config, device, image=unit == "images")
         if self.speed.channels_last:
@@ -246,6 +273,10 @@ class TrainingRun:
         self.metric = "ppl" if unit == "tokens" else metric
         #: The epoch (counted from 1) after which averaged SGD took over (NT-ASGD); None: not yet.
         self.averaged_from: int | None = None
+        #: `keep_best`: the best validation epoch (from 0), its perplexity, weights and optimizer state.
+        self.best: dict[str, Any] | None = None
+        #: NaN losses survived by going back to the best epoch.
+        self.rollbacks = 0
 
     def metrics(self) -> dict[str, Any]:
         best = max if self.unit == "images" else min
@@ -375,7 +406,7 @@ class TrainingRun:
                 "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "val_curve": self.val_curve, "train_loss_curve": self.train_loss_curve,
                 "train_time_s": self.train_time_s, "samples": self.samples, "averaged_from": self.averaged_from,
-                "scaler": self.scaler.state_dict()}
+                "scaler": self.scaler.state_dict(), "best": self.best, "rollbacks": self.rollbacks}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -386,13 +417,16 @@ class TrainingRun:
         torch.set_rng_state(state["torch_rng"])
         self.val_curve, self.train_loss_curve = list(state["val_curve"]), list(state["train_loss_curve"])
         self.train_time_s, self.samples = state["train_time_s"], state["samples"]
+        self.best, self.rollbacks = state.get("best"), state.get("rollbacks", 0)
         # A run saved in fp32 or bf16 (or by an older version) has no scale: this run's starts afresh.
         if state.get("scaler") and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
 
     def fit_text(self, data: TextData, start_epoch: int = 0, on_epoch: Callable[[int], None] | None = None,
                  stop_epoch: int | None = None) -> str | None:
-        """Like `fit_images`; each epoch starts from a fresh hidden state, so a run resumes exactly."""
+        """Like `fit_images`; each epoch starts from a fresh hidden state, so a run resumes exactly.
+        With `keep_best`, a NaN loss sends the run back to its best epoch (weights, optimizer) and
+        it goes on from the epoch after it; `on_epoch` then sees that epoch again."""
         with self._backends():
             return self._fit_text(data, start_epoch, on_epoch, stop_epoch)
 
@@ -401,34 +435,85 @@ class TrainingRun:
         c, model = self.config, self.model
         train = data.batchify("train", c.batch_size, self.device)
         valid = data.batchify("val", c.eval_batch_size, self.device)
-        starts = range(0, len(train) - 1, c.bptt)[:c.max_train_batches_per_epoch]
-        lrs = self._schedule(len(starts))
-        losses = torch.zeros(len(starts), device=self.device)
-        for epoch in range(start_epoch, c.epochs if stop_epoch is None else stop_epoch):
+        nominal = len(range(0, len(train) - 1, c.bptt)[:c.max_train_batches_per_epoch])
+        lrs = self._schedule(nominal)
+        epoch, stop = start_epoch, c.epochs if stop_epoch is None else stop_epoch
+        while epoch < stop:
             model.train()
             hidden = model.init_hidden(c.batch_size)
             start = time.perf_counter()
-            for step, at in enumerate(starts):
-                x, y = _window(train, at, c.bptt)
+            losses = []
+            for step, (at, n, scale) in enumerate(self._windows(len(train))):
+                x, y = train[at:at + n], train[at + 1:at + 1 + n]
                 # Truncated backprop: carry the state across windows, not its history.
                 hidden = _detach(hidden)
                 with self.autocast():
                     output, hidden = model(x, hidden)
                     loss = F.cross_entropy(output.reshape(-1, output.shape[-1]), y.reshape(-1))
-                self._step(loss, lrs[epoch * len(starts) + step])
-                losses[step] = loss.detach()
+                    objective = loss + temporal_activation_penalty(model.raw_output, c.tar)
+                self._step(objective, lrs[epoch * nominal + min(step, nominal - 1)] * scale)
+                losses.append(loss.detach())
                 self.samples += y.numel()
-            failure = self._end_epoch(epoch, losses, start)
+            failure = self._end_epoch(epoch, torch.stack(losses), start)
             if failure:
-                return failure
+                if not self._roll_back():
+                    return failure
+                epoch = self.best["epoch"] + 1
+                continue
             self.val_curve.append(self._perplexity(valid))
-            n = c.asgd_nonmono
-            if (n and self.averaged_from is None and len(self.val_curve) > n
-                    and self.val_curve[-1] > min(self.val_curve[:-n])):
+            if c.keep_best and (self.best is None or self.val_curve[-1] < self.best["ppl"]):
+                self._remember_best(epoch)
+            if (self.averaged_from is None and c.asgd_nonmono
+                    and nonmonotonic(self.val_curve[:-1], self.val_curve[-1], c.asgd_nonmono)):
                 self._start_averaging(epoch + 1)
             if on_epoch:
                 on_epoch(epoch)
+            epoch += 1
         return None
+
+    def _windows(self, length: int) -> Iterator[tuple[int, int, float]]:
+        """(start, length, learning-rate factor) of one epoch's windows over a training stream of
+        `length` steps: every bptt steps at the full rate; or (`bptt_jitter`) as DARTS' evaluation
+        draws them, until the stream's end, each at the rate times its drawn length / bptt (the
+        last window may be cut shorter than drawn, as DARTS' get_batch cuts it)."""
+        c, cap = self.config, self.config.max_train_batches_per_epoch
+        if not c.bptt_jitter:
+            for at in range(0, length - 1, c.bptt)[:cap]:
+                yield at, min(c.bptt, length - 1 - at), 1.0
+            return
+        at, count = 0, 0
+        while at < length - 2 and (cap is None or count < cap):
+            n = jittered_bptt(c.bptt, self.generator)
+            yield at, min(n, length - 1 - at), n / c.bptt
+            at, count = at + n, count + 1
+
+    def _remember_best(self, epoch: int) -> None:
+        """The weights as validation scored them (the averages, once averaging) and the optimizer:
+        where DARTS' evaluation saves its model.pt and optimizer.pt."""
+        with self._averaged_weights():
+            weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.best = {"epoch": epoch, "ppl": self.val_curve[-1], "model": weights,
+                     "optimizer": copy.deepcopy(self.optimizer.state_dict()), "averaged_from": self.averaged_from}
+
+    def _roll_back(self) -> bool:
+        """Back to the best epoch after a NaN loss, as DARTS' evaluation reloads model.pt and
+        optimizer.pt: its weights, its optimizer (SGD or averaged SGD with its averages), the
+        curves up to it. The RNGs go on, so the epochs after it draw other dropout masks. False
+        where there is nothing to go back to, or the NaNs came back MAX_ROLLBACKS times."""
+        if self.best is None or self.rollbacks >= MAX_ROLLBACKS:
+            return False
+        self.rollbacks += 1
+        best = self.best
+        self.model.load_state_dict(best["model"])
+        if best["averaged_from"] is None:
+            self.optimizer = self.sgd
+        else:
+            self._start_averaging(best["averaged_from"])
+        self.optimizer.load_state_dict(copy.deepcopy(best["optimizer"]))
+        self.averaged_from = best["averaged_from"]
+        kept = best["epoch"] + 1
+        self.val_curve, self.train_loss_curve = self.val_curve[:kept], self.train_loss_curve[:kept]
+        return True
 
     def _start_averaging(self, epoch: int) -> None:
         """Continue with averaged SGD from the current weights (DARTS: t0 = 0, lambda = 0)."""
@@ -455,9 +540,19 @@ class TrainingRun:
                 for p, w in zip(self.params, saved):
                     p.copy_(w)
 
-    def perplexity(self, data: TextData, split: str) -> float:
-        """Perplexity on a split of `data` (in eval batches), with the averaged weights once averaging."""
-        return self._perplexity(data.batchify(split, self.config.eval_batch_size, self.device))
+    def perplexity(self, data: TextData, split: str, batch_size: int | None = None) -> float:
+        """Perplexity on a split of `data` in `batch_size` columns (default: the eval batch size):
+        of the best epoch's weights where the run keeps them, else of the current ones (averaged,
+        once averaging)."""
+        stream = data.batchify(split, batch_size or self.config.eval_batch_size, self.device)
+        if self.best is None:
+            return self._perplexity(stream)
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self.best["model"])
+        try:
+            return self._stream_perplexity(stream)
+        finally:
+            self.model.load_state_dict(current)
 
     def _perplexity(self, valid: torch.Tensor) -> float:
         with self._averaged_weights():
@@ -478,6 +573,29 @@ class TrainingRun:
         mean_loss = total.item() / ((len(valid) - 1) * valid.shape[1])
         # exp overflows past ~709; a NaN loss also fails the comparison and scores as infinite.
         return math.exp(mean_loss) if mean_loss < 700 else math.inf
+
+
+def jittered_bptt(bptt: int, generator: torch.Generator) -> int:
+    """A window's length as DARTS' evaluation draws it: int(N(bptt, 5)), or int(N(bptt / 2, 5)) one
+    time in BPTT_HALF_EVERY, kept within BPTT_SHORTEST .. bptt + BPTT_LONGER."""
+    mean = bptt if float(torch.rand((), generator=generator)) * BPTT_HALF_EVERY >= 1 else bptt / 2
+    drawn = int(mean + BPTT_STD * float(torch.randn((), generator=generator)))
+    return min(max(BPTT_SHORTEST, drawn), bptt + BPTT_LONGER)
+
+
+def nonmonotonic(before: list[float], value: float, n: int) -> bool:
+    """NT-ASGD's trigger (AWD-LSTM, DARTS' rnn/train.py): `value` is worse than the best of the
+    epochs before the last `n` of `before` (the curve up to the epoch before this one), with more
+    than `n` epochs in `before`."""
+    return len(before) > n and value > min(before[:-n])
+
+
+def temporal_activation_penalty(outputs: torch.Tensor | None, beta: float) -> torch.Tensor | float:
+    """AWD-LSTM's TAR: beta x the mean squared difference of consecutive outputs [T, B, H] (the
+    last layer's, before the output dropout); 0 without outputs or beta."""
+    if not beta or outputs is None:
+        return 0.0
+    return beta * (outputs[1:] - outputs[:-1]).pow(2).mean()
 
 
 def cutout(x: torch.Tensor, size: int, generator: torch.Generator, pin: bool = False) -> torch.Tensor:

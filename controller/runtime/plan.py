@@ -26,8 +26,11 @@ from raynas.workers.evaluation import Evaluator, Scoring, check_evaluator, evalu
 #: The execution paths: one process; one proposer over Ray workers; Zoph & Le's scheme (shards,
 #: replicas, workers); a Ray Tune experiment with a scheduler.
 LOCAL, PROPOSER, SCHEME, TUNE = "local", "proposer", "scheme", "tune"
-#: Li & Talwalkar's ASHA: R = 300 epochs (r = 1 epoch and eta = 4 are the spec's defaults).
+#: Li & Talwalkar's ASHA as their released command runs it (darts_asha: `-r 1 -R 300`, eta 4 in the
+#: code): R = 300 epochs and one halving round, so the first rung is r = R / eta = 75 epochs (`-r` is
+#: the number of halving rounds, not r). eta = 4 is the spec's default.
 ASHA_MAX_EPOCHS = 300
+ASHA_HALVING_ROUNDS = 1
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,8 @@ def _ladder(spec: SearchSpec, evaluator: type[Evaluator], raw: dict[str, Any]) -
                               f"{evaluator.budget_option}={given}: under a scheduler the children's schedule is "
                               "max_budget epochs", "one of the two")
         maximum = spec.max_budget or given or ASHA_MAX_EPOCHS
-        grace = spec.grace_period or 1
+        # A rung between two epochs is met at the next one, as below.
+        grace = spec.grace_period or max(1, math.ceil(maximum / spec.reduction_factor ** ASHA_HALVING_ROUNDS - 1e-9))
         if grace > maximum:
             raise ConfigError("grace_period", f"r={grace} exceeds R={maximum}", f"1..{maximum}")
         # Ray Tune's rungs, r * eta^k below R; a rung between two epochs is met at the next one.
@@ -237,4 +241,5 @@ def _ladder(spec: SearchSpec, evaluator: type[Evaluator], raw: dict[str, Any]) -
     return ladder
 
 
-__all__ = ["ASHA_MAX_EPOCHS", "LOCAL", "EvaluatorRecipe", "Ladder", "PROPOSER", "Plan", "SCHEME", "TUNE", "resolve"]
+__all__ = ["ASHA_HALVING_ROUNDS", "ASHA_MAX_EPOCHS", "LOCAL", "EvaluatorRecipe", "Ladder", "PROPOSER", "Plan", "SCHEME",
+           "TUNE", "resolve"]

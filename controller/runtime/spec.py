@@ -142,13 +142,15 @@ class SearchSpec:
     #: Ray Tune's scheduler; the strategy proposes, Tune's ASHAScheduler stops children at rungs.
     scheduler: str = _field("none", "none (default) or asha: Ray Tune's ASHAScheduler stops unpromising children "
                                     "early (random, evolution, rl; --runtime ray)")
-    grace_period: int | None = _field(None, "ASHA's r, the first rung, in epochs (default 1, the paper's; 12 for "
-                                            "the table; {most})", most=1000)
+    grace_period: int | None = _field(None, "ASHA's r, the first rung, in epochs (default R / eta, one halving "
+                                            "round: 75 of 300, Li & Talwalkar's; 12 for the table; {most})",
+                                      most=1000)
     max_budget: int | None = _field(None, "ASHA's R, the epochs a child may reach; the train evaluator's schedule "
                                           "spans R (default: its epochs option if set, else the paper's 300; 200 for "
                                           "the table; {most})", most=1000)
-    reduction_factor: float = _field(4.0, "ASHA's eta: each rung keeps the best 1/eta (default 4, the paper's; "
-                                          "{most})", most=100)
+    reduction_factor: float = _field(4.0, "ASHA's eta: a child passes a rung when its result is at least the "
+                                          "(1 - 1/eta) quantile of those that reached the rung before it (Ray "
+                                          "Tune's rule; default 4, the paper's; {most})", most=100)
     brackets: int = _field(1, "Hyperband-style brackets of asynchronous successive halving (default 1: ASHA; "
                               "{most})", most=16)
 

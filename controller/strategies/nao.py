@@ -3,7 +3,9 @@ architecture it proposes, and `nao-ws`, NAO with weight sharing (one evaluation 
 NAO-WS search on a supernet, workers/oneshot/nao_ws.py).
 
 `nao` works in rounds, as NAO_pytorch does, fitted to the asynchronous loop:
-- the first `seed_archs` proposals are distinct uniform samples;
+- the first `seed_archs` proposals are distinct uniform samples; given the search's budget of
+  evaluations, a preset's seed phase and rounds too long for it are scaled down in proportion
+  (`NAOConfig.resolved`), and seeds asked for that leave NAO no evaluation are refused;
 - then each round trains the encoder, predictor and decoder on every result observed so
   far (the pool) and queues up to `new_archs` new architectures, decoded from the top_k
   best of the pool moved along the predictor's gradient (workers/nao.py). Moved far
@@ -54,12 +56,14 @@ class NAOStrategy(Strategy):
     summary = "neural architecture optimization: encoder, performance predictor, decoder (Luo et al.)"
     Options = NAOConfig
 
-    def __init__(self, space: SearchSpace, seed: int = 0, options: NAOConfig | None = None):
+    def __init__(self, space: SearchSpace, seed: int = 0, options: NAOConfig | None = None,
+                 budget: int | None = None):
+        """`budget`: the search's evaluations, which the seed phase must leave room in (None: unknown)."""
         super().__init__(space, seed, options)
-        self.config = self.options.resolved()
+        self.config = self.options.resolved(budget)
         # Its own stream: the strategy's rng draws the seed architectures.
         nao_seed = int(np.random.SeedSequence([seed, 1]).generate_state(1)[0])
-        self.controller = NAOController(space, self.options, nao_seed)
+        self.controller = NAOController(space, self.options, nao_seed, budget)
         #: Successful results, in the order observed: architecture -> reward.
         self.pool: dict[Hashable, float] = {}
         self.failed: list[Hashable] = []

@@ -82,7 +82,8 @@ def test_table_asha_stops_at_the_rungs_asha_gives(tmp_path):
 def test_train_asha_on_digits_stops_at_epoch_rungs(tmp_path):
     out = tmp_path / "run"
     assert main(["search", "--space", "nb201", "--strategy", "random", "--evaluator", "train",
-                 "--scheduler", "asha", "--max-budget", "4", "--reduction-factor", "2", "--evaluations", "8",
+                 "--scheduler", "asha", "--grace-period", "1", "--max-budget", "4", "--reduction-factor", "2",
+                 "--evaluations", "8",
                  "--workers", "2", "--train-option", "channels=4", "--train-option", "layers=1",
                  "--dataset-option", "max_train=300", "--train-option", "batch_size=100", "--out", str(out),
                  "--quiet"]) == 0

@@ -64,7 +64,7 @@ def test_inspect_counts_the_supernet():
     from raynas.workers.oneshot import describe_supernet
 
     # 20 edges x 8 ops of alpha, 3 layers x 4 levels x 3 moves of beta.
-    assert describe_supernet("autodeeplab", 4, 3, num_classes=11, in_channels=1) == {"params": 816_300,
+    assert describe_supernet("autodeeplab", 4, 3, num_classes=11, in_channels=1) == {"params": 2_159_500,
                                                                                      "arch_params": 196}
 
 

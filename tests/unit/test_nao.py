@@ -253,3 +253,54 @@ def test_options_are_checked_and_nao_ws_takes_the_darts_space_only():
     assert (ws.epochs, ws.eval_every, ws.batch_size, ws.lr, ws.lr_min, ws.momentum, ws.nesterov, ws.weight_decay,
             ws.grad_clip, ws.lr_schedule, ws.channels, ws.layers, ws.train_portion, ws.score_batch_size,
             ws.score_batches) == (150, 30, 64, 0.025, 0.001, 0.9, False, 3e-4, 5.0, "epoch", 20, 11, 0.9, 500, 1)
+
+
+def test_the_controllers_adam_decays_as_nao_pytorchs():
+    # NAO_V1/train_search.py and TF NAO-WS: controller weight decay 1e-4; NAO_V2: 0.
+    decays = {p: NAOConfig(preset=p).resolved().weight_decay for p in PRESETS}
+    assert decays == {"v1": 1e-4, "v2": 0.0, "ws": 1e-4}
+    nao = NAOController(get_space("nb201"), NAOConfig(), seed=0)
+    assert nao.optimizer.param_groups[0]["weight_decay"] == 1e-4
+    assert NAOConfig(weight_decay=0.0).resolved().weight_decay == 0.0  # an explicit value wins
+
+
+def test_the_attention_is_luongs_general_score_without_biases():
+    # NAO_pytorch's decoder Attention: score = (W_in h) . o with a bias-free input projection, then
+    # tanh(W_out [mix; h]), bias-free as well.
+    space = get_space("nb201")
+    model = NAOModel(NAOController(space, NAOConfig(**TINY), seed=0).codec, NAOConfig(**TINY))
+    assert model.attention_in.bias is None and model.attention.bias is None
+    torch.manual_seed(0)
+    h, outputs = torch.randn(2, 3, 8), torch.randn(2, 5, 8)
+    weights = torch.softmax(model.attention_in(h) @ outputs.transpose(1, 2), -1)
+    expected = torch.tanh(model.attention(torch.cat([weights @ outputs, h], -1)))
+    torch.testing.assert_close(model.attend(h, outputs), expected)
+
+
+def _first_round_at(strategy, budget):
+    """How many evaluations the strategy proposes before its first NAO round (None: never, within `budget`)."""
+    for k in range(budget):
+        (arch,) = strategy.propose(1)
+        if strategy.signals():
+            return k
+        strategy.observe(arch, EvalResult(str(arch), reward=zlib.crc32(str(arch).encode()) % 100 / 100))
+    return None
+
+
+def test_the_seed_phase_is_scaled_to_the_budget():
+    """With NAO_pytorch's V1 defaults (600 seeds, then rounds of 300: 1,200 evaluations for the seeds
+    and two rounds) a budget of 100 used to stay random search; it now keeps the preset's proportions."""
+    from raynas.controller.strategies.nao import NAOStrategy
+
+    small = {k: v for k, v in TINY.items() if k not in ("seed_archs", "new_archs")}
+    space = get_space("nb201")
+    scaled = NAOStrategy(space, seed=0, options=NAOConfig(**small), budget=100)
+    assert (scaled.config.seed_archs, scaled.config.new_archs) == (50, 25)
+    assert _first_round_at(scaled, 100) == 50
+    # A budget that holds the seeds and two rounds keeps the preset.
+    assert NAOStrategy(space, options=NAOConfig(**small), budget=1200).config.seed_archs == 600
+    assert NAOStrategy(space, options=NAOConfig(**small), budget=3).config.seed_archs == 1
+    # Seeds the user asked for that leave no round are refused, naming the option.
+    with pytest.raises(ConfigError) as bad:
+        NAOStrategy(space, options=NAOConfig(**{**small, "seed_archs": 100}), budget=100)
+    assert bad.value.field == "strategy_options.seed_archs"

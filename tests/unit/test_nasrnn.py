@@ -67,7 +67,7 @@ def test_base_option_is_checked_and_sizes_the_tree():
 def _cell(arch, hidden=1, input_size=1):
     model = build_model("nasrnn", arch, NetConfig(vocab_size=5, channels=hidden, dropout=0, dropout_h=0,
                                                    dropout_x=0, dropout_i=0))
-    return model.cell.eval()
+    return model.cells[0].eval()
 
 
 def test_tree_cell_forward_on_hand_made_inputs():
@@ -116,7 +116,7 @@ def test_published_cell_size():
     for hidden in (200, 650):
         model = build_model("nasrnn", GENOTYPES["NAS"], NetConfig(vocab_size=10_000, embed_size=hidden,
                                                                   hidden_size=hidden))
-        assert count_params(model.cell) == 8 * hidden * (2 * hidden)
+        assert count_params(model.cells[0]) == 8 * hidden * (2 * hidden)
         assert count_params(model) == 16 * hidden ** 2 + 10_000 * hidden + 10_000
 
 
@@ -137,3 +137,38 @@ def test_a_tree_cell_of_the_wrong_shape_is_refused():
     with pytest.raises(InvalidArchitecture) as exc:
         get_space("nasrnn").validate(TreeCell((("add", "tanh"),) * 4, ("add", "tanh"), 0, 0))
     assert exc.value.field == "arch.nodes"
+
+
+def test_zoph_and_le_children_stack_two_layers():
+    """Zoph & Le's PTB children had two layers: the second cell reads the first's outputs, and the
+    model's state is every layer's (h, c) in order."""
+    torch.manual_seed(0)
+    model = build_model("nasrnn", GENOTYPES["NAS"], NetConfig(vocab_size=30, channels=8, layers=2))
+    assert len(model.cells) == 2
+    assert count_params(model) == 2 * 16 * 8 ** 2 + 30 * 8 + 30
+    hidden = model.init_hidden(3)
+    assert len(hidden) == 4 and all(t.shape == (3, 8) for t in hidden)
+    tokens = torch.randint(0, 30, (5, 3))
+    logits, state = model.eval()(tokens, hidden)
+    x = model.embedding(tokens)
+    first, (h1, c1) = model.cells[0](x, hidden[:2])
+    second, (h2, c2) = model.cells[1](first, hidden[2:])
+    torch.testing.assert_close(logits, model.decoder(second))
+    for got, want in zip(state, (h1, c1, h2, c2)):
+        torch.testing.assert_close(got, want)
+    darts = build_model("rnn", get_space("rnn").parse("DARTS_V2"), NetConfig(vocab_size=30, channels=8, layers=3))
+    assert len(darts.init_hidden(2)) == 3 and darts(tokens, darts.init_hidden(3))[0].shape == (5, 3, 30)
+
+
+def test_inspect_flags_the_published_language_models():
+    from raynas.workers.describe import inspect_arch
+
+    darts = inspect_arch("rnn", "DARTS_V2")  # DARTS' PTB model: 850 wide, one layer, 23M
+    assert (darts["config"]["channels"], darts["published_params_M"]) == (850, 23.0)
+    assert abs(darts["params"] / 1e6 - 23.0) < 0.05
+    for name, millions in (("NAS-25M", 25.0), ("NAS-54M", 54.0)):  # Zoph & Le's two-layer PTB models
+        report = inspect_arch("nasrnn", name)
+        assert report["config"]["layers"] == 2 and report["published_params_M"] == millions
+        assert abs(report["params"] / 1e6 - millions) < 0.05
+        assert get_space("nasrnn").parse(name) == GENOTYPES["NAS"]
+    assert inspect_arch("nasrnn", "NAS", channels=8)["published_params_M"] is None

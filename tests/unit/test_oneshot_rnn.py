@@ -15,9 +15,12 @@ from raynas.workers.oneshot import NoisyDartsConfig, OneShotConfig, RSWSConfig, 
 from raynas.workers.oneshot.rnn import (
     PRIMITIVES,
     RNNSupernet,
+    TextFeed,
     Window,
     derive_rnn,
+    perplexity,
     rnn_path,
+    sample_cell,
 )
 
 TINY = {"epochs": 2, "channels": 8, "batch_size": 8, "max_batches_per_epoch": 3, "device": "cpu", "num_threads": 1}
@@ -31,6 +34,10 @@ def test_defaults_are_darts_ptb_search_settings():
     rsws = RSWSConfig().resolved("rnn")  # Li & Talwalkar's PTB search
     assert (rsws.epochs, rsws.batch_size, rsws.grad_clip, rsws.archs, rsws.lr) == (50, 64, 0.1, 2000, 20.0)
     assert RSWSConfig().resolved("darts").archs == 5000
+    # Proxyless as randomNAS_release's DartsWrapper(config="eval"): 850 wide, wd 8e-7; every sampled
+    # cell scored on the whole validation stream, none re-scored.
+    assert (rsws.channels, rsws.weight_decay, rsws.score_batches, rsws.rescore_top) == (850, 8e-7, 0, 0)
+    assert (RSWSConfig().resolved("darts").score_batches, RSWSConfig().resolved("darts").rescore_top) == (10, 10)
     # The image searches keep theirs.
     darts = OneShotConfig().resolved("darts")
     assert (darts.momentum, darts.arch_lr, darts.arch_betas) == (0.9, 3e-4, (0.5, 0.999))
@@ -144,3 +151,126 @@ def test_supernet_size_at_darts_search_width():
     # 10k x 300 tied embedding + decoder bias, [x, h] -> 2H for node 0, 8 nodes of H -> 2H; 36 edges x 5 ops.
     assert describe_supernet("rnn") == {"params": 10_000 * 300 + 10_000 + 600 * 600 + 8 * 300 * 600,
                                         "arch_params": 36 * 5}
+
+
+def test_darts2_on_rnn_clips_its_virtual_step_as_darts_recurrent_architect():
+    """quark0/darts rnn/architect.py: the virtual step's gradient is clipped to the weights' clip,
+    w' = w - xi (c g + wd w), the validation gradient at w' is clipped too, and the implicit term
+    is scaled by the virtual step's clip coefficient c: grad_alpha L_val(w') - xi c H clip(grad_w' L_val).
+    Checked against the formula with an exact Hessian-vector product, in float64."""
+    from torch.func import functional_call
+
+    from raynas.workers.oneshot.darts import Architect
+
+    torch.manual_seed(0)
+    model = RNNSupernet(vocab_size=20, size=6, steps=3).double().eval()
+    cfg = search_config("darts2")().resolved("rnn")
+    assert cfg.unrolled_clip and cfg.grad_clip == 0.25 and cfg.lr == 20.0
+    architect = Architect(model, cfg)
+    optimizer = torch.optim.SGD(model.network_parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    tokens = torch.randint(0, 20, (5, 4))
+    x_train, y_train = Window(tokens[:-1], torch.zeros(4, 6, dtype=torch.float64), "train"), tokens[1:].reshape(-1)
+    tokens = torch.randint(0, 20, (5, 4))
+    x_val, y_val = Window(tokens[:-1], torch.zeros(4, 6, dtype=torch.float64), "val"), tokens[1:].reshape(-1)
+    xi, clip, wd = cfg.lr, cfg.grad_clip, cfg.weight_decay
+
+    names = [n for n, _ in model.named_network_parameters()]
+    weights = [p.detach() for _, p in model.named_network_parameters()]
+    alphas = model.arch_parameters()
+
+    def loss(params, x, y):
+        return torch.nn.functional.cross_entropy(functional_call(model, dict(zip(names, params)), (x,)), y)
+
+    def clipped(tensors):
+        norm = torch.sqrt(sum((t ** 2).sum() for t in tensors))
+        coef = min(1.0, clip / (float(norm) + 1e-6))
+        return [t * coef for t in tensors], coef
+
+    w = [t.clone().requires_grad_() for t in weights]
+    g, c = clipped(torch.autograd.grad(loss(w, x_train, y_train), w))
+    assert c < 1, "the setting must clip for the test to mean anything"
+    virtual = [(t - xi * (gi + wd * t)).detach().requires_grad_() for t, gi in zip(weights, g)]
+    grads = torch.autograd.grad(loss(virtual, x_val, y_val), alphas + virtual)
+    d_alpha, (v, _) = grads[:len(alphas)], clipped(grads[len(alphas):])
+    w = [t.clone().requires_grad_() for t in weights]
+    grad_w = torch.autograd.grad(loss(w, x_train, y_train), w, create_graph=True)
+    hvp = torch.autograd.grad(sum((gw * vi).sum() for gw, vi in zip(grad_w, v)), alphas)
+    expected = [da - xi * c * h for da, h in zip(d_alpha, hvp)]
+
+    actual = architect.gradient(x_train, y_train, x_val, y_val, xi, optimizer)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-9)
+    # The image spaces keep the CNN architect (DARTS' cnn/architect.py clips nothing).
+    assert not search_config("darts2")().resolved("darts").unrolled_clip
+
+
+def _feed(data, config, model, seed=0):
+    return TextFeed(data, config.resolved("rnn"), model, torch.Generator().manual_seed(seed), torch.device("cpu"))
+
+
+def test_the_search_reads_ptb_as_both_references_do(tiny_ptb):
+    """rnn/train_search.py and randomNAS_release: windows of 35, or int(35 / 2) = 17 with probability
+    0.05, one pass per epoch from a zero state; the step's learning rate times the length / 35; the
+    alphas' validation window of 35 at the training position, modulo the validation stream's length."""
+    data = load_dataset("ptb", tiny_ptb)
+    model = RNNSupernet(data.vocab_size, 6, 3).eval()  # eval and no_grad: the forwards only carry states
+    config = OneShotConfig(batch_size=16, channels=6, device="cpu")
+    feed = _feed(data, config, model)
+    draws = torch.Generator().manual_seed(0)  # the feed's seed; its 13th window (second pass) is a 17
+    length, at, passes, seen = len(feed.train.data), 0, [], []
+    with torch.no_grad():
+        for _ in range(2):
+            windows = []
+            for x, y in feed.batches():
+                drawn = 17 if float(torch.rand((), generator=draws)) < 0.05 else 35
+                assert (x.drawn, feed.lr_scale(x), len(x.tokens)) == (drawn, drawn / 35, min(drawn, length - 1 - at))
+                assert torch.equal(x.tokens, feed.train.data[at:at + len(x.tokens)]) and len(y) == 16 * len(x.tokens)
+                if at == 0:
+                    assert not x.hidden.any()  # each pass starts from a zero state
+                seen.clear()
+                feed.arch_batch(lambda window, targets: seen.append(model(window) is not None and window))
+                position = at % (len(feed.search.data) - 1)
+                assert torch.equal(seen[0].tokens, feed.search.data[position:position + 35][:len(seen[0].tokens)])
+                model(x)  # the weight step's forward, whose state the stream carries
+                windows.append(drawn)
+                at += drawn
+            passes.append(windows)
+            assert at >= length - 2
+            at = 0
+    assert all(w in (17, 35) for p in passes for w in p) and 17 in passes[0] + passes[1]
+
+
+def test_the_weights_loss_adds_temporal_activation_regularisation(tiny_ptb):
+    data = load_dataset("ptb", tiny_ptb)
+    torch.manual_seed(0)
+    model = RNNSupernet(data.vocab_size, 6, 3)
+    feed = _feed(data, OneShotConfig(batch_size=4, channels=6, device="cpu"), model)
+    x, y = next(iter(feed.batches()))
+    logits = model(x)
+    out = model.raw_output
+    expected = torch.nn.functional.cross_entropy(logits, y) + 1e-3 * (out[1:] - out[:-1]).pow(2).mean()
+    torch.testing.assert_close(feed.loss(logits, y), expected)
+
+
+def test_rsws_shares_the_evaluation_cells_weights_and_scores_on_the_whole_validation_stream(tiny_ptb, tmp_path):
+    """Li & Talwalkar's PTB wrapper: DARTS' RNNModel (the evaluation cell, no batch norm, word
+    dropout 0.1) with each batch's genotype; every sampled cell's perplexity on all of the
+    validation stream (256 x 4 columns; this corpus holds 260), the best of each block a winner."""
+    from raynas.workers.oneshot import supernet_for
+
+    data, space = load_dataset("ptb", tiny_ptb), get_space("rnn", steps=3)
+    config = RSWSConfig(**{**TINY, "epochs": 1}, archs=4, block=2)
+    model = supernet_for("rnn").build(space, config.resolved("rnn"), data)
+    assert isinstance(model.norm, torch.nn.Identity) and model.dropouts["dropout_e"] == 0.1
+    assert isinstance(supernet_for("rnn").build(space, OneShotConfig(**TINY).resolved("rnn"), data).norm,
+                      torch.nn.BatchNorm1d)
+    checkpoint = tmp_path / "rsws.pt"
+    reports = list(search_epochs(space, data, config, seed=0, checkpoint=str(checkpoint)))
+    model.load_state_dict(torch.load(checkpoint, weights_only=False)["model"])
+    scoring = data.batchify("val", 260)
+    for report in reports[1:]:
+        path = rnn_path(space.parse(report["block_genotype"]))
+        assert report["block_val_ppl"] == report["block_minibatch_ppl"] == perplexity(model, scoring, 35, path)
+    # Sampled as randomNAS_release samples: a predecessor and one of the four activations per node.
+    cell = sample_cell(3, torch.Generator().manual_seed(0))
+    assert all(act != "none" and 0 <= j < i for i, (act, j) in enumerate(cell.recurrent, start=1))

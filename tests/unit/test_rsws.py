@@ -151,3 +151,54 @@ def test_a_search_stopped_mid_ranking_continues_from_its_checkpoint(digits, tmp_
     with pytest.raises(ConfigError) as err:
         list(search_epochs(space, digits, RSWSConfig(**{**TINY, "archs": 9}), 5, str(tmp_path / "stopped.ckpt")))
     assert err.value.field == "checkpoint"
+
+
+def _conv_edge(model):
+    """(edge, index, its weights) of a conv on the first cell's first edge."""
+    edge = model.cells[0].edges[0]
+    index = edge.names.index("sep_conv_3x3")
+    return edge, index, [p for p in edge.ops[index].parameters()]
+
+
+def test_weight_decay_and_momentum_reach_ops_the_step_did_not_sample():
+    """Both references zero the gradients in place (torch 0.3's zero_grad), so an op sampled once
+    keeps a zero gradient and moves by weight decay and momentum at every later step, sampled or
+    not; only an op never sampled yet is left alone."""
+    from raynas.workers.oneshot.search import weight_optimizer, weight_step
+
+    torch.manual_seed(0)
+    cfg = RSWSConfig(**{**TINY, "layers": 3}).resolved("darts")
+    model = DartsSupernet(C=4, layers=3, in_channels=1, num_classes=10)
+    optimizer = weight_optimizer(model, cfg)
+    space = get_space("darts")
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.randn(4, 1, 8, 8), torch.randint(0, 10, (4,))
+    edge, conv, weights = _conv_edge(model)
+    others = [p for p in model.network_parameters() if all(p is not w for w in weights)]
+
+    def path(uses_conv):
+        while True:
+            arch = sample_darts(space, generator)
+            route = darts_path(arch, model.primitives)
+            if (conv in route[0][0]) == uses_conv:
+                return route
+
+    weight_step(model, optimizer, cfg, 0.1, x, y, path(True))
+    before = [w.detach().clone() for w in weights]
+    initial = [p.detach().clone() for p in others]
+    for _ in range(3):
+        weight_step(model, optimizer, cfg, 0.1, x, y, path(False))
+    moved = sum(int((w != b).sum()) for w, b in zip(weights, before))
+    assert moved == sum(w.numel() for w in weights)  # every weight of the conv, none of it sampled
+    never = [(p, b) for p, b in zip(others, initial) if p.grad is None]  # ops no path has run yet
+    assert never and all(torch.equal(p, b) for p, b in never)
+
+
+def test_a_search_stopped_after_a_training_epoch_keeps_which_ops_decay(digits, tmp_path):
+    config = RSWSConfig(**{**TINY, "epochs": 3, "layers": 3})
+    space = get_space("darts")
+    straight = list(search_epochs(space, digits, config, 2))
+    stopped = search_epochs(space, digits, config, 2, str(tmp_path / "rsws.ckpt"))
+    next(stopped)
+    stopped.close()
+    assert strip(list(search_epochs(space, digits, config, 2, str(tmp_path / "rsws.ckpt")))) == strip(straight)

@@ -263,7 +263,7 @@ def test_the_autotuner_flag_holds_for_the_run_only():
 def test_a_language_model_trains_in_fp16_and_scores_perplexity_in_fp32(monkeypatch, cpu_as_gpu, tiny_ptb):
     data = load_dataset("ptb", tiny_ptb)
     # NT-ASGD replaces the optimizer after the first epoch: the scaler steps whichever is current.
-    config = TrainConfig(epochs=3, batch_size=4, bptt=10, channels=16, asgd_nonmono=1,
+    config = TrainConfig(epochs=4, batch_size=4, bptt=10, channels=16, asgd_nonmono=1,
                          max_train_batches_per_epoch=4).resolved("language_model")
     torch.manual_seed(0)
     model = build_model("rnn", get_space("rnn").parse("DARTS_V2"), NetConfig(vocab_size=data.vocab_size, channels=16))
@@ -279,6 +279,6 @@ def test_a_language_model_trains_in_fp16_and_scores_perplexity_in_fp32(monkeypat
     assert (m["precision"], m["channels_last"]) == ("fp16", False) and m["loss_scale"] > 0
     casts.clear()
     assert math.isfinite(run.perplexity(data, "val")) and casts == []
-    run.val_curve = [1.0]  # worse from here on: averaging starts after the next epoch
-    assert run.fit_text(data, start_epoch=1, stop_epoch=3) is None
-    assert isinstance(run.optimizer, torch.optim.ASGD) and run.averaged_from == 2
+    run.val_curve = [1.0]  # worse from here on: the third epoch is the first to see an epoch before the last one
+    assert run.fit_text(data, start_epoch=1, stop_epoch=4) is None
+    assert isinstance(run.optimizer, torch.optim.ASGD) and run.averaged_from == 3

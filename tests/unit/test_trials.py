@@ -141,10 +141,15 @@ def test_bad_scheduler_fields_name_themselves(changes, field):
 
 
 def test_the_ladder_defaults_to_the_papers_and_the_tables_budgets():
+    # darts_asha's `mpi_hyperband.py -a asha -r 1 -R 300`: -r is the number of halving rounds
+    # (SHAPolicy(eta=4, halving_rounds=1)), so the first rung is R * 4^-1 = 75 epochs and the
+    # top quarter continues to 300.
     paper = resolve(SearchSpec(**BASE)).ladder
-    assert (paper.grace, paper.maximum, paper.budgets) == (1, 300, (1, 4, 16, 64, 256, 300))
-    odd = resolve(SearchSpec(**BASE, max_budget=10, reduction_factor=2.5)).ladder
+    assert (paper.grace, paper.maximum, paper.budgets) == (75, 300, (75, 300))
+    assert resolve(SearchSpec(**BASE, max_budget=64)).ladder.budgets == (16, 64), "r = R / eta"
+    odd = resolve(SearchSpec(**BASE, grace_period=1, max_budget=10, reduction_factor=2.5)).ladder
     assert odd.budgets == (1, 3, 7, 10), "rungs 2.5 and 6.25 are met at the next epoch"
+    assert resolve(SearchSpec(**BASE, max_budget=10, reduction_factor=2.5)).ladder.budgets == (4, 10)
     table = resolve(SearchSpec(**BASE, evaluator="table")).ladder
     assert (table.grace, table.maximum, table.budgets) == (12, 200, (12, 200))
     shrunk = resolve(SearchSpec(**BASE, evaluator_options={"epochs": 6})).ladder

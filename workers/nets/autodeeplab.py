@@ -27,7 +27,7 @@ from torch import nn
 from raynas.search_spaces.autodeeplab import BLOCKS, STRIDES
 from raynas.search_spaces.types import AutoDeepLabArch
 from raynas.workers.nets.base import NetConfig, register
-from raynas.workers.ops import DARTS_OPS, ReLUConvBN
+from raynas.workers.ops import AUTODEEPLAB_OPS, ReLUConvBN
 
 #: The filter multiplier F of the paper's search (sec. 5.1); the published networks use 20/32/48.
 DEFAULT_FILTERS = 8
@@ -121,7 +121,7 @@ class Cell(nn.Module):
         self.preprocess0 = Resize(C_prev_prev, C)
         self.preprocess1 = Resample(C_prev, C, source, target)
         self.inputs = tuple(j for _, j in cell)
-        self.ops = nn.ModuleList(DARTS_OPS[op](C, 1, True) for op, _ in cell)
+        self.ops = nn.ModuleList(AUTODEEPLAB_OPS[op](C, 1, True) for op, _ in cell)
 
     def forward(self, h_prev_prev: torch.Tensor, h_prev: torch.Tensor) -> torch.Tensor:
         s1 = self.preprocess1(h_prev)

@@ -50,7 +50,7 @@ class NetConfig:
     image_size: int = 32
     #: Width: NB201 and DARTS initial channels C; the language model's embedding/hidden size.
     channels: int | None = None
-    #: Depth: NB201 cells per stage N; DARTS cells in total.
+    #: Depth: NB201 cells per stage N; DARTS cells in total; a language model's stacked cells (1 by default).
     layers: int | None = None
     auxiliary: bool = False
     #: Initial drop-path probability (cell networks); the trainer may change `model.drop_path_prob`.

@@ -9,8 +9,9 @@ genotype activation; h_t is the mean of the `concat` nodes.
 
 `model(tokens [T, B], hidden [B, H]) -> (logits [T, B, vocab], hidden [B, H])`;
 the logits are unnormalised. `RNNLanguageModel` and `language_model` serve every recurrent
-cell (nasrnn.py builds Zoph & Le's tree cell into the same model). With embed = hidden = 850 and a 10k vocabulary
-DARTS_V2 has 22.96M parameters, the paper's 23M PTB model.
+cell (nasrnn.py builds Zoph & Le's tree cell into the same model), in one layer (DARTS) or a
+stack of them (`layers`: Zoph & Le's PTB children had two). With embed = hidden = 850 and a 10k
+vocabulary DARTS_V2 has 22.96M parameters, the paper's 23M PTB model.
 """
 
 from __future__ import annotations
@@ -88,25 +89,48 @@ class RecurrentCell(nn.Module):
 
 
 class RNNLanguageModel(nn.Module):
-    """The language model around any recurrent cell: `cell(inputs [T, B, size], hidden)
-    -> (outputs [T, B, size], hidden)` and `cell.init_hidden(like [B, size])`, the cell's zero
-    state (a tensor, or a tuple of them for cells with a memory)."""
+    """The language model around a stack of recurrent cells (one in DARTS): each `cell(inputs
+    [T, B, size], hidden) -> (outputs [T, B, size], hidden)` with `cell.init_hidden(like [B,
+    size])`, its zero state (a tensor, or a tuple of them for cells with a memory). The model's
+    hidden state is the first cell's state alone, or with several layers the tuple of every
+    layer's tensors in order, flat (so that an exported model takes plain tensors). Between
+    layers the outputs get the same locked dropout as the last layer's (Zaremba et al.'s dropout
+    on every non-recurrent connection). A training forward leaves the last layer's outputs before
+    that dropout in `raw_output`, for the temporal activation penalty (AWD-LSTM's TAR)."""
 
-    def __init__(self, cell: nn.Module, vocab_size: int, size: int, dropout: float, dropout_i: float,
+    def __init__(self, cells: list[nn.Module], vocab_size: int, size: int, dropout: float, dropout_i: float,
                  dropout_e: float):
         super().__init__()
         self.hidden_size = size
         self.dropout, self.dropout_i, self.dropout_e = dropout, dropout_i, dropout_e
         self.embedding = nn.Embedding(vocab_size, size)
-        self.cell = cell
+        self.cells = nn.ModuleList(cells)
         self.decoder = nn.Linear(size, vocab_size)
         self.decoder.weight = self.embedding.weight
         for p in self.parameters():
             nn.init.uniform_(p, -INIT_RANGE, INIT_RANGE)
         nn.init.zeros_(self.decoder.bias)
+        self.raw_output: torch.Tensor | None = None
+        #: How many tensors each layer's state is made of (1, or 2 for a cell with a memory).
+        self._widths = [len(_tensors(cell.init_hidden(torch.zeros(1, size)))) for cell in self.cells]
 
     def init_hidden(self, batch_size: int):
-        return self.cell.init_hidden(self.embedding.weight.new_zeros(batch_size, self.hidden_size))
+        zeros = self.embedding.weight.new_zeros(batch_size, self.hidden_size)
+        return self._join([cell.init_hidden(zeros) for cell in self.cells])
+
+    def _join(self, states: list):
+        """Per-layer states as the model's hidden state."""
+        return states[0] if len(states) == 1 else tuple(t for state in states for t in _tensors(state))
+
+    def _split(self, hidden) -> list:
+        """The model's hidden state as one state per layer."""
+        if len(self.cells) == 1:
+            return [hidden]
+        states, at = [], 0
+        for width in self._widths:
+            states.append(hidden[at] if width == 1 else tuple(hidden[at:at + width]))
+            at += width
+        return states
 
     def forward(self, tokens: torch.Tensor, hidden):
         weight = self.embedding.weight
@@ -116,22 +140,34 @@ class RNNLanguageModel(nn.Module):
         x = nn.functional.embedding(tokens, weight)
         if self.training and self.dropout_i:
             x = x * dropout_mask(x, (1, *x.shape[1:]), self.dropout_i)
-        out, hidden = self.cell(x, hidden)
+        states = []
+        for layer, (cell, state) in enumerate(zip(self.cells, self._split(hidden))):
+            if layer and self.training and self.dropout:
+                x = x * dropout_mask(x, (1, *x.shape[1:]), self.dropout)
+            x, state = cell(x, state)
+            states.append(state)
+        if self.training:
+            self.raw_output = x
         if self.training and self.dropout:
-            out = out * dropout_mask(out, (1, *out.shape[1:]), self.dropout)
-        return self.decoder(out), hidden
+            x = x * dropout_mask(x, (1, *x.shape[1:]), self.dropout)
+        return self.decoder(x), self._join(states)
+
+
+def _tensors(state) -> tuple[torch.Tensor, ...]:
+    return state if isinstance(state, tuple) else (state,)
 
 
 def language_model(space: str, config: NetConfig, make_cell: Callable[[int], nn.Module]) -> RNNLanguageModel:
-    """The language model of `config` around `make_cell(size)`, for the builder of `space`."""
-    config.refuse(space, "layers", "auxiliary", "drop_path")
+    """The language model of `config` around `config.layers` (default 1) cells `make_cell(size)`,
+    for the builder of `space`."""
+    config.refuse(space, "auxiliary", "drop_path")
     if config.embed_size != config.hidden_size:
         raise ConfigError("embed_size", f"must equal hidden_size ({config.hidden_size}): "
                           "the decoder shares the embedding's weights")
     # `channels`, the trainer's width override, sets both sizes at once.
     size = config.channels or config.hidden_size
-    return RNNLanguageModel(make_cell(size), vocab_size=config.vocab_size, size=size, dropout=config.dropout,
-                            dropout_i=config.dropout_i, dropout_e=config.dropout_e)
+    return RNNLanguageModel([make_cell(size) for _ in range(config.layers or 1)], vocab_size=config.vocab_size,
+                            size=size, dropout=config.dropout, dropout_i=config.dropout_i, dropout_e=config.dropout_e)
 
 
 @register("rnn", RNNGenotype)

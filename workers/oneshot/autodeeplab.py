@@ -54,6 +54,7 @@ from raynas.workers.oneshot.feeds import ImageFeed
 from raynas.workers.oneshot.registry import OneShotSpace, register_supernet
 from raynas.workers.oneshot.search import SupernetConfig
 from raynas.workers.oneshot.supernet import ALPHA_INIT_SCALE, SKIP, MixedOp, Supernet, search_op
+from raynas.workers.ops import AUTODEEPLAB_OPS
 
 #: Auto-DeepLab's search (paper sec. 5.1): what SupernetConfig's None fields become.
 ADL_DEFAULTS = {"epochs": 40, "batch_size": 2, "lr": 0.025, "momentum": 0.9, "weight_decay": 3e-4, "nesterov": False,
@@ -101,7 +102,8 @@ class SearchCell(nn.Module):
         super().__init__()
         self.preprocess0 = Resize(C_prev_prev, C, affine=False)
         self.preprocess1 = Resample(C_prev, C, source, target, affine=False)
-        self.edges = nn.ModuleList(MixedOp(ADL_OPS, [search_op(op, C, 1) for op in ADL_OPS]) for _ in range(EDGES))
+        self.edges = nn.ModuleList(MixedOp(ADL_OPS, [search_op(op, C, 1, AUTODEEPLAB_OPS) for op in ADL_OPS])
+                                   for _ in range(EDGES))
 
     def forward(self, h_prev_prev: torch.Tensor, h_prev: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         s1 = self.preprocess1(h_prev)

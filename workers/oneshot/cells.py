@@ -47,7 +47,10 @@ MIN_DARTS_LAYERS = 3
 #: Nodes of a DARTS cell.
 CELL_STEPS = 4
 #: The alphas' Adam on the image spaces (DARTS' CIFAR search, kept on NB201 by AutoDL-Projects).
-ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999)}
+ARCH_DEFAULTS = {"arch_lr": 3e-4, "arch_betas": (0.5, 0.999), "unrolled_clip": False}
+#: Li & Talwalkar's CIFAR-10 ranking: 5000 architectures, each on 10 minibatches, the top 10 of
+#: every 1000 re-scored on the whole validation half.
+RANKING_DEFAULTS = {"archs": 5000, "score_batches": 10, "rescore_top": 10}
 
 
 def sample_darts(space: SearchSpace, generator: torch.Generator) -> Genotype:
@@ -89,7 +92,7 @@ register_supernet(OneShotSpace(
         "darts": {"epochs": 50, "channels": 16, "layers": 8, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
                   "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0, **ARCH_DEFAULTS},
         "rsws": {"epochs": 150, "channels": 24, "layers": 8, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
-                 "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 1.0, "archs": 5000},
+                 "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 1.0, **RANKING_DEFAULTS},
         "nao-ws": {"epochs": 150, "channels": 20, "layers": 11, "batch_size": 64, "lr": 0.025, "weight_decay": 3e-4,
                    "momentum": 0.9, "nesterov": False, "lr_schedule": "epoch", "grad_clip": 5.0},
     },
@@ -107,7 +110,7 @@ register_supernet(OneShotSpace(
         "darts": {"epochs": 50, "channels": 16, "layers": 5, "batch_size": 64, "lr": 0.025, "weight_decay": 5e-4,
                   "momentum": 0.9, "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0, **ARCH_DEFAULTS},
         "rsws": {"epochs": 250, "channels": 16, "layers": 5, "batch_size": 64, "lr": 0.025, "weight_decay": 5e-4,
-                 "momentum": 0.9, "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0, "archs": 5000},
+                 "momentum": 0.9, "nesterov": True, "lr_schedule": "step", "grad_clip": 5.0, **RANKING_DEFAULTS},
     },
     derive=lambda model: derive_nb201(model.arch_weights(), model.primitives),
     monitors=_monitors, sample=sample_nb201, path=nb201_path, skips=skip_count))

@@ -60,6 +60,10 @@ class OneShotConfig(SupernetConfig):
     second_order: bool = option(False, "step the alphas by DARTS' unrolled second-order gradient (a virtual weight "
                                        "step and a finite-difference Hessian-vector product), not at the current "
                                        "weights")
+    unrolled_clip: bool | None = option(None, "second order: clip the virtual step's gradient and the validation "
+                                              "gradient at the virtual weights to grad_clip, and scale the implicit "
+                                              "term by the virtual step's clip coefficient (DARTS' recurrent "
+                                              "architect; default: on rnn, off on the image spaces)")
     noise_lambda: float = option(0.0, "NoisyDARTS' lambda: Gaussian noise of std lambda x std(skip output) on the skip "
                                       "connection while training (0: none)")
     skip_drop_path: float = option(0.0, "drop-path probability of the skip branch, in training and evaluation "
@@ -84,6 +88,8 @@ class OneShotConfig(SupernetConfig):
         check_number("skip_drop_path", self.skip_drop_path, 0, 1, high_open=True)
         for name in ("second_order", "drop_none", "keep_best"):
             check_flag(name, getattr(self, name))
+        if self.unrolled_clip is not None:
+            check_flag("unrolled_clip", self.unrolled_clip)
         check_int("warmup_epochs", self.warmup_epochs, 0)
         check_int("early_stop_skips", self.early_stop_skips, optional=True)
         if self.arch_betas is not None:
@@ -143,6 +149,16 @@ def _grad(loss: torch.Tensor, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     return [torch.zeros_like(i) if g is None else g for i, g in zip(inputs, grads)]
 
 
+def clip_(tensors: list[torch.Tensor], max_norm: float) -> float:
+    """Scale `tensors` in place to a joint norm of at most `max_norm` (torch's clip_grad_norm_ rule,
+    on plain tensors); returns the factor applied, at most 1."""
+    norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
+    coef = min(1.0, max_norm / (norm.item() + 1e-6))
+    if coef < 1.0:
+        torch._foreach_mul_(tensors, coef)
+    return coef
+
+
 def finite_difference_hvp(model: Supernet, vector: list[torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                           r: float = 0.01) -> list[torch.Tensor]:
     """d/d(alpha) of (grad_w L(w, alpha) . v) by central differences, DARTS eq. 8:
@@ -176,6 +192,8 @@ class Architect:
     def __init__(self, model: Supernet, config: OneShotConfig):
         self.model = model
         self.second_order = config.second_order
+        #: DARTS' recurrent architect clips its virtual step; the CNN one does not.
+        self.clip = config.grad_clip if config.unrolled_clip and config.grad_clip else None
         self.optimizer = torch.optim.Adam(model.arch_parameters(), lr=config.arch_lr, betas=config.arch_betas,
                                           weight_decay=config.arch_weight_decay)
 
@@ -196,11 +214,17 @@ class Architect:
                   ) -> list[torch.Tensor]:
         """grad_alpha L_val(w', alpha) - xi * HVP, with w' = w - xi * (grad_w L_train + weight
         decay * w + momentum * momentum buffer): the step `w_optimizer` would take, momentum
-        and weight decay read from it. xi is the weights' current learning rate."""
+        and weight decay read from it. xi is the weights' current learning rate.
+
+        With `clip` (DARTS' rnn/architect.py): grad_w L_train is clipped to it first (factor c),
+        the HVP's vector grad_w' L_val as well, and the implicit term is xi * c * HVP: the virtual
+        step's Jacobian in alpha, the clip factor held constant. The reference scales by its raw
+        ratio clip / ||g||, above 1 when nothing was clipped; we scale by the factor applied."""
         model = self.model
         named = model.named_network_parameters()
         weights = [p.detach() for _, p in named]
         step = list(torch.autograd.grad(_loss(model, x_train, y_train), [p for _, p in named]))
+        scale = clip_(step, self.clip) if self.clip else 1.0
         group = w_optimizer.param_groups[0]
         if group["weight_decay"]:
             torch._foreach_add_(step, weights, alpha=group["weight_decay"])
@@ -215,8 +239,10 @@ class Architect:
         val_loss = _loss(model, x_val, y_val, {**dict(zip((n for n, _ in named), virtual)), **buffers})
         grads = _grad(val_loss, alphas + virtual)
         d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
+        if self.clip:
+            clip_(d_w, self.clip)
         hvp = finite_difference_hvp(model, d_w, x_train, y_train)
-        return [da - xi * h for da, h in zip(d_alpha, hvp)]
+        return [da - xi * scale * h for da, h in zip(d_alpha, hvp)]
 
 
 class Bilevel(Search):

@@ -37,10 +37,14 @@ class Feed(Protocol):
     #: Its own state in the search's checkpoint (where it is in a stream), by name.
     parts: dict[str, Any]
 
-    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor: ...
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The weights' loss on a batch (the architecture's step has its own)."""
 
     def count(self, y: torch.Tensor) -> int:
         """The `unit`s in a batch of targets."""
+
+    def lr_scale(self, x: Any) -> float:
+        """The factor of the learning rate for a step on batch `x` (PTB: its window's length / 35)."""
 
     def batches(self) -> Iterator[tuple[Any, torch.Tensor]]:
         """One epoch of the weights' batches; the architecture's batches start afresh with it."""
@@ -106,6 +110,9 @@ class ImageFeed:
 
     def count(self, y: torch.Tensor) -> int:
         return len(y)
+
+    def lr_scale(self, x: torch.Tensor) -> float:
+        return 1.0
 
     def batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         # Both draw from the one generator as they are consumed, weights' batch first.

@@ -7,17 +7,17 @@ Its stages, as in the paper:
    architecture's ops run (a single path through the supernet, so a step needs the memory
    of one child, not of the supernet);
 2. rank: sample `archs` architectures, score each with the shared weights on `score_batches`
-   minibatches of the architecture's data (accuracy on images, perplexity on text), and
-   re-score the `rescore_top` best of every `block` on the whole of it; each block's best is a
-   winner;
+   minibatches of the architecture's data (accuracy on images, perplexity on text; 0: on all of
+   it, as on PTB), and re-score the `rescore_top` best of every `block` on the whole of it (none
+   on PTB); each block's best is a winner;
 3. the best `candidates` winners go to the ordinary evaluator (the spec's: the NB201 table, or
    training from scratch), which scores them as it scores any child.
 
 The ranking is one for every space; the data decides what a minibatch is and which figure is
 better (feeds.py): on images the architecture half's batches as they come (shuffled,
 augmented: the reference's validation queue shares the training transform), in eval mode with
-the supernet's running BN statistics, the re-scoring on that half un-augmented; on PTB the
-first windows of the validation stream, then all of it.
+the supernet's running BN statistics, the re-scoring on that half un-augmented; on PTB every
+cell on the whole validation stream in 1024 columns (Li & Talwalkar's wrapper), once.
 
 Reports: one per training epoch (`stage` train) and one per ranking block (`stage` rank, with
 the best architecture so far); the last names the `candidates`. With a checkpoint file the
@@ -43,9 +43,11 @@ class RSWSConfig(SupernetConfig):
 
     archs: int | None = option(None, "architectures scored with the shared weights (default: 5000 on images, 2000 "
                                      "on PTB)", most=1_000_000)
-    score_batches: int = option(10, "minibatches of the architecture half each of them is scored on", most=10_000)
+    score_batches: int | None = option(None, "minibatches of the architecture's data each of them is scored on, 0 "
+                                             "for all of it (default: 10 on images; 0 on PTB)", most=10_000)
     block: int = option(1000, "architectures per ranking block", most=1_000_000)
-    rescore_top: int = option(10, "the best of each block re-scored on the whole architecture half", most=1000)
+    rescore_top: int | None = option(None, "the best of each block re-scored on all of the architecture's data, 0 "
+                                           "for none (default: 10 on images; 0 on PTB)", most=1000)
     candidates: int = option(1, "block winners (best first) handed to the evaluator; the best it scores is the answer",
                              most=100)
 
@@ -54,9 +56,11 @@ class RSWSConfig(SupernetConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        for name in ("archs", "score_batches", "block", "rescore_top", "candidates"):
+        for name in ("archs", "block", "candidates"):
             check_int(name, getattr(self, name), optional=name == "archs")
-        if self.rescore_top > self.block:
+        for name in ("score_batches", "rescore_top"):
+            check_int(name, getattr(self, name), 0, optional=True)
+        if self.rescore_top is not None and self.rescore_top > self.block:
             raise ConfigError("rescore_top", f"re-scores more than the {self.block} architectures of a block",
                               f"at most block ({self.block})")
         if self.archs is None:
@@ -104,16 +108,21 @@ class RandomWeightSharing(Search):
         cfg, feed, model = self.cfg, self.feed, self.model
         size = min(cfg.block, cfg.archs - block * cfg.block)
         # A fresh stream of minibatches per block, so that a block boundary is a point to resume at.
-        score = feed.scorer(cfg.score_batches)
+        score = feed.scorer(cfg.score_batches) if cfg.score_batches else feed.rescore
         scored = []
         with torch.no_grad():
             for i in range(size):
                 arch, path = self.sample()
                 scored.append((score(model, path), i, arch, path))
         # Ties go to the earliest sampled; `sign` puts the best figure first.
-        top = sorted(scored, key=lambda t: (feed.sign * t[0], t[1]))[:cfg.rescore_top]
-        rescored = [(feed.rescore(model, path), i, arch, minibatch) for minibatch, i, arch, path in top]
-        value, _, arch, minibatch = min(rescored, key=lambda t: (feed.sign * t[0], t[1]))
+        ranked = sorted(scored, key=lambda t: (feed.sign * t[0], t[1]))
+        if cfg.rescore_top:
+            rescored = [(feed.rescore(model, path), i, arch, minibatch)
+                        for minibatch, i, arch, path in ranked[:cfg.rescore_top]]
+            value, _, arch, minibatch = min(rescored, key=lambda t: (feed.sign * t[0], t[1]))
+        else:
+            minibatch, _, arch, _ = ranked[0]
+            value = minibatch
         val, m = f"val_{feed.metric}", feed.metric
         skips = {} if self.entry.skips is None else {"skip_count": self.entry.skips(arch)}
         self.winners.append({"genotype": str(arch), val: value, f"minibatch_{m}": minibatch, **skips})

@@ -161,7 +161,10 @@ def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig
     correct predictions, on the device (no host sync)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
+    # Zeroed in place, as torch 0.3's zero_grad did in both references: a weight that has had a
+    # gradient keeps a zero one when the step's path does not run it, so weight decay and momentum
+    # still move it (None would skip it); one never run yet has none and stays put.
+    optimizer.zero_grad(set_to_none=False)
     logits = model(x) if path is None else model(x, path)
     loss = loss_fn(logits, y)
     loss.backward(inputs=model.network_parameters())
@@ -169,6 +172,21 @@ def weight_step(model: Supernet, optimizer: torch.optim.SGD, cfg: SupernetConfig
         torch.nn.utils.clip_grad_norm_(model.network_parameters(), cfg.grad_clip)
     optimizer.step()
     return loss.detach(), (logits.detach().argmax(1) == y).sum()
+
+
+class GradientSlots:
+    """Which of a supernet's weights hold a gradient tensor (zero or not), for the checkpoint: the
+    optimizer's state does not say, and a resumed search must decay the same weights (`weight_step`)."""
+
+    def __init__(self, model: Supernet):
+        self.params = model.network_parameters()
+
+    def state_dict(self) -> dict[str, list[int]]:
+        return {"held": [i for i, p in enumerate(self.params) if p.grad is not None]}
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        for i in state["held"]:
+            self.params[i].grad = torch.zeros_like(self.params[i])
 
 
 # -- checkpoints and the search's own RNG ---------------------------------------------------------
@@ -288,7 +306,8 @@ class Search(ABC):
     def parts(self) -> dict[str, Any]:
         """What the checkpoint holds, by name: modules, optimizers, torch Generators, anything
         with `state_dict` and `load_state_dict`."""
-        return {"model": self.model, "generator": self.generator, **self.feed.parts}
+        return {"model": self.model, "grads": GradientSlots(self.model), "generator": self.generator,
+                **self.feed.parts}
 
     @abstractmethod
     def stages(self) -> tuple[Stage, ...]:
@@ -318,7 +337,7 @@ class Search(ABC):
         model.train()
         losses, correct, seen = [], 0, 0
         for step, (x, y) in enumerate(feed.batches()):
-            lr = cosine_lr(cfg, epoch, step, feed.steps)
+            lr = cosine_lr(cfg, epoch, step, feed.steps) * feed.lr_scale(x)
             if before is not None:
                 before(x, y, lr)
             loss, right = weight_step(model, optimizer, cfg, lr, x, y, None if path is None else path(), feed.loss)

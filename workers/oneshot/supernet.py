@@ -43,7 +43,7 @@ from raynas.search_spaces.nb201 import EDGES
 from raynas.search_spaces.nb201 import NB201_OPS as NB201_OP_NAMES
 from raynas.workers.nets.cell import drop_path
 from raynas.workers.nets.nb201 import ResNetReduction
-from raynas.workers.ops import DARTS_OPS, NB201_OPS, FactorizedReduce, ReLUConvBN
+from raynas.workers.ops import DARTS_OPS, NB201_OPS, FactorizedReduce, OpFactory, ReLUConvBN
 
 SKIP = "skip_connect"
 #: DARTS' code initialises alphas as 1e-3 * N(0, 1) (the paper says zeros); we follow the code,
@@ -92,9 +92,10 @@ class MixedOp(nn.Module):
         return out if total is None else total + out
 
 
-def search_op(name: str, C: int, stride: int) -> nn.Module:
-    """A DARTS-family op as supernets build it: BN without affine, pools followed by one."""
-    op = DARTS_OPS[name](C, stride, False)
+def search_op(name: str, C: int, stride: int, ops: dict[str, OpFactory] = DARTS_OPS) -> nn.Module:
+    """A DARTS-family op (from `ops`, DARTS' by default) as supernets build it: BN without affine,
+    pools followed by one."""
+    op = ops[name](C, stride, False)
     if "pool" in name:
         return nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
