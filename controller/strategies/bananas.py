@@ -168,7 +168,9 @@ class BananasStrategy(Strategy):
 
     def observe(self, arch: Hashable, result: EvalResult) -> None:
         if result.ok and result.reward is not None:
-            self.results.append((arch, float(result.reward)))
+            # Scaled by the share of the full budget reached (as rl's reward): under a scheduler that
+            # stops children early, a 1-epoch accuracy must not pass for a 200-epoch one.
+            self.results.append((arch, float(result.reward) * self.fidelity(result)))
             self.unfitted += 1
 
     def state_dict(self) -> dict[str, Any]:
