@@ -1,14 +1,18 @@
-"""`nas bench nb201`: a strategy against the NAS-Bench-201 table over many seeds,
-with the benchmark's own protocol: search by 12-epoch validation accuracy,
-report the 200-epoch test accuracy of the architecture chosen."""
+"""`nas bench nb201`: strategies against the NAS-Bench-201 table over many seeds, on CIFAR-10,
+CIFAR-100 and ImageNet16-120, with the benchmark's own protocol: search by 12-epoch validation
+accuracy, report the 200-epoch test accuracy of the architecture chosen, beside the published
+rows and two ceilings (the space's best test accuracy, and the test accuracy of the table's
+best 12-epoch validation accuracy: no search that chooses by that signal can expect more)."""
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import statistics
 import time
 from typing import Any
 
-from raynas.common import ConfigError, EvaluationError, check_int
+from raynas.common import ConfigError, EvaluationError, NotReady, check_int
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
@@ -16,7 +20,9 @@ from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import strategy_class
-from raynas.workers.execution import InProcessExecutor
+from raynas.workers.evaluation import EvalResult, Evaluator
+from raynas.workers.evaluation.table import load_table
+from raynas.workers.execution import Executor, InProcessExecutor, Task
 
 # NAS-Bench-201 paper, multi-trial baselines (mean ± std over 500 runs, ~100 evaluations).
 PUBLISHED = {
@@ -27,19 +33,93 @@ PUBLISHED = {
 PUBLISHED_NAMES = {"random": "Random search", "evolution": "REA", "rl": "REINFORCE", "optimum": "Optimum"}
 
 
+DATASETS = tuple(PUBLISHED)
+
+
+def ceilings(dataset: str) -> dict[str, float]:
+    """The space's best 200-epoch test accuracy, and the test accuracy of the architecture with
+    the best 12-epoch validation accuracy in the whole table (the first of any tie, as a search's
+    `max` keeps the first it saw)."""
+    table = load_table(dataset)
+    valid, test = table.columns["valid_acc_12ep"], table.columns["test_acc_200ep"]
+    return {"optimum": max(test), "protocol": test[max(range(len(valid)), key=valid.__getitem__)]}
+
+
+class VirtualClockExecutor(Executor):
+    """W workers on a virtual clock for the proposer loop: a task is evaluated when submitted (the
+    table answers at once) and comes back from `wait` when its simulated training time, started on
+    the worker it freed, has passed; so an asynchronous strategy sees results arrive in the order W
+    real workers would return them, and `finished_at` holds each result's simulated time."""
+
+    def __init__(self, evaluator: Evaluator, workers: int):
+        super().__init__()
+        self.evaluator = evaluator
+        self.capacity = workers
+        self.now = 0.0
+        self.finished_at: list[float] = []
+        self._running: list[tuple[float, int, Task, EvalResult]] = []
+        self._order = itertools.count()
+        self._cancelled: set[str] = set()
+
+    def submit(self, task: Task) -> None:
+        result = self.evaluator.evaluate(task.arch, task.seed, task.budget)
+        end = self.now + result.metrics.get("simulated_time_s", 0.0)
+        heapq.heappush(self._running, (end, next(self._order), task, result))
+
+    def wait(self, timeout: float | None = None) -> list[tuple[Task, EvalResult]]:
+        if not self._running:
+            raise NotReady("wait() called with no task in flight")
+        self.now, _, task, result = heapq.heappop(self._running)
+        self.finished_at.append(self.now)
+        if task.id in self._cancelled:
+            self._cancelled.discard(task.id)
+            return [(task, EvalResult.cancelled(str(task.arch), "cancelled"))]
+        return [(task, result)]
+
+    def cancel(self, task_id: str, force: bool = False) -> bool:
+        if any(task.id == task_id for _, _, task, _ in self._running):
+            self._cancelled.add(task_id)
+            return True
+        return False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+
+def _chosen(records: list[dict[str, Any]], n: int) -> float:
+    """The 200-epoch test accuracy of the best of the first `n` results by reward (12-epoch validation)."""
+    done = [r for r in records[:n] if r["reward"] is not None]
+    return max(done, key=lambda r: r["reward"])["metrics"]["test_acc_200ep"]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
 def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
-    ps_shards: int = 1, workers: int | None = None, batching: str = "rolling", progress: Progress | None = None,
+    ps_shards: int = 1, workers: int | None = None, batching: str = "rolling", at: list[int] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Any registered strategy, run in this process by the proposer loop. `controllers` set: a
-    strategy with a shared policy (rl) runs as the asynchronous distributed scheme (K replicas
-    x m children, S shards, W workers; None: one per child) in simulated time
-    (controller/bench/simulate.py). `progress` shows each seed as it ends."""
-    if workers is not None and controllers is None:
-        raise ConfigError("workers", "places the distributed scheme's children: give --controllers too")
+    """Any registered strategy, run in this process by the proposer loop: with `workers` W, as W
+    asynchronous workers on a virtual clock (each result arrives after its simulated training
+    time). `controllers` set: a strategy with a shared policy (rl) runs as the asynchronous
+    distributed scheme (K replicas x m children, S shards, W workers; None: one per child) in
+    simulated time (controller/bench/simulate.py). `at`: also report the choice after the first n
+    results for each n (the figure at 100 evaluations from a run of 300), with their mean
+    simulated hours when the clock is simulated. `progress` shows each seed as it ends."""
     check_int("evaluations", evaluations)
     check_int("seeds", seeds)
+    check_int("workers", workers, optional=True)
+    if dataset not in PUBLISHED:
+        raise ConfigError("dataset", f"unknown dataset {dataset!r}", DATASETS)
+    at = sorted(set(at or []) | {evaluations})
+    for n in at:
+        check_int("at", n)
+        if n > evaluations:
+            raise ConfigError("at", f"{n} exceeds --evaluations {evaluations}", f"1..{evaluations}")
     if strategy_class(strategy).needs.search is not None:
         raise ConfigError("strategy", f"{strategy} trains a supernet on images; nas bench nb201 reads the table only",
                           "benchmarks/oneshot_nb201.py --data CIFAR10 for the one-shot strategies")
@@ -47,23 +127,34 @@ def bench_nb201(
                               strategy=strategy, strategy_options=dict(strategy_options or {}), runtime="local"))
     space = plan.space
     evaluator = plan.make_evaluator()
-    chosen: list[float] = []
+    chosen: dict[int, list[float]] = {n: [] for n in at}
+    hours: dict[int, list[float]] = {n: [] for n in at}
     simulated: list[dict[str, Any]] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
-        if controllers is None:
-            ledger = Ledger(None, evaluations, seed)
-            run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
-        else:
+        finished_at: list[float] = []
+        if controllers is not None:
             ledger, figures = simulate_scheme(space, evaluator, evaluations, seed, controllers, children, ps_shards,
                                               strategy, strategy_options, workers=workers, batching=batching)
             simulated.append(figures)
+            finished_at = [r["finished_at"] for r in ledger.records]
+        elif workers is not None:
+            ledger, executor = Ledger(None, evaluations, seed), VirtualClockExecutor(evaluator, workers)
+            run_loop(plan.new_strategy(seed), executor, ledger)
+            finished_at = executor.finished_at
+        else:
+            ledger = Ledger(None, evaluations, seed)
+            run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
         if not any(r["reward"] is not None for r in ledger.records):
             raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
-        best = max((r for r in ledger.records if r["reward"] is not None), key=lambda r: r["reward"])
-        chosen.append(best["metrics"]["test_acc_200ep"])
+        for n in at:
+            chosen[n].append(_chosen(ledger.records, n))
+            if finished_at:
+                hours[n].append(finished_at[min(n, len(finished_at)) - 1] / 3600)
         if progress is not None:
-            progress.step(f"seed {seed}: test accuracy {chosen[-1]:.2f}, mean so far {statistics.fmean(chosen):.2f}")
+            done = chosen[evaluations]
+            progress.step(f"{strategy} on {dataset}, seed {seed}: test accuracy {done[-1]:.2f}, "
+                          f"mean so far {statistics.fmean(done):.2f}")
     scheme = {} if controllers is None else {
         "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards,
                    "workers": simulated[0]["workers"], "workers_requested": workers,
@@ -76,19 +167,51 @@ def bench_nb201(
         "duration_noise": simulated[0]["duration_noise"],
         "estimate_error_mean": statistics.fmean(s["estimate_error"] or 0.0 for s in simulated),
     }
+    final = chosen[evaluations]
     return {
         **scheme,
         "strategy": strategy,
+        "strategy_options": dict(strategy_options or {}),
         "evaluations": evaluations,
         "seeds": seeds,
+        "first_seed": first_seed,
         "dataset": dataset,
-        "test_acc_mean": statistics.fmean(chosen),
-        "test_acc_std": statistics.pstdev(chosen) if len(chosen) > 1 else 0.0,
-        "test_acc_min": min(chosen),
-        "test_acc_max": max(chosen),
+        "workers": workers if controllers is None else scheme["scheme"]["workers"],
+        "test_acc_mean": statistics.fmean(final),
+        "test_acc_std": statistics.pstdev(final) if len(final) > 1 else 0.0,
+        "test_acc_min": min(final),
+        "test_acc_max": max(final),
+        "at": {str(n): {**_summary(chosen[n]),
+                        **({"simulated_hours_mean": statistics.fmean(hours[n])} if hours[n] else {})} for n in at},
         "published": {PUBLISHED_NAMES[k]: {"mean": m, "std": s} for k, (m, s) in PUBLISHED[dataset].items()},
+        "ceilings": ceilings(dataset),
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+def scoped_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options meant for `strategy` when several strategies run in one bench: a key
+    `NAME.option` goes to strategy NAME only, a plain key to every strategy."""
+    mine = {}
+    for key, value in options.items():
+        owner, dot, option = key.rpartition(".")
+        if not dot:
+            mine[key] = value
+        elif owner == strategy:
+            mine[option] = value
+    return mine
+
+
+def compare_nb201(strategies: list[str], datasets: list[str], evaluations: int, seeds: int,
+                  strategy_options: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """`bench_nb201` for every strategy on every dataset, on the same seeds."""
+    for key in strategy_options or {}:
+        owner = key.rpartition(".")[0]
+        if owner and owner not in strategies:
+            raise ConfigError("strategy_option", f"{key!r} names {owner!r}, which is not benchmarked", strategies)
+    return [bench_nb201(strategy, evaluations, seeds, dataset=dataset,
+                        strategy_options=scoped_options(strategy, strategy_options or {}), **kwargs)
+            for dataset in datasets for strategy in strategies]
 
 
 def format_bench(result: dict[str, Any]) -> str:
@@ -98,13 +221,42 @@ def format_bench(result: dict[str, Any]) -> str:
              "simulated wall time "
              f"{result['simulated_wall_time_s_mean']:.0f} s, worker utilisation "
              f"{result['worker_utilization']:.1%}, {result['worker_utilization_steady']:.1%} until the last child "
-             "started)" if scheme else "")
+             "started)" if scheme else
+             f" with W={result['workers']} asynchronous workers on a virtual clock" if result["workers"] else "")
     lines = [
         f"NAS-Bench-201 {result['dataset']}: {result['strategy']}{where}, {result['evaluations']} evaluations, "
         f"{result['seeds']} seeds ({result['wall_time_s']:.1f} s)",
         "test accuracy (200 epochs) of the architecture chosen by 12-epoch validation accuracy:",
-        f"  {'ours: ' + result['strategy']:<24} {result['test_acc_mean']:6.2f} ± {result['test_acc_std']:.2f}",
     ]
+    for n, row in result["at"].items():
+        hours = f" ({row['simulated_hours_mean']:.1f} simulated hours)" if "simulated_hours_mean" in row else ""
+        lines.append(f"  {'ours: ' + result['strategy'] + ' at ' + n:<24} {row['mean']:6.2f} ± {row['std']:.2f}{hours}")
     for name, row in result["published"].items():
         lines.append(f"  {'published: ' + name:<24} {row['mean']:6.2f} ± {row['std']:.2f}")
+    lines.append(f"  {'ceiling: protocol':<24} {result['ceilings']['protocol']:6.2f}")
+    return "\n".join(lines)
+
+
+def format_compare(results: list[dict[str, Any]]) -> str:
+    """One table per dataset: each strategy's test accuracy at every `at` count, then the
+    published rows and the two ceilings."""
+    lines = []
+    for dataset in dict.fromkeys(r["dataset"] for r in results):
+        rows = [r for r in results if r["dataset"] == dataset]
+        counts = list(rows[0]["at"])
+        clock = rows[0]["workers"]
+        lines.append(f"NAS-Bench-201 {dataset}: {rows[0]['seeds']} seeds from {rows[0]['first_seed']}"
+                     f"{f', W={clock} asynchronous workers on a virtual clock' if clock else ''}; test accuracy "
+                     "(200 epochs) of the architecture chosen by 12-epoch validation accuracy after n evaluations")
+        lines.append(f"  {'strategy':<24}" + "".join(f"{'n=' + n:>18}" for n in counts) + f"{'s':>8}")
+        for r in rows:
+            cells = "".join(f"{r['at'][n]['mean']:>11.2f} ± {r['at'][n]['std']:.2f}" for n in counts)
+            lines.append(f"  {r['strategy']:<24}{cells}{r['wall_time_s']:>8.0f}")
+            if clock:
+                lines.append(f"  {'  simulated hours':<24}" + "".join(
+                    f"{r['at'][n]['simulated_hours_mean']:>18.1f}" for n in counts))
+        for name, row in rows[0]["published"].items():
+            lines.append(f"  {'published: ' + name:<24}{row['mean']:>11.2f} ± {row['std']:.2f}")
+        lines.append(f"  {'ceiling: optimum':<24}{rows[0]['ceilings']['optimum']:>11.2f}")
+        lines.append(f"  {'ceiling: protocol':<24}{rows[0]['ceilings']['protocol']:>11.2f}")
     return "\n".join(lines)

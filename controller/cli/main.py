@@ -64,21 +64,33 @@ def _inspect_arguments(i: argparse.ArgumentParser) -> None:
     i.add_argument("--json", action="store_true")
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        return [int(n) for n in text.split(",") if n]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected counts separated by commas (100,300), got {text!r}") from None
+
+
 def _bench_arguments(b: argparse.ArgumentParser) -> None:
     from raynas.controller.cli.flags import key_value
 
     b.add_argument("benchmark", choices=["nb201"])
-    b.add_argument("--strategy", required=True)
+    b.add_argument("--strategy", required=True, help="a strategy, or several separated by commas (one table)")
     b.add_argument("--evaluations", type=int, default=100)
+    b.add_argument("--at", type=_counts, default=[], metavar="N,N",
+                   help="also report the choice after the first N evaluations")
     b.add_argument("--seeds", type=int, default=100)
-    b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16")
-    b.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE")
+    b.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16, or several, comma-separated")
+    b.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                   help="with several strategies, STRATEGY.KEY=VALUE sets an option of that one only")
     b.add_argument("--controllers", type=int,
                    help="run rl as the asynchronous distributed scheme with K replicas, in simulated time")
     b.add_argument("--children", type=int, default=8, help="m children per replica step (with --controllers)")
     b.add_argument("--ps-shards", type=int, default=1, help="S parameter shards (with --controllers)")
     b.add_argument("--workers", type=int,
-                   help="W workers (with --controllers; default one per child): fewer share one queue")
+                   help="W workers (with --controllers; default one per child): fewer share one queue; without "
+                   "--controllers, W asynchronous workers for the proposer loop on a virtual clock")
     b.add_argument("--replica-batch", default="rolling",
                    help="with --controllers: rolling (the default, as nas search: each replica keeps its m workers "
                         "busy) or barrier (the paper's: a replica waits for all m)")
@@ -206,14 +218,22 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from raynas.controller.bench.nb201 import bench_nb201, format_bench
+    from raynas.controller.bench.nb201 import bench_nb201, compare_nb201, format_bench, format_compare
     from raynas.controller.runtime.progress import Progress
 
-    result = bench_nb201(args.strategy, args.evaluations, args.seeds, dataset=args.dataset,
-                         strategy_options=dict(args.strategy_option), controllers=args.controllers,
-                         children=args.children, ps_shards=args.ps_shards, workers=args.workers,
-                         batching=args.replica_batch, progress=Progress(args.seeds))
-    print(json.dumps(result, indent=2) if args.json else format_bench(result))
+    strategies, datasets = args.strategy.split(","), args.dataset.split(",")
+    settings = dict(seeds=args.seeds, first_seed=args.first_seed, controllers=args.controllers,
+                    children=args.children, ps_shards=args.ps_shards, workers=args.workers,
+                    batching=args.replica_batch, at=args.at,
+                    progress=Progress(args.seeds * len(strategies) * len(datasets)))
+    if len(strategies) == 1 and len(datasets) == 1:
+        result = bench_nb201(args.strategy, args.evaluations, dataset=args.dataset,
+                             strategy_options=dict(args.strategy_option), **settings)
+        print(json.dumps(result, indent=2) if args.json else format_bench(result))
+        return 0
+    results = compare_nb201(strategies, datasets, args.evaluations, strategy_options=dict(args.strategy_option),
+                            **settings)
+    print(json.dumps(results, indent=2) if args.json else format_compare(results))
     return 0
 
 

@@ -1,0 +1,71 @@
+"""`nas bench nb201` beyond one strategy: several strategies and datasets in one table, the
+choice after the first n evaluations, the two ceilings read from the table, and the proposer
+loop with W asynchronous workers on a virtual clock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from raynas.common import ConfigError
+from raynas.controller.bench.nb201 import VirtualClockExecutor, bench_nb201, ceilings, compare_nb201, scoped_options
+from raynas.controller.cli import main
+from raynas.search_spaces import get_space
+from raynas.search_spaces.nb201 import NB201Arch
+from raynas.workers.evaluation import get_evaluator
+from raynas.workers.execution import Task
+
+
+@pytest.mark.parametrize("dataset,optimum,protocol", [("cifar10", 94.37, 94.37), ("cifar100", 73.51, 72.28),
+                                                      ("imagenet16", 47.31, 46.48)])
+def test_ceilings_are_the_published_ones(dataset, optimum, protocol):
+    found = ceilings(dataset)
+    assert (round(found["optimum"], 2), round(found["protocol"], 2)) == (optimum, protocol)
+
+
+def test_virtual_clock_returns_results_in_order_of_simulated_finish():
+    space = get_space("nb201")
+    evaluator = get_evaluator("table", space)
+    executor = VirtualClockExecutor(evaluator, workers=3)
+    archs = [NB201Arch((op,) * 6) for op in ("nor_conv_3x3", "none", "nor_conv_1x1")]
+    for i, arch in enumerate(archs):
+        executor.submit(Task(str(i), arch, 0))
+    order = [executor.wait()[0][0].id for _ in archs]
+    times = [evaluator.evaluate(a).metrics["simulated_time_s"] for a in archs]
+    assert order == [str(i) for i in sorted(range(3), key=times.__getitem__)]
+    assert executor.finished_at == sorted(times) and executor.in_flight == 0
+
+
+def test_async_workers_report_simulated_hours_at_each_count():
+    result = bench_nb201("local_search", 24, 2, workers=8, at=[8])
+    assert list(result["at"]) == ["8", "24"]
+    one = bench_nb201("local_search", 24, 2, at=[8])
+    assert "simulated_hours_mean" not in one["at"]["8"]
+    assert 0 < result["at"]["8"]["simulated_hours_mean"] < result["at"]["24"]["simulated_hours_mean"]
+    assert result["at"]["24"]["mean"] >= result["at"]["8"]["mean"]
+
+
+def test_at_beyond_the_evaluations_is_refused():
+    with pytest.raises(ConfigError, match="at"):
+        bench_nb201("random", 10, 1, at=[20])
+
+
+def test_options_scoped_to_one_strategy():
+    options = {"evolution.population_size": 5, "bananas.initial": 3}
+    assert scoped_options("evolution", options) == {"population_size": 5}
+    with pytest.raises(ConfigError, match="strategy_option"):
+        compare_nb201(["random"], ["cifar10"], 10, 1, strategy_options={"rl.lr": 0.1})
+
+
+def test_compare_in_one_table_from_the_cli(capsys):
+    assert main(["bench", "nb201", "--strategy", "random,local_search", "--dataset", "cifar10,cifar100",
+                 "--evaluations", "12", "--at", "6", "--seeds", "2", "--strategy-option", "local_search.move=best",
+                 "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert [(r["dataset"], r["strategy"]) for r in results] == [
+        ("cifar10", "random"), ("cifar10", "local_search"), ("cifar100", "random"), ("cifar100", "local_search")]
+    assert results[1]["strategy_options"] == {"move": "best"} and results[0]["strategy_options"] == {}
+    assert main(["bench", "nb201", "--strategy", "random,evolution", "--evaluations", "12", "--seeds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ceiling: protocol" in out and "evolution" in out
