@@ -164,3 +164,38 @@ def check_continue(evaluator, arch, tmp_path, other=None):
     # A checkpoint belongs to its architecture: another one is refused, not silently continued.
     refused = evaluator.evaluate(other, seed=2, budget=high, checkpoint=checkpoint)
     assert refused.status == FAILED and "checkpoint" in refused.reason
+
+
+def run_sequential(strategy, reward, evaluations: int) -> list:
+    """Propose one architecture at a time and observe `reward(arch)` for it; the architectures proposed."""
+    from raynas.workers.evaluation import EvalResult
+
+    proposed = []
+    for _ in range(evaluations):
+        (arch,) = strategy.propose(1)
+        proposed.append(arch)
+        strategy.observe(arch, EvalResult(str(arch), reward(arch)))
+    return proposed
+
+
+def check_resumes_with_results_outstanding(make, reward, in_flight: int, before: int, after: int,
+                                           outstanding_first: bool = False) -> None:
+    """A strategy checkpointed with `in_flight` proposals unobserved (proposed after `before`
+    observed ones, or before them with `outstanding_first`) and restored by `make()` goes on as the
+    uninterrupted one once the outstanding results arrive: the next `after` proposals are the same."""
+    from raynas.workers.evaluation import EvalResult
+
+    original = make()
+    if outstanding_first:
+        pending = original.propose(in_flight)
+        run_sequential(original, reward, before)
+    else:
+        run_sequential(original, reward, before)
+        pending = original.propose(in_flight)
+    resumed = make()
+    resumed.load_state_dict(original.state_dict())
+    for arch in pending:
+        for s in (original, resumed):
+            s.observe(arch, EvalResult(str(arch), reward(arch)))
+    expected = [str(a) for a in run_sequential(original, reward, after)]
+    assert [str(a) for a in run_sequential(resumed, reward, after)] == expected

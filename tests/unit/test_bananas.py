@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from contracts import check_resumes_with_results_outstanding, run_sequential
 
 from raynas.common import ConfigError
 from raynas.controller.strategies import get_strategy
@@ -21,15 +22,6 @@ QUICK = {"initial": 5, "epochs": 60, "ensemble": 3, "hidden": 16, "layers": 2, "
 
 def convs(arch) -> float:
     return float(sum(op == "nor_conv_3x3" for op in arch.ops))
-
-
-def run_sequential(s, reward, evaluations: int) -> list:
-    proposed = []
-    for _ in range(evaluations):
-        (arch,) = s.propose(1)
-        proposed.append(arch)
-        s.observe(arch, EvalResult(str(arch), reward(arch)))
-    return proposed
 
 
 def test_the_ensemble_learns_a_reward_it_can_express():
@@ -88,17 +80,9 @@ def test_resume_continues_like_the_uninterrupted_run_on_other_spaces(space_name,
     def reward(arch):
         return float(sum(space.encode(arch)) % 13)
 
-    original = get_strategy("bananas", space, seed=5, acquisition=acquisition, **QUICK)
-    run_sequential(original, reward, 8)
-    in_flight = original.propose(2)
-    state = original.state_dict()
-    resumed = get_strategy("bananas", space, seed=5, acquisition=acquisition, **QUICK)
-    resumed.load_state_dict(state)
-    for arch in in_flight:
-        for s in (original, resumed):
-            s.observe(arch, EvalResult(str(arch), reward(arch)))
-    expected = [str(a) for a in run_sequential(original, reward, 8)]
-    assert [str(a) for a in run_sequential(resumed, reward, 8)] == expected
+    check_resumes_with_results_outstanding(
+        lambda: get_strategy("bananas", space, seed=5, acquisition=acquisition, **QUICK), reward,
+        in_flight=2, before=8, after=8)
 
 
 def test_bad_options_name_the_field():

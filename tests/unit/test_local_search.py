@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from contracts import check_resumes_with_results_outstanding, run_sequential
 
 from raynas.common import ConfigError
 from raynas.controller.strategies import get_strategy
@@ -50,15 +51,6 @@ def test_fresh_avoids_architectures_seen():
     rng = np.random.default_rng(2)
     seen = {str(NB201.sample(np.random.default_rng(2)))}
     assert str(fresh(NB201, rng, seen)) not in seen
-
-
-def run_sequential(s, reward, evaluations: int) -> list:
-    proposed = []
-    for _ in range(evaluations):
-        (arch,) = s.propose(1)
-        proposed.append(arch)
-        s.observe(arch, EvalResult(str(arch), reward(arch)))
-    return proposed
 
 
 @pytest.mark.parametrize("move", ["best", "first"])
@@ -137,17 +129,8 @@ def test_resume_continues_like_the_uninterrupted_run_on_a_space_with_skip_connec
     def reward(arch):
         return float(sum(MACRO.encode(arch)) % 17)
 
-    original = get_strategy("local_search", MACRO, seed=8)
-    in_flight = original.propose(3)
-    run_sequential(original, reward, 30)
-    state = original.state_dict()
-    resumed = get_strategy("local_search", MACRO, seed=8)
-    resumed.load_state_dict(state)
-    for arch in in_flight:  # the results outstanding at the checkpoint arrive after it
-        for s in (original, resumed):
-            s.observe(arch, EvalResult(str(arch), reward(arch)))
-    expected = [str(a) for a in run_sequential(original, reward, 40)]
-    assert [str(a) for a in run_sequential(resumed, reward, 40)] == expected
+    check_resumes_with_results_outstanding(lambda: get_strategy("local_search", MACRO, seed=8), reward,
+                                           in_flight=3, before=30, after=40, outstanding_first=True)
 
 
 def test_bad_options_name_the_field():

@@ -100,9 +100,10 @@ def test_anchor_probability_is_the_papers_sigmoid():
     torch.testing.assert_close(torch.exp(with_skip - without_skip)[0], expected)
 
 
-def test_learns_a_synthetic_reward_on_nb201():
-    """Reward = share of conv3x3 edges (0.2 for uniform sampling); a higher lr than the paper's keeps it short."""
-    s = get_strategy("rl", get_space("nb201"), seed=0, lr=0.01)
+@pytest.mark.parametrize("strategy, lr", [("rl", 0.01), ("ppo", 0.005)])
+def test_learns_a_synthetic_reward_on_nb201(strategy, lr):
+    """Reward = share of conv3x3 edges (0.2 for uniform sampling); a higher lr than the papers' keeps it short."""
+    s = get_strategy(strategy, get_space("nb201"), seed=0, lr=lr)
     rewards = []
     for _ in range(240):
         (arch,) = s.propose(1)
