@@ -95,10 +95,10 @@ GENOTYPES["DARTS"] = GENOTYPES["DARTS_V2"]
 # of the reduction cell although block 4 reads it ([1, 1, 1, 0, 0, 0, 0]).
 GENOTYPES["NASNet-A"] = dataclasses.replace(GENOTYPES["NASNet"], normal_concat=(0, 2, 3, 4, 5, 6),
                                             reduce_concat=(3, 4, 5, 6))
-#: (initial channels, parameters in millions) of published CIFAR-10 networks at 20 cells (REFERENCES'
+#: (initial channels, parameters in millions, cells) of published CIFAR-10 networks (REFERENCES'
 #: table; NASNet-A 6@768: 32 channels, 6 normal cells per stage, 768 filters before the classifier).
-PUBLISHED_SIZES: dict[str, tuple[int, float]] = {"NASNet-A": (32, 3.3), "DARTS_V2": (36, 3.3),
-                                                 "DARTS": (36, 3.3), "DARTS_V1": (36, 3.3)}
+PUBLISHED_SIZES: dict[str, tuple[int, float, int]] = {"NASNet-A": (32, 3.3, 20), "DARTS_V2": (36, 3.3, 20),
+                                                      "DARTS": (36, 3.3, 20), "DARTS_V1": (36, 3.3, 20)}
 
 
 # -- reading and checking quark0/darts genotype text (shared with the rnn space) ------------
@@ -281,7 +281,7 @@ class CellSpace(SearchSpace):
             return GENOTYPES[name]
         return check_genotype(Genotype(**read_genotype_call(text, GENOTYPE_FIELDS, tuple(GENOTYPES))))
 
-    def published_size(self, text: str) -> tuple[int, float] | None:
+    def published_size(self, text: str) -> tuple[int, float, int | None] | None:
         return PUBLISHED_SIZES.get(text.strip())
 
     def draw(self, arch: Genotype) -> str:

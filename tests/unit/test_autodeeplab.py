@@ -168,4 +168,6 @@ def test_inspect_builds_published_networks_at_their_width_and_shows_their_figure
     counts = {name: round(r["params"] / 1e6, 2) for name, r in reports.items()}
     assert counts == {"Auto-DeepLab-S": 8.08, "Auto-DeepLab-M": 20.30, "Auto-DeepLab-L": 45.28}
     assert inspect_arch("autodeeplab", "Auto-DeepLab-S", channels=8)["config"]["channels"] == 8
-    assert inspect_arch("darts", "DARTS_V2")["published_params_M"] is None
+    assert inspect_arch("darts", "DARTS_V2")["published_params_M"] == 3.3
+    cell = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|skip_connect~1|skip_connect~2|"
+    assert inspect_arch("nb201", cell)["published_params_M"] is None

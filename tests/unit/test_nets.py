@@ -121,7 +121,7 @@ def test_official_nasnet_a_against_a_hand_count():
     model = build_model("nasnet", GENOTYPES["NASNet-A"], NetConfig(in_channels=3, num_classes=10, image_size=32,
                                                                    channels=32, layers=20))
     assert count_params(model) == total == 3_328_234
-    assert get_space("nasnet").published_size("NASNet-A") == (32, 3.3)
+    assert get_space("nasnet").published_size("NASNet-A") == (32, 3.3, 20)
     # The DARTS port's concatenation (blocks only) loses the older input and reduction block 1.
     port = build_model("nasnet", GENOTYPES["NASNet"], NetConfig(in_channels=3, num_classes=10, image_size=32,
                                                                channels=32, layers=20))

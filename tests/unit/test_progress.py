@@ -89,5 +89,6 @@ def test_a_quiet_search_or_a_log_gets_no_loading_line(capsys, tmp_path):
 def test_bench_shows_each_seed(capsys):
     assert main(["bench", "nb201", "--strategy", "random", "--evaluations", "10", "--seeds", "3"]) == 0
     err = capsys.readouterr().err.splitlines()
-    assert [line.split("] ", 1)[1].split(":")[0] for line in err] == ["1/3 seed 0", "2/3 seed 1", "3/3 seed 2"]
+    assert [line.split("] ", 1)[1].split(":")[0] for line in err] == [
+        "1/3 random on cifar10, seed 0", "2/3 random on cifar10, seed 1", "3/3 random on cifar10, seed 2"]
     assert all("test accuracy" in line and "mean so far" in line for line in err)
