@@ -6,6 +6,8 @@ import shlex
 import time
 from pathlib import Path
 
+from rayjobs import submit
+
 
 def test_nas_search_as_a_ray_job(ray_context, tmp_path):
     from ray.job_submission import JobStatus, JobSubmissionClient
@@ -15,16 +17,7 @@ def test_nas_search_as_a_ray_job(ray_context, tmp_path):
     # The command deploy/README.md documents, with a small budget.
     entrypoint = ("nas search --address auto --space nb201 --evaluator table --strategy evolution "
                   f"--evaluations 20 --workers 1 --cpus-per-child 0.5 --quiet --out {shlex.quote(str(out))}")
-    deadline = time.time() + 60
-    while True:
-        try:
-            job = client.submit_job(entrypoint=entrypoint)
-            break
-        except RuntimeError as exc:
-            # A fresh cluster's job agent registers a moment after the dashboard answers.
-            if "No available agent" not in str(exc) or time.time() > deadline:
-                raise
-            time.sleep(1)
+    job = submit(client, entrypoint)
     deadline = time.time() + 180
     while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
         assert time.time() < deadline, client.get_job_logs(job)

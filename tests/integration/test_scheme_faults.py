@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rayjobs import submit
 
 from raynas.common import DataError
 from raynas.controller.runtime.job import SearchJob
@@ -226,7 +227,7 @@ def test_ray_job_stop_stops_a_search_that_resumes(ray_context, tmp_path):
     entrypoint = (f"nas search --address auto --evaluator table --table-option sleep={0.2 / 120} --evaluations 60 "
                   "--controllers 2 --children 2 --ps-shards 2 --workers 4 --cpus-per-child 0.25 --quiet "
                   f"--out {out}")
-    job = client.submit_job(entrypoint=entrypoint)
+    job = submit(client, entrypoint)
     deadline = time.monotonic() + 240
     while len(records(out)) < 8:
         status = client.get_job_status(job)
