@@ -21,19 +21,19 @@ def read_events(run_dir):
     return events
 
 
-def scalars(run_dir):
+def _values(run_dir, field):
+    """(step, value) per tag, of the summary values that hold `field`."""
     out = defaultdict(list)
     for event in read_events(run_dir):
         for value in event.summary.value:
-            if value.HasField("simple_value"):
-                out[value.tag].append((event.step, value.simple_value))
+            if value.HasField(field):
+                out[value.tag].append((event.step, getattr(value, field)))
     return out
+
+
+def scalars(run_dir):
+    return _values(run_dir, "simple_value")
 
 
 def histograms(run_dir):
-    out = defaultdict(list)
-    for event in read_events(run_dir):
-        for value in event.summary.value:
-            if value.HasField("histo"):
-                out[value.tag].append((event.step, value.histo))
-    return out
+    return _values(run_dir, "histo")
