@@ -26,7 +26,8 @@ from raynas.controller.cluster.launch import (
                                               worker_executor,
                                               worker_group,
 )
+from raynas.controller.cluster.resources import node_totals
 
 __all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "connect", "find_actor",
-           "job_namespace", "kill", "phase", "queue_executor", "remove_group", "result", "send", "session", "shutdown",
-           "start_actor", "start_workers", "wait_any", "worker_executor", "worker_group"]
+           "job_namespace", "kill", "node_totals", "phase", "queue_executor", "remove_group", "result", "send",
+           "session", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor", "worker_group"]

@@ -33,6 +33,8 @@ from typing import Any, Protocol
 from raynas.common import Busy, ConfigError, NasError, NotFound, NotReady
 from raynas.controller import cluster
 from raynas.controller.cluster import resources
+from raynas.controller.runtime import capacity
+from raynas.controller.runtime.capacity import Footprint, footprint
 from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.rundir import (
     EVALUATIONS,
@@ -44,9 +46,8 @@ from raynas.controller.runtime.rundir import (
     rank,
 )
 from raynas.controller.runtime.spec import SearchSpec
-from raynas.controller.service import capacity, logs
+from raynas.controller.service import logs
 from raynas.controller.service.access import SINGLE_CLIENT, Client, private_folder
-from raynas.controller.service.capacity import Footprint, footprint
 from raynas.controller.service.limits import (  # noqa: F401 - DEFAULT_PORT: read here by older callers
     CANCEL_GRACE_S,
     DEFAULT_PORT,

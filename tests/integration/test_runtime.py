@@ -128,3 +128,23 @@ def test_a_relative_run_directory_reaches_every_actor(tmp_path, monkeypatch):
     assert result["state"] == "done" and result["run_dir"] == str(tmp_path / "run")
     assert_exactly_once(tmp_path / "run", 8)
     assert sorted(p.name for p in (tmp_path / "run" / "checkpoint").glob("ps-*.pt")) == ["ps-0.pt", "ps-1.pt"]
+
+
+def test_an_embedded_cluster_refuses_workers_it_cannot_hold(tmp_path, monkeypatch):
+    """4 workers of 1 CPU on a cluster of 2 CPUs that nothing can grow (one the driver started
+    itself): two workers never start, their replica holds its claims for ever and the search,
+    and every resume of it, stalls after the other replica's children (reproduced: 14 of 16
+    recorded, then silence). Refused before any actor starts, naming the field and the fix."""
+    from raynas.common import ConfigError
+    from raynas.controller.cluster import launch
+
+    # The shared test cluster (2 CPUs) stands in for one this driver started.
+    monkeypatch.setattr(launch, "connect", lambda address, quiet=False: True)
+    monkeypatch.setattr(launch, "shutdown", lambda: None)
+    spec = table_spec(strategy="ppo", evaluations=16, children=2, workers=4, cpus_per_child=1.0)
+    with pytest.raises(ConfigError) as refused:
+        SearchJob(spec, tmp_path / "run", progress=False).run()
+    assert refused.value.field == "workers"
+    assert "need 4 CPUs" in refused.value.problem and "2 CPUs" in refused.value.problem
+    assert "at most 2 workers" in str(refused.value) and "cpus_per_child 0.5 for 4 workers" in str(refused.value)
+    assert (tmp_path / "run" / "evaluations.jsonl").read_text() == ""

@@ -248,9 +248,9 @@ RL_ON_RAY = {"space": "nb201", "evaluator": "table", "strategy": "rl", "runtime"
 
 
 def test_the_footprint_counts_every_actor_each_execution_path_starts():
+    from raynas.controller.runtime.capacity import footprint
     from raynas.controller.runtime.plan import resolve
     from raynas.controller.runtime.spec import SearchSpec
-    from raynas.controller.service.capacity import footprint
 
     def of(spec):
         return footprint(resolve(SearchSpec.from_dict(spec)))

@@ -8,8 +8,10 @@ import sys
 from abc import abstractmethod
 from typing import Any
 
+from raynas.common import ConfigError
 from raynas.controller import cluster
 from raynas.controller.cluster import metrics
+from raynas.controller.runtime.capacity import check_alone, footprint
 from raynas.controller.runtime.runners.base import Runner
 
 
@@ -20,7 +22,8 @@ class RayRunner(Runner):
     def run(self) -> bool:
         self.actors: list[Any] = []
         self.groups: list[Any] = []
-        with cluster.session(self.context.address):
+        with cluster.session(self.context.address) as started:
+            self.check_capacity(started)
             try:
                 return self.run_on_ray()
             except KeyboardInterrupt:
@@ -31,6 +34,18 @@ class RayRunner(Runner):
                     cluster.kill(actor)
                 for group in self.groups:
                     cluster.remove_group(group)
+
+    def check_capacity(self, started: bool) -> None:
+        """Refuse a search that the cluster we started can never hold whole: a worker that no CPU is
+        left for never starts, and its replica then holds its claims for ever (the search, and every
+        resume of it, stalls without a word). A cluster we joined may grow (an autoscaler, a node
+        that joins): there the search waits, and says what for."""
+        try:
+            check_alone(footprint(self.plan), cluster.node_totals())
+        except ConfigError as exc:
+            if started:
+                raise
+            cluster.phase(f"the search waits for nodes to join: {exc}", "nodes that can hold its workers")
 
     @abstractmethod
     def run_on_ray(self) -> bool:

@@ -15,27 +15,18 @@ import json
 import sys
 
 from raynas.controller import cluster
+from raynas.controller.runtime.capacity import scheme_workers
 from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
 from raynas.controller.runtime.ledger import Tail
 from raynas.controller.runtime.runners.ray import RayRunner
 from raynas.param_server import ShardConfig, ShardMap
 
 
-def assign_workers(controllers: int, children: int, workers: int) -> list[list[int]] | None:
-    """Each replica's own workers when there are enough for all (replica k: workers k*m ..
-    k*m + m - 1, the paper's layout); None when they must be shared through the dispatcher."""
-    if workers < controllers * children:
-        return None
-    return [list(range(k * children, (k + 1) * children)) for k in range(controllers)]
-
-
 class SchemeRunner(RayRunner):
     def run_on_ray(self) -> bool:
         plan, context = self.plan, self.context
         spec, ns = plan.spec, context.namespace
-        # The scheme uses at most K x m workers at once; more would only idle.
-        count = min(spec.workers, spec.controllers * spec.children)
-        own = assign_workers(spec.controllers, spec.children, count)
+        count, own = scheme_workers(spec)
         self.start_workers(count, own)
         initial = plan.strategy.shared_policy(plan.space, spec.seed, plan.strategy_options).weights()
         checkpoints = context.checkpoints

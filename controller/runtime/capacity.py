@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from raynas.common import Busy, ConfigError
 from raynas.controller.cluster.resources import unplaceable
 from raynas.controller.runtime.plan import LOCAL, SCHEME, Plan
-from raynas.controller.runtime.runners.scheme import assign_workers
+from raynas.controller.runtime.spec import SearchSpec
 
 #: Memory counted for one actor process: a Ray worker that has imported torch holds 170-250 MiB.
 PROCESS_MEMORY = 256 << 20
@@ -61,6 +61,21 @@ def _count(n: int, what: str) -> str:
     return f"{n:,} {what}{'s' if n != 1 else ''}" if n else ""
 
 
+def assign_workers(controllers: int, children: int, workers: int) -> list[list[int]] | None:
+    """Each replica's own workers when there are enough for all (replica k: workers k*m ..
+    k*m + m - 1, the paper's layout); None when they must be shared through the dispatcher."""
+    if workers < controllers * children:
+        return None
+    return [list(range(k * children, (k + 1) * children)) for k in range(controllers)]
+
+
+def scheme_workers(spec: SearchSpec) -> tuple[int, list[list[int]] | None]:
+    """The workers Zoph & Le's scheme starts and each replica's own (None: shared). It uses at most
+    K x m at once; more would only idle."""
+    count = min(spec.workers, spec.controllers * spec.children)
+    return count, assign_workers(spec.controllers, spec.children, count)
+
+
 def footprint(plan: Plan) -> Footprint:
     """What `plan` starts on the cluster (controller/runtime/runners/: the local path runs inside its
     runner; the proposer and Tune paths start W workers or trial actors; the scheme starts at most
@@ -70,9 +85,9 @@ def footprint(plan: Plan) -> Footprint:
         return Footprint()
     if plan.path != SCHEME:
         return Footprint(spec.workers, spec.cpus_per_child, spec.gpus_per_child)
-    workers = min(spec.workers, spec.controllers * spec.children)
+    workers, own = scheme_workers(spec)
     return Footprint(workers, spec.cpus_per_child, spec.gpus_per_child, spec.ps_shards, spec.controllers,
-                     dispatcher=assign_workers(spec.controllers, spec.children, workers) is None)
+                     dispatcher=own is None)
 
 
 def process_capacity(nodes: list[dict[str, float]]) -> int:
@@ -93,7 +108,9 @@ def check_alone(fp: Footprint, nodes: list[dict[str, float]]) -> None:
         if need > have:
             raise ConfigError("workers", f"{fp.workers:,} workers of {per:g} {kind}s need {need:g} {kind}s at once, "
                               f"and the Ray cluster has {have:g} {kind}s in all ({where})",
-                              f"at most {math.floor(have / per):,} workers of {per:g} {kind}s")
+                              f"at most {math.floor(have / per):,} workers of {per:g} {kind}s, or "
+                              f"{kind.lower()}s_per_child {math.floor(100 * have / fp.workers) / 100:g} for "
+                              f"{fp.workers:,} workers")
     capacity = process_capacity(nodes)
     if fp.processes > capacity:
         memory = sum(n.get("memory", 0.0) for n in nodes) / (1 << 30)
