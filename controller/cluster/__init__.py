@@ -15,6 +15,7 @@ from raynas.controller.cluster.launch import (
                                               kill,
                                               phase,
                                               queue_executor,
+                                              reachable,
                                               remove_group,
                                               result,
                                               send,
@@ -22,6 +23,7 @@ from raynas.controller.cluster.launch import (
                                               shutdown,
                                               start_actor,
                                               start_workers,
+                                              terminated,
                                               wait_any,
                                               worker_executor,
                                               worker_group,
@@ -29,5 +31,6 @@ from raynas.controller.cluster.launch import (
 from raynas.controller.cluster.resources import node_totals
 
 __all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "connect", "find_actor",
-           "job_namespace", "kill", "node_totals", "phase", "queue_executor", "remove_group", "result", "send",
-           "session", "shutdown", "start_actor", "start_workers", "wait_any", "worker_executor", "worker_group"]
+           "job_namespace", "kill", "node_totals", "phase", "queue_executor", "reachable", "remove_group", "result",
+           "send", "session", "shutdown", "start_actor", "start_workers", "terminated", "wait_any", "worker_executor",
+           "worker_group"]

@@ -20,6 +20,11 @@ from raynas.common import ConfigError, NasError
 #: (controller/runtime/progress.py).
 PHASES = logging.getLogger("raynas.phases")
 
+#: Set by SIGTERM for the rest of the session. Ray defers SIGINT while it submits a call, and our
+#: handler lets whatever handles SIGINT have the signal, so a SIGTERM can surface as a plain
+#: KeyboardInterrupt: this says which stop it was.
+_TERMINATED = threading.Event()
+
 
 class ActorLost(NasError):
     """An actor died (or was never started) while a call to it was pending; when its constructor
@@ -61,6 +66,7 @@ def session(address: str | None, quiet: bool = False) -> Iterator[bool]:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGTERM) if main else None
     started = connect(address, quiet)
+    _TERMINATED.clear()
     if main:
         signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -73,11 +79,26 @@ def session(address: str | None, quiet: bool = False) -> Iterator[bool]:
 
 
 def _terminate(signum: int, frame: Any) -> None:
+    _TERMINATED.set()
     interrupt = signal.getsignal(signal.SIGINT)
     if callable(interrupt) and interrupt is not signal.default_int_handler:
         interrupt(signal.SIGINT, frame)
         return
     raise Terminated()
+
+
+def terminated(interrupt: KeyboardInterrupt) -> bool:
+    """Whether `interrupt` stops the search at once (SIGTERM) rather than after its children (Ctrl-C)."""
+    return isinstance(interrupt, Terminated) or _TERMINATED.is_set()
+
+
+def reachable(timeout_s: float) -> bool:
+    """Whether the cluster still answers: a SIGTERM sent to the whole process group (systemd, `timeout`)
+    takes an embedded Ray down with the driver, and calls to its restartable actors then wait for
+    ever."""
+    from raynas.controller.cluster.resources import Probe
+
+    return Probe().ask(timeout_s) is not None
 
 
 def connect(address: str | None, quiet: bool = False) -> bool:

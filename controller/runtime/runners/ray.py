@@ -22,6 +22,8 @@ class RayRunner(Runner):
     def run(self) -> bool:
         self.actors: list[Any] = []
         self.groups: list[Any] = []
+        #: Set when the cluster died with the search: its actors and groups are gone with it.
+        self.cluster_lost = False
         with cluster.session(self.context.address) as started:
             self.check_capacity(started)
             try:
@@ -30,10 +32,11 @@ class RayRunner(Runner):
                 print("\nstopping: the search is checkpointed; resume continues it", file=sys.stderr)
                 return True
             finally:
-                for actor in self.actors:
-                    cluster.kill(actor)
-                for group in self.groups:
-                    cluster.remove_group(group)
+                if not self.cluster_lost:
+                    for actor in self.actors:
+                        cluster.kill(actor)
+                    for group in self.groups:
+                        cluster.remove_group(group)
 
     def check_capacity(self, started: bool) -> None:
         """Refuse a search that the cluster we started can never hold whole: a worker that no CPU is

@@ -21,6 +21,9 @@ from raynas.controller.runtime.ledger import Tail
 from raynas.controller.runtime.runners.ray import RayRunner
 from raynas.param_server import ShardConfig, ShardMap
 
+#: Seconds a terminated search gives its cluster to answer before it counts it gone.
+GOODBYE_S = 5.0
+
 
 class SchemeRunner(RayRunner):
     def run_on_ray(self) -> bool:
@@ -77,14 +80,15 @@ class SchemeRunner(RayRunner):
                 for future in cluster.wait_any(list(runs), timeout=0.5):
                     replica_stats[f"controller-{runs.pop(future)}"] = cluster.result(future)
                 seen = self._show(recorder, seen)
-            except cluster.Terminated:
-                # Stop now: what is recorded stays, the children in flight run again on resume.
-                context.stop.set()
-                cluster.call(recorder, "stop")
-                interrupted = True
-                print("\nterminated: stopping without waiting for the children in flight", file=sys.stderr)
-                break
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as interrupt:
+                if cluster.terminated(interrupt):
+                    # Stop now: what is recorded stays, the children in flight run again on resume.
+                    context.stop.set()
+                    interrupted = True
+                    print("\nterminated: stopping without waiting for the children in flight", file=sys.stderr)
+                    if not self._still_there(recorder):
+                        return True
+                    break
                 if interrupted:
                     raise
                 interrupted = True
@@ -115,6 +119,20 @@ class SchemeRunner(RayRunner):
             "max": max(staleness, default=0),
         }
         return interrupted
+
+    def _still_there(self, recorder) -> bool:
+        """Tell the recorder to stop; False when the cluster went down with the signal (every record
+        is on disk already: the job ends now with its resume hint, before Ray gives up on its lost
+        cluster and kills this process)."""
+        try:
+            if cluster.reachable(GOODBYE_S):
+                cluster.call(recorder, "stop", timeout=GOODBYE_S)
+                return True
+        except (cluster.ActorLost, cluster.CallTimeout):
+            pass
+        print("the Ray cluster is gone (it got the signal too): everything recorded is on disk", file=sys.stderr)
+        self.cluster_lost = True
+        return False
 
     def _show(self, recorder, seen: int) -> int:
         total, fresh = cluster.call(recorder, "progress", seen)
