@@ -132,14 +132,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
 
+    from raynas.controller.cli.flags import spec_data_from_args, spec_from_args
+
     if args.resume:
         out = args.resume
         _check_unfinished(out)
-        job = SearchJob.resume_from(out, address=args.address, progress=not args.quiet)
+        job = SearchJob.resume_from(out, spec_data_from_args(args), address=args.address, progress=not args.quiet)
         spec = job.spec
     else:
-        from raynas.controller.cli.flags import spec_from_args
-
         spec = spec_from_args(args)
         out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         job = SearchJob(spec, out, address=args.address, progress=not args.quiet)

@@ -54,11 +54,13 @@ class SearchJob:
         self._context: Context | None = None
 
     @classmethod
-    def resume_from(cls, out: str | Path, **kwargs) -> SearchJob:
+    def resume_from(cls, out: str | Path, changes: dict[str, Any] | None = None, **kwargs) -> SearchJob:
+        """The search in `out`, to go on; `changes`: the resources it goes on with (spec.RESUME_FIELDS),
+        kept in its spec.json for the resumes after."""
         run = RunDirectory(out)
         if not (run.path / "spec.json").exists():
             raise ConfigError("resume", f"{run.path} holds no search (no spec.json) to resume")
-        return cls(SearchSpec.from_dict(run.spec()), out, resume=True, **kwargs)
+        return cls(SearchSpec.from_dict(run.spec()).resumed_with(changes or {}), out, resume=True, **kwargs)
 
     def stop(self) -> None:
         """Ask the job to stop at the next safe point (a checkpoint is written)."""
@@ -90,6 +92,8 @@ class SearchJob:
         run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
         if self.resume:
             run.check()
+            if SearchSpec.from_dict(run.spec()) != spec:  # resumed on other resources
+                run.write_spec(spec.to_dict())
         (run.path / CHECKPOINTS).mkdir(exist_ok=True)
         deadline = time.time() + spec.max_wall_time_s if spec.max_wall_time_s else None
         context = self._context = Context(plan, run, resume=self.resume, deadline=deadline,

@@ -57,7 +57,7 @@ class RunDirectory:
         if (run.path / EVALUATIONS).exists() or (run.path / RESULT).exists():
             raise ConfigError("out", f"{run.path} already holds a search; choose a new --out directory")
         run.path.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.path / SPEC, spec)
+        run.write_spec(spec)
         (run.path / EVALUATIONS).touch()
         return run
 
@@ -111,6 +111,9 @@ class RunDirectory:
         last line is no damage; it is cut before anything is appended)."""
         for log in (EVALUATIONS, GRADIENTS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG):
             self.records(log)
+
+    def write_spec(self, spec: dict[str, Any]) -> None:
+        write_json_atomic(self.path / SPEC, spec)
 
     def spec(self) -> dict[str, Any]:
         return json.loads((self.path / SPEC).read_text())

@@ -30,6 +30,8 @@ BATCHING = ("barrier", "rolling")
 SCHEDULERS = ("none", "asha")
 #: The mapping fields: options passed on to the space, strategy, evaluator and dataset plug-ins,
 #: which bound their own values.
+#: What a resumed search may run on differently: where its children train, not what it searches.
+RESUME_FIELDS = ("workers", "cpus_per_child", "gpus_per_child", "max_retries")
 OPTION_FIELDS = ("space_options", "strategy_options", "evaluator_options", "dataset_options")
 #: Bounds of each option mapping: entries, name length, text length, list length.
 MAX_OPTIONS, MAX_OPTION_NAME, MAX_OPTION_TEXT, MAX_OPTION_LIST = 32, 64, 256, 16
@@ -194,6 +196,17 @@ class SearchSpec:
 
     def replace(self, **changes: Any) -> SearchSpec:
         return dataclasses.replace(self, **changes)
+
+    def resumed_with(self, changes: dict[str, Any]) -> SearchSpec:
+        """This search resumed on other resources (a smaller machine, a bigger cluster). Anything else
+        would make it another search than the one its log holds: refused, naming the fields."""
+        changed = sorted(k for k, v in changes.items() if getattr(self, k, None) != v)
+        fixed = [k for k in changed if k not in RESUME_FIELDS]
+        if fixed:
+            raise ConfigError(fixed[0], f"{', '.join(fixed)} cannot change on --resume: the run directory's log "
+                              "belongs to the search it started", f"only {', '.join(RESUME_FIELDS)}; or a new "
+                              "search with another --out")
+        return self.replace(**{k: changes[k] for k in changed}) if changed else self
 
 
 def upgraded(data: dict[str, Any]) -> dict[str, Any]:

@@ -276,3 +276,35 @@ def test_resuming_a_complete_search_says_so_and_changes_nothing(capsys, tmp_path
     code, _, err = run_cli(capsys, "search", "--resume", str(out))
     assert code == 2 and "complete (3 of its 3 evaluations)" in err and "nas results" in err
     assert (out / "result.json").read_text() == before
+
+
+def _crashed_search(capsys, out):
+    """A search that stopped after its first evaluation (its process died: no result.json)."""
+    assert run_cli(capsys, "search", "--runtime", "local", "--evaluator", "table", "--evaluations", "3",
+                   "--out", str(out), "--quiet")[0] == 0
+    log = out / "evaluations.jsonl"
+    log.write_text(log.read_text().splitlines(keepends=True)[0])
+    (out / "result.json").unlink()
+
+
+def test_a_resume_takes_other_resources_and_keeps_them(capsys, tmp_path):
+    """A search started with more workers than this machine holds could not be resumed here: the
+    flags given with --resume were ignored without a word."""
+    out = tmp_path / "run"
+    _crashed_search(capsys, out)
+    code, _, err = run_cli(capsys, "search", "--resume", str(out), "--workers", "3", "--cpus-per-child", "0.5",
+                           "--quiet")
+    assert code == 0, err
+    spec = json.loads((out / "spec.json").read_text())
+    assert (spec["workers"], spec["cpus_per_child"]) == (3, 0.5)
+    assert json.loads((out / "result.json").read_text())["evaluations"] == 3
+
+
+def test_a_resume_refuses_to_change_the_search_itself(capsys, tmp_path):
+    out = tmp_path / "run"
+    _crashed_search(capsys, out)
+    before = (out / "spec.json").read_text()
+    code, _, err = run_cli(capsys, "search", "--resume", str(out), "--evaluations", "9", "--seed", "4")
+    assert code == 2 and "evaluations" in err and "seed" in err and "--resume" in err
+    assert "workers" in err and "cpus_per_child" in err  # what may change
+    assert (out / "spec.json").read_text() == before
