@@ -1,17 +1,20 @@
-"""Searches on a multi-node Ray cluster simulated on this machine (controller/cluster/local_cluster.py),
-each scenario in a process of its own (one Ray per process): GPU placement, node loss, waiting
-for GPUs, and the GPU timeline of benchmarks/multinode.py. tests/integration/test_multinode.py
-checks what they record.
+"""Searches on a multi-node Ray cluster simulated on this machine (controller/cluster/local_cluster.py):
+GPU placement, node loss, waiting for GPUs, a shared image folder, and the GPU timeline of
+benchmarks/multinode.py. The scenarios named on the command line run one after the other in one
+process and one cluster (a head without CPUs; each scenario adds the worker nodes it needs and
+removes them at its end). tests/integration/test_multinode.py checks what they record.
 
-    python -m raynas.controller.bench.multinode SCENARIO OUT_DIR     # writes OUT_DIR/SCENARIO.json
+    python -m raynas.controller.bench.multinode SCENARIO[,SCENARIO...] OUT_DIR   # OUT_DIR/SCENARIO.json each
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from raynas.controller import cluster
@@ -76,11 +79,21 @@ def run_job(spec: SearchSpec, out: Path, during=None) -> dict:
     return {"result": done["result"], "records": records(out), "placements": placements}
 
 
-def gpu_placement(out: Path) -> dict:
+@contextlib.contextmanager
+def worker_nodes(c: LocalCluster, *nodes: dict) -> Iterator[list[str]]:
+    """Worker nodes of these resources for one scenario, removed at its end (with any it added)."""
+    ids = [c.add_node(**resources) for resources in nodes]
+    try:
+        yield ids
+    finally:
+        for node in list(c.nodes):
+            c.remove_node(node)
+
+
+def gpu_placement(out: Path, c: LocalCluster) -> dict:
     """Children on GPU nodes only, each seeing its own device; replicas, shards and the recorder
     take no GPU; each replica's workers packed on one node."""
-    with LocalCluster({"num_cpus": 2}, [{"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}]) as c:
-        gpu_nodes = list(c.nodes)
+    with worker_nodes(c, {"num_cpus": 2, "num_gpus": 2}, {"num_cpus": 2, "num_gpus": 2}) as gpu_nodes:
         whole = run_job(table_spec(strategy="rl", evaluations=24, controllers=2, children=2, ps_shards=2,
                                    workers=4, cpus_per_child=0.5, gpus_per_child=1), out / "whole")
         # Children that train: on a node whose GPUs are only declared, CUDA shows the assigned
@@ -93,20 +106,17 @@ def gpu_placement(out: Path) -> dict:
         return {"head": c.head_id, "gpu_nodes": gpu_nodes, "whole": whole, "half": half}
 
 
-def node_loss(out: Path) -> dict:
+def node_loss(out: Path, c: LocalCluster) -> dict:
     """A worker node dies mid-search, with the children it ran; a replacement joins (as an autoscaler
     would add one) and the lost children run again there. The head holds no CPU: children run on
     the two worker nodes only, two on each."""
-    with LocalCluster({"num_cpus": 0}) as c:
-        runs = {}
-        for name, spec in (("proposer", table_spec(strategy="evolution", evaluations=40, workers=4, cpus_per_child=0.5,
-                                                   evaluator_options={"sleep": 0.5 / 120})),
-                           ("scheme", table_spec(strategy="rl", evaluations=40, controllers=2, children=2,
-                                                 ps_shards=2, workers=4, cpus_per_child=0.5,
-                                                 evaluator_options={"sleep": 0.5 / 120}))):
-            for node in list(c.nodes):
-                c.remove_node(node)
-            doomed, _ = c.add_node(num_cpus=1), c.add_node(num_cpus=1)
+    runs = {}
+    for name, spec in (("proposer", table_spec(strategy="evolution", evaluations=40, workers=4, cpus_per_child=0.5,
+                                               evaluator_options={"sleep": 0.5 / 120})),
+                       ("scheme", table_spec(strategy="rl", evaluations=40, controllers=2, children=2,
+                                             ps_shards=2, workers=4, cpus_per_child=0.5,
+                                             evaluator_options={"sleep": 0.5 / 120}))):
+        with worker_nodes(c, {"num_cpus": 1}, {"num_cpus": 1}) as (doomed, _):
             lost: dict = {"node": doomed}
 
             def kill_when(job, lost=lost, workers=spec.workers):
@@ -118,13 +128,14 @@ def node_loss(out: Path) -> dict:
                 lost["replacement"] = c.add_node(num_cpus=1)
 
             runs[name] = {**run_job(spec, out / name, during=kill_when), "lost": lost}
-        return {"head": c.head_id, **runs}
+    return {"head": c.head_id, **runs}
 
 
-def waits_for_gpus(out: Path) -> dict:
-    """No GPU node yet: the search waits (an autoscaler would add one), then runs when one joins."""
+def waits_for_gpus(out: Path, c: LocalCluster) -> dict:
+    """Only a CPU node yet: the search waits for a GPU (an autoscaler would add one) rather than
+    running its children on the CPUs there, then runs when a GPU node joins."""
     seen: dict = {}
-    with LocalCluster({"num_cpus": 2}) as c:
+    with worker_nodes(c, {"num_cpus": 2}):
         def add_later(job):
             time.sleep(8)
             seen["records_before"] = len(records(job.out))
@@ -135,12 +146,10 @@ def waits_for_gpus(out: Path) -> dict:
         return {**run, **seen}
 
 
-def gpu_timeline(out: Path) -> dict:
+def gpu_timeline(out: Path, c: LocalCluster) -> dict:
     """K=4 replicas x m=4 children on 2 nodes x 8 declared GPUs, one GPU per child; one node is
     lost mid-search and a replacement joins. What benchmarks/multinode.py plots and times."""
-    with LocalCluster({"num_cpus": 2}) as c:
-        doomed = c.add_node(num_cpus=4, num_gpus=8)
-        c.add_node(num_cpus=4, num_gpus=8)
+    with worker_nodes(c, {"num_cpus": 4, "num_gpus": 8}, {"num_cpus": 4, "num_gpus": 8}) as (doomed, _):
         lost: dict = {"node": doomed}
 
         def lose_a_node(job):
@@ -157,21 +166,27 @@ def gpu_timeline(out: Path) -> dict:
         return {**run, "lost": lost, "gpus": 16, "head": c.head_id}
 
 
-def shared_data(out: Path) -> dict:
+def shared_data(out: Path, c: LocalCluster) -> dict:
     """A search on the image folder `out/data` (the caller writes it) that every node reads at the same
     path (here one file system, as a shared mount gives a real cluster): children on two worker nodes,
     the folder streamed from disk by loader processes inside each worker, every worker checking the
     driver's fingerprint."""
     folder = out / "data"
-    with LocalCluster({"num_cpus": 0}, [{"num_cpus": 1}, {"num_cpus": 1}]) as c:
+    with worker_nodes(c, {"num_cpus": 1}, {"num_cpus": 1}) as nodes:
         spec = SearchSpec(space="nb201", strategy="random", evaluations=8, workers=4, cpus_per_child=0.5, seed=2,
                           dataset="image-folder", data_path=str(folder),
                           dataset_options={"stream": "disk", "loader_workers": 1},
                           evaluator_options={"epochs": 1, "channels": 4, "layers": 1})
-        return {**run_job(spec, out / "run"), "worker_nodes": list(c.nodes)}
+        return {**run_job(spec, out / "run"), "worker_nodes": nodes}
+
+
+SCENARIOS = {f.__name__: f for f in (gpu_placement, node_loss, waits_for_gpus, gpu_timeline, shared_data)}
 
 
 if __name__ == "__main__":
-    # To a file: Ray copies its processes' logs to this one's stdout.
-    name, out = sys.argv[1], Path(sys.argv[2])
-    (out / f"{name}.json").write_text(json.dumps(globals()[name](out), default=str))
+    # To files: Ray copies its processes' logs to this one's stdout.
+    names, out = sys.argv[1].split(","), Path(sys.argv[2])
+    with LocalCluster({"num_cpus": 0}) as c:
+        for name in names:
+            (out / name).mkdir(parents=True, exist_ok=True)
+            (out / f"{name}.json").write_text(json.dumps(SCENARIOS[name](out / name, c), default=str))

@@ -1,7 +1,8 @@
 """Searches on a multi-node cluster simulated on this machine (ray.cluster_utils: several
 raylets, each declaring its own CPUs and GPUs): GPU placement, node loss, the run directory's
-writers on the driver's node, and waiting for GPUs that are not there yet. Each scenario runs in
-a process of its own (controller/bench/multinode.py): one Ray per process."""
+writers on the driver's node, waiting for GPUs that are not there yet, and a shared image folder.
+The scenarios run one after the other in one process of their own with one cluster
+(controller/bench/multinode.py), beside the tests' shared Ray."""
 
 from __future__ import annotations
 
@@ -13,12 +14,26 @@ from pathlib import Path
 
 import pytest
 
+# The four scenarios in one fixture: beyond the per-test limit under a loaded machine.
+pytestmark = pytest.mark.timeout(900)
 
-def scenario(name: str, tmp_path: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "raynas.controller.bench.multinode", name, str(tmp_path)],
-                          capture_output=True, text=True, timeout=540)
+SCENARIOS = ("gpu_placement", "node_loss", "waits_for_gpus", "shared_data")
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory) -> Path:
+    import datafiles
+
+    out = tmp_path_factory.mktemp("multinode")
+    datafiles.image_folder(out / "shared_data" / "data", 120, 30)
+    done = subprocess.run([sys.executable, "-m", "raynas.controller.bench.multinode", ",".join(SCENARIOS), str(out)],
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((tmp_path / f"{name}.json").read_text())
+    return out
+
+
+def scenario(name: str, out: Path) -> dict:
+    return json.loads((out / f"{name}.json").read_text())
 
 
 def most_at_once(spans: list[tuple[float, float]]) -> int:
@@ -45,8 +60,8 @@ def exactly_once(records: list[dict], budget: int) -> None:
     assert sorted(r["id"] for r in records) == [f"e{i:06d}" for i in range(budget)]
 
 
-def test_children_run_on_gpu_nodes_each_seeing_only_its_own_device(tmp_path):
-    d = scenario("gpu_placement", tmp_path)
+def test_children_run_on_gpu_nodes_each_seeing_only_its_own_device(scenarios):
+    d = scenario("gpu_placement", scenarios)
     gpu_nodes = set(d["gpu_nodes"])
     whole, half = d["whole"], d["half"]
     for run, per_gpu, budget in ((whole, 1, 24), (half, 2, 8)):
@@ -74,8 +89,8 @@ def test_children_run_on_gpu_nodes_each_seeing_only_its_own_device(tmp_path):
 
 
 @pytest.mark.parametrize("run", ["proposer", "scheme"])
-def test_a_lost_worker_node_loses_nothing(run, node_loss):
-    d = node_loss
+def test_a_lost_worker_node_loses_nothing(run, scenarios):
+    d = scenario("node_loss", scenarios)
     r = d[run]
     exactly_once(r["records"], 40)
     assert r["result"]["state"] == "done" and r["result"]["failed"] == 0
@@ -87,23 +102,15 @@ def test_a_lost_worker_node_loses_nothing(run, node_loss):
             assert r["placements"][name]["node"] == d["head"]
 
 
-@pytest.fixture(scope="module")
-def node_loss(tmp_path_factory):
-    return scenario("node_loss", tmp_path_factory.mktemp("node_loss"))
-
-
-def test_a_search_waits_for_gpus_that_are_not_there_yet(tmp_path):
-    d = scenario("waits_for_gpus", tmp_path)
+def test_a_search_waits_for_gpus_that_are_not_there_yet(scenarios):
+    d = scenario("waits_for_gpus", scenarios)
     assert d["records_before"] == 0, "children ran before any node had a GPU"
     exactly_once(d["records"], 8)
     assert {r["metrics"]["node"] for r in d["records"]} == {d["added"]}
 
 
-def test_every_node_reads_the_shared_image_folder(tmp_path):
-    import datafiles
-
-    datafiles.image_folder(tmp_path / "data", 120, 30)
-    run = scenario("shared_data", tmp_path)
+def test_every_node_reads_the_shared_image_folder(scenarios):
+    run = scenario("shared_data", scenarios)
     exactly_once(run["records"], 8)
     assert run["result"]["state"] == "done" and run["result"]["failed"] == 0
     assert run["result"]["dataset"] == "image-folder"
