@@ -11,7 +11,7 @@ interrupted and can be resumed from its checkpoints.
 It is built to face clients it cannot trust: every call names its caller, who sees and
 controls only their own searches (admins see all); a request is checked against the job
 limits first (the service's and the caller's share), then against the spec's bounds, the
-operator's data roots and what the cluster can hold (capacity.py), before anything is
+operator's data roots and what the cluster can hold (controller/runtime/capacity.py), before anything is
 started; a search whose run directory cannot be read fails alone, with a one-line reason,
 while the others go on; and a cancelled search, or one past the service's time limit, that
 does not reach a safe point within the cancel grace is force-stopped.
