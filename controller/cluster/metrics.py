@@ -1,28 +1,32 @@
 """Job metrics through `ray.util.metrics`, exported by every Ray node's metrics
 agent (Prometheus format; the dashboard's Metrics tab and Grafana read them).
 
-Created lazily inside the process that reports them (driver or actor), and
-no-ops outside Ray, so core code can report unconditionally.
+Created lazily inside the process that reports them (driver, actor or the service), and
+no-ops outside Ray, so core code can report unconditionally. A process that reports before it
+joins Ray (the service, a test) gets them once it has joined.
 """
 
 from __future__ import annotations
 
+import sys
 from functools import cache
+from typing import Any
 
 REWARD_BOUNDARIES = [0.1 * i for i in range(1, 10)] + [0.95, 0.99]
 TIME_BOUNDARIES = [0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 STALENESS_BOUNDARIES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]
 
 
-@cache
 def _metrics():
-    try:
-        import ray
-        from ray.util import metrics
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return None
-    if not ray.is_initialized():
-        return None
+    # A process that has not imported Ray has not joined it either: `--runtime local` never loads it.
+    ray = sys.modules.get("ray")
+    return _created() if ray is not None and ray.is_initialized() else None
+
+
+@cache
+def _created():
+    from ray.util import metrics
+
     job = ("job",)
     return {
         "evaluations": metrics.Counter("nas_evaluations", "Finished evaluations by status", tag_keys=job + ("status",)),
@@ -50,6 +54,13 @@ def _metrics():
                                       tag_keys=job + ("run",)),
         "signal": metrics.Gauge("nas_strategy_signal", "A strategy's own figure at its latest iteration",
                                 tag_keys=job + ("signal",)),
+        "in_flight": metrics.Gauge("nas_in_flight_children", "Children handed out for evaluation whose result is "
+                                   "not back yet, by the replica (or proposer) that holds them",
+                                   tag_keys=job + ("holder",)),
+        "shard_version": metrics.Gauge("nas_ps_version", "A parameter shard's version (updates applied)",
+                                       tag_keys=job + ("shard",)),
+        "watchers": metrics.Gauge("nas_watchers", "WatchSearch streams the service has open on a search",
+                                  tag_keys=job),
     }
 
 
@@ -68,7 +79,7 @@ def report_evaluation(job: str, status: str, reward: float | None, wall_time_s: 
         m["child_time"].observe(wall_time_s, tags=tags)
 
 
-def report_push(job: str, shard: int, applied: bool, staleness: int) -> None:
+def report_push(job: str, shard: int, applied: bool, staleness: int, version: int) -> None:
     m = _metrics()
     if m is None:
         return
@@ -76,12 +87,55 @@ def report_push(job: str, shard: int, applied: bool, staleness: int) -> None:
     m["staleness"].observe(staleness, tags=tags)
     if applied:
         m["ps_updates"].inc(1, tags=tags)
+    report_shard_version(job, shard, version)
+
+
+def report_shard_version(job: str, shard: int, version: int) -> None:
+    """A shard's version: set when it starts (a restarted shard, its checkpoint's) and after each push,
+    so that shards falling apart (one restored behind the others) show as lines that part."""
+    m = _metrics()
+    if m is not None:
+        m["shard_version"].set(version, tags={"job": job, "shard": str(shard)})
 
 
 def report_queue(job: str, length: int) -> None:
     m = _metrics()
     if m is not None:
         m["queue"].set(length, tags={"job": job})
+
+
+def report_in_flight(job: str, holder: str, count: int) -> None:
+    m = _metrics()
+    if m is not None:
+        m["in_flight"].set(count, tags={"job": job, "holder": holder})
+
+
+class InFlight:
+    """An executor whose children in flight show on the dashboard: `holder`'s count (handed out,
+    result not back yet: a child comes back to be recorded) after every hand-out and every return.
+    Everything else is the executor's own."""
+
+    def __init__(self, executor: Any, job: str, holder: str):
+        self.executor, self.job, self.holder = executor, job, holder
+
+    def submit(self, task: Any) -> None:
+        self.executor.submit(task)
+        report_in_flight(self.job, self.holder, self.executor.in_flight)
+
+    def wait(self, timeout: float | None = None) -> list:
+        done = self.executor.wait(timeout)
+        report_in_flight(self.job, self.holder, self.executor.in_flight)
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.executor, name)
+
+
+def report_watchers(job: str, count: int) -> None:
+    """The service's watch streams open on one search (their sum: the service's load)."""
+    m = _metrics()
+    if m is not None:
+        m["watchers"].set(count, tags={"job": job})
 
 
 def report_retry(job: str) -> None:

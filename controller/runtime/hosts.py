@@ -32,6 +32,7 @@ class ShardHost:
         self.job = job
         self.store = ShardStore(path, fsync_every)
         self.shard = self.store.open(lambda: ParameterShard(shard_id, to_torch(initial), config))
+        metrics.report_shard_version(job, shard_id, self.shard.version)
 
     def pull(self):
         version, weights = self.shard.pull()
@@ -41,7 +42,8 @@ class ShardHost:
         receipt = self.shard.push(gradients, staleness, replica, cycle)
         if receipt.outcome != "duplicate":
             self.store.append(gradients, staleness, replica, cycle, self.shard)
-            metrics.report_push(self.job, self.shard.shard_id, receipt.outcome == "applied", receipt.staleness)
+            metrics.report_push(self.job, self.shard.shard_id, receipt.outcome == "applied", receipt.staleness,
+                                receipt.version)
         return vars(receipt)
 
     def push_pull(self, gradients: dict, staleness: int, replica: str, cycle: int):
@@ -193,9 +195,10 @@ class ReplicaHost:
         self.shards = RemoteShards([find_actor(f"ps-{i}", namespace) for i in range(shards)],
                                    ShardMap.from_dict(shard_map))
         self.ledger = RecorderClient(find_actor("recorder", namespace))
-        self.executor = (queue_executor(find_actor("dispatcher", namespace), spec.children) if workers is None
-                         else worker_executor([find_actor(w, namespace) for w in workers], max_retries,
-                                              on_retry=lambda task, reason: metrics.report_retry(job)))
+        executor = (queue_executor(find_actor("dispatcher", namespace), spec.children) if workers is None
+                    else worker_executor([find_actor(w, namespace) for w in workers], max_retries,
+                                         on_retry=lambda task, reason: metrics.report_retry(job)))
+        self.executor = metrics.InFlight(executor, job, self.replica.name)
 
     def ready(self) -> bool:
         return True
