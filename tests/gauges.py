@@ -34,4 +34,5 @@ class Metric:
 def record(monkeypatch):
     made = defaultdict(Metric)
     monkeypatch.setattr(metrics, "_metrics", lambda: made)
+    monkeypatch.setattr(metrics, "_last", {})  # the gauges kept for refreshing: this test's only
     return made

@@ -57,3 +57,15 @@ def test_a_shards_version_is_reported_at_start_after_each_push_and_after_a_resta
     assert [v for v, _ in gauge.values] == [0, 0, 1, 1, 1]
     assert all(tags == {"job": "job", "shard": "1"} for _, tags in gauge.values)
     assert [v for v, _ in recorded["ps_updates"].values] == [1]  # one update applied, the duplicate not counted
+
+
+def test_every_gauge_is_sent_again_until_its_series_ends(recorded):
+    """Ray's agent drops a gauge series not set for two report intervals: each is sent again
+    (`refresh`, every REFRESH_S), but for a search's watchers once the last stream closed."""
+    metrics.report_watchers("a", 2)
+    metrics.report_watchers("b", 1)
+    metrics.report_watchers("b", 0)
+    metrics.report_in_flight("a", "proposer", 3)
+    metrics.refresh(recorded)
+    assert recorded["watchers"].values == [(2, {"job": "a"}), (1, {"job": "b"}), (0, {"job": "b"}), (2, {"job": "a"})]
+    assert recorded["in_flight"].values == [(3, {"job": "a", "holder": "proposer"})] * 2
