@@ -1,6 +1,7 @@
-"""A strategy's own per-iteration figures (`Strategy.signals()`, e.g. NAO's predictor error)
-written where people watch: the run's strategy.jsonl, one line per iteration, which the
-service streams to watchers, and the `nas_strategy_signal` gauges."""
+"""A strategy's own per-iteration figures (`Strategy.signals()`, e.g. NAO's predictor error,
+REINFORCE's baseline and entropy per update; in Zoph & Le's scheme each replica's gradient's,
+written by the recorder) where people watch: the run's strategy.jsonl, one line per iteration,
+which the service streams to watchers and TensorBoard shows, and the `nas_strategy_signal` gauges."""
 
 from __future__ import annotations
 
