@@ -46,6 +46,7 @@ from raynas.controller.api.messages import (
     spec_to_message,
     struct_to_dict,
 )
+from raynas.controller.cluster import metrics
 from raynas.controller.service.access import Client, Tokens, private_file
 from raynas.controller.service.limits import MAX_WATCHERS
 from raynas.controller.service.manager import SearchManager
@@ -193,6 +194,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         self.max_watchers_per_client = min(max_watchers, max_watchers_per_client or max_watchers)
         self.watchers = 0
         self._watching: dict[str, int] = {}
+        #: Streams open per search (by its namespace), for the `nas_watchers` gauge.
+        self._watched: dict[str, int] = {}
         self._calls = futures.ThreadPoolExecutor(CALL_THREADS, thread_name_prefix="nas-call")
         self._reads = futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="nas-watch")
         self._cache_lock = threading.Lock()
@@ -262,8 +265,10 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
                        f"service's {self.max_watchers}; close one")
         self.watchers += 1
         self._watching[caller.name] = self._watching.get(caller.name, 0) + 1
+        watch = None
         try:
             watch = await self._run(self.manager.watch, request.id, request.skip_evaluations, caller)
+            self._count_watch(watch.namespace, 1)
             while not self.manager.closed:
                 messages = await self._run(self._events, watch, pool=self._reads) if watch.pending() else []
                 # Each send waits for the client to take it: a stalled client holds this chunk only.
@@ -277,6 +282,16 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
         finally:
             self.watchers -= 1
             self._watching[caller.name] -= 1
+            if watch is not None:
+                self._count_watch(watch.namespace, -1)
+
+    def _count_watch(self, namespace: str, change: int) -> None:
+        count = self._watched.get(namespace, 0) + change
+        if count:
+            self._watched[namespace] = count
+        else:
+            self._watched.pop(namespace, None)
+        metrics.report_watchers(namespace, count)
 
     @_handled
     async def CancelSearch(self, request, context):

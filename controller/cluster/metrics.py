@@ -1,28 +1,73 @@
 """Job metrics through `ray.util.metrics`, exported by every Ray node's metrics
 agent (Prometheus format; the dashboard's Metrics tab and Grafana read them).
 
-Created lazily inside the process that reports them (driver or actor), and
-no-ops outside Ray, so core code can report unconditionally.
+Created lazily inside the process that reports them (driver, actor or the service), and
+no-ops outside Ray, so core code can report unconditionally. A process that reports before it
+joins Ray (the service, a test) gets them once it has joined.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
+import time
 from functools import cache
+from typing import Any
 
 REWARD_BOUNDARIES = [0.1 * i for i in range(1, 10)] + [0.95, 0.99]
 TIME_BOUNDARIES = [0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 STALENESS_BOUNDARIES = [0.5, 1.5, 2.5, 4.5, 8.5, 16.5, 32.5, 64.5]
 
 
-@cache
+#: Seconds between two sends of every gauge's last value. Ray's metrics agent drops a gauge series
+#: that was not set in its last two report intervals (2 x 10 s by default): a gauge set on rare
+#: events (a watcher opening, a rung's cutoff, a one-shot epoch of minutes) would vanish from
+#: Prometheus between them, and the dashboard's line with it.
+REFRESH_S = 5.0
+#: Each gauge series' last value, by (gauge, tags), sent again every REFRESH_S while the process lives.
+_last: dict[tuple[str, tuple], tuple[float, dict[str, str]]] = {}
+_last_lock = threading.Lock()
+
+
 def _metrics():
-    try:
-        import ray
-        from ray.util import metrics
-    except ImportError:  # pragma: no cover - ray is a dependency
-        return None
-    if not ray.is_initialized():
-        return None
+    # A process that has not imported Ray has not joined it either: `--runtime local` never loads it.
+    ray = sys.modules.get("ray")
+    return _created() if ray is not None and ray.is_initialized() else None
+
+
+def _set(m, gauge: str, value: float, tags: dict[str, str], keep: bool = True) -> None:
+    """Set a gauge series and keep its value to send again (`keep` False: a series that ends here,
+    left to age out)."""
+    m[gauge].set(value, tags=tags)
+    key = (gauge, tuple(sorted(tags.items())))
+    with _last_lock:
+        if keep:
+            _last[key] = (value, tags)
+        else:
+            _last.pop(key, None)
+
+
+def refresh(m) -> None:
+    """Send every gauge series' last value again."""
+    with _last_lock:
+        kept = list(_last.items())
+    for (gauge, _), (value, tags) in kept:
+        m[gauge].set(value, tags=tags)
+
+
+def _refresher() -> None:
+    while True:
+        time.sleep(REFRESH_S)
+        if sys.modules["ray"].is_initialized():  # not after the process left Ray (ray.shutdown)
+            refresh(_created())
+
+
+@cache
+def _created():
+    from ray.util import metrics
+
+    threading.Thread(target=_refresher, name="nas-metrics", daemon=True).start()
+
     job = ("job",)
     return {
         "evaluations": metrics.Counter("nas_evaluations", "Finished evaluations by status", tag_keys=job + ("status",)),
@@ -50,6 +95,13 @@ def _metrics():
                                       tag_keys=job + ("run",)),
         "signal": metrics.Gauge("nas_strategy_signal", "A strategy's own figure at its latest iteration",
                                 tag_keys=job + ("signal",)),
+        "in_flight": metrics.Gauge("nas_in_flight_children", "Children handed out for evaluation whose result is "
+                                   "not back yet, by the replica (or proposer) that holds them",
+                                   tag_keys=job + ("holder",)),
+        "shard_version": metrics.Gauge("nas_ps_version", "A parameter shard's version (updates applied)",
+                                       tag_keys=job + ("shard",)),
+        "watchers": metrics.Gauge("nas_watchers", "WatchSearch streams the service has open on a search",
+                                  tag_keys=job),
     }
 
 
@@ -63,12 +115,12 @@ def report_evaluation(job: str, status: str, reward: float | None, wall_time_s: 
     if reward is not None:
         m["reward"].observe(reward, tags=tags)
     if best is not None:
-        m["best"].set(best, tags=tags)
+        _set(m, "best", best, tags)
     if wall_time_s is not None:
         m["child_time"].observe(wall_time_s, tags=tags)
 
 
-def report_push(job: str, shard: int, applied: bool, staleness: int) -> None:
+def report_push(job: str, shard: int, applied: bool, staleness: int, version: int) -> None:
     m = _metrics()
     if m is None:
         return
@@ -76,12 +128,55 @@ def report_push(job: str, shard: int, applied: bool, staleness: int) -> None:
     m["staleness"].observe(staleness, tags=tags)
     if applied:
         m["ps_updates"].inc(1, tags=tags)
+    report_shard_version(job, shard, version)
+
+
+def report_shard_version(job: str, shard: int, version: int) -> None:
+    """A shard's version: set when it starts (a restarted shard, its checkpoint's) and after each push,
+    so that shards falling apart (one restored behind the others) show as lines that part."""
+    m = _metrics()
+    if m is not None:
+        _set(m, "shard_version", version, {"job": job, "shard": str(shard)})
 
 
 def report_queue(job: str, length: int) -> None:
     m = _metrics()
     if m is not None:
-        m["queue"].set(length, tags={"job": job})
+        _set(m, "queue", length, {"job": job})
+
+
+def report_in_flight(job: str, holder: str, count: int) -> None:
+    m = _metrics()
+    if m is not None:
+        _set(m, "in_flight", count, {"job": job, "holder": holder})
+
+
+class InFlight:
+    """An executor whose children in flight show on the dashboard: `holder`'s count (handed out,
+    result not back yet: a child comes back to be recorded) after every hand-out and every return.
+    Everything else is the executor's own."""
+
+    def __init__(self, executor: Any, job: str, holder: str):
+        self.executor, self.job, self.holder = executor, job, holder
+
+    def submit(self, task: Any) -> None:
+        self.executor.submit(task)
+        report_in_flight(self.job, self.holder, self.executor.in_flight)
+
+    def wait(self, timeout: float | None = None) -> list:
+        done = self.executor.wait(timeout)
+        report_in_flight(self.job, self.holder, self.executor.in_flight)
+        return done
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.executor, name)
+
+
+def report_watchers(job: str, count: int) -> None:
+    """The service's watch streams open on one search (their sum: the service's load)."""
+    m = _metrics()
+    if m is not None:
+        _set(m, "watchers", count, {"job": job}, keep=count > 0)
 
 
 def report_retry(job: str) -> None:
@@ -104,7 +199,7 @@ def report_oneshot_epoch(job: str, run: int, report: dict) -> None:
     tags = {"job": job, "run": str(run)}
     for key, gauge in ONE_SHOT_GAUGES.items():
         if report.get(key) is not None:
-            m[gauge].set(report[key], tags=tags)
+            _set(m, gauge, report[key], tags)
 
 
 def report_rung(job: str, rung: float, decision: str, cutoff: float | None) -> None:
@@ -115,7 +210,7 @@ def report_rung(job: str, rung: float, decision: str, cutoff: float | None) -> N
     tags = {"job": job, "rung": f"{rung:g}"}
     m["rung_decisions"].inc(1, tags={**tags, "decision": "promoted" if decision == "continue" else "stopped"})
     if cutoff is not None:
-        m["rung_cutoff"].set(cutoff, tags=tags)
+        _set(m, "rung_cutoff", cutoff, tags)
 
 
 def report_strategy_signals(job: str, signals: dict) -> None:
@@ -126,4 +221,4 @@ def report_strategy_signals(job: str, signals: dict) -> None:
         return
     for name, value in signals.items():
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            m["signal"].set(value, tags={"job": job, "signal": name})
+            _set(m, "signal", value, {"job": job, "signal": name})

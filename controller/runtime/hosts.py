@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from raynas.controller.runtime.ledger import Ledger, Tail
 from raynas.controller.runtime.plan import Plan
 from raynas.controller.runtime.replica import ControllerReplica, RemoteShards, child_costs, to_numpy, to_torch
 from raynas.controller.runtime.rundir import RunDirectory
+from raynas.controller.runtime.signals import SignalLog
 from raynas.controller.strategies.reinforce import replica_seed
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap, ShardStore
 from raynas.workers.evaluation import EvalResult
@@ -32,6 +34,7 @@ class ShardHost:
         self.job = job
         self.store = ShardStore(path, fsync_every)
         self.shard = self.store.open(lambda: ParameterShard(shard_id, to_torch(initial), config))
+        metrics.report_shard_version(job, shard_id, self.shard.version)
 
     def pull(self):
         version, weights = self.shard.pull()
@@ -41,7 +44,8 @@ class ShardHost:
         receipt = self.shard.push(gradients, staleness, replica, cycle)
         if receipt.outcome != "duplicate":
             self.store.append(gradients, staleness, replica, cycle, self.shard)
-            metrics.report_push(self.job, self.shard.shard_id, receipt.outcome == "applied", receipt.staleness)
+            metrics.report_push(self.job, self.shard.shard_id, receipt.outcome == "applied", receipt.staleness,
+                                receipt.version)
         return vars(receipt)
 
     def push_pull(self, gradients: dict, staleness: int, replica: str, cycle: int):
@@ -64,7 +68,9 @@ class RecorderHost:
     def __init__(self, job: str, run_dir: str, budget: int, seed: int, deadline: float | None,
                  baseline_decay: float | None, checkpoints: str, tail: Tail):
         self.job = job
-        self.ledger = Ledger(RunDirectory(run_dir), budget, seed, deadline, baseline_decay, checkpoints, tail)
+        run = RunDirectory(run_dir)
+        self.ledger = Ledger(run, budget, seed, deadline, baseline_decay, checkpoints, tail)
+        self.signals = SignalLog(run, job)
         self.best = max((r["reward"] for r in self.ledger.records if r.get("reward") is not None), default=None)
 
     def start(self, replica: str, n: int):
@@ -80,9 +86,13 @@ class RecorderHost:
         self._report(entries, lambda: self.ledger.record_children(entries, replica, cycle))
 
     def record_update(self, entries, replica: str, cycle: int, ids: list[str], synced: int, state: dict, n: int,
-                      holding: list[str]):
-        return self._report(entries, lambda: self.ledger.record_update(entries, replica, cycle, ids, synced, state,
-                                                                       n, holding))
+                      holding: list[str], figures: dict[str, float]):
+        """Record a replica's gradient; `figures` (its baseline, the batch's reward, the policy's
+        entropy) are the strategy's signals of that update, numbered as the gradient is."""
+        receipt = self._report(entries, lambda: self.ledger.record_update(entries, replica, cycle, ids, synced,
+                                                                          state, n, holding))
+        self.signals.add(receipt.number + 1, {**figures, "replica": replica})
+        return receipt
 
     def _report(self, entries, record):
         """Record, then count the new evaluations on the dashboard."""
@@ -165,8 +175,10 @@ class RecorderClient(Remote):
     they are in the log before the gradient that learns from them, whose call waits for them all
     (and raises what any of them raised)."""
 
-    def __init__(self, handle: Any):
+    def __init__(self, handle: Any, figures: Callable[[], dict[str, float]]):
         super().__init__(handle)
+        #: The figures of the replica's last gradient (`PolicyCore.last_update`), sent with it.
+        self.figures = figures
         self._sent: list[Any] = []
 
     def record_children(self, entries, replica: str, cycle: int) -> None:
@@ -176,7 +188,7 @@ class RecorderClient(Remote):
         sent, self._sent = self._sent, []
         for future in sent:
             result(future)
-        return call(self.handle, "record_update", *args)
+        return call(self.handle, "record_update", *args, self.figures())
 
 
 class ReplicaHost:
@@ -192,10 +204,11 @@ class ReplicaHost:
                                          child_costs(plan))
         self.shards = RemoteShards([find_actor(f"ps-{i}", namespace) for i in range(shards)],
                                    ShardMap.from_dict(shard_map))
-        self.ledger = RecorderClient(find_actor("recorder", namespace))
-        self.executor = (queue_executor(find_actor("dispatcher", namespace), spec.children) if workers is None
-                         else worker_executor([find_actor(w, namespace) for w in workers], max_retries,
-                                              on_retry=lambda task, reason: metrics.report_retry(job)))
+        self.ledger = RecorderClient(find_actor("recorder", namespace), lambda: self.replica.core.last_update)
+        executor = (queue_executor(find_actor("dispatcher", namespace), spec.children) if workers is None
+                    else worker_executor([find_actor(w, namespace) for w in workers], max_retries,
+                                         on_retry=lambda task, reason: metrics.report_retry(job)))
+        self.executor = metrics.InFlight(executor, job, self.replica.name)
 
     def ready(self) -> bool:
         return True

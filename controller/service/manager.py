@@ -287,6 +287,8 @@ class SearchWatch:
         self.manager = manager
         self.id = record.id
         self.space = record.spec.get("space", "")
+        #: The search's Ray namespace: the `job` tag of its metrics.
+        self.namespace = record.ray_namespace
         self.done = False
         self.behind = False
         self._skip = skip

@@ -31,7 +31,7 @@ from raynas.common import check_int, check_number
 from raynas.common.options import option
 from raynas.controller.strategies import register
 from raynas.controller.strategies.policy import LSTMPolicy
-from raynas.controller.strategies.reinforce import PolicyCore, RLOptions, apply_gradients, gradients
+from raynas.controller.strategies.reinforce import PolicyCore, RLOptions, apply_gradients
 from raynas.controller.strategies.rl import RLStrategy
 from raynas.search_spaces import SearchSpace
 
@@ -61,9 +61,15 @@ def ppo_loss(policy: LSTMPolicy, values_batch: Sequence[Sequence], behaviour: Se
              entropy_weight: float = 0.0) -> torch.Tensor:
     """The clipped surrogate loss of a batch. `behaviour`: each row's log-probability under the
     policy that sampled it; `baseline_value` None (no history yet) uses the batch's mean reward."""
+    return ppo_objective(*policy.log_prob(values_batch), behaviour, rewards, baseline_value, clip, entropy_weight)
+
+
+def ppo_objective(log_probs: torch.Tensor, entropies: torch.Tensor, behaviour: Sequence[float],
+                  rewards: Sequence[float], baseline_value: float | None, clip: float,
+                  entropy_weight: float = 0.0) -> torch.Tensor:
+    """`ppo_loss` from the batch's log-probabilities and entropies (`LSTMPolicy.log_prob`)."""
     rewards_t = torch.tensor([float(r) for r in rewards])
     advantages = rewards_t - (rewards_t.mean() if baseline_value is None else baseline_value)
-    log_probs, entropies = policy.log_prob(values_batch)
     ratio = torch.exp(log_probs - torch.tensor([float(b) for b in behaviour]))
     surrogate = torch.minimum(ratio * advantages, ratio.clamp(1 - clip, 1 + clip) * advantages)
     return -(surrogate + entropy_weight * entropies).mean()
@@ -84,11 +90,12 @@ class PPOCore(PolicyCore):
             values, log_probs, _ = self.policy.sample(n, self.generator)
         return [(space.from_values(v), (v, float(lp))) for v, lp in zip(values, log_probs)]
 
-    def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float],
-                  baseline: float | None) -> dict[str, torch.Tensor]:
+    def loss(self, values_batch: Sequence[tuple], rewards: Sequence[float],
+             baseline: float | None) -> tuple[torch.Tensor, torch.Tensor]:
         values, behaviour = zip(*values_batch)
-        loss = ppo_loss(self.policy, values, behaviour, rewards, baseline, self.clip, self.entropy_weight)
-        return gradients(self.policy, loss)
+        log_probs, entropies = self.policy.log_prob(values)
+        return ppo_objective(log_probs, entropies, behaviour, rewards, baseline, self.clip,
+                             self.entropy_weight), entropies
 
 
 @register
@@ -104,7 +111,11 @@ class PPOStrategy(RLStrategy):
     def shared_policy(cls, space: SearchSpace, seed: int, options: PPOOptions) -> PPOCore:
         return PPOCore(space, seed, options)
 
-    def learn(self, values_batch: tuple, rewards: tuple) -> None:
+    def learn(self, values_batch: tuple, rewards: tuple) -> dict[str, float]:
+        first = None
         for _ in range(self.options.passes):
             apply_gradients(self.policy, self.optimizer,
                             self.core.gradients(values_batch, rewards, self.baseline.value))
+            # The round's figures are of the policy that sampled the batch, before its first step.
+            first = first or self.core.last_update
+        return first

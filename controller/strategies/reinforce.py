@@ -55,9 +55,14 @@ def reinforce_loss(policy: LSTMPolicy, values_batch: Sequence[Sequence], rewards
     `entropy_weight` w subtracts w * entropy, a bonus that keeps the policy
     from collapsing early (NASNet's form; ENAS adds the entropy to the reward instead).
     """
+    return reinforce_objective(*policy.log_prob(values_batch), rewards, baseline_value, entropy_weight)
+
+
+def reinforce_objective(log_probs: torch.Tensor, entropies: torch.Tensor, rewards: Sequence[float],
+                        baseline_value: float | None, entropy_weight: float = 0.0) -> torch.Tensor:
+    """`reinforce_loss` from the batch's log-probabilities and entropies (`LSTMPolicy.log_prob`)."""
     rewards_t = torch.tensor([float(r) for r in rewards])
     baseline = rewards_t.mean() if baseline_value is None else baseline_value
-    log_probs, entropies = policy.log_prob(values_batch)
     return -((rewards_t - baseline) * log_probs + entropy_weight * entropies).mean()
 
 
@@ -188,6 +193,10 @@ class PolicyCore:
                                  init_range=options.init_range, temperature=options.temperature,
                                  tanh_constant=options.tanh_constant, generator=self.generator)
         self.entropy_weight = options.entropy_weight
+        #: The last gradient's figures (`gradients`), what a strategy round reports: the baseline the
+        #: batch was measured against, the batch's mean reward, and the policy's entropy (nats, summed
+        #: over a child's decisions, averaged over the batch's children) at the weights it was taken at.
+        self.last_update: dict[str, float] | None = None
         self._depth_space: SearchSpace | None = None
         self._depth: int | None = None
 
@@ -211,9 +220,18 @@ class PolicyCore:
 
     def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float],
                   baseline: float | None) -> dict[str, torch.Tensor]:
-        """The REINFORCE gradient of a batch against `baseline` (None: the batch's mean reward)."""
-        loss = reinforce_loss(self.policy, values_batch, rewards, baseline, self.entropy_weight)
+        """The gradient of a batch's loss against `baseline` (None: the batch's mean reward)."""
+        loss, entropies = self.loss(values_batch, rewards, baseline)
+        mean_reward = float(np.mean(rewards))
+        self.last_update = {"baseline": mean_reward if baseline is None else float(baseline),
+                            "reward": mean_reward, "entropy": float(entropies.detach().mean())}
         return gradients(self.policy, loss)
+
+    def loss(self, values_batch: Sequence[tuple], rewards: Sequence[float],
+             baseline: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """REINFORCE's loss of a batch, and its children's entropies."""
+        log_probs, entropies = self.policy.log_prob(values_batch)
+        return reinforce_objective(log_probs, entropies, rewards, baseline, self.entropy_weight), entropies
 
     def weights(self) -> dict[str, torch.Tensor]:
         return {name: p.detach().clone() for name, p in self.policy.named_parameters()}

@@ -62,6 +62,8 @@ class RLStrategy(Strategy):
         self._pending: dict[Hashable, list[tuple]] = {}
         # (values, reward) observed since the last update.
         self._batch: list[tuple[tuple, float]] = []
+        #: Each update's figures (the baseline, the batch's mean reward, the policy's entropy): its signals.
+        self.updates: list[dict[str, Any]] = []
 
     @classmethod
     def check_space(cls, space: SearchSpace, options: RLOptions) -> None:
@@ -99,13 +101,17 @@ class RLStrategy(Strategy):
         self._batch.append((values, reward_of(result) * self.fidelity(result)))
         if len(self._batch) == self.batch_size:
             values_batch, rewards = zip(*self._batch)
-            self.learn(values_batch, rewards)
+            self.updates.append(self.learn(values_batch, rewards))
             self.baseline.update(rewards)
             self._batch = []
 
-    def learn(self, values_batch: tuple, rewards: tuple) -> None:
-        """One update of the policy from a completed batch, against the baseline before it."""
+    def learn(self, values_batch: tuple, rewards: tuple) -> dict[str, float]:
+        """One update of the policy from a completed batch, against the baseline before it; its figures."""
         apply_gradients(self.policy, self.optimizer, self.core.gradients(values_batch, rewards, self.baseline.value))
+        return self.core.last_update
+
+    def signals(self) -> list[dict[str, Any]]:
+        return self.updates
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
@@ -118,6 +124,7 @@ class RLStrategy(Strategy):
             "proposed": self._proposed,
             "pending": [[self.space.format(arch), queue] for arch, queue in self._pending.items()],
             "batch": [[values, reward] for values, reward in self._batch],
+            "updates": self.updates,
         }))
         return state
 
@@ -133,3 +140,4 @@ class RLStrategy(Strategy):
         self.baseline.load_state_dict(state["baseline"])
         self._pending = {self.space.parse(text): queue for text, queue in state["pending"]}
         self._batch = [(values, reward) for values, reward in state["batch"]]
+        self.updates = state["updates"]

@@ -47,8 +47,14 @@ def test_rl_scheme_runs_the_budget_with_sharded_updates(tmp_path):
     assert {r["replica"] for r in records(out)} == {"controller-0", "controller-1"}
     assert result["best"]["reward"] == max(r["reward"] for r in records(out))
     # The recorder actor appends the evaluations, and writes their TensorBoard view beside them.
-    rewards = scalars(out)["evaluation/reward"]
-    assert sorted(step for step, _ in rewards) == list(range(32))
+    board = scalars(out)
+    assert sorted(step for step, _ in board["evaluation/reward"]) == list(range(32))
+    # And each gradient's baseline and entropy, numbered as the gradients are, from the replica that took it.
+    updates = [json.loads(line) for line in (out / "strategy.jsonl").read_text().splitlines()]
+    assert [u["iteration"] for u in updates] == list(range(1, 9))
+    assert {u["replica"] for u in updates} == {"controller-0", "controller-1"}
+    assert [step for step, _ in board["strategy/baseline"]] == [step for step, _ in board["strategy/entropy"]] \
+        == list(range(1, 9))
 
 
 def test_other_strategies_dispatch_to_the_worker_pool(tmp_path):

@@ -3,12 +3,14 @@ REINFORCE math as the single-process strategy, sharded."""
 
 import pytest
 import torch
+from events import scalars
 
 from raynas.controller.bench.simulate import simulate_scheme
-from raynas.controller.runtime.ledger import Ledger
+from raynas.controller.runtime.hosts import RecorderHost
+from raynas.controller.runtime.ledger import Ledger, Tail
 from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
-from raynas.controller.runtime.rundir import RunDirectory
+from raynas.controller.runtime.rundir import STRATEGY_LOG, RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import get_strategy
 from raynas.controller.strategies.reinforce import PolicyCore
@@ -46,6 +48,55 @@ def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy()
     for name, p in strategy.policy.named_parameters():
         torch.testing.assert_close(sharded[name], p.detach())
     assert replica.cycle == 3 and replica.staleness == [0] * 3
+
+
+class InProcessRecorder:
+    """The recorder's host as a replica's ledger in this process, as RecorderClient is over Ray:
+    each gradient goes with the figures of the policy that computed it."""
+
+    def __init__(self, host: RecorderHost, core: PolicyCore):
+        self.host, self.core, self.updates = host, core, []
+
+    def __getattr__(self, name):
+        return getattr(self.host, name)
+
+    def record_update(self, *args):
+        self.updates.append((*args, self.core.last_update))
+        return self.host.record_update(*self.updates[-1])
+
+
+def test_the_schemes_updates_are_the_strategys_signals_in_its_log_and_tensorboard(tmp_path):
+    """Each gradient's baseline, batch reward and entropy reach strategy.jsonl (numbered as the
+    gradients are) and TensorBoard, written by the recorder; with one replica they are the figures
+    the single-process strategy reports for the same batches."""
+    space = get_space("nb201")
+    strategy = get_strategy("rl", space, seed=5, batch_size=4, lr=0.01)
+    core = PolicyCore(space, seed=5)
+    weights = core.weights()
+    shard_map = ShardMap.build(weights, 2)
+    shards = LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
+                          enumerate(shard_map.split(weights))], shard_map)
+    run = RunDirectory.create(tmp_path / "run", {})
+    (run.path / "checkpoint").mkdir()
+    host = RecorderHost("job", str(run.path), 12, 5, None, 0.95, str(run.path / "checkpoint"), Tail())
+    recorder = InProcessRecorder(host, core)
+    evaluator = table()
+    ControllerReplica("controller-0", core, children=4).run(shards, recorder, InProcessExecutor(evaluator, 4))
+    for _ in range(3):
+        for arch in strategy.propose(4):
+            strategy.observe(arch, evaluator.evaluate(arch))
+    logged = run.records(STRATEGY_LOG)
+    assert [r.pop("iteration") for r in logged] == [1, 2, 3]
+    assert [r.pop("replica") for r in logged] == ["controller-0"] * 3
+    assert logged == [pytest.approx(s) for s in strategy.signals()]
+    # Ray retries a call to a restarted recorder: the gradient keeps its number and its line is not written again.
+    again = RecorderHost("job", str(run.path), 12, 5, None, 0.95, str(run.path / "checkpoint"), Tail())
+    again.record_update(*recorder.updates[-1])
+    assert len(run.records(STRATEGY_LOG)) == 3
+    board = scalars(run.path)
+    for name in ("baseline", "entropy", "reward"):
+        assert [step for step, _ in board[f"strategy/{name}"]] == [1, 2, 3]
+    assert board["strategy/entropy"][0][1] == pytest.approx(strategy.signals()[0]["entropy"])
 
 
 def test_simulated_scheme_spends_the_budget_with_stale_gradients():

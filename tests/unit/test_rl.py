@@ -223,3 +223,31 @@ def test_observing_an_unproposed_architecture_is_an_error():
     arch = nb201.sample(np.random.default_rng(0))
     with pytest.raises(ConfigError):
         s.observe(arch, EvalResult(str(arch), 0.5))
+
+
+@pytest.mark.parametrize("strategy, options", [("rl", {}), ("ppo", {"passes": 3})])
+def test_each_update_reports_its_baseline_reward_and_entropy(strategy, options):
+    """A strategy round's signals: the baseline the batch was measured against (the first batch, its
+    own mean), the batch's mean reward, and the policy's entropy at the batch's children before the
+    update (PPO: before its first pass). Kept in the state, so a resumed search has them all."""
+    space = get_space("nb201")
+    s = get_strategy(strategy, space, seed=3, batch_size=4, **options)
+    batches = ([0.2, 0.4, 0.6, 0.8], [0.1, 0.3, 0.5, 0.7])
+    entropies = []
+    for rewards in batches:
+        archs = s.propose(4)
+        with torch.no_grad():
+            entropies.append(float(s.policy.log_prob([space.to_values(a) for a in archs])[1].mean()))
+        for arch, reward in zip(archs, rewards):
+            s.observe(arch, EvalResult(str(arch), reward))
+    ema = EmaBaseline(s.options.baseline_decay)
+    ema.update(batches[0])
+    expected = [{"baseline": 0.5, "reward": 0.5, "entropy": entropies[0]},
+                {"baseline": ema.value, "reward": 0.4, "entropy": entropies[1]}]
+    assert [sorted(u) for u in s.signals()] == [sorted(e) for e in expected]
+    for got, want in zip(s.signals(), expected):
+        assert got == pytest.approx(want)
+    assert entropies[0] > 0 and entropies[1] != entropies[0]  # the policy moved between the batches
+    resumed = get_strategy(strategy, space, seed=3, batch_size=4, **options)
+    resumed.load_state_dict(s.state_dict())
+    assert resumed.signals() == s.signals()

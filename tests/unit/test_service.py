@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from gauges import record
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from raynas.common import ConfigError, DataError
@@ -403,6 +404,21 @@ def test_watchers_beyond_the_limit_are_resource_exhausted(serving):
     next(first), next(second)
     assert code_of(lambda: next(c.watch(search.id))) == grpc.StatusCode.RESOURCE_EXHAUSTED
     first.close(), second.close()
+
+
+def test_watchers_are_counted_per_search_while_their_streams_are_open(serving, monkeypatch):
+    gauge = record(monkeypatch)["watchers"]
+    srv, c, _ = serving()
+    one, two = c.submit(TABLE), c.submit(TABLE)
+    streams = [c.watch(one.id), c.watch(one.id), c.watch(two.id)]
+    for stream in streams:
+        next(stream)  # its first event: the stream is open on the server
+    first, second = ({"job": srv.manager.registry.get(s.id).ray_namespace} for s in (one, two))
+    gauge.wait_for(lambda g: g.last(**first) == 2 and g.last(**second) == 1)
+    streams[0].close()
+    gauge.wait_for(lambda g: g.last(**first) == 1)
+    streams[1].close(), streams[2].close()
+    gauge.wait_for(lambda g: g.last(**first) == 0 and g.last(**second) == 0)
 
 
 def test_health_is_not_serving_while_the_cluster_is_lost(serving):

@@ -4,6 +4,7 @@ read back with the protobuf classes of the writer's own library, and never a cau
 import json
 import logging
 
+import pytest
 from events import histograms, read_events, scalars
 
 from raynas.controller.cli.main import main
@@ -99,3 +100,15 @@ def test_a_search_writes_its_event_files(capsys, tmp_path):
     assert got["evaluation/test_acc_200ep"] and got["evaluation/params"] and got["evaluation/flops"]
     best = max(r["reward"] for r in records)
     assert abs(got["evaluation/best_so_far"][-1][1] - best) < 1e-6
+
+
+def test_a_reinforce_search_shows_its_baseline_and_entropy_per_update(capsys, tmp_path):
+    out = tmp_path / "runs" / "rl"
+    assert main(["search", "--runtime", "local", "--evaluator", "table", "--strategy", "rl", "--strategy-option",
+                 "batch_size=4", "--evaluations", "12", "--seed", "1", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    logged = [json.loads(line) for line in (out / STRATEGY_LOG).read_text().splitlines()]
+    got = scalars(out)
+    for name in ("baseline", "entropy", "reward"):
+        assert got[f"strategy/{name}"] == [(r["iteration"], pytest.approx(r[name])) for r in logged]
+    assert [r["iteration"] for r in logged] == [1, 2, 3]

@@ -12,6 +12,7 @@ from raynas.common import ConfigError
 from raynas.controller import cluster
 from raynas.controller.cluster import metrics
 from raynas.controller.runtime.capacity import check_alone, footprint
+from raynas.controller.runtime.loop import PROPOSER
 from raynas.controller.runtime.runners.base import Runner
 
 
@@ -81,9 +82,11 @@ class ProposerRunner(RayRunner):
     def run_on_ray(self) -> bool:
         context = self.context
         workers = self.start_workers(self.plan.spec.workers)
-        executor = cluster.worker_executor(workers, self.plan.spec.max_retries,
-                                           on_retry=lambda task, reason: metrics.report_retry(context.namespace),
-                                           on_report=context.reporter())
+        executor = metrics.InFlight(
+            cluster.worker_executor(workers, self.plan.spec.max_retries,
+                                    on_retry=lambda task, reason: metrics.report_retry(context.namespace),
+                                    on_report=context.reporter()),
+            context.namespace, PROPOSER)
         context.run_proposer(executor)
         context.extra["retries"] = executor.retries
         return False
