@@ -16,6 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from raynas.controller.runtime.plan import LOCAL, PROPOSER, SCHEME, TUNE, Plan, 
 from raynas.controller.runtime.plot import write_progress
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import RunDirectory, RunLock, summarize
-from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner
+from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner, background
 from raynas.controller.runtime.runners.local import LocalRunner
 from raynas.controller.runtime.runners.ray import ProposerRunner
 from raynas.controller.runtime.runners.scheme import SchemeRunner
@@ -78,30 +79,37 @@ class SearchJob:
 
     def run(self) -> dict[str, Any]:
         plan = self.plan = self.plan.fingerprinted()
-        # Built here first so that a bad dataset file fails now, in one line, before any file is
-        # written; the local path evaluates with it.
-        evaluator = plan.make_evaluator()
+        # The data loads while Ray and the workers start (seconds each); the runner opens the run
+        # directory once it is loaded, so a bad file still fails in one line before any file of the
+        # run is written.
+        loading = background(plan.make_evaluator)
         self.out.mkdir(parents=True, exist_ok=True)
         with RunLock(self.out).held("resume" if self.resume else "out"):
-            return self._run(plan, evaluator)
+            return self._run(plan, loading)
 
-    def _run(self, plan: Plan, evaluator: Any) -> dict[str, Any]:
+    def _run(self, plan: Plan, loading: Future) -> dict[str, Any]:
         spec = self.spec
-        run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
         if self.resume:
-            run.check()
-        (run.path / CHECKPOINTS).mkdir(exist_ok=True)
+            RunDirectory(self.out).check()
+
+        def open_run() -> tuple[Any, RunDirectory]:
+            evaluator = loading.result()
+            run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
+            (run.path / CHECKPOINTS).mkdir(exist_ok=True)
+            return evaluator, run
+
         deadline = time.time() + spec.max_wall_time_s if spec.max_wall_time_s else None
-        context = self._context = Context(plan, run, resume=self.resume, deadline=deadline,
+        context = self._context = Context(plan, None, resume=self.resume, deadline=deadline,
                                           namespace=self.namespace, address=self.address, stop=self._stop,
-                                          evaluator=evaluator, progress=self.progress.update,
-                                          on_record=self.on_record)
+                                          evaluator=None, progress=self.progress.update,
+                                          on_record=self.on_record, opener=open_run)
         start = time.perf_counter()
         try:
             with self.progress.announcing("the first child is being evaluated"):
                 interrupted = RUNNERS[plan.path](context).run()
         except KeyboardInterrupt:
             interrupted = True
+        run = context.open()  # stopped during the start-up: a run directory that resume continues
         records = run.evaluations()
         spent = len(records) >= spec.evaluations or (deadline is not None and time.time() >= deadline)
         result = {

@@ -20,6 +20,7 @@ class RayRunner(Runner):
     def run(self) -> bool:
         self.actors: list[Any] = []
         self.groups: list[Any] = []
+        self.prepare()
         with cluster.session(self.context.address):
             try:
                 return self.run_on_ray()
@@ -31,6 +32,9 @@ class RayRunner(Runner):
                     cluster.kill(actor)
                 for group in self.groups:
                     cluster.remove_group(group)
+
+    def prepare(self) -> None:
+        """Start what needs no cluster, to run while Ray starts (see `background`)."""
 
     @abstractmethod
     def run_on_ray(self) -> bool:
@@ -63,6 +67,7 @@ class ProposerRunner(RayRunner):
     def run_on_ray(self) -> bool:
         context = self.context
         workers = self.start_workers(self.plan.spec.workers)
+        context.open()
         executor = cluster.worker_executor(workers, self.plan.spec.max_retries,
                                            on_retry=lambda task, reason: metrics.report_retry(context.namespace),
                                            on_report=context.reporter())
