@@ -13,6 +13,7 @@ Ray is an embedded single-node cluster unless an address is given.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -79,21 +80,27 @@ class SearchJob:
 
     def run(self) -> dict[str, Any]:
         plan = self.plan = self.plan.fingerprinted()
-        # The data loads while Ray and the workers start (seconds each); the runner opens the run
-        # directory once it is loaded, so a bad file still fails in one line before any file of the
-        # run is written.
-        loading = background(plan.make_evaluator)
         self.out.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.out).held("resume" if self.resume else "out"):
-            return self._run(plan, loading)
+        field = "resume" if self.resume else "out"
+        # Another driver on the directory is refused at once, before Ray starts or the data loads ...
+        with RunLock(self.out).held(field):
+            pass
+        # ... and the lock is held from the moment the data is loaded: the loading may fork (image
+        # decoders), and a forked process would keep holding a lock it inherited. The data loads while
+        # Ray and the workers start; the runner opens the run directory once it is loaded, so a bad file
+        # still fails in one line before any file of the run is written.
+        loading = background(plan.make_evaluator)
+        with contextlib.ExitStack() as held:
+            return self._run(plan, loading, lambda: held.enter_context(RunLock(self.out).held(field)))
 
-    def _run(self, plan: Plan, loading: Future) -> dict[str, Any]:
+    def _run(self, plan: Plan, loading: Future, lock: Callable[[], None]) -> dict[str, Any]:
         spec = self.spec
         if self.resume:
             RunDirectory(self.out).check()
 
         def open_run() -> tuple[Any, RunDirectory]:
             evaluator = loading.result()
+            lock()
             run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
             (run.path / CHECKPOINTS).mkdir(exist_ok=True)
             return evaluator, run
