@@ -1,13 +1,13 @@
 """The distributed runtime on one shared local Ray: the NAS-RL scheme end to
 end, and the faults it must survive without losing or repeating work."""
 
-import json
 
 import pytest
 import torch
 from events import scalars
 
 from raynas.controller.runtime.job import SearchJob
+from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
@@ -21,7 +21,8 @@ def table_spec(**changes):
 
 
 def records(out):
-    return [json.loads(line) for line in (out / "evaluations.jsonl").read_text().splitlines()]
+    # The recorder may be appending while a test reads: its last line can be half written.
+    return RunDirectory(out).evaluations()
 
 
 def assert_exactly_once(out, budget):
