@@ -13,9 +13,11 @@ Ray is an embedded single-node cluster unless an address is given.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from raynas.controller.runtime.plan import LOCAL, PROPOSER, SCHEME, TUNE, Plan, 
 from raynas.controller.runtime.plot import write_progress
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.rundir import RunDirectory, RunLock, summarize
-from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner
+from raynas.controller.runtime.runners.base import CHECKPOINTS, Context, Runner, background
 from raynas.controller.runtime.runners.local import LocalRunner
 from raynas.controller.runtime.runners.ray import ProposerRunner
 from raynas.controller.runtime.runners.scheme import SchemeRunner
@@ -80,32 +82,45 @@ class SearchJob:
 
     def run(self) -> dict[str, Any]:
         plan = self.plan = self.plan.fingerprinted()
-        # Built here first so that a bad dataset file fails now, in one line, before any file is
-        # written; the local path evaluates with it.
-        evaluator = plan.make_evaluator()
         self.out.mkdir(parents=True, exist_ok=True)
-        with RunLock(self.out).held("resume" if self.resume else "out"):
-            return self._run(plan, evaluator)
+        field = "resume" if self.resume else "out"
+        # Another driver on the directory is refused at once, before Ray starts or the data loads ...
+        with RunLock(self.out).held(field):
+            pass
+        # ... and the lock is held from the moment the data is loaded: the loading may fork (image
+        # decoders), and a forked process would keep holding a lock it inherited. The data loads while
+        # Ray and the workers start; the runner opens the run directory once it is loaded, so a bad file
+        # still fails in one line before any file of the run is written.
+        loading = background(plan.make_evaluator)
+        with contextlib.ExitStack() as held:
+            return self._run(plan, loading, lambda: held.enter_context(RunLock(self.out).held(field)))
 
-    def _run(self, plan: Plan, evaluator: Any) -> dict[str, Any]:
+    def _run(self, plan: Plan, loading: Future, lock: Callable[[], None]) -> dict[str, Any]:
         spec = self.spec
-        run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
         if self.resume:
-            run.check()
-            if SearchSpec.from_dict(run.spec()) != spec:  # resumed on other resources
+            RunDirectory(self.out).check()
+
+        def open_run() -> tuple[Any, RunDirectory]:
+            evaluator = loading.result()
+            lock()
+            run = RunDirectory(self.out) if self.resume else RunDirectory.create(self.out, spec.to_dict())
+            if self.resume and SearchSpec.from_dict(run.spec()) != spec:  # resumed on other resources
                 run.write_spec(spec.to_dict())
-        (run.path / CHECKPOINTS).mkdir(exist_ok=True)
+            (run.path / CHECKPOINTS).mkdir(exist_ok=True)
+            return evaluator, run
+
         deadline = time.time() + spec.max_wall_time_s if spec.max_wall_time_s else None
-        context = self._context = Context(plan, run, resume=self.resume, deadline=deadline,
+        context = self._context = Context(plan, None, resume=self.resume, deadline=deadline,
                                           namespace=self.namespace, address=self.address, stop=self._stop,
-                                          evaluator=evaluator, progress=self.progress.update,
-                                          on_record=self.on_record)
+                                          evaluator=None, progress=self.progress.update,
+                                          on_record=self.on_record, opener=open_run)
         start = time.perf_counter()
         try:
             with self.progress.announcing("the first child is being evaluated"):
                 interrupted = RUNNERS[plan.path](context).run()
         except KeyboardInterrupt:
             interrupted = True
+        run = context.open()  # stopped during the start-up: a run directory that resume continues
         records = run.evaluations()
         spent = len(records) >= spec.evaluations or (deadline is not None and time.time() >= deadline)
         result = {

@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from raynas.common.files import atomic_save
@@ -23,20 +24,40 @@ if TYPE_CHECKING:
 CHECKPOINTS = "checkpoint"
 
 
+def background(work: Callable[[], Any]) -> Future:
+    """`work()` in a thread of its own, for start-up steps that can run while Ray starts its
+    processes (the driver mostly waits on them); the future gives its result or raises its error."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="start-up")
+    try:
+        return pool.submit(work)
+    finally:
+        pool.shutdown(wait=False)
+
+
 class Context:
     """What a runner needs of its job: the plan, the run directory, whether this is a resume, the
     stop flag, the namespace of its actors, the evaluator the job built to check the data (the
-    local path evaluates with it), where records go, and the result's extra fields."""
+    local path evaluates with it), where records go, and the result's extra fields. With an
+    `opener` the run directory and the evaluator come from it, on the first `open()`: the data
+    loads while the runner starts what needs neither (Ray, the worker actors)."""
 
-    def __init__(self, plan: Plan, run: RunDirectory, *, resume: bool, deadline: float | None, namespace: str,
-                 address: str | None, stop: threading.Event, evaluator: Any, progress: Callable[[dict], None],
-                 on_record: Callable[[dict], None]):
+    def __init__(self, plan: Plan, run: RunDirectory | None, *, resume: bool, deadline: float | None,
+                 namespace: str, address: str | None, stop: threading.Event, evaluator: Any,
+                 progress: Callable[[dict], None], on_record: Callable[[dict], None],
+                 opener: Callable[[], tuple[Any, RunDirectory]] | None = None):
         self.plan, self.run, self.resume, self.deadline = plan, run, resume, deadline
         self.namespace, self.address, self.stop, self.evaluator = namespace, address, stop, evaluator
         self.progress, self.on_record = progress, on_record
+        self._opener = opener
         self.extra: dict[str, Any] = {}
         #: The ledger of a path that keeps one in this process (the scheme's lives in its recorder).
         self.ledger: Ledger | None = None
+
+    def open(self) -> RunDirectory:
+        """The run directory, once the data is loaded and known good (a bad file raises here)."""
+        if self.run is None:
+            self.evaluator, self.run = self._opener()
+        return self.run
 
     @property
     def checkpoints(self):

@@ -10,6 +10,7 @@ from raynas.workers.execution import InProcessExecutor
 class LocalRunner(Runner):
     def run(self) -> bool:
         context = self.context
+        context.open()
         try:
             context.run_proposer(InProcessExecutor(context.evaluator, on_report=context.reporter()))
         except KeyboardInterrupt:

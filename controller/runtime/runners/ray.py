@@ -25,6 +25,7 @@ class RayRunner(Runner):
         self.groups: list[Any] = []
         #: Set when the cluster died with the search: its actors and groups are gone with it.
         self.cluster_lost = False
+        self.prepare()
         with cluster.session(self.context.address) as started:
             self.check_capacity(started)
             try:
@@ -50,6 +51,9 @@ class RayRunner(Runner):
             if started:
                 raise
             cluster.phase(f"the search waits for nodes to join: {exc}", "nodes that can hold its workers")
+
+    def prepare(self) -> None:
+        """Start what needs no cluster, to run while Ray starts (see `background`)."""
 
     @abstractmethod
     def run_on_ray(self) -> bool:
@@ -82,6 +86,7 @@ class ProposerRunner(RayRunner):
     def run_on_ray(self) -> bool:
         context = self.context
         workers = self.start_workers(self.plan.spec.workers)
+        context.open()
         executor = metrics.InFlight(
             cluster.worker_executor(workers, self.plan.spec.max_retries,
                                     on_retry=lambda task, reason: metrics.report_retry(context.namespace),

@@ -18,6 +18,7 @@ from raynas.controller import cluster
 from raynas.controller.runtime.capacity import scheme_workers
 from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
 from raynas.controller.runtime.ledger import Tail
+from raynas.controller.runtime.runners.base import background
 from raynas.controller.runtime.runners.ray import RayRunner
 from raynas.param_server import ShardConfig, ShardMap
 
@@ -26,12 +27,20 @@ GOODBYE_S = 5.0
 
 
 class SchemeRunner(RayRunner):
+    def prepare(self) -> None:
+        plan = self.plan
+        # The policy's first weights (the shards' start): seconds of torch's first use, while Ray starts.
+        self.initial = background(
+            lambda: plan.strategy.shared_policy(plan.space, plan.spec.seed, plan.strategy_options).weights())
+
     def run_on_ray(self) -> bool:
         plan, context = self.plan, self.context
         spec, ns = plan.spec, context.namespace
         count, own = scheme_workers(spec)
         self.start_workers(count, own)
-        initial = plan.strategy.shared_policy(plan.space, spec.seed, plan.strategy_options).weights()
+        initial = self.initial.result()
+        # The data has been loading since the job started; the shards and the recorder need the run directory.
+        context.open()
         checkpoints = context.checkpoints
         map_path = checkpoints / "shard_map.json"
         if context.resume and map_path.exists():
@@ -53,9 +62,6 @@ class SchemeRunner(RayRunner):
                                        context.deadline, settings.baseline_decay, str(checkpoints), tail,
                                        name="recorder", namespace=ns, restartable=True, pin_here=True)
         self.actors.append(recorder)
-        # Before any replica leans on them: a shard or recorder that cannot start (a damaged log, a run
-        # directory it cannot reach) fails the job now, with its constructor's error.
-        cluster.call_all([(s, "stats", ()) for s in shards] + [(recorder, "scheme_stats", ())])
         dispatcher = None
         if own is None:
             dispatcher = cluster.start_actor(DispatcherHost, ns, ns, [f"worker-{w}" for w in range(count)],
@@ -69,8 +75,12 @@ class SchemeRunner(RayRunner):
             for k in range(spec.controllers)
         ]
         self.actors += replicas
-        # Start together: a replica still importing torch would otherwise find the budget spent.
-        cluster.call_all((r, "ready", ()) for r in replicas)
+        # Every actor starts its process at once and is waited for once (each imports torch: seconds
+        # apiece). A shard or recorder that cannot start (a damaged log, a run directory it cannot
+        # reach) fails the job here with its constructor's error, before any replica runs; and the
+        # replicas start together (one still importing torch would otherwise find the budget spent).
+        cluster.call_all([(s, "stats", ()) for s in shards] + [(recorder, "scheme_stats", ())]
+                         + [(r, "ready", ()) for r in replicas])
         runs = {cluster.send(r, "run"): k for k, r in enumerate(replicas)}
         seen, interrupted, replica_stats = 0, False, {}
         while runs:

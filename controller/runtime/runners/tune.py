@@ -159,6 +159,7 @@ class TuneRunner(RayRunner):
 
     def run_on_ray(self) -> bool:
         context, plan = self.context, self.plan
+        context.open()
         strategy = plan.new_strategy()
         ledger = context.new_ledger()
         job = context.namespace
