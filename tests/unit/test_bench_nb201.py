@@ -120,3 +120,8 @@ def test_anytime_plot_per_dataset_from_the_cli(tmp_path, capsys):
         line = series["local_search (2 seeds)"].find("{http://www.w3.org/2000/svg}polyline")
         xs = [float(p.split(",")[0]) for p in line.get("points").split()]
         assert xs == sorted(xs) and len(xs) > 1
+
+
+def test_proposer_strategies_are_refused_as_replicas():
+    with pytest.raises(ConfigError, match="controllers.*local_search.*allowed"):
+        bench_nb201("local_search", 10, 1, controllers=2)
