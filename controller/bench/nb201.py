@@ -203,6 +203,7 @@ def bench_nb201(
         "at": {str(n): {**_summary(chosen[n]),
                         **({"simulated_hours_mean": statistics.fmean(hours[n])} if hours[n] else {})} for n in at},
         "anytime": [None if math.isnan(t) else t / seeds for t in totals],
+        "anytime_seeds": seeds,
         "published": {PUBLISHED_NAMES[k]: {"mean": m, "std": s} for k, (m, s) in PUBLISHED[dataset].items()},
         "ceilings": ceilings(dataset),
         "wall_time_s": time.perf_counter() - start,
@@ -269,7 +270,9 @@ def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
                                                  - m * m))}
         if all("simulated_hours_mean" in row for row in rows):
             at[n]["simulated_hours_mean"] = mean([row["simulated_hours_mean"] for row in rows])
-    curves = [p.get("anytime") or [] for p in parts]
+    # Parts run before results carried the curve pool theirs from the parts that have one.
+    drawn = [p for p in parts if p.get("anytime")]
+    drawn_seeds = sum(p.get("anytime_seeds", p["seeds"]) for p in drawn)
     final = at[str(parts[0]["evaluations"])]
     return {
         **parts[0],
@@ -281,7 +284,10 @@ def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
         "test_acc_min": min(p["test_acc_min"] for p in parts),
         "test_acc_max": max(p["test_acc_max"] for p in parts),
         "at": at,
-        "anytime": [None if None in column else mean(list(column)) for column in zip(*curves)],
+        "anytime": [None if None in column else sum(p.get("anytime_seeds", p["seeds"]) * v
+                                                    for p, v in zip(drawn, column)) / drawn_seeds
+                    for column in zip(*(p["anytime"] for p in drawn))],
+        "anytime_seeds": drawn_seeds,
         "wall_time_s": sum(p["wall_time_s"] for p in parts),
     }
 
@@ -298,8 +304,8 @@ def anytime_figure(results: list[dict[str, Any]]) -> Figure:
     for i, r in enumerate(results):
         points = [(n, v) for n, v in enumerate(r.get("anytime") or [], start=1) if v is not None]
         where = f", W={r['workers']}" if r["workers"] else ""
-        fig.add(Series(f"{r['strategy']} ({r['seeds']} seeds{where})", "line", COLORS[i % len(COLORS)], points,
-                       width=1.8))
+        label = f"{r['strategy']} ({r.get('anytime_seeds', r['seeds'])} seeds{where})"
+        fig.add(Series(label, "line", COLORS[i % len(COLORS)], points, width=1.8))
     top = ceilings(dataset)
     fig.add(Series(f"optimum ({top['optimum']:.2f})", "hline", "#000000", [(0, top["optimum"])]))
     fig.add(Series(f"protocol's ceiling ({top['protocol']:.2f})", "hline", GREY, [(0, top["protocol"])]))

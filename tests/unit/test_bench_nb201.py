@@ -95,7 +95,11 @@ def test_pooled_parts_equal_one_run_over_all_their_seeds():
     for n in ("10", "30"):
         assert pooled["at"][n]["mean"] == pytest.approx(whole["at"][n]["mean"])
         assert pooled["at"][n]["std"] == pytest.approx(whole["at"][n]["std"])
-    assert pooled["anytime"] == pytest.approx(whole["anytime"])
+    assert pooled["anytime"] == pytest.approx(whole["anytime"]) and pooled["anytime_seeds"] == 6
+    # A part from before results carried the curve: the curve is the other part's alone.
+    [older] = pool_results([{k: v for k, v in parts[0].items() if not k.startswith("anytime")}, parts[1]])
+    assert older["anytime"] == pytest.approx(parts[1]["anytime"]) and older["anytime_seeds"] == 3
+    assert older["at"]["30"]["mean"] == pytest.approx(whole["at"]["30"]["mean"])
     with pytest.raises(ConfigError, match="first_seed"):
         pool_results([parts[0], bench_nb201("evolution", 30, 2, dataset="cifar100", first_seed=4)])
 
