@@ -294,7 +294,8 @@ def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 def anytime_figure(results: list[dict[str, Any]]) -> Figure:
     """One dataset's anytime curves: for each result, the mean over its seeds of the test accuracy
-    of the best so far against evaluations, with the two ceilings as levels."""
+    of the best so far against evaluations, with the two ceilings as levels. A result without a
+    curve (from before results carried one) is left out."""
     datasets = {r["dataset"] for r in results}
     if len(datasets) != 1:
         raise ConfigError("dataset", f"one anytime figure per dataset, got {sorted(datasets)}")
@@ -303,6 +304,8 @@ def anytime_figure(results: list[dict[str, Any]]) -> Figure:
                  "mean over seeds", "evaluations", "test accuracy (%)", width=900, height=440, legend=260)
     for i, r in enumerate(results):
         points = [(n, v) for n, v in enumerate(r.get("anytime") or [], start=1) if v is not None]
+        if not points:
+            continue
         where = f", W={r['workers']}" if r["workers"] else ""
         label = f"{r['strategy']} ({r.get('anytime_seeds', r['seeds'])} seeds{where})"
         fig.add(Series(label, "line", COLORS[i % len(COLORS)], points, width=1.8))

@@ -12,6 +12,7 @@ import pytest
 from raynas.common import ConfigError
 from raynas.controller.bench.nb201 import (
     VirtualClockExecutor,
+    anytime_figure,
     bench_nb201,
     ceilings,
     compare_nb201,
@@ -100,6 +101,8 @@ def test_pooled_parts_equal_one_run_over_all_their_seeds():
     [older] = pool_results([{k: v for k, v in parts[0].items() if not k.startswith("anytime")}, parts[1]])
     assert older["anytime"] == pytest.approx(parts[1]["anytime"]) and older["anytime_seeds"] == 3
     assert older["at"]["30"]["mean"] == pytest.approx(whole["at"]["30"]["mean"])
+    drawn = _series(anytime_figure([parts[0] | {"anytime": None}, older]).svg())
+    assert [label for label in drawn if label.startswith("evolution")] == ["evolution (3 seeds)"]
     with pytest.raises(ConfigError, match="first_seed"):
         pool_results([parts[0], bench_nb201("evolution", 30, 2, dataset="cifar100", first_seed=4)])
 
