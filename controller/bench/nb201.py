@@ -292,23 +292,32 @@ def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def anytime_figure(results: list[dict[str, Any]]) -> Figure:
+def _palette(results: list[dict[str, Any]]) -> dict[tuple[str, Any], str]:
+    """A colour per (strategy, workers), in the order first seen."""
+    keys = dict.fromkeys((r["strategy"], r["workers"]) for r in results)
+    return {key: COLORS[i % len(COLORS)] for i, key in enumerate(keys)}
+
+
+def anytime_figure(results: list[dict[str, Any]], palette: dict[tuple[str, Any], str] | None = None) -> Figure:
     """One dataset's anytime curves: for each result, the mean over its seeds of the test accuracy
     of the best so far against evaluations, with the two ceilings as levels. A result without a
-    curve (from before results carried one) is left out."""
+    curve (from before results carried one) is left out. `palette`: colours by (strategy,
+    workers), so that a strategy keeps its colour in every dataset's figure."""
     datasets = {r["dataset"] for r in results}
     if len(datasets) != 1:
         raise ConfigError("dataset", f"one anytime figure per dataset, got {sorted(datasets)}")
     dataset = datasets.pop()
     fig = Figure(f"NAS-Bench-201 {dataset}: test accuracy (200 epochs) of the best so far by 12-epoch validation, "
                  "mean over seeds", "evaluations", "test accuracy (%)", width=900, height=440, legend=260)
-    for i, r in enumerate(results):
+    palette = palette or _palette(results)
+    for r in results:
         points = [(n, v) for n, v in enumerate(r.get("anytime") or [], start=1) if v is not None]
         if not points:
             continue
         where = f", W={r['workers']}" if r["workers"] else ""
-        label = f"{r['strategy']} ({r.get('anytime_seeds', r['seeds'])} seeds{where})"
-        fig.add(Series(label, "line", COLORS[i % len(COLORS)], points, width=1.8))
+        n = r.get("anytime_seeds", r["seeds"])
+        label = f"{r['strategy']} ({n} seed{'s' if n != 1 else ''}{where})"
+        fig.add(Series(label, "line", palette[r["strategy"], r["workers"]], points, width=1.8))
     top = ceilings(dataset)
     fig.add(Series(f"optimum ({top['optimum']:.2f})", "hline", "#000000", [(0, top["optimum"])]))
     fig.add(Series(f"protocol's ceiling ({top['protocol']:.2f})", "hline", GREY, [(0, top["protocol"])]))
@@ -320,7 +329,8 @@ def write_plots(results: list[dict[str, Any]], path: str | Path) -> list[Path]:
     one file each, the dataset's name added to the stem (anytime.svg: anytime-cifar10.svg, ...)."""
     path = Path(path)
     datasets = list(dict.fromkeys(r["dataset"] for r in results))
-    return [anytime_figure([r for r in results if r["dataset"] == d]).save(
+    palette = _palette(results)
+    return [anytime_figure([r for r in results if r["dataset"] == d], palette).save(
         path if len(datasets) == 1 else path.with_name(f"{path.stem}-{d}{path.suffix}")) for d in datasets]
 
 

@@ -18,6 +18,7 @@ from raynas.controller.bench.nb201 import (
     compare_nb201,
     pool_results,
     scoped_options,
+    write_plots,
 )
 from raynas.controller.cli import main
 from raynas.search_spaces import get_space
@@ -127,6 +128,16 @@ def test_anytime_plot_per_dataset_from_the_cli(tmp_path, capsys):
         line = series["local_search (2 seeds)"].find("{http://www.w3.org/2000/svg}polyline")
         xs = [float(p.split(",")[0]) for p in line.get("points").split()]
         assert xs == sorted(xs) and len(xs) > 1
+
+
+def test_a_strategy_keeps_its_colour_in_every_dataset_figure(tmp_path):
+    results = [bench_nb201("random", 6, 1), bench_nb201("local_search", 6, 1),
+               bench_nb201("local_search", 6, 1, dataset="imagenet16")]
+    paths = write_plots(results, tmp_path / "a.svg")
+    strokes = [{label: g.find("{http://www.w3.org/2000/svg}polyline").get("stroke")
+                for label, g in _series(path.read_text()).items() if label.endswith("(1 seed)")} for path in paths]
+    assert strokes[0]["local_search (1 seed)"] == strokes[1]["local_search (1 seed)"]
+    assert strokes[0]["random (1 seed)"] != strokes[0]["local_search (1 seed)"]
 
 
 def test_proposer_strategies_are_refused_as_replicas():
