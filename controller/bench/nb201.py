@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
+import math
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 from raynas.common import ConfigError, EvaluationError, NotReady, check_int
@@ -17,6 +20,7 @@ from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop
 from raynas.controller.runtime.plan import resolve
+from raynas.controller.runtime.plot import COLORS, GREY, Figure, Series
 from raynas.controller.runtime.progress import Progress
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import strategy_class
@@ -87,10 +91,16 @@ class VirtualClockExecutor(Executor):
         return len(self._running)
 
 
-def _chosen(records: list[dict[str, Any]], n: int) -> float:
-    """The 200-epoch test accuracy of the best of the first `n` results by reward (12-epoch validation)."""
-    done = [r for r in records[:n] if r["reward"] is not None]
-    return max(done, key=lambda r: r["reward"])["metrics"]["test_acc_200ep"]
+def chosen_curve(records: list[dict[str, Any]]) -> list[float | None]:
+    """After each result in order: the 200-epoch test accuracy of the best result so far by reward
+    (12-epoch validation), the first of any tie as `max` keeps it; None until one has succeeded."""
+    curve: list[float | None] = []
+    best, shown = None, None
+    for r in records:
+        if r["reward"] is not None and (best is None or r["reward"] > best):
+            best, shown = r["reward"], r["metrics"]["test_acc_200ep"]
+        curve.append(shown)
+    return curve
 
 
 def _summary(values: list[float]) -> dict[str, float]:
@@ -109,7 +119,9 @@ def bench_nb201(
     distributed scheme (K replicas x m children, S shards, W workers; None: one per child) in
     simulated time (controller/bench/simulate.py). `at`: also report the choice after the first n
     results for each n (the figure at 100 evaluations from a run of 300), with their mean
-    simulated hours when the clock is simulated. `progress` shows each seed as it ends."""
+    simulated hours when the clock is simulated. `anytime`: after each evaluation, the mean over
+    seeds of the test accuracy of the best so far (None until every seed has a success).
+    `progress` shows each seed as it ends."""
     check_int("evaluations", evaluations)
     check_int("seeds", seeds)
     check_int("workers", workers, optional=True)
@@ -130,6 +142,7 @@ def bench_nb201(
     chosen: dict[int, list[float]] = {n: [] for n in at}
     hours: dict[int, list[float]] = {n: [] for n in at}
     simulated: list[dict[str, Any]] = []
+    totals: list[float] = []
     start = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
         finished_at: list[float] = []
@@ -147,10 +160,16 @@ def bench_nb201(
             run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
         if not any(r["reward"] is not None for r in ledger.records):
             raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
+        curve = chosen_curve(ledger.records)
         for n in at:
-            chosen[n].append(_chosen(ledger.records, n))
+            value = curve[min(n, len(curve)) - 1]
+            if value is None:
+                raise EvaluationError(f"no evaluation of {strategy} succeeded in the first {n} with seed {seed}; "
+                                      "--at counts must reach past the first success")
+            chosen[n].append(value)
             if finished_at:
                 hours[n].append(finished_at[min(n, len(finished_at)) - 1] / 3600)
+        totals = [t + (v if v is not None else math.nan) for t, v in zip(totals or [0.0] * len(curve), curve)]
         if progress is not None:
             done = chosen[evaluations]
             progress.step(f"{strategy} on {dataset}, seed {seed}: test accuracy {done[-1]:.2f}, "
@@ -183,6 +202,8 @@ def bench_nb201(
         "test_acc_max": max(final),
         "at": {str(n): {**_summary(chosen[n]),
                         **({"simulated_hours_mean": statistics.fmean(hours[n])} if hours[n] else {})} for n in at},
+        "anytime": [None if math.isnan(t) else t / seeds for t in totals],
+        "anytime_seeds": seeds,
         "published": {PUBLISHED_NAMES[k]: {"mean": m, "std": s} for k, (m, s) in PUBLISHED[dataset].items()},
         "ceilings": ceilings(dataset),
         "wall_time_s": time.perf_counter() - start,
@@ -214,6 +235,105 @@ def compare_nb201(strategies: list[str], datasets: list[str], evaluations: int, 
             for dataset in datasets for strategy in strategies]
 
 
+def pool_results(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results of the same benchmark on disjoint seeds (processes run side by side with
+    --first-seed) as one result each: means weighted by seeds, standard deviations from the pooled
+    second moments (exactly those of all the seeds together), the anytime curve and simulated hours
+    weighted alike, the counts `at` that every part reported. Results differing in strategy,
+    dataset, options, evaluations or workers stay apart, in the order first seen."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in results:
+        key = json.dumps([r["dataset"], r["strategy"], r["strategy_options"], r["evaluations"], r["workers"],
+                          r.get("scheme")], sort_keys=True)
+        groups.setdefault(key, []).append(r)
+    return [_pool(parts) for parts in groups.values()]
+
+
+def _pool(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    spans = sorted((p["first_seed"], p["first_seed"] + p["seeds"]) for p in parts)
+    for (_, end), (start, _) in zip(spans, spans[1:]):
+        if start < end:
+            raise ConfigError("first_seed", f"{parts[0]['strategy']} on {parts[0]['dataset']}: parts share seeds "
+                              f"from {start}; pooling them would count those seeds twice",
+                              "pool results of disjoint seed ranges (--first-seed)")
+    seeds = sum(p["seeds"] for p in parts)
+
+    def mean(values: list[float]) -> float:
+        return sum(p["seeds"] * v for p, v in zip(parts, values)) / seeds
+
+    counts = [n for n in parts[0]["at"] if all(n in p["at"] for p in parts)]
+    at = {}
+    for n in counts:
+        rows = [p["at"][n] for p in parts]
+        m = mean([row["mean"] for row in rows])
+        at[n] = {"mean": m, "std": math.sqrt(max(0.0, mean([row["std"] ** 2 + row["mean"] ** 2 for row in rows])
+                                                 - m * m))}
+        if all("simulated_hours_mean" in row for row in rows):
+            at[n]["simulated_hours_mean"] = mean([row["simulated_hours_mean"] for row in rows])
+    # Parts run before results carried the curve pool theirs from the parts that have one.
+    drawn = [p for p in parts if p.get("anytime")]
+    drawn_seeds = sum(p.get("anytime_seeds", p["seeds"]) for p in drawn)
+    final = at[str(parts[0]["evaluations"])]
+    return {
+        **parts[0],
+        "seeds": seeds,
+        "first_seed": spans[0][0],
+        "seed_ranges": [list(span) for span in spans],
+        "test_acc_mean": final["mean"],
+        "test_acc_std": final["std"],
+        "test_acc_min": min(p["test_acc_min"] for p in parts),
+        "test_acc_max": max(p["test_acc_max"] for p in parts),
+        "at": at,
+        "anytime": [None if None in column else sum(p.get("anytime_seeds", p["seeds"]) * v
+                                                    for p, v in zip(drawn, column)) / drawn_seeds
+                    for column in zip(*(p["anytime"] for p in drawn))],
+        "anytime_seeds": drawn_seeds,
+        "wall_time_s": sum(p["wall_time_s"] for p in parts),
+    }
+
+
+def _palette(results: list[dict[str, Any]]) -> dict[tuple[str, Any], str]:
+    """A colour per (strategy, workers), in the order first seen."""
+    keys = dict.fromkeys((r["strategy"], r["workers"]) for r in results)
+    return {key: COLORS[i % len(COLORS)] for i, key in enumerate(keys)}
+
+
+def anytime_figure(results: list[dict[str, Any]], palette: dict[tuple[str, Any], str] | None = None) -> Figure:
+    """One dataset's anytime curves: for each result, the mean over its seeds of the test accuracy
+    of the best so far against evaluations, with the two ceilings as levels. A result without a
+    curve (from before results carried one) is left out. `palette`: colours by (strategy,
+    workers), so that a strategy keeps its colour in every dataset's figure."""
+    datasets = {r["dataset"] for r in results}
+    if len(datasets) != 1:
+        raise ConfigError("dataset", f"one anytime figure per dataset, got {sorted(datasets)}")
+    dataset = datasets.pop()
+    fig = Figure(f"NAS-Bench-201 {dataset}: test accuracy (200 epochs) of the best so far by 12-epoch validation, "
+                 "mean over seeds", "evaluations", "test accuracy (%)", width=900, height=440, legend=260)
+    palette = palette or _palette(results)
+    for r in results:
+        points = [(n, v) for n, v in enumerate(r.get("anytime") or [], start=1) if v is not None]
+        if not points:
+            continue
+        where = f", W={r['workers']}" if r["workers"] else ""
+        n = r.get("anytime_seeds", r["seeds"])
+        label = f"{r['strategy']} ({n} seed{'s' if n != 1 else ''}{where})"
+        fig.add(Series(label, "line", palette[r["strategy"], r["workers"]], points, width=1.8))
+    top = ceilings(dataset)
+    fig.add(Series(f"optimum ({top['optimum']:.2f})", "hline", "#000000", [(0, top["optimum"])]))
+    fig.add(Series(f"protocol's ceiling ({top['protocol']:.2f})", "hline", GREY, [(0, top["protocol"])]))
+    return fig
+
+
+def write_plots(results: list[dict[str, Any]], path: str | Path) -> list[Path]:
+    """An anytime figure per dataset at `path` (SVG or PNG by its extension); with several datasets,
+    one file each, the dataset's name added to the stem (anytime.svg: anytime-cifar10.svg, ...)."""
+    path = Path(path)
+    datasets = list(dict.fromkeys(r["dataset"] for r in results))
+    palette = _palette(results)
+    return [anytime_figure([r for r in results if r["dataset"] == d], palette).save(
+        path if len(datasets) == 1 else path.with_name(f"{path.stem}-{d}{path.suffix}")) for d in datasets]
+
+
 def format_bench(result: dict[str, Any]) -> str:
     scheme = result.get("scheme")
     where = (f" as K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} "
@@ -243,18 +363,22 @@ def format_compare(results: list[dict[str, Any]]) -> str:
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
-        counts = list(rows[0]["at"])
+        counts = sorted({n for r in rows for n in r["at"]}, key=int)
         clock = rows[0]["workers"]
-        lines.append(f"NAS-Bench-201 {dataset}: {rows[0]['seeds']} seeds from {rows[0]['first_seed']}"
+        same = len({(r["seeds"], r["first_seed"]) for r in rows}) == 1
+        seeds = f"{rows[0]['seeds']} seeds from {rows[0]['first_seed']}" if same else "seeds of each row in brackets"
+        lines.append(f"NAS-Bench-201 {dataset}: {seeds}"
                      f"{f', W={clock} asynchronous workers on a virtual clock' if clock else ''}; test accuracy "
                      "(200 epochs) of the architecture chosen by 12-epoch validation accuracy after n evaluations")
         lines.append(f"  {'strategy':<24}" + "".join(f"{'n=' + n:>18}" for n in counts) + f"{'s':>8}")
         for r in rows:
-            cells = "".join(f"{r['at'][n]['mean']:>11.2f} ± {r['at'][n]['std']:.2f}" for n in counts)
-            lines.append(f"  {r['strategy']:<24}{cells}{r['wall_time_s']:>8.0f}")
+            cells = "".join(f"{r['at'][n]['mean']:>11.2f} ± {r['at'][n]['std']:.2f}" if n in r["at"] else f"{'':>18}"
+                            for n in counts)
+            name = r["strategy"] if same else f"{r['strategy']} ({r['seeds']})"
+            lines.append(f"  {name:<24}{cells}{r['wall_time_s']:>8.0f}")
             if clock:
                 lines.append(f"  {'  simulated hours':<24}" + "".join(
-                    f"{r['at'][n]['simulated_hours_mean']:>18.1f}" for n in counts))
+                    f"{r['at'][n]['simulated_hours_mean']:>18.1f}" if n in r["at"] else f"{'':>18}" for n in counts))
         for name, row in rows[0]["published"].items():
             lines.append(f"  {'published: ' + name:<24}{row['mean']:>11.2f} ± {row['std']:.2f}")
         lines.append(f"  {'ceiling: optimum':<24}{rows[0]['ceilings']['optimum']:>11.2f}")

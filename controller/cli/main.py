@@ -94,6 +94,9 @@ def _bench_arguments(b: argparse.ArgumentParser) -> None:
     b.add_argument("--replica-batch", default="rolling",
                    help="with --controllers: rolling (the default, as nas search: each replica keeps its m workers "
                         "busy) or barrier (the paper's: a replica waits for all m)")
+    b.add_argument("--plot", metavar="FILE.svg",
+                   help="anytime figure (mean best so far against evaluations, every strategy) as SVG or PNG; with "
+                        "several datasets one file each, named FILE-DATASET.svg")
     b.add_argument("--json", action="store_true")
 
 
@@ -218,7 +221,8 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from raynas.controller.bench.nb201 import bench_nb201, compare_nb201, format_bench, format_compare
+    from raynas.controller.bench.nb201 import bench_nb201, compare_nb201, format_bench, format_compare, write_plots
+    from raynas.controller.runtime.plot import figure_path
     from raynas.controller.runtime.progress import Progress
 
     strategies, datasets = args.strategy.split(","), args.dataset.split(",")
@@ -226,14 +230,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
                     children=args.children, ps_shards=args.ps_shards, workers=args.workers,
                     batching=args.replica_batch, at=args.at,
                     progress=Progress(args.seeds * len(strategies) * len(datasets)))
+    if args.plot:
+        figure_path(args.plot, "plot")
     if len(strategies) == 1 and len(datasets) == 1:
-        result = bench_nb201(args.strategy, args.evaluations, dataset=args.dataset,
-                             strategy_options=dict(args.strategy_option), **settings)
-        print(json.dumps(result, indent=2) if args.json else format_bench(result))
-        return 0
-    results = compare_nb201(strategies, datasets, args.evaluations, strategy_options=dict(args.strategy_option),
-                            **settings)
-    print(json.dumps(results, indent=2) if args.json else format_compare(results))
+        results = [bench_nb201(args.strategy, args.evaluations, dataset=args.dataset,
+                               strategy_options=dict(args.strategy_option), **settings)]
+        print(json.dumps(results[0], indent=2) if args.json else format_bench(results[0]))
+    else:
+        results = compare_nb201(strategies, datasets, args.evaluations,
+                                strategy_options=dict(args.strategy_option), **settings)
+        print(json.dumps(results, indent=2) if args.json else format_compare(results))
+    for path in write_plots(results, args.plot) if args.plot else []:
+        print(f"wrote {path}", file=sys.stderr)
     return 0
 
 

@@ -26,13 +26,15 @@ FORMATS = (".svg", ".png")
 @dataclass
 class Series:
     """One thing drawn: `line` (best so far: a step line), `dots` (filled), `hollow` (open circles,
-    each with its note), or `hline` (a level across the plot, such as the benchmark's optimum)."""
+    each with its note), or `hline` (a level across the plot, such as the benchmark's optimum).
+    `width`: a line's stroke; None widens earlier lines so that one another covers still shows."""
 
     label: str
     kind: str
     color: str
     points: list[tuple[float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    width: float | None = None
 
 
 def nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
@@ -74,6 +76,15 @@ def _label(value: float) -> str:
     if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
         return f"{value:.2g}"
     return f"{value:.6g}"
+
+
+def figure_path(path: str | Path, field: str = "out") -> Path:
+    """`path` if a figure can be written there (SVG or PNG, by its extension), checked before the
+    work that makes the figure."""
+    path = Path(path)
+    if path.suffix.lower() not in FORMATS:
+        raise ConfigError(field, f"{path} must end in .svg or .png (the format follows the extension)")
+    return path
 
 
 class Figure:
@@ -143,7 +154,7 @@ class Figure:
                 elif s.kind == "line":
                     steps = [s.points[0]] + [p for a, b in zip(s.points, s.points[1:]) for p in ((b[0], a[1]), b)]
                     canvas.polyline([(px(x), py(y)) for x, y in steps], s.color,
-                                    1.8 + 1.6 * (len(lines) - 1 - lines.index(s)))
+                                    s.width or 1.8 + 1.6 * (len(lines) - 1 - lines.index(s)))
                 else:
                     for i, (x, y) in enumerate(s.points):
                         if y < lo:  # below the range: a triangle at the bottom edge, pointing down
@@ -186,12 +197,9 @@ class Figure:
 
     def save(self, path: str | Path) -> Path:
         """Write the figure as SVG or PNG, by the file's extension."""
-        path = Path(path)
-        suffix = path.suffix.lower()
-        if suffix not in FORMATS:
-            raise ConfigError("out", f"{path} must end in .svg or .png (the format follows the extension)")
+        path = figure_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".svg":
+        if path.suffix.lower() == ".svg":
             path.write_text(self.svg())
         else:
             canvas = PngCanvas(self.width, self.height)

@@ -5,11 +5,21 @@ loop with W asynchronous workers on a virtual clock."""
 from __future__ import annotations
 
 import json
+import xml.etree.ElementTree as ET
 
 import pytest
 
 from raynas.common import ConfigError
-from raynas.controller.bench.nb201 import VirtualClockExecutor, bench_nb201, ceilings, compare_nb201, scoped_options
+from raynas.controller.bench.nb201 import (
+    VirtualClockExecutor,
+    anytime_figure,
+    bench_nb201,
+    ceilings,
+    compare_nb201,
+    pool_results,
+    scoped_options,
+    write_plots,
+)
 from raynas.controller.cli import main
 from raynas.search_spaces import get_space
 from raynas.search_spaces.nb201 import NB201Arch
@@ -69,3 +79,67 @@ def test_compare_in_one_table_from_the_cli(capsys):
     assert main(["bench", "nb201", "--strategy", "random,evolution", "--evaluations", "12", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     assert "ceiling: protocol" in out and "evolution" in out
+
+
+def test_anytime_curve_holds_each_count_choice():
+    result = bench_nb201("random", 20, 3, at=[10])
+    curve = result["anytime"]
+    assert len(curve) == 20
+    assert curve[9] == pytest.approx(result["at"]["10"]["mean"])
+    assert curve[19] == pytest.approx(result["test_acc_mean"])
+
+
+def test_pooled_parts_equal_one_run_over_all_their_seeds():
+    whole = bench_nb201("evolution", 30, 6, dataset="cifar100", at=[10])
+    parts = [bench_nb201("evolution", 30, 3, dataset="cifar100", first_seed=f, at=[10]) for f in (3, 0)]
+    [pooled] = pool_results(parts)
+    assert (pooled["seeds"], pooled["first_seed"], pooled["seed_ranges"]) == (6, 0, [[0, 3], [3, 6]])
+    for n in ("10", "30"):
+        assert pooled["at"][n]["mean"] == pytest.approx(whole["at"][n]["mean"])
+        assert pooled["at"][n]["std"] == pytest.approx(whole["at"][n]["std"])
+    assert pooled["anytime"] == pytest.approx(whole["anytime"]) and pooled["anytime_seeds"] == 6
+    # A part from before results carried the curve: the curve is the other part's alone.
+    [older] = pool_results([{k: v for k, v in parts[0].items() if not k.startswith("anytime")}, parts[1]])
+    assert older["anytime"] == pytest.approx(parts[1]["anytime"]) and older["anytime_seeds"] == 3
+    assert older["at"]["30"]["mean"] == pytest.approx(whole["at"]["30"]["mean"])
+    drawn = _series(anytime_figure([parts[0] | {"anytime": None}, older]).svg())
+    assert [label for label in drawn if label.startswith("evolution")] == ["evolution (3 seeds)"]
+    with pytest.raises(ConfigError, match="first_seed"):
+        pool_results([parts[0], bench_nb201("evolution", 30, 2, dataset="cifar100", first_seed=4)])
+
+
+def _series(svg: str) -> dict[str, ET.Element]:
+    root = ET.fromstring(svg)
+    return {g.get("data-label"): g for g in root.iter("{http://www.w3.org/2000/svg}g") if g.get("class") == "series"}
+
+
+def test_anytime_plot_per_dataset_from_the_cli(tmp_path, capsys):
+    assert main(["bench", "nb201", "--strategy", "random", "--evaluations", "5", "--seeds", "1",
+                 "--plot", str(tmp_path / "anytime.txt")]) != 0
+    assert "plot: " in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main(["bench", "nb201", "--strategy", "random,local_search", "--dataset", "cifar10,imagenet16",
+                 "--evaluations", "12", "--seeds", "2", "--plot", str(tmp_path / "anytime.svg")]) == 0
+    assert "anytime-imagenet16.svg" in capsys.readouterr().err
+    for dataset in ("cifar10", "imagenet16"):
+        series = _series((tmp_path / f"anytime-{dataset}.svg").read_text())
+        top = ceilings(dataset)
+        assert set(series) == {"random (2 seeds)", "local_search (2 seeds)", f"optimum ({top['optimum']:.2f})",
+                               f"protocol's ceiling ({top['protocol']:.2f})"}
+        line = series["local_search (2 seeds)"].find("{http://www.w3.org/2000/svg}polyline")
+        xs = [float(p.split(",")[0]) for p in line.get("points").split()]
+        assert xs == sorted(xs) and len(xs) > 1
+
+
+def test_a_strategy_keeps_its_colour_in_every_dataset_figure(tmp_path):
+    results = [bench_nb201("random", 6, 1), bench_nb201("local_search", 6, 1),
+               bench_nb201("local_search", 6, 1, dataset="imagenet16")]
+    paths = write_plots(results, tmp_path / "a.svg")
+    strokes = [{label: g.find("{http://www.w3.org/2000/svg}polyline").get("stroke")
+                for label, g in _series(path.read_text()).items() if label.endswith("(1 seed)")} for path in paths]
+    assert strokes[0]["local_search (1 seed)"] == strokes[1]["local_search (1 seed)"]
+    assert strokes[0]["random (1 seed)"] != strokes[0]["local_search (1 seed)"]
+
+
+def test_proposer_strategies_are_refused_as_replicas():
+    with pytest.raises(ConfigError, match="controllers.*local_search.*allowed"):
+        bench_nb201("local_search", 10, 1, controllers=2)
