@@ -210,9 +210,10 @@ def test_sigterm_stops_a_search_on_ray_like_ctrl_c(tmp_path, group):
     with the driver: it waited for replicas that would never answer, as after Ctrl-C, until Ray
     killed it a minute later (no result.json, no hint)."""
     out = tmp_path / "run"
-    # Ray's processes take seconds to die, and children go on being recorded meanwhile.
-    budget = 200 if group else 60
-    search = _cli("search", "--evaluator", "table", "--table-option", f"sleep={0.2 / 120}", "--evaluations",
+    # Ray's processes take seconds to die (more when the cores are busy), and children go on being
+    # recorded meanwhile: longer ones, so that the budget is not spent before they are gone.
+    budget, sleep = (160, 0.5 / 120) if group else (60, 0.2 / 120)
+    search = _cli("search", "--evaluator", "table", "--table-option", f"sleep={sleep}", "--evaluations",
                   str(budget), "--controllers", "2", "--children", "2", "--ps-shards", "2", "--workers", "4",
                   "--cpus-per-child", "0.25", "--out", str(out), start_new_session=True,
                   env={**os.environ, "RAY_ADDRESS": ""})
