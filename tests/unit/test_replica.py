@@ -24,14 +24,19 @@ def table():
     return get_evaluator("table", get_space("nb201"))
 
 
-def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy():
+def strategy_beside_shards(shards: int):
+    """REINFORCE in one process, and the same policy (same seed) split over `shards` shards."""
     space = get_space("nb201")
     strategy = get_strategy("rl", space, seed=5, batch_size=4, lr=0.01)
     core = PolicyCore(space, seed=5)
     weights = core.weights()
-    shard_map = ShardMap.build(weights, 3)
-    shards = LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
-                          enumerate(shard_map.split(weights))], shard_map)
+    shard_map = ShardMap.build(weights, shards)
+    return strategy, core, LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
+                                        enumerate(shard_map.split(weights))], shard_map)
+
+
+def test_one_replica_on_shards_learns_exactly_like_the_single_process_strategy():
+    strategy, core, shards = strategy_beside_shards(3)
     replica = ControllerReplica("controller-0", core, children=4)
     ledger = Ledger(None, 12, seed=5, baseline_decay=0.95)
     evaluator = table()
@@ -69,13 +74,7 @@ def test_the_schemes_updates_are_the_strategys_signals_in_its_log_and_tensorboar
     """Each gradient's baseline, batch reward and entropy reach strategy.jsonl (numbered as the
     gradients are) and TensorBoard, written by the recorder; with one replica they are the figures
     the single-process strategy reports for the same batches."""
-    space = get_space("nb201")
-    strategy = get_strategy("rl", space, seed=5, batch_size=4, lr=0.01)
-    core = PolicyCore(space, seed=5)
-    weights = core.weights()
-    shard_map = ShardMap.build(weights, 2)
-    shards = LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
-                          enumerate(shard_map.split(weights))], shard_map)
+    strategy, core, shards = strategy_beside_shards(2)
     run = RunDirectory.create(tmp_path / "run", {})
     (run.path / "checkpoint").mkdir()
     host = RecorderHost("job", str(run.path), 12, 5, None, 0.95, str(run.path / "checkpoint"), Tail())
