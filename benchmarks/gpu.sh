@@ -45,7 +45,7 @@ python benchmarks/train_throughput.py --device "$device" "${train[@]}" | tail -5
 echo "== search with fractional GPUs per child"
 if python -c "import ray" 2>/dev/null; then
   out=$(mktemp -d)/run
-  /usr/bin/time -f "search wall %e s" nas search --space nb201 --strategy random --controllers 2 --children 4 \
+  /usr/bin/time -f "search wall %e s" nas search --space nb201 --strategy random \
     "${search[@]}" --out "$out" --quiet --json \
     | python -c "import json,sys; r=json.load(sys.stdin); print(json.dumps({k: r[k] for k in ('evaluations', 'failed', 'wall_time_s', 'scheme')}))"
 else

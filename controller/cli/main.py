@@ -143,9 +143,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         job = SearchJob.resume_from(out, spec_data_from_args(args), address=args.address, progress=not args.quiet)
         spec = job.spec
     else:
+        from raynas.controller.runtime.plan import check_scheme_fields
+
         spec = spec_from_args(args)
         out = args.out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         job = SearchJob(spec, out, address=args.address, progress=not args.quiet)
+        check_scheme_fields(job.plan, spec_data_from_args(args))
     if not args.quiet:
         scheme = (f"K={spec.controllers} controllers x m={spec.children} children, S={spec.ps_shards} shards, "
                   if job.plan.path == SCHEME else "")

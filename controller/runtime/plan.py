@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,6 +162,25 @@ def resolve(spec: SearchSpec) -> Plan:
                 evaluator_options=options, dataset=dataset, scoring=scoring, path=path, ladder=ladder)
 
 
+#: The spec's fields only Zoph & Le's scheme reads.
+SCHEME_FIELDS = ("controllers", "children", "ps_shards", "ps_accumulate", "staleness_policy", "max_staleness",
+                 "replica_batch")
+
+
+def check_scheme_fields(plan: Plan, given: Iterable[str]) -> None:
+    """A ConfigError when the user set (`given`: the fields a config file or flag set) scheme settings
+    that this search would ignore: a flag without effect is a mistake to name, not to pass over."""
+    ignored = [name for name in SCHEME_FIELDS if name in set(given)]
+    if not ignored or plan.path == SCHEME:
+        return
+    why = {LOCAL: "--runtime local runs the strategy in this process",
+           TUNE: "under a scheduler Ray Tune runs the trials",
+           PROPOSER: f"the {plan.spec.strategy} strategy has no shared policy: one proposer feeds W workers"}
+    raise ConfigError(ignored[0], f"{', '.join(ignored)} set Zoph & Le's scheme, which this search does not run "
+                      f"({why[plan.path]})", "rl or ppo on --runtime ray without a scheduler; --workers W sets "
+                      "how many children train at once here")
+
+
 def _path(spec: SearchSpec, strategy: type[Strategy]) -> str:
     if spec.scheduler != "none":
         if spec.runtime != "ray":
@@ -241,5 +261,5 @@ def _ladder(spec: SearchSpec, evaluator: type[Evaluator], raw: dict[str, Any]) -
     return ladder
 
 
-__all__ = ["ASHA_HALVING_ROUNDS", "ASHA_MAX_EPOCHS", "LOCAL", "EvaluatorRecipe", "Ladder", "PROPOSER", "Plan", "SCHEME",
-           "TUNE", "resolve"]
+__all__ = ["ASHA_HALVING_ROUNDS", "ASHA_MAX_EPOCHS", "LOCAL", "SCHEME_FIELDS", "EvaluatorRecipe", "Ladder", "PROPOSER",
+           "Plan", "SCHEME", "TUNE", "check_scheme_fields", "resolve"]

@@ -308,3 +308,11 @@ def test_a_resume_refuses_to_change_the_search_itself(capsys, tmp_path):
     assert code == 2 and "evaluations" in err and "seed" in err and "--resume" in err
     assert "workers" in err and "cpus_per_child" in err  # what may change
     assert (out / "spec.json").read_text() == before
+
+
+def test_scheme_flags_for_a_strategy_without_a_shared_policy_are_refused(capsys, tmp_path):
+    """`--controllers 8` with evolution ran one proposer and said nothing: the flag had no effect."""
+    code, _, err = run_cli(capsys, "search", "--strategy", "evolution", "--evaluator", "table", "--controllers", "8",
+                           "--children", "2", "--out", str(tmp_path / "run"))
+    assert code == 2 and "controllers" in err and "children" in err and "rl" in err and "ppo" in err
+    assert not (tmp_path / "run").exists()
