@@ -18,7 +18,7 @@ import shlex
 import sys
 import time
 
-from raynas.controller.bench.nb201 import _chosen
+from raynas.controller.bench.nb201 import chosen_curve
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.spec import SearchSpec
@@ -44,8 +44,9 @@ def main() -> None:
             start = time.perf_counter()
             ledger, figures = simulate_scheme(space, evaluator, args.evaluations, seed, args.controllers,
                                               args.children, args.ps_shards, workers=args.workers, noise=noise)
+            chosen = chosen_curve(ledger.records)[-1]
             print(f"{noise:g} | {seed} | {figures['worker_utilization']:.1%} | "
-                  f"{figures['simulated_wall_time_s']:.0f} | {_chosen(ledger.records, args.evaluations):.2f} | "
+                  f"{figures['simulated_wall_time_s']:.0f} | {chosen:.2f} | "
                   f"{time.perf_counter() - start:.0f}", flush=True)
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
