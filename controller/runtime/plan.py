@@ -170,7 +170,8 @@ SCHEME_FIELDS = ("controllers", "children", "ps_shards", "ps_accumulate", "stale
 def check_scheme_fields(plan: Plan, given: Iterable[str]) -> None:
     """A ConfigError when the user set (`given`: the fields a config file or flag set) scheme settings
     that this search would ignore: a flag without effect is a mistake to name, not to pass over."""
-    ignored = [name for name in SCHEME_FIELDS if name in set(given)]
+    given = set(given)
+    ignored = [name for name in SCHEME_FIELDS if name in given]
     if not ignored or plan.path == SCHEME:
         return
     why = {LOCAL: "--runtime local runs the strategy in this process",
