@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import pickle
 import sys
 import time
 from collections import defaultdict
@@ -28,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-from raynas.common.files import atomic_save, write_json_atomic
+from raynas.common.files import atomic_write, write_json_atomic
 from raynas.controller.runtime.rundir import GRADIENTS, RunDirectory, summarize
-from raynas.controller.strategies.reinforce import EmaBaseline, reward_of
+from raynas.controller.strategies.rewards import EmaBaseline, reward_of
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.execution import Task
 
@@ -416,20 +416,25 @@ class Ledger:
         if path is not None and path.exists():
             self.lost = json.loads(path.read_text())
 
-    def _state_path(self, replica: str) -> Path | None:
-        return self.checkpoints / f"{replica}.pt" if self.checkpoints else None
-
     def _save_state(self, replica: str, state: dict[str, Any]) -> None:
-        path = self._state_path(replica)
-        if path is not None:
+        if self.checkpoints is not None:
             # Not fsynced: a power cut costs the pending gradient (counted lost), never a wrong one.
-            atomic_save(state, path, durable=False)
+            # Pickled, not torch.save: a replica's state is numpy, and the recorder runs without torch.
+            atomic_write(self.checkpoints / f"{replica}.pkl", lambda f: pickle.dump(state, f), durable=False)
 
     def _load_state(self, replica: str) -> dict[str, Any] | None:
-        path = self._state_path(replica)
-        if path is None or not path.exists():
+        if self.checkpoints is None:
             return None
-        return torch.load(path, weights_only=False)
+        path = self.checkpoints / f"{replica}.pkl"
+        if path.exists():
+            with path.open("rb") as f:
+                return pickle.load(f)
+        earlier = self.checkpoints / f"{replica}.pt"  # a run begun before the states were pickled
+        if earlier.exists():
+            import torch
+
+            return torch.load(earlier, weights_only=False)
+        return None
 
     # -- the end -----------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ gradient of every m results, and in the budget's tail take children sampled ahea
 the longest first (`Tail` in ledger.py). Replicas never wait for each other; the shards apply
 whatever arrives, each gradient at most once. A replica that dies mid-push pushes its gradient
 again when it comes back. The loop is a set of steps (`open`, `refill`, `finished`, `close`), so
-that the actor host (controller/runtime/hosts.py) drives it over Ray workers and the simulation
+that the actor host (controller/runtime/policy_hosts.py) drives it over Ray workers and the simulation
 (controller/bench/simulate.py) over a virtual clock.
 """
 
@@ -28,7 +28,7 @@ from raynas.common import ConfigError
 from raynas.controller.cluster import call_all
 from raynas.controller.runtime.ledger import Claim, Grant, Pooled, Receipt, Start
 from raynas.controller.strategies import SharedPolicy
-from raynas.controller.strategies.reinforce import reward_of
+from raynas.controller.strategies.rewards import reward_of
 from raynas.param_server import ShardMap
 from raynas.workers.evaluation import EvalResult
 from raynas.workers.execution import Executor, Task

@@ -48,16 +48,16 @@ def _key(group: str) -> str:
 class _ChoiceHead(nn.Module):
     def __init__(self, hidden_size: int, num_choices: int):
         super().__init__()
-        self.logits = nn.Linear(hidden_size, num_choices, device="meta")
-        self.embedding = nn.Embedding(num_choices, hidden_size, device="meta")
+        self.logits = nn.Linear(hidden_size, num_choices)
+        self.embedding = nn.Embedding(num_choices, hidden_size)
 
 
 class _AnchorHead(nn.Module):
     def __init__(self, hidden_size: int):
         super().__init__()
-        self.w_prev = nn.Linear(hidden_size, hidden_size, bias=False, device="meta")
-        self.w_curr = nn.Linear(hidden_size, hidden_size, bias=False, device="meta")
-        self.v = nn.Linear(hidden_size, 1, bias=False, device="meta")
+        self.w_prev = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.w_curr = nn.Linear(hidden_size, hidden_size, bias=False)
+        self.v = nn.Linear(hidden_size, 1, bias=False)
 
     def logits(self, h: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """[n, c] connection logits of the current output `h` [n, H] to `anchors` [c, n, H]."""
@@ -86,25 +86,26 @@ class LSTMPolicy(nn.Module):
         self.tanh_constant = (None if tanh_constant is None
                               else check_number("tanh_constant", tanh_constant, 0, low_open=True))
         self.hidden_size = hidden_size
-        # Built on the meta device and initialised below from `generator`, so
-        # constructing a policy never draws from (or perturbs) torch's global RNG.
-        self.start = nn.Parameter(torch.empty(hidden_size, device="meta"))
-        # Stacked cells rather than nn.LSTM: one step at a time, nn.LSTM's CPU
-        # path costs several times more per call.
-        self.lstm = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size, device="meta") for _ in range(num_layers))
-        # Group -> its choices (None for a subset group): what every decision of the group must match.
-        self._choices: dict[str, tuple | None] = {}
-        heads: dict[str, nn.Module] = {}
-        for d in decisions:
-            if d.group in self._choices:
-                continue
-            self._choices[d.group] = _choices(d)
-            heads[_key(d.group)] = (_ChoiceHead(hidden_size, len(d.choices)) if isinstance(d, Categorical)
-                                    else _AnchorHead(hidden_size))
-        if len(heads) != len(self._choices):
-            raise ConfigError("decisions", "group names collide once '.' is read as '/'", sorted(self._choices))
-        self.heads = nn.ModuleDict(heads)
-        self.to_empty(device="cpu")
+        # Built with torch's default initialisation on a forked global RNG, then initialised below
+        # from `generator`, so constructing a policy never perturbs torch's global RNG. (Not on the
+        # meta device: its first use imports ~800 modules, a second of CPU in every replica.)
+        with torch.random.fork_rng(devices=[]):
+            self.start = nn.Parameter(torch.empty(hidden_size))
+            # Stacked cells rather than nn.LSTM: one step at a time, nn.LSTM's CPU
+            # path costs several times more per call.
+            self.lstm = nn.ModuleList(nn.LSTMCell(hidden_size, hidden_size) for _ in range(num_layers))
+            # Group -> its choices (None for a subset group): what every decision of the group must match.
+            self._choices: dict[str, tuple | None] = {}
+            heads: dict[str, nn.Module] = {}
+            for d in decisions:
+                if d.group in self._choices:
+                    continue
+                self._choices[d.group] = _choices(d)
+                heads[_key(d.group)] = (_ChoiceHead(hidden_size, len(d.choices)) if isinstance(d, Categorical)
+                                        else _AnchorHead(hidden_size))
+            if len(heads) != len(self._choices):
+                raise ConfigError("decisions", "group names collide once '.' is read as '/'", sorted(self._choices))
+            self.heads = nn.ModuleDict(heads)
         generator = generator if generator is not None else torch.Generator().manual_seed(0)
         with torch.no_grad():
             for p in self.parameters():

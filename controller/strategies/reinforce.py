@@ -21,30 +21,6 @@ from raynas.common.options import option
 from raynas.common.threads import torch_threads
 from raynas.controller.strategies.policy import LSTMPolicy
 from raynas.search_spaces import SearchSpace
-from raynas.workers.evaluation import EvalResult
-
-
-class EmaBaseline:
-    """Zoph & Le's baseline: an exponential moving average of past rewards,
-    b <- b - (1 - decay)(b - R) per reward (ENAS's update; ENAS uses decay 0.99).
-
-    `value` is None until the first reward, so the first batch is not measured
-    against an arbitrary starting point.
-    """
-
-    def __init__(self, decay: float = 0.95):
-        self.decay = check_number("baseline_decay", decay, 0, 1, high_open=True)
-        self.value: float | None = None
-
-    def update(self, rewards: Sequence[float]) -> None:
-        for r in rewards:
-            self.value = float(r) if self.value is None else self.value - (1 - self.decay) * (self.value - r)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "decay": self.decay}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.value, self.decay = state["value"], state["decay"]
 
 
 def reinforce_loss(policy: LSTMPolicy, values_batch: Sequence[Sequence], rewards: Sequence[float],
@@ -122,11 +98,6 @@ class RLOptions:
         check_int("hidden_size", self.hidden_size)
         check_int("num_layers", self.num_layers)
         check_number("init_range", self.init_range, 0, low_open=True)
-
-
-def reward_of(result: EvalResult) -> float:
-    """A failed (or cancelled) child gets the worst reward, so the controller learns to avoid crashes."""
-    return result.reward if result.ok and result.reward is not None else 0.0
 
 
 class DepthSchedule:
@@ -243,11 +214,12 @@ class PolicyCore:
 
     def state_dict(self) -> dict[str, Any]:
         """The sampling RNG: the replica's own state (the weights live on the shards, the baseline
-        with the ledger)."""
-        return {"generator": self.generator.get_state()}
+        with the ledger). As numpy: the recorder that keeps it does not import torch."""
+        return {"generator": self.generator.get_state().numpy()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
+        # torch.as_tensor: a checkpoint written before the state was numpy holds a tensor.
+        self.generator.set_state(torch.as_tensor(state["generator"]))
 
 
 def replica_seed(seed: int, k: int) -> int:

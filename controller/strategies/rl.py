@@ -18,14 +18,8 @@ import torch
 from raynas.common import ConfigError
 from raynas.controller.strategies import register
 from raynas.controller.strategies.base import Needs, SchemeSettings, Strategy
-from raynas.controller.strategies.reinforce import (
-    DepthSchedule,
-    EmaBaseline,
-    PolicyCore,
-    RLOptions,
-    apply_gradients,
-    reward_of,
-)
+from raynas.controller.strategies.reinforce import DepthSchedule, PolicyCore, RLOptions, apply_gradients
+from raynas.controller.strategies.rewards import EmaBaseline, reward_of
 from raynas.search_spaces import SearchSpace
 from raynas.workers.evaluation import EvalResult
 

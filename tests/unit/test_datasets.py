@@ -10,9 +10,11 @@ import datafiles
 import numpy as np
 import pytest
 import torch
+from imports import imported
 
 from raynas.common import ConfigError, DataError
 from raynas.workers.datasets import get_dataset, load_dataset
+from raynas.workers.datasets.arrays import load_digits
 from raynas.workers.datasets.images import IGNORE_INDEX, MemorySource
 from raynas.workers.datasets.text import TextData
 
@@ -37,6 +39,17 @@ def test_digits_split_and_normalisation(digits):
     assert digits.to("cpu") is digits
     assert digits.preprocessing()["input"] == {"dtype": "float32", "channels": 1, "height": 8, "width": 8,
                                                "layout": "NCHW", "resize": None}
+
+
+def test_the_digits_are_scikit_learns_without_importing_it():
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    images, labels = load_digits()
+    bunch = sklearn_digits()
+    assert np.array_equal(images, bunch.images.astype(np.float32)) and np.array_equal(labels, bunch.target)
+    assert images.dtype == np.float32 and labels.dtype == np.int64
+    # The point of the copy: every worker loads the digits, and scikit-learn costs ~2 s of CPU to import.
+    assert not imported("from raynas.workers.datasets import load_dataset; load_dataset('digits')", "sklearn")
 
 
 def test_digits_split_is_seeded(digits):

@@ -11,6 +11,8 @@ from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.ledger import Ledger, evaluation_id
 from raynas.controller.runtime.rundir import RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.strategies.reinforce import PolicyCore
+from raynas.search_spaces import get_space
 from raynas.workers.evaluation import EvalResult
 
 
@@ -175,6 +177,21 @@ def test_a_call_retried_after_the_recorder_restarted_hands_out_the_same_evaluati
     claims = scheme_ledger(run).claim("controller-1", 2, holding=[c.id for c in held])
     again = scheme_ledger(run).claim("controller-1", 2, holding=[c.id for c in held])
     assert [c.id for c in again] == [c.id for c in claims] and not {c.id for c in held} & {c.id for c in again}
+
+
+def test_a_replica_state_kept_by_torch_before_states_were_pickled_is_read_back(tmp_path):
+    """Runs begun before the recorder dropped torch keep `controller-k.pt`: resuming one continues
+    the replica from it (its sampling RNG as a tensor)."""
+    run = RunDirectory.create(tmp_path / "run", {})
+    (run.path / "checkpoint").mkdir()
+    generator = torch.Generator().manual_seed(3)
+    torch.save({"core": {"generator": generator.get_state()}, "cycle": 4, "synced": 2, "pending": None},
+               run.path / "checkpoint" / "controller-0.pt")
+    start = scheme_ledger(run).start("controller-0", 1)
+    assert start.state["cycle"] == 4 and start.cycle == 5
+    core = PolicyCore(get_space("nb201"), seed=0)
+    core.load_state_dict(start.state["core"])
+    assert torch.equal(core.generator.get_state(), generator.get_state())
 
 
 def test_a_receipt_carries_no_replica_state(tmp_path):

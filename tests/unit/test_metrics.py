@@ -9,7 +9,7 @@ import pytest
 from gauges import record
 
 from raynas.controller.cluster import metrics
-from raynas.controller.runtime.hosts import ShardHost
+from raynas.controller.runtime.policy_hosts import ShardHost
 from raynas.param_server import ShardConfig
 from raynas.search_spaces import get_space
 from raynas.workers.evaluation import get_evaluator

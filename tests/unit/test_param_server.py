@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from raynas.common import ConfigError, DataError
-from raynas.controller.runtime.hosts import ShardHost
+from raynas.controller.runtime.policy_hosts import ShardHost
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap, ShardStore
 
 

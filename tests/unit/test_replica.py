@@ -1,18 +1,22 @@
 """The controller replica and the distributed scheme without Ray: the same
 REINFORCE math as the single-process strategy, sharded."""
 
+import pickle
+
 import pytest
 import torch
 from events import scalars
+from imports import imported
 
 from raynas.controller.bench.simulate import simulate_scheme
 from raynas.controller.runtime.hosts import RecorderHost
 from raynas.controller.runtime.ledger import Ledger, Tail
 from raynas.controller.runtime.plan import resolve
 from raynas.controller.runtime.replica import ControllerReplica, LocalShards
-from raynas.controller.runtime.rundir import STRATEGY_LOG, RunDirectory
+from raynas.controller.runtime.rundir import EVALUATIONS, STRATEGY_LOG, RunDirectory
 from raynas.controller.runtime.spec import SearchSpec
 from raynas.controller.strategies import get_strategy
+from raynas.controller.strategies.ppo import PPOCore
 from raynas.controller.strategies.reinforce import PolicyCore
 from raynas.param_server import ParameterShard, ShardConfig, ShardMap
 from raynas.search_spaces import get_space
@@ -167,6 +171,52 @@ def test_a_replica_killed_mid_push_comes_back_and_completes_that_push_once(tmp_p
     assert [r["arch"] for r in straight_run.evaluations()] == [r["arch"] for r in records]
     for a, b in zip(straight_shards, parameter_shards):
         torch.testing.assert_close(a.pull()[1], b.pull()[1])
+
+
+class Wire(InProcessRecorder):
+    """InProcessRecorder that keeps every call's arguments, as Ray would pickle them to the recorder."""
+
+    def __init__(self, host: RecorderHost, core: PolicyCore):
+        super().__init__(host, core)
+        self.sent = []
+
+    def __getattr__(self, name):
+        method = getattr(self.host, name)
+
+        def call(*args):
+            self.sent.append((name, args))
+            return method(*args)
+        return call
+
+    def record_update(self, *args):
+        self.sent.append(("record_update", args))
+        return super().record_update(*args)
+
+
+@pytest.mark.parametrize("core", [PolicyCore, PPOCore])
+def test_the_recorder_takes_all_a_replica_sends_and_restarts_without_torch(tmp_path, core):
+    """The recorder's process never imports torch (a second and a half of CPU while every actor
+    starts at once): what a replica sends it, pooled children included, and the checkpoints it
+    keeps are plain Python and numpy."""
+    space = get_space("nb201")
+    policy = core(space, seed=5)
+    weights = policy.weights()
+    shard_map = ShardMap.build(weights, 2)
+    shards = LocalShards([ParameterShard(i, p, ShardConfig(lr=0.01)) for i, p in
+                          enumerate(shard_map.split(weights))], shard_map)
+    run = RunDirectory.create(tmp_path / "run", {})
+    (run.path / "checkpoint").mkdir()
+    args = ("job", str(run.path), 12, 5, None, 0.95, str(run.path / "checkpoint"), Tail(8, 4))
+    wire = Wire(RecorderHost(*args), policy)
+    ControllerReplica("controller-0", policy, children=4, rolling=True).run(shards, wire, InProcessExecutor(table(), 4))
+    assert {name for name, _ in wire.sent} >= {"start", "record_update", "take", "pool"}
+    assert len(run.records(EVALUATIONS)) == 12
+    sent = tmp_path / "sent.pkl"
+    sent.write_bytes(pickle.dumps(wire.sent))
+    restart = (f"import pickle; from raynas.controller.runtime.hosts import RecorderHost, DispatcherHost; "
+               f"from raynas.controller.runtime.ledger import Tail; pickle.loads(open({str(sent)!r}, 'rb').read()); "
+               f"assert RecorderHost{args!r}.start('controller-0', 0).state['cycle'] >= 0")
+    assert not imported(restart, "torch")
 
 
 def test_rolling_batches_keep_every_replica_worker_busy_until_the_budget_runs_out():

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
-from sklearn.datasets import load_digits
 
 from raynas.common import ConfigError
 from raynas.controller import cli
 from raynas.search_spaces import get_space
 from raynas.workers.datasets import load_dataset
+from raynas.workers.datasets.arrays import load_digits
 from raynas.workers.datasets.images import normalise
 from raynas.workers.export import export, load_trained
 from raynas.workers.nets import NetConfig, build_model
@@ -92,7 +92,7 @@ def test_export_json_and_torch_export_from_a_training(digits, tmp_path, capsys):
     eager = build_model("nb201", get_space("nb201").parse(ARCH), NetConfig(**trained["net"])).eval()
     eager.load_state_dict(trained["run"]["model"])
     # Digits as scikit-learn gives them (float 0..16) go in, the training's normalisation inside.
-    raw = torch.from_numpy(load_digits().images[:7]).float()[:, None]
+    raw = torch.from_numpy(load_digits()[0][:7]).float()[:, None]
     mean, std = torch.tensor(digits.mean), torch.tensor(digits.std)
     with torch.no_grad():
         assert torch.equal(loaded(raw.permute(0, 2, 3, 1)), eager(normalise(raw, mean, std)))

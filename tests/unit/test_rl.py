@@ -9,7 +9,8 @@ import torch
 from raynas.common import ConfigError
 from raynas.controller.strategies import get_strategy
 from raynas.controller.strategies.policy import LSTMPolicy
-from raynas.controller.strategies.reinforce import EmaBaseline, apply_gradients, gradients, reinforce_loss
+from raynas.controller.strategies.reinforce import apply_gradients, gradients, reinforce_loss
+from raynas.controller.strategies.rewards import EmaBaseline
 from raynas.search_spaces import Categorical, SearchSpace, Subset, get_space, space_names
 from raynas.workers.evaluation import EvalResult
 

@@ -9,6 +9,7 @@ and numeric arrays they hold.
 from __future__ import annotations
 
 import codecs
+import gzip
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,9 @@ SPLITS = ("train", "val", "test")
 _ARRAYS_LAYOUT = ("an .npz file with arrays x_train, y_train (and optionally x_val, y_val, x_test, y_test, "
                   "class_names), or a folder of .npy files with those names; images (N, H, W), (N, H, W, C) or "
                   "(N, C, H, W) with C 1 or 3, integer labels 0..K-1")
+#: scikit-learn's copy of the UCI optdigits test set (CC BY 4.0), kept here because importing
+#: scikit-learn to read it takes about 2 s of CPU in every process that loads the digits.
+DIGITS_FILE = Path(__file__).with_name("digits.csv.gz")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 
@@ -150,12 +154,16 @@ class Digits(Dataset):
     val_fraction = 0.2
 
     def load(self, seed: int = 0) -> ImageData:
-        # Deferred: scikit-learn takes about 2 s to import and only the digits need it.
-        from sklearn.datasets import load_digits
+        images, digits = load_digits()
+        return arrays_data(self, {"x_train": images[:, None], "y_train": digits}, seed, DIGIT_CLASSES, 10)
 
-        bunch = load_digits()
-        arrays = {"x_train": bunch.images[:, None].astype(np.float32), "y_train": bunch.target.astype(np.int64)}
-        return arrays_data(self, arrays, seed, DIGIT_CLASSES, 10)
+
+def load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """The 1,797 digits as (images [N, 8, 8] float32, ink 0..16; labels [N] int64), the arrays of
+    scikit-learn's `load_digits()`."""
+    with gzip.open(DIGITS_FILE, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8).astype(np.float32), table[:, -1].astype(np.int64)
 
 
 class _FixedArrays(Dataset):

@@ -38,6 +38,7 @@ import numpy as np
 from raynas.common import ConfigError
 from raynas.common.options import option
 from raynas.workers.datasets import register_dataset
+from raynas.workers.datasets.arrays import load_digits
 from raynas.workers.datasets.base import SEGMENTATION, Dataset, StreamOptions, split_positions
 from raynas.workers.datasets.files import IMAGE_SUFFIXES, open_image, pil, resize, resize_mask, split_folders
 from raynas.workers.datasets.images import IGNORE_INDEX, ArrayReader, ImageData, Reader, image_data
@@ -214,10 +215,7 @@ def compose(images: np.ndarray, digits: np.ndarray, count: int, rng: np.random.G
 
 def compose_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """(training canvases, test canvases), from disjoint digits, the same on every call."""
-    from sklearn.datasets import load_digits  # about 2 s to import; only the digits need it
-
-    bunch = load_digits()
-    images, digits = bunch.images.astype(np.float32), bunch.target.astype(np.int64)
+    images, digits = load_digits()
     rng = np.random.default_rng(COMPOSE_SEED)
     order = rng.permutation(len(digits))
     cut = int(len(order) * TRAIN_CANVASES / (TRAIN_CANVASES + TEST_CANVASES))

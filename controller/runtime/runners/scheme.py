@@ -16,8 +16,9 @@ import sys
 
 from raynas.controller import cluster
 from raynas.controller.runtime.capacity import scheme_workers
-from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost, ReplicaHost, ShardHost
+from raynas.controller.runtime.hosts import DispatcherHost, RecorderHost
 from raynas.controller.runtime.ledger import Tail
+from raynas.controller.runtime.policy_hosts import ReplicaHost, ShardHost
 from raynas.controller.runtime.runners.base import background
 from raynas.controller.runtime.runners.ray import RayRunner
 from raynas.param_server import ShardConfig, ShardMap
