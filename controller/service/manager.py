@@ -35,7 +35,7 @@ from raynas.controller import cluster
 from raynas.controller.cluster import resources
 from raynas.controller.runtime import capacity
 from raynas.controller.runtime.capacity import Footprint, footprint
-from raynas.controller.runtime.plan import resolve
+from raynas.controller.runtime.plan import check_scheme_fields, resolve
 from raynas.controller.runtime.rundir import (
     EVALUATIONS,
     ONE_SHOT_LOG,
@@ -449,7 +449,9 @@ class SearchManager:
         # Inside the data roots before anything looks at the path.
         if checked.data_path is not None:
             checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
-        fp, nodes = footprint(resolve(checked)), self.launcher.nodes()
+        plan = resolve(checked)
+        check_scheme_fields(plan, spec)  # `spec` holds only the fields the client set
+        fp, nodes = footprint(plan), self.launcher.nodes()
         if nodes is not None:
             capacity.check_alone(fp, nodes)
         search_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"

@@ -369,6 +369,16 @@ def test_the_job_limit_is_checked_before_the_spec(serving):
     assert code_of(lambda: c.submit(huge)) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+def test_scheme_settings_for_a_search_without_the_scheme_are_refused_by_name(serving):
+    """As `nas search` refuses them: the service would otherwise run the search and ignore them."""
+    _, c, _ = serving()
+    with pytest.raises(RemoteError) as refused:
+        c.submit({**TABLE, "strategy": "evolution", "controllers": 4, "runtime": "ray"})
+    assert refused.value.code == grpc.StatusCode.INVALID_ARGUMENT and "controllers" in str(refused.value)
+    assert "evolution strategy has no shared policy" in str(refused.value)
+    c.submit({**TABLE, "strategy": "rl", "controllers": 2, "children": 2, "runtime": "ray"})
+
+
 def test_a_huge_space_is_refused_by_name(serving):
     _, c, _ = serving()
     with pytest.raises(RemoteError) as refused:
