@@ -118,7 +118,7 @@ class ControllerReplica:
         self.cycle = start.cycle
         if start.state is not None:
             state = copy.deepcopy(start.state)
-            self.core.load_state_dict(state["core"])
+            self.core.load_state_dict(to_torch(state["core"]))
             self.synced, self.staleness = state["synced"], state["staleness"]
             pending = state.get("pending")
             if pending is not None:
@@ -204,7 +204,8 @@ class ControllerReplica:
             # asynchronous sample is). Against the shared baseline as the ledger last gave it.
             grads = self.core.gradients([v for _, v, _, _ in done], [reward_of(r) for *_, r in done], self.baseline)
         finite = all(bool(torch.isfinite(g).all()) for g in grads.values())
-        state = {"core": self.core.state_dict(), "synced": self.synced, "staleness": list(self.staleness),
+        # As numpy: the recorder that keeps it never imports torch.
+        state = {"core": to_numpy(self.core.state_dict()), "synced": self.synced, "staleness": list(self.staleness),
                  "pending": {"grads": to_numpy(grads)} if finite else None}
         claim = 0 if self.rolling else self.children
         holding = [c.id for c in self._stock] + list(self._running)

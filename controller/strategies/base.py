@@ -38,8 +38,7 @@ class SharedPolicy(Protocol):
     def gradients(self, values_batch: Sequence[tuple], rewards: Sequence[float],
                   baseline: float | None) -> dict[str, Any]: ...
 
-    def state_dict(self) -> dict[str, Any]:
-        """Plain Python and numpy, no tensors: the scheme's recorder keeps it without importing torch."""
+    def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 

@@ -214,12 +214,11 @@ class PolicyCore:
 
     def state_dict(self) -> dict[str, Any]:
         """The sampling RNG: the replica's own state (the weights live on the shards, the baseline
-        with the ledger). As numpy: the recorder that keeps it does not import torch."""
-        return {"generator": self.generator.get_state().numpy()}
+        with the ledger)."""
+        return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        # torch.as_tensor: a checkpoint written before the state was numpy holds a tensor.
-        self.generator.set_state(torch.as_tensor(state["generator"]))
+        self.generator.set_state(state["generator"])
 
 
 def replica_seed(seed: int, k: int) -> int:
