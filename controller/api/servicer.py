@@ -238,7 +238,8 @@ class SearchServicer(pb_grpc.SearchServiceServicer):
     async def SubmitSearch(self, request, context):
         caller = self._caller(context)
         spec = spec_from_message(request.spec)
-        return search_to_message(await self._run(self.manager.submit, spec, request.name, caller))
+        # The message holds only the fields the client set: `given`.
+        return search_to_message(await self._run(self.manager.submit, spec, request.name, caller, list(spec)))
 
     @_handled
     async def GetSearch(self, request, context):

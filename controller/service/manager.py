@@ -26,7 +26,7 @@ import shutil
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -436,7 +436,10 @@ class SearchManager:
 
     # -- the API --------------------------------------------------------------------
 
-    def submit(self, spec: dict[str, Any], name: str = "", caller: Client = LOCAL) -> SearchRecord:
+    def submit(self, spec: dict[str, Any], name: str = "", caller: Client = LOCAL,
+               given: Iterable[str] = ()) -> SearchRecord:
+        """Start a search of `spec`; `given` names the fields its client set (a request's fields), whose
+        scheme settings a search without the scheme refuses rather than ignores."""
         if not isinstance(name, str) or not NAME_PATTERN.match(name):
             raise ConfigError("name", "is not a valid search name", "letters, digits, - and _; at most 64")
         # The job limits first: a full service refuses without spending anything on the request.
@@ -450,7 +453,7 @@ class SearchManager:
         if checked.data_path is not None:
             checked = checked.replace(data_path=check_data_root(checked.data_path, list(self.data_roots)))
         plan = resolve(checked)
-        check_scheme_fields(plan, spec)  # `spec` holds only the fields the client set
+        check_scheme_fields(plan, given)
         fp, nodes = footprint(plan), self.launcher.nodes()
         if nodes is not None:
             capacity.check_alone(fp, nodes)
