@@ -1,4 +1,10 @@
 import pytest
+import torch
+
+# The suite's tensors are tiny, so a second intra-op thread only adds synchronisation; and while
+# another job holds the other core, every op waits for a descheduled thread (a small DARTS network's
+# forward: 0.3 s on one thread, 7 s on two). Subprocesses and Ray's workers keep their own settings.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

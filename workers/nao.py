@@ -387,19 +387,30 @@ class NAOController:
         self.model.eval()
         found: dict[tuple[int, ...], None] = {}
         size = 0.0
+        sizes = [k * self.config.step_increment for k in range(1, self.config.max_step_size + 1)]
         with self._own_rng(), torch.enable_grad():
             outputs, _ = self.model.encode(self._tokens(parents))
             grad = self._gradient(outputs)
             outputs = outputs.detach()
             with torch.no_grad():
-                for k in range(1, self.config.max_step_size + 1):
-                    size = k * self.config.step_increment
-                    for seq in self.model.greedy(*_moved(outputs, grad, size)).tolist():
-                        key = tuple(seq)
-                        if key not in known and key not in found:
-                            found[key] = None
-                    if len(found) >= count:
-                        break
+                # Step sizes are decoded in batches of 1, 2, 4, ... of them: the decoder's per-step
+                # overhead dominates at these sizes, and a search that finds its count at the first
+                # step sizes decodes little more than it reads.
+                start, width = 0, 1
+                while start < len(sizes) and len(found) < count:
+                    chunk = sizes[start:start + width]
+                    moved = [_moved(outputs, grad, s) for s in chunk]
+                    decoded = self.model.greedy(torch.cat([m[0] for m in moved]),
+                                                torch.cat([m[1] for m in moved])).tolist()
+                    for at in range(len(chunk)):
+                        size = chunk[at]
+                        for seq in decoded[at * len(parents):(at + 1) * len(parents)]:
+                            key = tuple(seq)
+                            if key not in known and key not in found:
+                                found[key] = None
+                        if len(found) >= count:
+                            break
+                    start, width = start + width, 2 * width
         return [self.codec.decode(seq) for seq in list(found)[:count]], size
 
     def state_dict(self) -> dict[str, Any]:
