@@ -1,9 +1,15 @@
+import os
+
 import pytest
-import torch
 
 # The suite's tensors are tiny, so a second intra-op thread only adds synchronisation; and while
 # another job holds the other core, every op waits for a descheduled thread (a small DARTS network's
-# forward: 0.3 s on one thread, 7 s on two). Subprocesses and Ray's workers keep their own settings.
+# forward: 0.3 s on one thread, 7 s on two). Set before torch starts, for this process and the
+# `nas` and benchmark processes the tests start; Ray's workers set their own.
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import torch  # noqa: E402
+
 torch.set_num_threads(1)
 
 
