@@ -10,6 +10,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 
 import torch  # noqa: E402
 
+# Also set directly: a plugin may have loaded torch before the variable above was read.
 torch.set_num_threads(1)
 
 

@@ -19,12 +19,11 @@ METRIC = re.compile(r"\bray_nas_\w+")
 def exported() -> dict[str, str]:
     """{series name: metric} for every metric the package creates through ray.util.metrics."""
     names = {}
-    # Top-level folders first: a virtual environment inside the checkout (CI's .ci-venv) holds tens of
-    # thousands of files that a walk of the whole tree would visit before filtering them out.
-    folders = [p for p in ROOT.iterdir()
-               if p.is_dir() and not p.name.startswith(".") and p.name not in ("tests", "build")]
+    # Hidden top-level folders are never walked: a virtual environment inside the checkout (CI's
+    # .ci-venv) holds tens of thousands of files that the filter below would only throw away.
+    folders = [p for p in ROOT.iterdir() if p.is_dir() and not p.name.startswith(".")]
     for path in (path for folder in folders for path in folder.rglob("*.py")):
-        if any(part.startswith(".") for part in path.relative_to(ROOT).parts):
+        if any(part.startswith(".") or part in ("tests", "build") for part in path.relative_to(ROOT).parts):
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in SERIES
