@@ -46,6 +46,22 @@ def wait_for_a_child_on(node: str, namespace: str, workers: int, timeout: float 
     raise TimeoutError(f"no child trained on node {node} within {timeout:.0f} s")
 
 
+def wait_for_pending_workers(namespace: str, timeout: float = 120.0) -> list[str]:
+    """The job's workers that Ray holds back for want of the resources they ask for (a GPU here),
+    once there is one: the search is then waiting, which is what an autoscaler would answer."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            actors = actor_placements(namespace)
+        except Exception:  # noqa: BLE001 - the state API answers once the dashboard is up
+            actors = {}
+        pending = sorted(n for n, a in actors.items() if n.startswith("worker-") and a["state"] == "PENDING_CREATION")
+        if pending:
+            return pending
+        time.sleep(0.2)
+    raise TimeoutError(f"no worker of {namespace} was waiting for resources within {timeout:.0f} s")
+
+
 def run_job(spec: SearchSpec, out: Path, during=None) -> dict:
     """Run the search in a thread; `during(job)` runs in this (the main) thread meanwhile, as Ray
     adds nodes only from the main thread. Returns what a test needs."""
@@ -137,7 +153,7 @@ def waits_for_gpus(out: Path, c: LocalCluster) -> dict:
     seen: dict = {}
     with worker_nodes(c, {"num_cpus": 2}):
         def add_later(job):
-            time.sleep(8)
+            seen["pending"] = wait_for_pending_workers(job.namespace)
             seen["records_before"] = len(records(job.out))
             seen["added"] = c.add_node(num_cpus=2, num_gpus=2)
 

@@ -104,6 +104,7 @@ def test_a_lost_worker_node_loses_nothing(run, scenarios):
 
 def test_a_search_waits_for_gpus_that_are_not_there_yet(scenarios):
     d = scenario("waits_for_gpus", scenarios)
+    assert d["pending"], "the node was added before the search asked for a GPU"
     assert d["records_before"] == 0, "children ran before any node had a GPU"
     exactly_once(d["records"], 8)
     assert {r["metrics"]["node"] for r in d["records"]} == {d["added"]}
