@@ -6,12 +6,19 @@ best 12-epoch validation accuracy: no search that chooses by that signal can exp
 
 from __future__ import annotations
 
+import ctypes
+import dataclasses
 import heapq
 import itertools
 import json
 import math
+import multiprocessing
+import os
+import signal
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +118,7 @@ def bench_nb201(
     strategy: str, evaluations: int, seeds: int, dataset: str = "cifar10", first_seed: int = 0,
     strategy_options: dict[str, Any] | None = None, controllers: int | None = None, children: int = 8,
     ps_shards: int = 1, workers: int | None = None, batching: str = "rolling", at: list[int] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, jobs: int = 1,
 ) -> dict[str, Any]:
     """Any registered strategy, run in this process by the proposer loop: with `workers` W, as W
     asynchronous workers on a virtual clock (each result arrives after its simulated training
@@ -121,10 +128,13 @@ def bench_nb201(
     results for each n (the figure at 100 evaluations from a run of 300), with their mean
     simulated hours when the clock is simulated. `anytime`: after each evaluation, the mean over
     seeds of the test accuracy of the best so far (None until every seed has a success).
-    `progress` shows each seed as it ends."""
+    `progress` shows each seed as it ends. `jobs` > 1 runs the seeds in that many processes: each
+    seed's search is the same as in one process, and the figures are gathered in seed order, so the
+    result is the same but for its wall time."""
     check_int("evaluations", evaluations)
     check_int("seeds", seeds)
     check_int("workers", workers, optional=True)
+    check_int("jobs", jobs)
     if dataset not in PUBLISHED:
         raise ConfigError("dataset", f"unknown dataset {dataset!r}", DATASETS)
     at = sorted(set(at or []) | {evaluations})
@@ -135,45 +145,26 @@ def bench_nb201(
     if strategy_class(strategy).needs.search is not None:
         raise ConfigError("strategy", f"{strategy} trains a supernet on images; nas bench nb201 reads the table only",
                           "benchmarks/oneshot_nb201.py --data CIFAR10 for the one-shot strategies")
-    plan = resolve(SearchSpec(space="nb201", evaluator="table", evaluator_options={"dataset": dataset},
-                              strategy=strategy, strategy_options=dict(strategy_options or {}), runtime="local"))
-    space = plan.space
-    evaluator = plan.make_evaluator()
-    chosen: dict[int, list[float]] = {n: [] for n in at}
-    hours: dict[int, list[float]] = {n: [] for n in at}
-    simulated: list[dict[str, Any]] = []
-    totals: list[float] = []
+    run = _SeedRun(strategy, dict(strategy_options or {}), dataset, evaluations, tuple(at), controllers, children,
+                   ps_shards, workers, batching)
+    run.setup()  # a bad option fails here, before any process starts
     start = time.perf_counter()
-    for seed in range(first_seed, first_seed + seeds):
-        finished_at: list[float] = []
-        if controllers is not None:
-            ledger, figures = simulate_scheme(space, evaluator, evaluations, seed, controllers, children, ps_shards,
-                                              strategy, strategy_options, workers=workers, batching=batching)
-            simulated.append(figures)
-            finished_at = [r["finished_at"] for r in ledger.records]
-        elif workers is not None:
-            ledger, executor = Ledger(None, evaluations, seed), VirtualClockExecutor(evaluator, workers)
-            run_loop(plan.new_strategy(seed), executor, ledger)
-            finished_at = executor.finished_at
-        else:
-            ledger = Ledger(None, evaluations, seed)
-            run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
-        if not any(r["reward"] is not None for r in ledger.records):
-            raise EvaluationError(f"no evaluation of {strategy} succeeded with seed {seed}")
-        curve = chosen_curve(ledger.records)
-        for n in at:
-            value = curve[min(n, len(curve)) - 1]
-            if value is None:
-                raise EvaluationError(f"no evaluation of {strategy} succeeded in the first {n} with seed {seed}; "
-                                      "--at counts must reach past the first success")
-            chosen[n].append(value)
-            if finished_at:
-                hours[n].append(finished_at[min(n, len(finished_at)) - 1] / 3600)
-        totals = [t + (v if v is not None else math.nan) for t, v in zip(totals or [0.0] * len(curve), curve)]
+    runs: dict[int, dict[str, Any]] = {}
+    done: list[float] = []
+    for seed, one in _map_seeds(run, range(first_seed, first_seed + seeds), jobs):
+        runs[seed] = one
+        done.append(one["chosen"][evaluations])
         if progress is not None:
-            done = chosen[evaluations]
             progress.step(f"{strategy} on {dataset}, seed {seed}: test accuracy {done[-1]:.2f}, "
                           f"mean so far {statistics.fmean(done):.2f}")
+    ordered = [runs[seed] for seed in sorted(runs)]
+    chosen = {n: [one["chosen"][n] for one in ordered] for n in at}
+    hours = {n: [one["hours"][n] for one in ordered if n in one["hours"]] for n in at}
+    simulated = [one["simulated"] for one in ordered if one["simulated"] is not None]
+    totals: list[float] = []
+    for one in ordered:
+        totals = [t + (v if v is not None else math.nan) for t, v in zip(totals or [0.0] * len(one["curve"]),
+                                                                          one["curve"])]
     scheme = {} if controllers is None else {
         "scheme": {"controllers": controllers, "children": children, "ps_shards": ps_shards,
                    "workers": simulated[0]["workers"], "workers_requested": workers,
@@ -208,6 +199,95 @@ def bench_nb201(
         "ceilings": ceilings(dataset),
         "wall_time_s": time.perf_counter() - start,
     }
+
+
+@dataclasses.dataclass(frozen=True)
+class _SeedRun:
+    """What one seed's search needs, as plain data, so that another process can run it."""
+
+    strategy: str
+    options: dict[str, Any]
+    dataset: str
+    evaluations: int
+    at: tuple[int, ...]
+    controllers: int | None
+    children: int
+    ps_shards: int
+    workers: int | None
+    batching: str
+
+    def setup(self) -> tuple[Any, Evaluator]:
+        """The plan and the table's evaluator, built once per process."""
+        key = repr((self.strategy, sorted(self.options.items()), self.dataset))
+        if key not in _SETUPS:
+            plan = resolve(SearchSpec(space="nb201", evaluator="table", evaluator_options={"dataset": self.dataset},
+                                      strategy=self.strategy, strategy_options=dict(self.options), runtime="local"))
+            _SETUPS.clear()
+            _SETUPS[key] = plan, plan.make_evaluator()
+        return _SETUPS[key]
+
+    def __call__(self, seed: int) -> tuple[int, dict[str, Any]]:
+        """One seed's search: its anytime curve, its choice and simulated hours at each count of
+        `at`, and the scheme's figures (None without `controllers`)."""
+        plan, evaluator = self.setup()
+        finished_at: list[float] = []
+        figures = None
+        if self.controllers is not None:
+            ledger, figures = simulate_scheme(plan.space, evaluator, self.evaluations, seed, self.controllers,
+                                              self.children, self.ps_shards, self.strategy, self.options,
+                                              workers=self.workers, batching=self.batching)
+            finished_at = [r["finished_at"] for r in ledger.records]
+        elif self.workers is not None:
+            ledger, executor = Ledger(None, self.evaluations, seed), VirtualClockExecutor(evaluator, self.workers)
+            run_loop(plan.new_strategy(seed), executor, ledger)
+            finished_at = executor.finished_at
+        else:
+            ledger = Ledger(None, self.evaluations, seed)
+            run_loop(plan.new_strategy(seed), InProcessExecutor(evaluator), ledger)
+        if not any(r["reward"] is not None for r in ledger.records):
+            raise EvaluationError(f"no evaluation of {self.strategy} succeeded with seed {seed}")
+        curve = chosen_curve(ledger.records)
+        chosen, hours = {}, {}
+        for n in self.at:
+            chosen[n] = curve[min(n, len(curve)) - 1]
+            if chosen[n] is None:
+                raise EvaluationError(f"no evaluation of {self.strategy} succeeded in the first {n} with seed {seed}; "
+                                      "--at counts must reach past the first success")
+            if finished_at:
+                hours[n] = finished_at[min(n, len(finished_at)) - 1] / 3600
+        return seed, {"curve": curve, "chosen": chosen, "hours": hours, "simulated": figures}
+
+
+#: The last `_SeedRun`'s plan and evaluator in this process, by strategy, options and dataset.
+_SETUPS: dict[str, tuple[Any, Evaluator]] = {}
+
+
+def _map_seeds(run: _SeedRun, seeds: range, jobs: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(seed, its figures) for every seed, as each ends: in this process, or in `jobs` processes,
+    which end with this call however it ends (an error, Ctrl-C, SIGTERM turned into one)."""
+    if jobs == 1 or len(seeds) == 1:
+        yield from map(run, seeds)
+        return
+    # Spawned, not forked: a fork of a process whose torch has started its threads can hang.
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(seeds)), initializer=_pool_worker,
+                                                      initargs=(os.getpid(),))
+    try:
+        yield from pool.imap_unordered(run, seeds)
+        pool.close()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _pool_worker(parent: int) -> None:
+    """Ctrl-C reaches the whole process group: only the parent answers it (it ends the pool), so
+    the workers print no tracebacks of their own; and a worker ends with its parent, even a parent
+    killed with -9, rather than searching on for nobody."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # it died before the line above
+            os._exit(1)
 
 
 def scoped_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,9 @@ def _bench_arguments(b: argparse.ArgumentParser) -> None:
                    help="also report the choice after the first N evaluations")
     b.add_argument("--seeds", type=int, default=100)
     b.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    b.add_argument("--jobs", type=int, default=1,
+                   help="run the seeds in this many processes (the same figures as one process; set "
+                        "OMP_NUM_THREADS=1 beside them)")
     b.add_argument("--dataset", default="cifar10", help="cifar10, cifar100 or imagenet16, or several, comma-separated")
     b.add_argument("--strategy-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
                    help="with several strategies, STRATEGY.KEY=VALUE sets an option of that one only")
@@ -127,13 +130,17 @@ def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+def _stop_on_sigterm() -> None:
+    """What Kubernetes, `ray job stop`, systemd and `kill` send: stop as gracefully as Ctrl-C does."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from raynas.controller.runtime.job import SearchJob
     from raynas.controller.runtime.plan import LOCAL, SCHEME
 
-    # What Kubernetes, `ray job stop` and systemd send: stop as gracefully as Ctrl-C does.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)
+    _stop_on_sigterm()
 
     from raynas.controller.cli.flags import spec_data_from_args, spec_from_args
 
@@ -228,10 +235,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from raynas.controller.runtime.plot import figure_path
     from raynas.controller.runtime.progress import Progress
 
+    _stop_on_sigterm()
     strategies, datasets = args.strategy.split(","), args.dataset.split(",")
     settings = dict(seeds=args.seeds, first_seed=args.first_seed, controllers=args.controllers,
                     children=args.children, ps_shards=args.ps_shards, workers=args.workers,
-                    batching=args.replica_batch, at=args.at,
+                    batching=args.replica_batch, at=args.at, jobs=args.jobs,
                     progress=Progress(args.seeds * len(strategies) * len(datasets)))
     if args.plot:
         figure_path(args.plot, "plot")

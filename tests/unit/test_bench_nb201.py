@@ -5,7 +5,12 @@ loop with W asynchronous workers on a virtual clock."""
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
 import xml.etree.ElementTree as ET
+from pathlib import Path
 
 import pytest
 
@@ -143,3 +148,60 @@ def test_a_strategy_keeps_its_colour_in_every_dataset_figure(tmp_path):
 def test_proposer_strategies_are_refused_as_replicas():
     with pytest.raises(ConfigError, match="controllers.*local_search.*allowed"):
         bench_nb201("local_search", 10, 1, controllers=2)
+
+
+def test_seeds_in_several_processes_give_the_figures_of_one():
+    # Spawned processes: each rebuilds the plan and the table, and runs its seeds as this one would.
+    kwargs = dict(dataset="cifar100", first_seed=3, at=[6], workers=4)
+    one = bench_nb201("evolution", 12, 3, **kwargs)
+    several = bench_nb201("evolution", 12, 3, jobs=2, **kwargs)
+    assert {k: v for k, v in several.items() if k != "wall_time_s"} == {k: v for k, v in one.items()
+                                                                        if k != "wall_time_s"}
+    with pytest.raises(ConfigError, match="jobs"):
+        bench_nb201("evolution", 12, 3, jobs=0)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (Linux's /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("how", ["sigterm", "kill -9"])
+def test_a_stopped_bench_leaves_no_process_of_its_pool_behind(how):
+    bench = subprocess.Popen([sys.executable, "-m", "raynas.controller.cli", "bench", "nb201", "--strategy", "bananas",
+                              "--evaluations", "300", "--seeds", "4", "--jobs", "2"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # The pool's two workers (beside multiprocessing's resource tracker) are searching.
+        workers: list[int] = []
+        while len(workers) < 2 and bench.poll() is None:
+            workers = [c for c in _children(bench.pid)
+                       if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+            time.sleep(0.05)
+        assert len(workers) == 2, bench.stderr.read()
+        bench.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        rc = bench.wait(timeout=120)
+        if how == "sigterm":
+            assert rc == 130 and bench.stderr.read().strip().endswith("nas bench: interrupted")
+        # Ended by the parent's pool, or by the death signal the kernel sends when the parent dies.
+        while any(_alive(w) for w in workers):
+            time.sleep(0.05)
+    finally:
+        bench.kill()
+        bench.wait()
