@@ -14,13 +14,16 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from raynas.controller import cluster
 from raynas.controller.cluster.local_cluster import LocalCluster, actor_placements
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.spec import SearchSpec
+
+T = TypeVar("T")
 
 
 def table_spec(**changes) -> SearchSpec:
@@ -33,33 +36,38 @@ def records(out: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+def until(probe: Callable[[], T], timeout: float, every: float, failure: str) -> T:
+    """`probe()`'s first true answer, asked every `every` seconds; TimeoutError(`failure`) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = probe()
+        if answer:
+            return answer
+        time.sleep(every)
+    raise TimeoutError(failure)
+
+
 def wait_for_a_child_on(node: str, namespace: str, workers: int, timeout: float = 60.0) -> None:
     """Until a child trains on `node`: a node lost between two of its replica's batches would take
     no child with it, and the test would prove nothing about re-sending them."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def busy_there() -> bool:
         handles = [h for h in (cluster.find_actor(f"worker-{j}", namespace) for j in range(workers)) if h]
-        states = cluster.call_all((h, "state", ()) for h in handles)
-        if any(s["busy"] and s["node"] == node for s in states):
-            return
-        time.sleep(0.01)
-    raise TimeoutError(f"no child trained on node {node} within {timeout:.0f} s")
+        return any(s["busy"] and s["node"] == node for s in cluster.call_all((h, "state", ()) for h in handles))
+
+    until(busy_there, timeout, 0.01, f"no child trained on node {node} within {timeout:.0f} s")
 
 
 def wait_for_pending_workers(namespace: str, timeout: float = 120.0) -> list[str]:
     """The job's workers that Ray holds back for want of the resources they ask for (a GPU here),
     once there is one: the search is then waiting, which is what an autoscaler would answer."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def pending() -> list[str]:
         try:
             actors = actor_placements(namespace)
         except Exception:  # noqa: BLE001 - the state API answers once the dashboard is up
-            actors = {}
-        pending = sorted(n for n, a in actors.items() if n.startswith("worker-") and a["state"] == "PENDING_CREATION")
-        if pending:
-            return pending
-        time.sleep(0.2)
-    raise TimeoutError(f"no worker of {namespace} was waiting for resources within {timeout:.0f} s")
+            return []
+        return sorted(n for n, a in actors.items() if n.startswith("worker-") and a["state"] == "PENDING_CREATION")
+
+    return until(pending, timeout, 0.2, f"no worker of {namespace} was waiting for resources within {timeout:.0f} s")
 
 
 def run_job(spec: SearchSpec, out: Path, during=None) -> dict:
