@@ -38,7 +38,7 @@ def test_digits_split_and_normalisation(digits):
     assert digits.info()["sizes"] == digits.sizes and not digits.augment
     assert digits.to("cpu") is digits
     assert digits.preprocessing()["input"] == {"dtype": "float32", "channels": 1, "height": 8, "width": 8,
-                                               "layout": "NCHW", "resize": None}
+                                               "resize": None}
 
 
 def test_the_digits_are_scikit_learns_without_importing_it():

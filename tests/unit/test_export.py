@@ -129,6 +129,8 @@ def test_the_sidecar_and_the_json_export_say_what_they_hold(trained, tmp_path):
     assert sidecar["preprocessing"] == preprocessing and sidecar["weights"].startswith("trained")
     assert sidecar["inputs"] == [{"name": "images", "shape": ["batch", 32, 32, 3], "dtype": "uint8",
                                   "layout": "NHWC"}]
+    # The one layout said is the model's: the training's own tensors (NCHW) are not what goes in.
+    assert "layout" not in sidecar["preprocessing"]["input"]
     assert sidecar["outputs"] == [{"name": "logits", "shape": ["batch", 10]}]
 
     assert cli.main(["export", str(out), "--format", "json", "--out", str(tmp_path / "a.json")]) == 0

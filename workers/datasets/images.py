@@ -359,8 +359,10 @@ def image_data(name: str, task: str, reader: Reader, splits: dict[str, np.ndarra
     used = np.unique(np.concatenate(list(splits.values())))
     if stream == "auto":
         stream = "memory" if reader.decoded_mb(len(used)) <= MEMORY_LIMIT_MB else "disk"
+    # No layout: what an export takes is said by its inputs (NHWC, as decoders give images), and the
+    # NCHW tensors held here are the training's own business.
     raw = {"dtype": reader.dtype, "channels": reader.channels, "height": reader.size[0], "width": reader.size[1],
-           "layout": "NCHW", "resize": resize}
+           "resize": resize}
     fields = dict(name=name, task=task, num_classes=num_classes, class_names=tuple(class_names), raw=raw,
                   augment=augment, ignore_index=ignore_index)
     if stream == "memory":
