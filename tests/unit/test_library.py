@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import re
+import shlex
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,20 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     state, arch, reward = printed.getvalue().splitlines()[0].split(" ")
     assert state == "done" and arch.startswith("|") and 0 < float(reward) <= 1
     assert (tmp_path / "runs" / "api-example" / "result.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_readme_tour_runs_in_order(tmp_path, monkeypatch):
+    """Each line as a new user types it, in a fresh folder: a line may only read what a line above wrote."""
+    (block,) = re.findall(r"<!-- README tour: tests/unit/test_library.py runs these lines in order -->\n```bash\n"
+                          r"(.*?)```", README.read_text(), flags=re.S)
+    monkeypatch.chdir(tmp_path)
+    for line in block.splitlines():
+        args = shlex.split(line.split("#")[0])
+        assert args[0] == "nas"
+        with contextlib.redirect_stdout(io.StringIO()):
+            assert main(args[1:]) == 0, line
+    assert (tmp_path / "anytime.png").is_file()
 
 
 def test_the_top_level_names():
