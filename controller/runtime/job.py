@@ -97,8 +97,11 @@ class SearchJob:
 
     def _run(self, plan: Plan, loading: Future, lock: Callable[[], None]) -> dict[str, Any]:
         spec = self.spec
+        # Checked again as the run opens; here, so that a wrong directory is told before Ray starts.
         if self.resume:
             RunDirectory(self.out).check()
+        else:
+            RunDirectory(self.out).check_new()
 
         def open_run() -> tuple[Any, RunDirectory]:
             evaluator = loading.result()

@@ -54,12 +54,16 @@ class RunDirectory:
     @classmethod
     def create(cls, path: str | Path, spec: dict[str, Any]) -> RunDirectory:
         run = cls(path)
-        if (run.path / EVALUATIONS).exists() or (run.path / RESULT).exists():
-            raise ConfigError("out", f"{run.path} already holds a search; choose a new --out directory")
+        run.check_new()
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_spec(spec)
         (run.path / EVALUATIONS).touch()
         return run
+
+    def check_new(self) -> None:
+        """Refuse a directory that already holds a search, as a new search's `out`."""
+        if (self.path / EVALUATIONS).exists() or (self.path / RESULT).exists():
+            raise ConfigError("out", f"{self.path} already holds a search; choose a new --out directory")
 
     def append(self, record: dict[str, Any], log: str = EVALUATIONS) -> None:
         """Append one record to a log (by default the evaluations); it is on disk when this returns."""

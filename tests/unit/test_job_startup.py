@@ -6,7 +6,7 @@ resume continues."""
 import datafiles
 import pytest
 
-from raynas.common import DataError
+from raynas.common import ConfigError, DataError
 from raynas.controller.runtime import job as jobs
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.plan import LOCAL
@@ -43,3 +43,21 @@ def test_a_job_stopped_before_its_run_directory_opened_leaves_a_run_that_resumes
     assert (stopped["state"], stopped["evaluations"]) == ("stopped", 0)
     monkeypatch.undo()
     assert SearchJob.resume_from(out, progress=False).run()["state"] == "done"
+
+
+class MustNotStart(Runner):
+    """A runner that a refused job must never reach (on Ray: the cluster and its workers)."""
+
+    def run(self) -> bool:
+        raise AssertionError("the runner started although the run directory was refused")
+
+
+def test_an_out_that_holds_a_search_is_refused_before_anything_starts(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    spec = SearchSpec(space="nb201", strategy="random", evaluator="table", evaluations=4, runtime="local")
+    assert SearchJob(spec, out, progress=False).run()["state"] == "done"
+    before = sorted(p.name for p in out.iterdir())
+    monkeypatch.setitem(jobs.RUNNERS, LOCAL, MustNotStart)
+    with pytest.raises(ConfigError, match="^out: .* already holds a search; choose a new --out directory"):
+        SearchJob(spec, out, progress=False).run()
+    assert sorted(p.name for p in out.iterdir()) == before
