@@ -24,7 +24,7 @@ from typing import Any
 from raynas.controller.runtime import results as _results
 from raynas.controller.runtime.job import SearchJob
 from raynas.controller.runtime.rundir import RunDirectory
-from raynas.controller.runtime.spec import SearchSpec
+from raynas.controller.runtime.spec import TRAIN_SHORTCUTS, SearchSpec, with_shortcuts
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def search(spec: SearchSpec | None = None, *, out: str | Path | None = None, res
            address: str | None = None, progress: bool = False, on_record: Callable[[dict], None] | None = None,
            **fields: Any) -> SearchResult:
     """Run a search and return its result. `spec` or `fields` (SearchSpec's, e.g. space="darts",
-    strategy="darts", dataset="image-folder", data_path="/data/flowers"); `out` is its run directory
+    strategy="darts", dataset="image-folder", data_path="/data/flowers", and nas search's training
+    shortcuts epochs, batch_size, channels, layers); `out` is its run directory
     (default runs/<space>-<strategy>-<time>); `on_record` hears every evaluation as it is recorded.
     With `resume`, the search in `out` continues from its checkpoints (spec and fields ignored)."""
     if resume:
@@ -61,7 +62,9 @@ def search(spec: SearchSpec | None = None, *, out: str | Path | None = None, res
             raise TypeError("search(resume=True) needs the run directory to continue: out=...")
         job = SearchJob.resume_from(out, address=address, progress=progress, on_record=on_record)
     else:
-        spec = spec if spec is not None else SearchSpec.from_dict(fields, source="search")
+        if spec is None:
+            shortcuts = {name: fields.pop(name) for name in TRAIN_SHORTCUTS if name in fields}
+            spec = SearchSpec.from_dict(with_shortcuts(fields, shortcuts), source="search")
         out = out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         job = SearchJob(spec, out, address=address, progress=progress, on_record=on_record)
     return SearchResult(Path(out), job.run())

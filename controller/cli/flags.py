@@ -12,19 +12,19 @@ import typing
 from typing import Any
 
 from raynas.controller.runtime import catalogue
-from raynas.controller.runtime.spec import OPTION_FIELDS, SearchSpec, load_config, upgraded
+from raynas.controller.runtime.spec import (
+    OPTION_FIELDS,
+    TRAIN_SHORTCUTS,
+    SearchSpec,
+    load_config,
+    upgraded,
+    with_shortcuts,
+)
 
 #: The fields whose values are plug-in names, and the registry each names.
 PLUGIN_FIELDS = {"space": "space", "strategy": "strategy", "evaluator": "evaluator", "dataset": "dataset"}
 #: Former names of option flags, kept for the commands people have written down.
 ALIASES = {"evaluator_options": ("--train-option", "--table-option")}
-#: Flags that set one child-training option (`--epochs 3` is `--evaluator-option epochs=3`).
-TRAIN_SHORTCUTS = {
-    "epochs": "training epochs per child",
-    "batch_size": "training batch size per child",
-    "channels": "child network width (initial channels)",
-    "layers": "child network depth (cells per stage for nb201, cells for darts)",
-}
 
 
 def key_value(text: str) -> tuple[str, Any]:
@@ -72,9 +72,9 @@ def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The spec fields the config file and flags set (the rest keep SearchSpec's defaults)."""
     data: dict[str, Any] = upgraded(load_config(args.config)) if args.config else {}
     # The evaluator's options: the config's, then the shortcut flags, then --evaluator-option.
-    shortcuts = {name: getattr(args, f"train_{name}") for name in TRAIN_SHORTCUTS
-                 if getattr(args, f"train_{name}") is not None}
-    evaluator = {**data.get("evaluator_options", {}), **shortcuts, **dict(args.evaluator_options)}
+    flags = with_shortcuts({"evaluator_options": dict(args.evaluator_options)},
+                           {name: getattr(args, f"train_{name}") for name in TRAIN_SHORTCUTS})
+    evaluator = {**data.get("evaluator_options", {}), **flags["evaluator_options"]}
     for f in dataclasses.fields(SearchSpec):
         value = getattr(args, f.name)
         if f.name in OPTION_FIELDS:

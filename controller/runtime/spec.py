@@ -28,11 +28,19 @@ RUNTIMES = ("ray", "local")
 BATCHING = ("barrier", "rolling")
 #: "asha": Ray Tune's ASHAScheduler stops unpromising children at rungs (Li & Talwalkar's baseline).
 SCHEDULERS = ("none", "asha")
-#: The mapping fields: options passed on to the space, strategy, evaluator and dataset plug-ins,
-#: which bound their own values.
 #: What a resumed search may run on differently: where its children train, not what it searches.
 RESUME_FIELDS = ("workers", "cpus_per_child", "gpus_per_child", "max_retries")
+#: The mapping fields: options passed on to the space, strategy, evaluator and dataset plug-ins,
+#: which bound their own values.
 OPTION_FIELDS = ("space_options", "strategy_options", "evaluator_options", "dataset_options")
+#: Child-training options that `nas search` (as flags) and `raynas.search` (as keywords) take
+#: beside the spec's fields: `epochs=3` is `evaluator_options={"epochs": 3}`.
+TRAIN_SHORTCUTS = {
+    "epochs": "training epochs per child",
+    "batch_size": "training batch size per child",
+    "channels": "child network width (initial channels)",
+    "layers": "child network depth (cells per stage for nb201, cells for darts)",
+}
 #: Bounds of each option mapping: entries, name length, text length, list length.
 MAX_OPTIONS, MAX_OPTION_NAME, MAX_OPTION_TEXT, MAX_OPTION_LIST = 32, 64, 256, 16
 #: Fields of specs written before evaluators and datasets were plug-ins, read as their new homes.
@@ -207,6 +215,15 @@ class SearchSpec:
                               "belongs to the search it started", f"only {', '.join(RESUME_FIELDS)}; or a new "
                               "search with another --out")
         return self.replace(**{k: changes[k] for k in changed}) if changed else self
+
+
+def with_shortcuts(fields: dict[str, Any], shortcuts: dict[str, Any]) -> dict[str, Any]:
+    """`fields` with the training shortcuts that are set (TRAIN_SHORTCUTS, None: unset) put into its
+    evaluator_options, whose own entries win: an explicit option is more specific than a shortcut."""
+    lifted = {name: value for name, value in shortcuts.items() if value is not None}
+    if not lifted:
+        return fields
+    return {**fields, "evaluator_options": {**lifted, **(fields.get("evaluator_options") or {})}}
 
 
 def upgraded(data: dict[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,16 @@ def test_the_top_level_names():
         raynas.search(bogus=1)
 
 
+def test_the_training_shortcuts_of_nas_search_are_keywords_too(tmp_path):
+    """`nas search --epochs 1 --channels 4` as `raynas.search(epochs=1, channels=4)`; an explicit
+    evaluator option wins over its shortcut, as --evaluator-option does over the flag."""
+    result = raynas.search(space="nb201", strategy="random", evaluations=1, runtime="local", out=tmp_path / "run",
+                           epochs=1, channels=4, layers=1, batch_size=None, evaluator_options={"layers": 2})
+    spec = json.loads((tmp_path / "run" / "spec.json").read_text())
+    assert spec["evaluator_options"] == {"epochs": 1, "channels": 4, "layers": 2}
+    assert result.state == "done" and result.best["metrics"]["epochs"] == 1
+
+
 def test_nas_results_as_a_table_csv_and_json(tmp_path, capsys):
     run = tmp_path / "run"
     raynas.search(space="nb201", strategy="random", evaluator="table", evaluations=5, runtime="local", out=run)
