@@ -13,6 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from raynas.common import ConfigError
+from raynas.controller.runtime.progress import one_shot_epoch
 from raynas.controller.service.limits import (
     CANCEL_GRACE_S,
     DEFAULT_PORT,
@@ -251,14 +252,8 @@ def _follow(client, search_id: str, skip: int) -> int:
             shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(m.items()))
             print(f"  strategy iteration {event.strategy_signal.iteration}: {shown}", flush=True)
         else:
-            m = struct_to_dict(event.one_shot_epoch.monitors)
-            stage = m.get("stage", "epoch")
-            shown = (f"train loss {m.get('train_loss')}" if stage == "train" else
-                     f"skip-connections {m.get('skip_count')}, "
-                     + (f"val_miou {m['val_miou']}" if "val_miou" in m else f"val_acc {m.get('val_acc')}")
-                     + f", {m.get('genotype')}")
-            print(f"  one-shot run {event.one_shot_epoch.run} {stage} {event.one_shot_epoch.epoch}: {shown}",
-                  flush=True)
+            e = event.one_shot_epoch
+            print("  " + one_shot_epoch(e.run, e.epoch, struct_to_dict(e.monitors)), flush=True)
     return FINAL_EXIT.get(state, 0)
 
 

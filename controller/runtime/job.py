@@ -119,7 +119,8 @@ class SearchJob:
                                           on_record=self.on_record, opener=open_run)
         start = time.perf_counter()
         try:
-            with self.progress.announcing("the first child is being evaluated"):
+            with self.progress.announcing("the one-shot search trains its supernet's first epoch" if plan.one_shot
+                                          else "the first child is being evaluated"):
                 interrupted = RUNNERS[plan.path](context).run()
         except KeyboardInterrupt:
             interrupted = True

@@ -22,6 +22,21 @@ from raynas.controller.cluster.launch import PHASES
 WAITING_EVERY_S = 15.0
 
 
+def one_shot_epoch(run: int, epoch: int, monitors: dict) -> str:
+    """A one-shot search's epoch in one line, as `nas search` and `nas watch` show it."""
+    def shown(value):
+        return f"{value:.4g}" if isinstance(value, float) else value
+
+    stage = monitors.get("stage", "epoch")
+    if stage == "train":
+        said = f"train loss {shown(monitors.get('train_loss'))}"
+    else:
+        score = "val_miou" if "val_miou" in monitors else "val_acc"
+        said = (f"skip-connections {monitors.get('skip_count')}, {score} {shown(monitors.get(score))}, "
+                f"{monitors.get('genotype')}")
+    return f"one-shot run {run} {stage} {epoch}: {said}"
+
+
 class Progress:
     def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True):
         self.total = total

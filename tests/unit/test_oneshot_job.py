@@ -38,6 +38,17 @@ def test_darts_on_nb201_runs_r_searches_and_scores_their_genotypes_on_the_table(
     assert [step for step, _ in histograms(tmp_path / "run")["oneshot/run0/alphas"]] == [1, 2]
 
 
+@pytest.mark.slow
+def test_nas_search_shows_each_one_shot_epoch_as_it_ends(tmp_path, capsys):
+    """A one-shot search's first result comes after its whole supernet training: its terminal
+    says each epoch meanwhile, not only that it waits for a first child."""
+    SearchJob(SearchSpec(**{**SPEC, "evaluations": 1}), tmp_path / "run").run()
+    lines = [line.split("] ", 1)[-1] for line in capsys.readouterr().err.splitlines()]
+    epochs = [line for line in lines if line.startswith("one-shot run 0 epoch")]
+    assert [line.split(":")[0] for line in epochs] == ["one-shot run 0 epoch 1", "one-shot run 0 epoch 2"]
+    assert "skip-connections" in epochs[0] and "val_acc 0." in epochs[0] and "|" in epochs[0]
+
+
 def test_one_shot_specs_are_checked_up_front():
     with pytest.raises(ConfigError) as bad:
         resolve(SearchSpec(**{**SPEC, "space": "macro"}))

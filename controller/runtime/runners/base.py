@@ -11,9 +11,10 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from raynas.common.files import atomic_save
-from raynas.controller.cluster import metrics
+from raynas.controller.cluster import metrics, phase
 from raynas.controller.runtime.ledger import Ledger
 from raynas.controller.runtime.loop import run_loop, task_from_dict, task_to_dict
+from raynas.controller.runtime.progress import one_shot_epoch
 from raynas.controller.runtime.rundir import ONE_SHOT_LOG, RunDirectory, rank
 from raynas.controller.runtime.signals import SignalLog
 from raynas.workers.execution import Executor, Task
@@ -114,6 +115,10 @@ class Context:
             logged.add(key)
             run.append({"run": index, **data}, ONE_SHOT_LOG)
             metrics.report_oneshot_epoch(job, index, data)
+            # Its result comes only after the whole search: the terminal hears of every epoch meanwhile.
+            phase(one_shot_epoch(index, data["epoch"], data),
+                  waiting=f"one-shot run {index}'s architecture is being trained and scored" if "candidates" in data
+                  else f"one-shot run {index}'s next epoch")
 
         return report
 
