@@ -253,8 +253,7 @@ def start_workers(make_evaluator, size: int, namespace: str, cpus_per_child: flo
 
     last = f" ... worker-{first + size - 1}" if size > 1 else ""
     phase(f"starting worker-{first}{last} ({cpus_per_child:g} CPU, {gpus_per_child:g} GPU each)",
-          "each worker starts a process, imports torch and builds its evaluator, then evaluates its first child "
-          "(a one-shot search: trains its supernet's first epoch)")
+          "each worker starts a process, imports torch and builds its evaluator, then evaluates its first child")
     slots = None if group is None else [
         PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=j) for j in range(size)]
     return start(make_evaluator, size, namespace, cpus_per_child, gpus_per_child, first, slots)
