@@ -128,9 +128,7 @@ class ParameterShard:
         # Sorted, so the optimizer's positional state lines up across save and restore.
         self._params = {name: initial[name].detach().clone() for name in sorted(initial)}
         self._shapes = {name: tuple(p.shape) for name, p in self._params.items()}
-        # One group given as a dict: torch rejects an empty plain list, and an
-        # empty shard (more shards than tensors) is allowed.
-        self._optimizer = torch.optim.Adam([{"params": list(self._params.values())}], **self.config.adam_options())
+        self._optimizer: torch.optim.Adam | None = None  # see _adam
         self._pending = {name: torch.zeros_like(p) for name, p in self._params.items()}
         self._pending_count = 0
         # The step-size factors of the gradients held in `_pending` ('scale').
@@ -199,9 +197,10 @@ class ParameterShard:
             return "accumulated"
         for name, p in self._params.items():
             p.grad = self._pending[name] / self._pending_count
-        group = self._optimizer.param_groups[0]
+        adam = self._adam()
+        group = adam.param_groups[0]
         group["lr"] = self.config.lr * self._pending_scale / self._pending_count
-        self._optimizer.step()
+        adam.step()
         group["lr"] = self.config.lr
         for name, p in self._params.items():
             p.grad = None
@@ -210,6 +209,17 @@ class ParameterShard:
         self._pending_scale = 0.0
         self._version += 1
         return "applied"
+
+    def _adam(self) -> torch.optim.Adam:
+        """The optimizer, built at the first update: building any torch optimizer imports
+        torch._dynamo (about 1 CPU-s), which at a job's start, with every actor starting on the
+        same cores, delayed each shard's readiness and with it the first child."""
+        if self._optimizer is None:
+            # One group given as a dict: torch rejects an empty plain list, and an
+            # empty shard (more shards than tensors) is allowed.
+            self._optimizer = torch.optim.Adam([{"params": list(self._params.values())}],
+                                               **self.config.adam_options())
+        return self._optimizer
 
     def stats(self) -> dict:
         """Counters for dashboards and logs (plain data).
@@ -245,7 +255,8 @@ class ParameterShard:
             "config": dataclasses.asdict(self.config),
             "version": self._version,
             "params": self.pull()[1],
-            "optimizer": copy.deepcopy(self._optimizer.state_dict()),
+            # None until the first update (Adam not built yet: nothing to keep).
+            "optimizer": None if self._optimizer is None else copy.deepcopy(self._optimizer.state_dict()),
             "pending": {"count": self._pending_count, "scale": self._pending_scale,
                         "sum": {name: t.clone() for name, t in self._pending.items()}},
             "last_cycle": dict(self._last_cycle),
@@ -268,9 +279,13 @@ class ParameterShard:
             for name, p in self._params.items():
                 p.copy_(state["params"][name])
                 self._pending[name].copy_(state["pending"]["sum"][name])
-        # Deep copy: torch's load keeps references to same-dtype tensors, which would alias `state`.
-        self._optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
-        self._optimizer.param_groups[0].update(self.config.adam_options())
+        if state["optimizer"] is None:
+            self._optimizer = None
+        else:
+            # Deep copy: torch's load keeps references to same-dtype tensors, which would alias `state`.
+            adam = self._adam()
+            adam.load_state_dict(copy.deepcopy(state["optimizer"]))
+            adam.param_groups[0].update(self.config.adam_options())
         self._pending_count = state["pending"]["count"]
         self._pending_scale = state["pending"]["scale"]
         self._last_cycle = dict(state["last_cycle"])

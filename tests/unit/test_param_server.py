@@ -4,6 +4,8 @@ a shard comes back from its snapshot and update log exactly."""
 
 import pickle
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -401,3 +403,30 @@ def test_shards_and_maps_pickle_for_ray():
     assert_same(copy.state_dict(), shard.state_dict())
     smap = ShardMap.build(named_shapes(), 3)
     assert pickle.loads(pickle.dumps(smap)) == smap
+
+
+def test_a_new_shard_starts_without_building_its_optimizer(tmp_path):
+    """Every torch optimizer imports torch._dynamo when built (about 1 CPU-s): at a job's start,
+    when every actor starts on the same cores, each shard's ready was that much later, and with
+    it the first child. A shard builds Adam at its first update."""
+    code = ("import sys, torch; from raynas.controller.runtime.policy_hosts import ShardHost; "
+            "from raynas.param_server import ShardConfig; "
+            f"ShardHost('job', 0, {{'w': torch.zeros(3, 4)}}, ShardConfig(), {str(tmp_path / 'ps-0.pt')!r}, 10); "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_a_shard_snapshotted_before_its_first_update_steps_as_one_never_restarted(tmp_path):
+    path = tmp_path / "ps-0.pt"
+    initial = {"w": torch.randn(3, 4, generator=torch.Generator().manual_seed(1)), "b": torch.zeros(4)}
+    fresh = ParameterShard(0, initial, ShardConfig(lr=0.1))
+    ShardStore(path, 10).open(lambda: ParameterShard(0, initial, ShardConfig(lr=0.1))).push(
+        {"w": torch.ones(3, 4), "b": torch.ones(4)}, 0, "r", 0)  # applied, never logged: the snapshot stands
+    restored = ShardStore(path, 10).open(lambda: pytest.fail("the snapshot exists"))
+    assert restored.version == 0
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    for i in range(3):
+        fresh.push(random_grads(fresh.shapes, gen_a), 0, "r", i)
+        restored.push(random_grads(restored.shapes, gen_b), 0, "r", i)
+    assert_same(restored.state_dict(), fresh.state_dict())
