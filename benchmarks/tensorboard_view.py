@@ -3,8 +3,7 @@
 Appends the same NB201-like evaluation records (reward and nine metrics) to fresh run
 directories, one record per append (the local runtime) and 32 per append (the recorder's
 batches), with the view on and off, and times the view alone on records already on disk.
-Printed: the median over `--repeats` of microseconds per record, and whether tensorboardX found
-the native crc32c package (it checksums every event in pure Python otherwise).
+Printed: the median over `--repeats` of microseconds per record.
 
     python benchmarks/tensorboard_view.py
 """
@@ -53,13 +52,6 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    try:
-        import crc32c  # noqa: F401
-
-        native = True
-    except ImportError:
-        native = False
-    print(f"native crc32c: {native}")
     views = dict(rundir.VIEWS)
     for batch in (1, 32):
         for label, on in (("view on", views), ("view off", {})):

@@ -1,22 +1,27 @@
-"""Reading TensorBoard event files back in tests, with the protobuf classes of the library that
-wrote them (tensorboardX; the tensorboard package, whose reader this would be, is not installed)."""
+"""Reading TensorBoard event files back in tests with another library's code: tensorboardX's
+Event messages and CRC (the tensorboard package, whose reader this would be, is not installed)."""
 
 import struct
 from collections import defaultdict
 
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 
 def read_events(run_dir):
     """Every event of every event file in `run_dir`: the TFRecord frames (length, its CRC, the
-    payload, its CRC) around tensorboardX's own Event messages."""
+    payload, its CRC), each checksum checked, around Event messages."""
     events = []
     for path in sorted(run_dir.glob("events.out.tfevents.*")):
         data = path.read_bytes()
         offset = 0
         while offset < len(data):
-            (length,) = struct.unpack("<Q", data[offset:offset + 8])
-            events.append(event_pb2.Event.FromString(data[offset + 12:offset + 12 + length]))
+            header = data[offset:offset + 8]
+            (length,) = struct.unpack("<Q", header)
+            payload = data[offset + 12:offset + 12 + length]
+            assert struct.unpack("<I", data[offset + 8:offset + 12])[0] == masked_crc32c(header), path
+            assert struct.unpack("<I", data[offset + 12 + length:offset + 16 + length])[0] == masked_crc32c(payload)
+            events.append(event_pb2.Event.FromString(payload))
             offset += 12 + length + 4
     return events
 

@@ -12,22 +12,18 @@ file there; TensorBoard merges the files of one directory into one run.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tensorboardX import summary
-from tensorboardX.proto import event_pb2
-from tensorboardX.proto.summary_pb2 import Summary
+
+from raynas.controller.runtime.event_file import Event, EventFile, Summary, histogram, scalar
 
 log = logging.getLogger(__name__)
-_boards = itertools.count()
 
 #: An evaluation's metrics shown per evaluation (where it has them): the scoring accuracy of each
 #: kind of evaluator, its size and cost, and the budget (epochs) it reached.
@@ -77,7 +73,7 @@ class RunBoard:
             return
         try:
             if self._writer is None:
-                self._writer = _EventFile(self.path)
+                self._writer = EventFile(self.path)
             getattr(self, view)(records)
             self._writer.flush()
         except Exception as exc:  # noqa: BLE001 - any failure of the view must leave the search running
@@ -85,10 +81,10 @@ class RunBoard:
             log.warning("TensorBoard files in %s stop here (%s: %s); the JSON logs keep every record",
                         self.path, type(exc).__name__, exc)
 
-    def _event(self, step: int, values: list[Summary.Value], wall: float | None = None) -> None:
+    def _event(self, step: int, values: list[Any], wall: float | None = None) -> None:
         """One event of all the values a record has at its step (one frame, one checksum)."""
         if values:
-            self._writer.write(event_pb2.Event(summary=Summary(value=values), step=step, wall_time=wall or time.time()))
+            self._writer.write(Event(summary=Summary(value=values), step=step, wall_time=wall or time.time()))
 
     def evaluations(self, records: list[dict[str, Any]]) -> None:
         if not self._counted:
@@ -102,13 +98,13 @@ class RunBoard:
             metrics = r.get("metrics") or {}
             if r.get("reward") is None:
                 self.failed += 1
-                values = [_scalar("evaluation/failed", self.failed)]
+                values = [scalar("evaluation/failed", self.failed)]
             else:
                 if self.best is None or self.rank(r) > self.rank(self.best):
                     self.best = r
-                values = [_scalar("evaluation/reward", r["reward"]),
-                          _scalar("evaluation/best_so_far", self.best["reward"])]
-            values += [_scalar(f"evaluation/{key}", metrics[key]) for key in EVALUATION_SCALARS
+                values = [scalar("evaluation/reward", r["reward"]),
+                          scalar("evaluation/best_so_far", self.best["reward"])]
+            values += [scalar(f"evaluation/{key}", metrics[key]) for key in EVALUATION_SCALARS
                        if _number(metrics.get(key))]
             self._event(r["index"], values, r.get("finished_at"))
 
@@ -122,44 +118,19 @@ class RunBoard:
                 if key in ("run", "stage", "epoch"):
                     continue
                 if _number(value):
-                    values.append(_scalar(f"{prefix}/{key}", value))
+                    values.append(scalar(f"{prefix}/{key}", value))
                 elif (numbers := _flat(value)) is not None:
-                    values += summary.histogram(f"{prefix}/{key}", np.asarray(numbers), bins="auto").value
+                    values.append(histogram(f"{prefix}/{key}", np.asarray(numbers)))
             self._event(r.get("epoch", 0), values)
 
     def strategy_rounds(self, records: list[dict[str, Any]]) -> None:
         for r in records:
-            self._event(r["iteration"], [_scalar(f"strategy/{key}", value) for key, value in r.items()
-                                         if key != "iteration" and _number(value)])
+            self._event(r["iteration"], [scalar(f"strategy/{key}", value) for key, value in r.items()
+                                        if key != "iteration" and _number(value)])
 
     def rungs(self, records: list[dict[str, Any]]) -> None:
         """ASHA's bar at each rung, stepped by its decisions in this process (the log's order)."""
         for r in records:
             self.decisions += 1
             if _number(r.get("cutoff")):
-                self._event(self.decisions, [_scalar(f"rung/{r['rung']:g}/cutoff", r["cutoff"])])
-
-
-def _scalar(tag: str, value: float) -> Summary.Value:
-    return Summary.Value(tag=tag, simple_value=float(value))
-
-
-class _EventFile:
-    """tensorboardX's event file, written in this thread: its SummaryWriter queues events for a
-    daemon thread, which an actor that exits may never flush. The file is named by the second and
-    the host, and opened anew: the process and a count keep two of one second (the recorder's, the
-    driver's) apart; the count is zero-padded so that the names sort in the order the files were
-    opened (TensorBoard and readers take a directory's files in name order)."""
-
-    def __init__(self, path: Path):
-        from tensorboardX.event_file_writer import EventsWriter
-
-        self.events = EventsWriter(str(path / "events"), f".{os.getpid()}.{next(_boards):06d}")
-
-    def write(self, event: event_pb2.Event) -> None:
-        self.events.write_event(event)
-
-    def flush(self) -> None:
-        # EventsWriter.flush() fsyncs too: a second trip to the disk on every append, for a view of
-        # a log that has just made its own. TensorBoard reads what the file's buffer hands the OS.
-        self.events._py_recordio_writer._writer.flush()
+                self._event(self.decisions, [scalar(f"rung/{r['rung']:g}/cutoff", r["cutoff"])])

@@ -3,6 +3,8 @@ read back with the protobuf classes of the writer's own library, and never a cau
 
 import json
 import logging
+import subprocess
+import sys
 
 import pytest
 from events import histograms, read_events, scalars
@@ -112,3 +114,28 @@ def test_a_reinforce_search_shows_its_baseline_and_entropy_per_update(capsys, tm
     for name in ("baseline", "entropy", "reward"):
         assert got[f"strategy/{name}"] == [(r["iteration"], pytest.approx(r[name])) for r in logged]
     assert [r["iteration"] for r in logged] == [1, 2, 3]
+
+
+def test_the_view_begins_as_tensorboard_files_do_and_holds_each_histogram_whole(tmp_path):
+    run = RunDirectory.create(tmp_path / "run", {})
+    values = [0.1, 0.2, 0.2, 0.9, 0.5, 0.45]
+    run.append({"run": 0, "epoch": 1, "alphas": values}, ONE_SHOT_LOG)
+    first = read_events(run.path)[0]
+    assert first.file_version == "brain.Event:2" and first.wall_time > 0
+    (_, histo), = histograms(run.path)["oneshot/run0/alphas"]
+    # Each bucket ends at its limit: the first, empty, ends at the lowest value.
+    assert histo.bucket_limit[0] == min(values) and histo.bucket_limit[-1] == max(values)
+    assert histo.bucket[0] == 0 and sum(histo.bucket) == len(values) == histo.num
+    assert histo.sum == pytest.approx(sum(values)) and histo.sum_squares == pytest.approx(sum(v * v for v in values))
+
+
+def test_the_recorder_writes_its_view_without_importing_torch(tmp_path):
+    """tensorboardX imports torch as its package loads: the recorder, an actor that never touches
+    a tensor, paid about a second of CPU for it at its first record, while the first result waited."""
+    code = ("import sys; from raynas.controller.runtime.rundir import RunDirectory; "
+            f"run = RunDirectory.create({str(tmp_path / 'run')!r}, {{}}); "
+            "run.append({'id': 'e0', 'index': 0, 'arch': 'a', 'seed': 0, 'finished_at': 1.0, 'status': 'ok', "
+            "'reward': 0.5, 'metrics': {}}); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+    assert scalars(tmp_path / "run")["evaluation/reward"] == [(0, 0.5)]
