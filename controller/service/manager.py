@@ -81,9 +81,13 @@ MAX_PAGE = 100
 LOCAL = Client(SINGLE_CLIENT, admin=True)
 
 
-def state_of_result(result: dict[str, Any]) -> str:
-    """The registry state a finished SearchJob's result.json stands for."""
-    return {"done": SUCCEEDED, "stopped": CANCELLED}.get(result.get("state"), INTERRUPTED)
+def state_of_result(result: dict[str, Any], cancel_asked: bool) -> str:
+    """The registry state a finished SearchJob's result.json stands for. A stopped search was
+    cancelled when someone asked (a cancel, the service's time limit), and interrupted otherwise (a
+    signal to the service or its cluster): resumable either way."""
+    if result.get("state") == "done":
+        return SUCCEEDED
+    return CANCELLED if result.get("state") == "stopped" and cancel_asked else INTERRUPTED
 
 
 def one_line(exc: BaseException) -> str:
@@ -103,12 +107,14 @@ class JobRunner:
         self.job = (SearchJob.resume_from(run_dir, progress=False) if resume
                     else SearchJob(spec_, run_dir, progress=False))
         self._state, self._error = RUNNING, ""
+        self._cancel_asked = False
         self._thread = threading.Thread(target=self._run, name="search", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         try:
-            self._state = state_of_result(self.job.run())
+            result = self.job.run()
+            self._state = state_of_result(result, self._cancel_asked)
         except NasError as exc:
             self._state, self._error = FAILED, str(exc)
         except BaseException as exc:  # noqa: BLE001 - a crashed search must still report why
@@ -119,6 +125,7 @@ class JobRunner:
         return self._state, self._error
 
     def cancel(self) -> None:
+        self._cancel_asked = True
         self.job.stop()
 
 
@@ -649,7 +656,11 @@ class SearchManager:
         result = RunDirectory(record.run_dir).result() if result_path.exists() else None
         if result is not None and state == INTERRUPTED and record.state in ACTIVE:
             # The runner vanished after writing its result: the result says how it ended.
-            state, error = state_of_result(result), ""
+            state = state_of_result(result, record.cancel_requested_at is not None)
+            error = error if state == INTERRUPTED else ""
+        if state == INTERRUPTED and not error:
+            error = (f"stopped, not by a request (a signal to its runner or cluster); "
+                     f"resume it with: nas resume {record.id}")
         progress = self._progress.pop(record.id, None) or _Progress(self.logs, record.run_dir)
         progress.update()
         # A search stopped at the time limit keeps that reason when its runner gives none.

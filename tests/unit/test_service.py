@@ -214,6 +214,33 @@ def test_a_restarted_service_keeps_finished_searches_and_marks_lost_ones_resumab
         srv.stop(grace=None)
 
 
+def test_a_search_its_service_took_down_is_interrupted_not_cancelled(tmp_path):
+    """A service stopped with SIGTERM ends its embedded Ray's searches, each writing a "stopped"
+    result; the restarted service called them cancelled, although no one had asked."""
+    state = tmp_path / "state"
+    srv = start(state)
+    with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+        lost = c.submit({**TABLE, "evaluations": 100000})
+    launcher, record = srv.manager.launcher, srv.manager.get(lost.id)
+    srv.stop(grace=None)
+    runner = launcher.find(record)
+    runner.job.stop()  # what the signal does to the job in its runner
+    runner._thread.join(timeout=30)
+    assert json.loads(Path(runner.job.out, "result.json").read_text())["state"] == "stopped"
+    assert runner.status()[0] == "interrupted"
+
+    srv = start(state)
+    try:
+        with SearchClient(f"127.0.0.1:{srv.port}", TOKEN) as c:
+            interrupted = c.get(lost.id)
+            assert interrupted.state == pb.STATE_INTERRUPTED and f"nas resume {lost.id}" in interrupted.error
+            assert c.resume(lost.id).state == pb.STATE_RUNNING
+            c.cancel(lost.id)  # asked: cancelled
+            assert wait_state(c, lost.id, (pb.STATE_CANCELLED,)).state == pb.STATE_CANCELLED
+    finally:
+        srv.stop(grace=None)
+
+
 def test_a_search_that_fails_reports_why(tmp_path):
     srv = start(tmp_path / "state", data_roots=(str(tmp_path),))
     try:
