@@ -64,7 +64,10 @@ def search(spec: SearchSpec | None = None, *, out: str | Path | None = None, res
     else:
         if spec is None:
             shortcuts = {name: fields.pop(name) for name in TRAIN_SHORTCUTS if name in fields}
-            spec = SearchSpec.from_dict(with_shortcuts(fields, shortcuts), source="search")
+            options = with_shortcuts(fields.get("evaluator_options"), shortcuts)
+            if options is not None:
+                fields["evaluator_options"] = options
+            spec = SearchSpec.from_dict(fields, source="search")
         out = out or f"runs/{spec.space}-{spec.strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
         job = SearchJob(spec, out, address=address, progress=progress, on_record=on_record)
     return SearchResult(Path(out), job.run())

@@ -72,9 +72,9 @@ def spec_data_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The spec fields the config file and flags set (the rest keep SearchSpec's defaults)."""
     data: dict[str, Any] = upgraded(load_config(args.config)) if args.config else {}
     # The evaluator's options: the config's, then the shortcut flags, then --evaluator-option.
-    flags = with_shortcuts({"evaluator_options": dict(args.evaluator_options)},
+    flags = with_shortcuts(dict(args.evaluator_options),
                            {name: getattr(args, f"train_{name}") for name in TRAIN_SHORTCUTS})
-    evaluator = {**data.get("evaluator_options", {}), **flags["evaluator_options"]}
+    evaluator = {**data.get("evaluator_options", {}), **flags}
     for f in dataclasses.fields(SearchSpec):
         value = getattr(args, f.name)
         if f.name in OPTION_FIELDS:

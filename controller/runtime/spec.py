@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,13 +218,14 @@ class SearchSpec:
         return self.replace(**{k: changes[k] for k in changed}) if changed else self
 
 
-def with_shortcuts(fields: dict[str, Any], shortcuts: dict[str, Any]) -> dict[str, Any]:
-    """`fields` with the training shortcuts that are set (TRAIN_SHORTCUTS, None: unset) put into its
-    evaluator_options, whose own entries win: an explicit option is more specific than a shortcut."""
+def with_shortcuts(options: Any, shortcuts: dict[str, Any]) -> Any:
+    """The evaluator's `options` with the training shortcuts that are set (TRAIN_SHORTCUTS, None:
+    unset) under them: an explicit option is more specific than a shortcut. Options that are not
+    a mapping come back as given, for the spec's check to name."""
     lifted = {name: value for name, value in shortcuts.items() if value is not None}
-    if not lifted:
-        return fields
-    return {**fields, "evaluator_options": {**lifted, **(fields.get("evaluator_options") or {})}}
+    if not lifted or not (options is None or isinstance(options, Mapping)):
+        return options
+    return {**lifted, **(options or {})}
 
 
 def upgraded(data: dict[str, Any]) -> dict[str, Any]:

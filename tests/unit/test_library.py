@@ -65,6 +65,14 @@ def test_the_training_shortcuts_of_nas_search_are_keywords_too(tmp_path):
     assert result.state == "done" and result.best["metrics"]["epochs"] == 1
 
 
+def test_evaluator_options_that_are_not_a_mapping_are_named_beside_a_shortcut_too(tmp_path):
+    """With a shortcut beside it, evaluator_options=5 raised a bare TypeError from the merge."""
+    with pytest.raises(ConfigError, match="^evaluator_options: must be a mapping"):
+        raynas.search(space="nb201", evaluator="table", evaluations=1, runtime="local", out=tmp_path / "run",
+                      epochs=1, evaluator_options=5)
+    assert not (tmp_path / "run").exists()
+
+
 def test_nas_results_as_a_table_csv_and_json(tmp_path, capsys):
     run = tmp_path / "run"
     raynas.search(space="nb201", strategy="random", evaluator="table", evaluations=5, runtime="local", out=run)
