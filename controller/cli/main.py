@@ -139,6 +139,7 @@ def _stop_on_sigterm() -> None:
 def cmd_search(args: argparse.Namespace) -> int:
     from raynas.controller.runtime.job import SearchJob
     from raynas.controller.runtime.plan import LOCAL, SCHEME
+    from raynas.controller.runtime.progress import evaluations_line
 
     _stop_on_sigterm()
 
@@ -169,8 +170,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     else:
         best = result["best"]
         print(f"best reward {best['reward']:.4f}: {best['arch']}" if best else "no evaluation succeeded")
-        print(f"{result['evaluations']} evaluations ({result['failed']} failed) in {result['wall_time_s']:.1f} s; "
-              f"results in {out}/result.json")
+        counts = evaluations_line(result["evaluations"], result["failed"], result["evaluations_this_run"],
+                                  result["wall_time_s"])
+        print(f"{counts}; results in {out}/result.json")
     if result["state"] == "stopped":
         print(f"stopped; continue with: nas search --resume {out}", file=sys.stderr)
         return 130

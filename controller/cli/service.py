@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 
 from raynas.common import ConfigError
-from raynas.controller.runtime.progress import one_shot_epoch
+from raynas.controller.runtime.progress import evaluations_line, one_shot_epoch
 from raynas.controller.service.limits import (
     CANCEL_GRACE_S,
     DEFAULT_PORT,
@@ -296,8 +296,9 @@ def cmd_result(args: argparse.Namespace) -> int:
 
             print(json.dumps(struct_to_dict(result.summary), indent=2, sort_keys=True))
             return 0
-        print(f"{result.search_id}: {_state(result.state)}, {result.evaluations} evaluations "
-              f"({result.failed} failed) in {result.wall_time_s:.1f} s")
+        added = int(result.summary["evaluations_this_run"]) if "evaluations_this_run" in result.summary else None
+        print(f"{result.search_id}: {_state(result.state)}, "
+              f"{evaluations_line(result.evaluations, result.failed, added, result.wall_time_s)}")
         for rank, e in enumerate(result.top_k, 1):
             print(f"  {rank}. reward {e.reward:.4f}  {e.architecture.arch}")
         print(f"run directory: {result.run_dir}")

@@ -102,6 +102,7 @@ class SearchJob:
             RunDirectory(self.out).check()
         else:
             RunDirectory(self.out).check_new()
+        before = len(RunDirectory(self.out).evaluations()) if self.resume else 0
 
         def open_run() -> tuple[Any, RunDirectory]:
             evaluator = loading.result()
@@ -132,7 +133,9 @@ class SearchJob:
             "state": "done" if spent else ("stopped" if interrupted or self._stop.is_set() else "incomplete"),
             "space": spec.space, "strategy": spec.strategy, "evaluator": spec.evaluator, **plan.result_fields(),
             "seed": spec.seed, "budget": spec.evaluations, "runtime": spec.runtime,
-            "wall_time_s": time.perf_counter() - start, "run_dir": str(run.path), **context.extra,
+            # This run's: a resumed search's earlier runs may have ended with kill -9, timed by no one.
+            "wall_time_s": time.perf_counter() - start, "evaluations_this_run": len(records) - before,
+            "run_dir": str(run.path), **context.extra,
         }
         run.write_result(result)
         write_progress(run, records)

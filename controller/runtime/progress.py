@@ -37,6 +37,15 @@ def one_shot_epoch(run: int, epoch: int, monitors: dict) -> str:
     return f"one-shot run {run} {stage} {epoch}: {said}"
 
 
+def evaluations_line(done: int, failed: int, added: int | None, seconds: float) -> str:
+    """What a finished run holds, as `nas search` and `nas result` end with it. The time is this
+    run's alone, so a resumed one says what it added in it (`added` None: a result from before
+    results counted it)."""
+    if added is None or added == done:
+        return f"{done} evaluations ({failed} failed) in {seconds:.1f} s"
+    return f"{done} evaluations ({failed} failed); this run added {added} in {seconds:.1f} s"
+
+
 class Progress:
     def __init__(self, total: int, stream: TextIO | None = None, enabled: bool = True):
         self.total = total

@@ -302,6 +302,21 @@ def test_a_resume_takes_other_resources_and_keeps_them(capsys, tmp_path):
     assert json.loads((out / "result.json").read_text())["evaluations"] == 3
 
 
+def test_a_resumed_search_says_what_this_run_added_in_its_time(capsys, tmp_path):
+    """After a resume, "3 evaluations in 0.4 s" read as if the whole search took this run's time."""
+    out = tmp_path / "run"
+    _crashed_search(capsys, out)
+    code, stdout, err = run_cli(capsys, "search", "--resume", str(out))
+    assert code == 0, err
+    result = json.loads((out / "result.json").read_text())
+    assert (result["evaluations"], result["evaluations_this_run"]) == (3, 2)
+    assert f"3 evaluations (0 failed); this run added 2 in {result['wall_time_s']:.1f} s" in stdout
+    assert main(["search", "--runtime", "local", "--evaluator", "table", "--evaluations", "2",
+                 "--out", str(tmp_path / "fresh"), "--quiet"]) == 0
+    fresh = json.loads((tmp_path / "fresh" / "result.json").read_text())
+    assert fresh["evaluations_this_run"] == fresh["evaluations"] == 2
+
+
 def test_a_resume_refuses_to_change_the_search_itself(capsys, tmp_path):
     out = tmp_path / "run"
     _crashed_search(capsys, out)

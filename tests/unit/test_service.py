@@ -295,6 +295,8 @@ def test_cli_submit_watch_status_result(server, tmp_path, capsys):
     assert cli.main(["result", *conn, search_id, "--json"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(Path(server.manager.get(search_id).run_dir, "result.json").read_text())
+    assert cli.main(["result", *conn, search_id]) == 0
+    assert f"{search_id}: succeeded, 6 evaluations (0 failed) in " in capsys.readouterr().out
     assert cli.main(["status", *conn, "missing-id"]) == 2
     assert "NOT_FOUND" in capsys.readouterr().err
     assert cli.main(["status", "--server", f"127.0.0.1:{server.port}", "missing-id"]) == 2
