@@ -30,7 +30,8 @@ _DOUBLE, _FLOAT, _INT64, _STRING, _MESSAGE = (descriptor_pb2.FieldDescriptorProt
                                               descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
                                               descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
                                               descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE)
-_REPEATED = descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+_OPTIONAL, _REPEATED = (descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL,
+                        descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED)
 
 #: (message, [(field, number, type, repeated, message type, oneof)]) as TensorBoard declares them.
 _SCHEMA = [
@@ -57,7 +58,7 @@ def _message_classes() -> dict[str, type]:
         declared[name] = message
         oneofs: list[str] = []
         for field, number, kind, repeated, type_name, oneof in fields:
-            f = message.field.add(name=field, number=number, type=kind, label=_REPEATED if repeated else 1)
+            f = message.field.add(name=field, number=number, type=kind, label=_REPEATED if repeated else _OPTIONAL)
             if type_name:
                 f.type_name = type_name
             if oneof:

@@ -99,10 +99,10 @@ class SearchJob:
         spec = self.spec
         # Checked again as the run opens; here, so that a wrong directory is told before Ray starts.
         if self.resume:
-            RunDirectory(self.out).check()
+            before = RunDirectory(self.out).check()
         else:
             RunDirectory(self.out).check_new()
-        before = len(RunDirectory(self.out).evaluations()) if self.resume else 0
+            before = 0
 
         def open_run() -> tuple[Any, RunDirectory]:
             evaluator = loading.result()

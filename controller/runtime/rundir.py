@@ -110,11 +110,14 @@ class RunDirectory:
                 os.fsync(f.fileno())
         return size - good
 
-    def check(self) -> None:
+    def check(self) -> int:
         """Read every log through: a damaged line before a log's end is a DataError naming it (a torn
-        last line is no damage; it is cut before anything is appended)."""
-        for log in (EVALUATIONS, GRADIENTS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG):
+        last line is no damage; it is cut before anything is appended). Returns the evaluations
+        logged, which a resumed run counts its own from."""
+        evaluations = len(self.records(EVALUATIONS))
+        for log in (GRADIENTS, ONE_SHOT_LOG, RUNG_LOG, STRATEGY_LOG):
             self.records(log)
+        return evaluations
 
     def write_spec(self, spec: dict[str, Any]) -> None:
         write_json_atomic(self.path / SPEC, spec)
