@@ -9,6 +9,7 @@ from raynas.controller.cluster.launch import (
                                               Terminated,
                                               call,
                                               call_all,
+                                              cancel,
                                               connect,
                                               find_actor,
                                               job_namespace,
@@ -30,7 +31,7 @@ from raynas.controller.cluster.launch import (
 )
 from raynas.controller.cluster.resources import node_totals
 
-__all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "connect", "find_actor",
+__all__ = ["ActorLost", "CallTimeout", "Remote", "Terminated", "call", "call_all", "cancel", "connect", "find_actor",
            "job_namespace", "kill", "node_totals", "phase", "queue_executor", "reachable", "remove_group", "result",
            "send", "session", "shutdown", "start_actor", "start_workers", "terminated", "wait_any", "worker_executor",
            "worker_group"]

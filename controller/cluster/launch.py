@@ -216,6 +216,15 @@ def send(handle: Any, method: str, *args: Any) -> Any:
     return getattr(handle, method).remote(*args)
 
 
+def cancel(futures: Iterable[Any]) -> None:
+    """Cancel `futures` (those that finished are left as they are): Ray never retries a cancelled
+    call, so an actor killed under it dies without a word about retrying it."""
+    import ray
+
+    for future in futures:
+        ray.cancel(future)
+
+
 def wait_any(futures: list, timeout: float) -> list:
     """The futures that finished within `timeout` seconds (possibly none)."""
     import ray

@@ -23,6 +23,8 @@ class RayRunner(Runner):
     def run(self) -> bool:
         self.actors: list[Any] = []
         self.groups: list[Any] = []
+        #: This driver's calls to its actors that may still be in flight when the search ends.
+        self.calls: list[Any] = []
         #: Set when the cluster died with the search: its actors and groups are gone with it.
         self.cluster_lost = False
         self.prepare()
@@ -35,7 +37,12 @@ class RayRunner(Runner):
                 return True
             finally:
                 if not self.cluster_lost:
-                    for actor in self.actors:
+                    # Ray retries a call whose actor dies under it, and says so at the user ("(raylet)
+                    # Task ReplicaHost.run failed ... will be retried") about a stop that was asked for:
+                    # our own calls are cancelled first, and the actors that call others (started last)
+                    # die before the ones they call.
+                    cluster.cancel(self.calls)
+                    for actor in reversed(self.actors):
                         cluster.kill(actor)
                     for group in self.groups:
                         cluster.remove_group(group)

@@ -83,6 +83,7 @@ class SchemeRunner(RayRunner):
         cluster.call_all([(s, "stats", ()) for s in shards] + [(recorder, "scheme_stats", ())]
                          + [(r, "ready", ()) for r in replicas])
         runs = {cluster.send(r, "run"): k for k, r in enumerate(replicas)}
+        self.calls += list(runs)
         seen, interrupted, replica_stats = 0, False, {}
         while runs:
             try:
