@@ -16,6 +16,7 @@ import pytest
 
 from raynas.common import ConfigError
 from raynas.controller.bench.nb201 import (
+    SCHEME_MEANS,
     VirtualClockExecutor,
     anytime_figure,
     bench_nb201,
@@ -111,6 +112,21 @@ def test_pooled_parts_equal_one_run_over_all_their_seeds():
     assert [label for label in drawn if label.startswith("evolution")] == ["evolution (3 seeds)"]
     with pytest.raises(ConfigError, match="first_seed"):
         pool_results([parts[0], bench_nb201("evolution", 30, 2, dataset="cifar100", first_seed=4)])
+
+
+def test_pooled_scheme_parts_report_every_seed_not_the_first_parts():
+    """Pooling parts of a simulated scheme kept the first part's utilisation, staleness and
+    simulated wall time (its `**parts[0]`): ten parts of one seed each reported seed 0's figures."""
+    kwargs = dict(controllers=2, children=2, ps_shards=1, workers=4)
+    whole = bench_nb201("rl", 16, 3, **kwargs)
+    parts = [bench_nb201("rl", 16, 1, first_seed=f, **kwargs) for f in (0, 1, 2)]
+    [pooled] = pool_results(parts)
+    for key in SCHEME_MEANS:
+        assert pooled[key] == pytest.approx(whole[key]), key
+    utilisation = [p["worker_utilization"] for p in parts]
+    assert len(set(utilisation)) > 1, "the seeds differ, or the test shows nothing"
+    assert (pooled["worker_utilization_min"], pooled["worker_utilization_max"]) == (min(utilisation), max(utilisation))
+    assert (whole["worker_utilization_min"], whole["worker_utilization_max"]) == (min(utilisation), max(utilisation))
 
 
 def _series(svg: str) -> dict[str, ET.Element]:
