@@ -426,6 +426,11 @@ def write_plots(results: list[dict[str, Any]], path: str | Path) -> list[Path]:
         path if len(datasets) == 1 else path.with_name(f"{path.stem}-{d}{path.suffix}")) for d in datasets]
 
 
+def _scheme(scheme: dict[str, Any]) -> str:
+    return (f"K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} shards, "
+            f"W={scheme['workers']} workers")
+
+
 def _spread(result: dict[str, Any]) -> str:
     low, high = result.get("worker_utilization_min"), result.get("worker_utilization_max")
     return f" ({low:.1%} to {high:.1%} over the seeds)" if result["seeds"] > 1 and low is not None else ""
@@ -433,9 +438,7 @@ def _spread(result: dict[str, Any]) -> str:
 
 def format_bench(result: dict[str, Any]) -> str:
     scheme = result.get("scheme")
-    where = (f" as K={scheme['controllers']} replicas x m={scheme['children']} children, S={scheme['ps_shards']} "
-             f"shards, W={scheme['workers']} workers ({scheme['dispatch']}, {scheme['replica_batch']} batches; "
-             "simulated wall time "
+    where = (f" as {_scheme(scheme)} ({scheme['dispatch']}, {scheme['replica_batch']} batches; simulated wall time "
              f"{result['simulated_wall_time_s_mean']:.0f} s, worker utilisation "
              f"{result['worker_utilization']:.1%}{_spread(result)}, {result['worker_utilization_steady']:.1%} until "
              "the last child started)" if scheme else
@@ -461,11 +464,12 @@ def format_compare(results: list[dict[str, Any]]) -> str:
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         rows = [r for r in results if r["dataset"] == dataset]
         counts = sorted({n for r in rows for n in r["at"]}, key=int)
-        clock = rows[0]["workers"]
+        clock, scheme = rows[0]["workers"], rows[0].get("scheme")
         same = len({(r["seeds"], r["first_seed"]) for r in rows}) == 1
         seeds = f"{rows[0]['seeds']} seeds from {rows[0]['first_seed']}" if same else "seeds of each row in brackets"
-        lines.append(f"NAS-Bench-201 {dataset}: {seeds}"
-                     f"{f', W={clock} asynchronous workers on a virtual clock' if clock else ''}; test accuracy "
+        setting = (f", {_scheme(scheme)} on a virtual clock" if scheme else
+                   f", W={clock} asynchronous workers on a virtual clock" if clock else "")
+        lines.append(f"NAS-Bench-201 {dataset}: {seeds}{setting}; test accuracy "
                      "(200 epochs) of the architecture chosen by 12-epoch validation accuracy after n evaluations")
         lines.append(f"  {'strategy':<24}" + "".join(f"{'n=' + n:>18}" for n in counts) + f"{'s':>8}")
         for r in rows:
@@ -473,6 +477,8 @@ def format_compare(results: list[dict[str, Any]]) -> str:
                             for n in counts)
             name = r["strategy"] if same else f"{r['strategy']} ({r['seeds']})"
             lines.append(f"  {name:<24}{cells}{r['wall_time_s']:>8.0f}")
+            if r.get("scheme"):
+                lines.append(f"  {'  worker utilisation':<24}{r['worker_utilization']:>18.1%}{_spread(r)}")
             if clock:
                 lines.append(f"  {'  simulated hours':<24}" + "".join(
                     f"{r['at'][n]['simulated_hours_mean']:>18.1f}" if n in r["at"] else f"{'':>18}" for n in counts))

@@ -22,6 +22,7 @@ from raynas.controller.bench.nb201 import (
     bench_nb201,
     ceilings,
     compare_nb201,
+    format_compare,
     pool_results,
     scoped_options,
     write_plots,
@@ -127,6 +128,10 @@ def test_pooled_scheme_parts_report_every_seed_not_the_first_parts():
     assert len(set(utilisation)) > 1, "the seeds differ, or the test shows nothing"
     assert (pooled["worker_utilization_min"], pooled["worker_utilization_max"]) == (min(utilisation), max(utilisation))
     assert (whole["worker_utilization_min"], whole["worker_utilization_max"]) == (min(utilisation), max(utilisation))
+    # The pooled table (benchmarks/nb201_pool.py) says what ran and what it kept busy.
+    table = format_compare([pooled])
+    assert "K=2 replicas x m=2 children, S=1 shards, W=4 workers" in table
+    assert f"{pooled['worker_utilization']:.1%} ({min(utilisation):.1%} to {max(utilisation):.1%}" in table
 
 
 def _series(svg: str) -> dict[str, ET.Element]:
