@@ -20,6 +20,7 @@ evolution with REA's (population 10, tournament 3). Two figures on NAO's predict
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shlex
 import statistics
@@ -49,6 +50,7 @@ BIN = 50
 WARM_UP = NAO_SMALL["seed_archs"]
 
 
+@functools.cache
 def top_share_threshold(share: float = 0.05) -> float:
     """The 12-epoch CIFAR-10 validation accuracy (as a reward) that the table's best `share` reach."""
     column = sorted(load_table("cifar10").columns["valid_acc_12ep"], reverse=True)
